@@ -1,0 +1,1 @@
+"""FastProxy center_svc."""

@@ -1,0 +1,135 @@
+"""Builds the snapshot that concerns one node: only what its role and service need.
+
+- An in-node of service S gets S's own keys (identity to sign responses, encryption), S's
+  allow rules, limits and timeout, and for each caller S admits the caller's identity key
+  (the public half for ed25519; the secret for HMAC, which cannot verify otherwise).
+- An out- or client-node of service C gets C's own identity key, and for each service D
+  with a rule admitting C: D's routes, endpoints, encryption keys, identity key (public half
+  for ed25519), compression, timeout and retry policy.
+- A node of a service no rule concerns gets an empty snapshot and no secret.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+
+from fastproxy.policy.model import KeyRef, KeySpec, KeyType, Policy, ServiceSpec
+from fastproxy.v1 import policy_pb2 as pb
+
+KEY_TYPE_TO_PB = {
+    KeyType.AES_256_GCM: pb.KEY_TYPE_AES_256_GCM,
+    KeyType.CHACHA20_POLY1305: pb.KEY_TYPE_CHACHA20_POLY1305,
+    KeyType.HMAC_SHA256: pb.KEY_TYPE_HMAC_SHA256,
+    KeyType.ED25519: pb.KEY_TYPE_ED25519,
+}
+
+
+def scope_snapshot(
+    policy: Policy,
+    role: pb.Role.ValueType,
+    service: str,
+    registered: Mapping[str, Sequence[str]] | None = None,
+) -> pb.PolicySnapshot:
+    """The snapshot for a node (revision left at 0: the caller stamps it)."""
+    snapshot = pb.PolicySnapshot(node_service=service, role=role)
+    own = policy.services.get(service)
+    if own is None:
+        return snapshot
+    keys = _KeyCollector(policy)
+    if role == pb.ROLE_IN:
+        if not own.allow:
+            return snapshot
+        snapshot.services.append(_service_pb(own, with_rules=True))
+        keys.add(own.identity, private=True)
+        keys.add(own.encrypt, private=True)
+        for caller in policy.callers_of(own):
+            if caller == service:
+                continue
+            spec = policy.services[caller]
+            snapshot.services.append(pb.Service(name=caller, identity=_ref_pb(spec.identity)))
+            keys.add(spec.identity, private=False)
+    elif role in (pb.ROLE_OUT, pb.ROLE_CLIENT):
+        callees = policy.callees_of(service)
+        if not callees:
+            return snapshot
+        keys.add(own.identity, private=True)
+        if service not in callees:
+            snapshot.services.append(pb.Service(name=service, identity=_ref_pb(own.identity)))
+        for name in callees:
+            spec = policy.services[name]
+            entry = _service_pb(spec, with_rules=False)
+            extra = (registered or {}).get(name, ())
+            entry.endpoints.extend(e for e in extra if e not in spec.endpoints)
+            snapshot.services.append(entry)
+            keys.add(spec.encrypt, private=True)
+            keys.add(spec.identity, private=name == service)
+    else:
+        raise ValueError(f"unknown role {role}")
+    snapshot.keys.extend(keys.collected())
+    return snapshot
+
+
+def content_hash(snapshot: pb.PolicySnapshot) -> str:
+    """SHA-256 of what a snapshot says, its revision aside: equal hashes, nothing to push."""
+    unstamped = pb.PolicySnapshot()
+    unstamped.CopyFrom(snapshot)
+    unstamped.revision = 0
+    return hashlib.sha256(unstamped.SerializeToString(deterministic=True)).hexdigest()
+
+
+def _service_pb(spec: ServiceSpec, *, with_rules: bool) -> pb.Service:
+    entry = pb.Service(
+        name=spec.name,
+        grpc_services=spec.grpc_services,
+        endpoints=spec.endpoints,
+        timeout_ms=spec.timeout_ms,
+    )
+    if spec.identity is not None:
+        entry.identity.CopyFrom(_ref_pb(spec.identity))
+    if spec.encrypt is not None:
+        entry.encrypt.CopyFrom(_ref_pb(spec.encrypt))
+    if spec.compress is not None:
+        entry.compress.algorithm = spec.compress.algorithm
+        entry.compress.min_bytes = spec.compress.min_bytes
+    if spec.retry is not None:
+        entry.retry.max_attempts = spec.retry.max_attempts
+        entry.retry.initial_backoff_ms = spec.retry.initial_backoff_ms
+        entry.retry.max_backoff_ms = spec.retry.max_backoff_ms
+    if with_rules:
+        for rule in spec.allow:
+            pb_rule = entry.allow.add(caller=rule.caller, methods=rule.methods)
+            if rule.rate_limit is not None:
+                pb_rule.rate_limit.rps = rule.rate_limit.rps
+                pb_rule.rate_limit.burst = rule.rate_limit.burst
+    return entry
+
+
+def _ref_pb(ref: KeyRef | None) -> pb.KeyRef:
+    return pb.KeyRef() if ref is None else pb.KeyRef(key=ref.key, accept=ref.accept)
+
+
+class _KeyCollector:
+    """Key material to ship, at most once per key, private halves only where asked."""
+
+    def __init__(self, policy: Policy) -> None:
+        self._policy = policy
+        self._keys: dict[str, pb.Key] = {}
+
+    def add(self, ref: KeyRef | None, *, private: bool) -> None:
+        if ref is None:
+            return
+        for name in ref.all:
+            self._add_key(self._policy.keys[name], private)
+
+    def _add_key(self, key: KeySpec, private: bool) -> None:
+        existing = self._keys.get(key.name)
+        if existing is not None and (existing.secret or not private):
+            return
+        entry = pb.Key(name=key.name, type=KEY_TYPE_TO_PB[key.type], public_key=key.public)
+        if key.type is not KeyType.ED25519 or private:
+            entry.secret = key.secret
+        self._keys[key.name] = entry
+
+    def collected(self) -> Iterable[pb.Key]:
+        return (self._keys[name] for name in sorted(self._keys))

@@ -1,0 +1,1 @@
+"""FastProxy proxy_svc."""

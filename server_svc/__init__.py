@@ -1,0 +1,1 @@
+"""FastProxy server_svc."""
