@@ -1,0 +1,379 @@
+"""The Center's policy store: every applied policy as a numbered revision, plus the signing key.
+
+One implementation over the standard library's `sqlite3` serves both URL forms: a file for
+production (`sqlite:///relative.db`, `sqlite:////absolute.db`) and `:memory:` for tests
+(`memory://`, which keeps nothing once the store is closed).
+
+Durability and crash safety:
+- The file runs in WAL mode with `synchronous=FULL`. NORMAL with WAL already survives a killed
+  process (a commit is in the WAL before `COMMIT` returns), but may lose the last commits on a
+  power loss; an apply is rare and an acknowledged apply must not disappear, so the fsync per
+  commit is worth it.
+- Each append is one `BEGIN IMMEDIATE` transaction that takes the write lock first, then
+  computes the next revision number inside it, so a process killed at any moment leaves either
+  the old latest revision or the new one, and two writers never pick the same number.
+- Opening checks that the latest row's stored hash is the sha256 of its stored YAML, and every
+  row read later is checked the same way, so a damaged store fails loudly instead of serving a
+  policy nobody applied.
+
+The database also holds the Center's Ed25519 key seed (so pinned nodes keep verifying snapshots
+across restarts); the file is therefore created with mode 0600.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import (
+    Encoding,
+    NoEncryption,
+    PrivateFormat,
+)
+
+DEFAULT_STORE_URL = "sqlite:///fastproxy-center.db"
+
+SCHEMA_VERSION = 1
+SEED_BYTES = 32
+
+_SQLITE_PREFIX = "sqlite:///"
+_MEMORY_URL = "memory://"
+_URL_FORMS = (
+    "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or memory://"
+)
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS revisions (
+    revision         INTEGER PRIMARY KEY,
+    created_unix     REAL    NOT NULL,
+    author           TEXT    NOT NULL,
+    comment          TEXT    NOT NULL,
+    content_hash     TEXT    NOT NULL,
+    yaml             TEXT    NOT NULL,
+    rolled_back_from INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS signing_key (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seed BLOB    NOT NULL
+);
+"""
+
+_COLUMNS = "revision, created_unix, author, comment, content_hash, yaml, rolled_back_from"
+
+
+class StoreError(Exception):
+    """The policy store cannot be opened or used (missing folder, closed store, ...)."""
+
+
+class CorruptStoreError(StoreError):
+    """The stored data does not check out: the store must not be served from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    revision: int
+    created_unix: float
+    author: str
+    comment: str
+    content_hash: str
+    yaml: str = field(repr=False)
+    rolled_back_from: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    applied: bool  # False: content equal to the latest revision, nothing written
+    revision: Revision  # the new revision, or the existing latest one
+
+
+class PolicyStore(Protocol):
+    def latest(self) -> Revision | None: ...
+    def get(self, revision: int) -> Revision | None: ...
+    def history(self, limit: int | None = None) -> list[Revision]: ...
+    def append(
+        self, yaml: str, author: str, comment: str, rolled_back_from: int = 0
+    ) -> AppendResult: ...
+    def signing_key_seed(self) -> bytes: ...
+    def close(self) -> None: ...
+
+
+def content_hash_of(yaml_text: str) -> str:
+    """The sha256 hex digest of the YAML text encoded as UTF-8."""
+    return hashlib.sha256(yaml_text.encode("utf-8")).hexdigest()
+
+
+def sqlite_path_of(url: str) -> str | None:
+    """The file path a store URL names, or None for `memory://`; ValueError otherwise.
+
+    As in SQLAlchemy, three slashes then a relative path, four slashes for an absolute one.
+    """
+    if url == _MEMORY_URL:
+        return None
+    if url.startswith(_SQLITE_PREFIX):
+        path = url[len(_SQLITE_PREFIX) :]
+        if path and path != "/" and "?" not in path and "\x00" not in path:
+            return path
+    raise ValueError(f"unsupported policy store URL {url!r}: {_URL_FORMS}")
+
+
+def open_store(url: str) -> PolicyStore:
+    """Open (creating if needed) the store a URL names."""
+    path = sqlite_path_of(url)
+    if path is None:
+        return MemoryStore()
+    return SqliteStore(path)
+
+
+def _new_seed() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
+        Encoding.Raw, PrivateFormat.Raw, NoEncryption()
+    )
+
+
+def _create_private_file(path: Path) -> None:
+    """Create the database file with mode 0600 before SQLite does (it would use the umask).
+
+    SQLite gives its -wal and -shm files the database file's mode, so they stay private too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    os.close(fd)
+
+
+class SqliteStore:
+    """A `PolicyStore` over one SQLite database, a file or `:memory:`.
+
+    Safe to call from several threads (the event loop and `asyncio.to_thread` workers): one
+    connection, guarded by one lock.
+    """
+
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seed: bytes | None = None
+        self._closed = False
+        in_memory = path == ":memory:"
+        self._where = "memory://" if in_memory else path
+        if not in_memory:
+            file = Path(path)
+            if not file.parent.is_dir():
+                raise StoreError(
+                    f"cannot open policy store {path!r}: folder {str(file.parent)!r} "
+                    "does not exist"
+                )
+            _create_private_file(file)
+        try:
+            # isolation_level=None: transactions are only the ones begun explicitly below.
+            self._db = sqlite3.connect(
+                path, timeout=10.0, isolation_level=None, check_same_thread=False
+            )
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open policy store {self._where!r}: {exc}") from exc
+        try:
+            if not in_memory:
+                mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise StoreError(
+                        f"policy store {self._where!r} cannot use WAL journaling ({mode})"
+                    )
+                self._db.execute("PRAGMA synchronous=FULL")
+            self._create_schema()
+            latest = self._db.execute(
+                f"SELECT {_COLUMNS} FROM revisions ORDER BY revision DESC LIMIT 1"
+            ).fetchone()
+            if latest is not None:
+                self._revision_of(latest)
+        except sqlite3.OperationalError as exc:
+            self._db.close()
+            raise StoreError(f"cannot open policy store {self._where!r}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise CorruptStoreError(
+                f"policy store {self._where!r} is not a readable database: {exc}"
+            ) from exc
+        except StoreError:
+            self._db.close()
+            raise
+
+    # -- PolicyStore -------------------------------------------------------------------------
+
+    def latest(self) -> Revision | None:
+        with self._locked():
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM revisions ORDER BY revision DESC LIMIT 1"
+            ).fetchone()
+            return None if row is None else self._revision_of(row)
+
+    def get(self, revision: int) -> Revision | None:
+        with self._locked():
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM revisions WHERE revision = ?", (revision,)
+            ).fetchone()
+            return None if row is None else self._revision_of(row)
+
+    def history(self, limit: int | None = None) -> list[Revision]:
+        """Revisions, newest first; at most `limit` of them when given."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"history limit must be >= 0, got {limit}")
+        with self._locked():
+            rows = self._db.execute(
+                f"SELECT {_COLUMNS} FROM revisions ORDER BY revision DESC LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+            return [self._revision_of(row) for row in rows]
+
+    def append(
+        self, yaml: str, author: str, comment: str, rolled_back_from: int = 0
+    ) -> AppendResult:
+        """Store `yaml` as a new revision, unless it equals the latest one (then a no-op).
+
+        A rollback to revision N is `append(get(N).yaml, ..., rolled_back_from=N)`.
+        """
+        if rolled_back_from < 0:
+            raise ValueError(f"rolled_back_from must be >= 0, got {rolled_back_from}")
+        digest = content_hash_of(yaml)
+        with self._locked(), self._write_transaction():
+            row = self._db.execute(
+                f"SELECT {_COLUMNS} FROM revisions ORDER BY revision DESC LIMIT 1"
+            ).fetchone()
+            latest = None if row is None else self._revision_of(row)
+            if latest is not None and latest.content_hash == digest:
+                return AppendResult(applied=False, revision=latest)
+            number = 1 if latest is None else latest.revision + 1
+            if rolled_back_from >= number:
+                raise ValueError(
+                    f"cannot roll back from revision {rolled_back_from}: "
+                    f"the latest revision is {number - 1}"
+                )
+            revision = Revision(
+                revision=number,
+                created_unix=self._clock(),
+                author=author,
+                comment=comment,
+                content_hash=digest,
+                yaml=yaml,
+                rolled_back_from=rolled_back_from,
+            )
+            self._db.execute(
+                f"INSERT INTO revisions ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                (
+                    revision.revision,
+                    revision.created_unix,
+                    revision.author,
+                    revision.comment,
+                    revision.content_hash,
+                    revision.yaml,
+                    revision.rolled_back_from,
+                ),
+            )
+            return AppendResult(applied=True, revision=revision)
+
+    def signing_key_seed(self) -> bytes:
+        """The Center's Ed25519 private key seed, created and stored on the first call."""
+        with self._locked():
+            if self._seed is not None:
+                return self._seed
+            with self._write_transaction():
+                row = self._db.execute("SELECT seed FROM signing_key WHERE id = 1").fetchone()
+                if row is None:
+                    seed = _new_seed()
+                    self._db.execute("INSERT INTO signing_key (id, seed) VALUES (1, ?)", (seed,))
+                else:
+                    seed = row[0]
+                    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
+                        raise CorruptStoreError(
+                            f"policy store {self._where!r} holds a malformed signing key "
+                            f"(expected {SEED_BYTES} bytes)"
+                        )
+            self._seed = seed
+            return seed
+
+    def close(self) -> None:
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._db.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    @contextmanager
+    def _locked(self) -> Iterator[None]:
+        with self._lock:
+            if self._closed:
+                raise StoreError(f"policy store {self._where!r} is closed")
+            yield
+
+    @contextmanager
+    def _write_transaction(self) -> Iterator[None]:
+        # IMMEDIATE takes the write lock up front: whatever is read inside (the latest revision)
+        # cannot change before the write, even with another process on the same file.
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self._db.execute("COMMIT")
+        except BaseException:
+            # SQLite may already have rolled back on some errors; a second ROLLBACK would
+            # hide the original exception.
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            raise
+
+    def _create_schema(self) -> None:
+        with self._write_transaction():
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise StoreError(
+                    f"policy store {self._where!r} has schema version {version}, newer than "
+                    f"this Center understands ({SCHEMA_VERSION})"
+                )
+            for statement in _SCHEMA.split(";"):
+                if statement.strip():
+                    self._db.execute(statement)
+            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _revision_of(self, row: tuple[object, ...]) -> Revision:
+        number, created, author, comment, stored_hash, yaml, rolled_back_from = row
+        if (
+            not isinstance(number, int)
+            or not isinstance(created, int | float)
+            or not isinstance(author, str)
+            or not isinstance(comment, str)
+            or not isinstance(stored_hash, str)
+            or not isinstance(yaml, str)
+            or not isinstance(rolled_back_from, int)
+        ):
+            raise CorruptStoreError(
+                f"policy store {self._where!r}: revision {number!r} has malformed columns"
+            )
+        if content_hash_of(yaml) != stored_hash:
+            raise CorruptStoreError(
+                f"policy store {self._where!r}: revision {number} is corrupt "
+                "(its stored hash does not match its YAML)"
+            )
+        return Revision(
+            revision=number,
+            created_unix=float(created),
+            author=author,
+            comment=comment,
+            content_hash=stored_hash,
+            yaml=yaml,
+            rolled_back_from=rolled_back_from,
+        )
+
+
+class MemoryStore(SqliteStore):
+    """`memory://`: the same store on an in-memory database; nothing outlives the object."""
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(":memory:", clock=clock)
