@@ -1,0 +1,468 @@
+"""The Center's policy store: revisions, history, rollback, durability and the signing key."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import select
+import signal
+import sqlite3
+import stat
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from center_svc.store import (
+    DEFAULT_STORE_URL,
+    CorruptStoreError,
+    MemoryStore,
+    PolicyStore,
+    SqliteStore,
+    StoreError,
+    content_hash_of,
+    open_store,
+    sqlite_path_of,
+)
+
+POLICY_A = "services:\n  billing: {}\n"
+POLICY_B = "services:\n  billing: {}\n  orders: {}\n"
+POLICY_C = "services:\n  orders: {}\n"
+
+
+@pytest.fixture
+def store() -> Iterator[PolicyStore]:
+    opened = open_store("memory://")
+    yield opened
+    opened.close()
+
+
+def file_url(path: Path) -> str:
+    return "sqlite:///" + str(path)  # an absolute path gives the four-slash form
+
+
+# -- revisions -------------------------------------------------------------------------------
+
+
+def test_an_empty_store_has_no_revisions(store: PolicyStore) -> None:
+    assert store.latest() is None
+    assert store.get(1) is None
+    assert store.history() == []
+
+
+def test_revisions_start_at_one_and_grow_by_one(store: PolicyStore) -> None:
+    numbers = [store.append(text, "alice", "c").revision.revision
+               for text in (POLICY_A, POLICY_B, POLICY_C)]
+    assert numbers == [1, 2, 3]
+    latest = store.latest()
+    assert latest is not None and latest.revision == 3
+
+
+def test_a_revision_records_who_when_why_and_what() -> None:
+    store = MemoryStore(clock=lambda: 1234.5)
+    result = store.append(POLICY_A, "alice", "first policy")
+    assert result.applied
+    stored = store.get(1)
+    assert stored == result.revision
+    assert stored is not None
+    assert stored.created_unix == 1234.5
+    assert stored.author == "alice"
+    assert stored.comment == "first policy"
+    assert stored.yaml == POLICY_A
+    assert stored.content_hash == hashlib.sha256(POLICY_A.encode("utf-8")).hexdigest()
+    assert stored.rolled_back_from == 0
+    store.close()
+
+
+def test_content_hash_is_sha256_hex_of_utf8() -> None:
+    text = "name: caf\u00e9\n"
+    assert content_hash_of(text) == hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def test_the_default_clock_is_unix_time(store: PolicyStore) -> None:
+    before = time.time()
+    created = store.append(POLICY_A, "alice", "").revision.created_unix
+    assert before <= created <= time.time()
+
+
+def test_identical_content_is_a_no_op_returning_the_latest(store: PolicyStore) -> None:
+    first = store.append(POLICY_A, "alice", "first").revision
+    again = store.append(POLICY_A, "bob", "same again")
+    assert not again.applied
+    assert again.revision == first
+    assert [r.revision for r in store.history()] == [1]
+
+
+def test_content_equal_to_an_older_revision_is_a_new_revision(store: PolicyStore) -> None:
+    store.append(POLICY_A, "alice", "")
+    store.append(POLICY_B, "alice", "")
+    result = store.append(POLICY_A, "alice", "back to A by hand")
+    assert result.applied and result.revision.revision == 3
+
+
+def test_whitespace_change_is_a_different_content(store: PolicyStore) -> None:
+    store.append(POLICY_A, "alice", "")
+    assert store.append(POLICY_A + "\n", "alice", "").applied
+
+
+# -- history ---------------------------------------------------------------------------------
+
+
+def test_history_lists_newest_first(store: PolicyStore) -> None:
+    for text in (POLICY_A, POLICY_B, POLICY_C):
+        store.append(text, "alice", "")
+    assert [r.revision for r in store.history()] == [3, 2, 1]
+    assert [r.yaml for r in store.history()] == [POLICY_C, POLICY_B, POLICY_A]
+
+
+def test_history_limit_keeps_the_newest(store: PolicyStore) -> None:
+    for text in (POLICY_A, POLICY_B, POLICY_C):
+        store.append(text, "alice", "")
+    assert [r.revision for r in store.history(limit=2)] == [3, 2]
+    assert [r.revision for r in store.history(limit=10)] == [3, 2, 1]
+    assert store.history(limit=0) == []
+
+
+def test_history_refuses_a_negative_limit(store: PolicyStore) -> None:
+    with pytest.raises(ValueError, match="limit"):
+        store.history(limit=-1)
+
+
+# -- rollback --------------------------------------------------------------------------------
+
+
+def test_rollback_is_a_new_revision_with_the_old_content(store: PolicyStore) -> None:
+    store.append(POLICY_A, "alice", "")
+    store.append(POLICY_B, "alice", "")
+    old = store.get(1)
+    assert old is not None
+    result = store.append(old.yaml, "bob", "roll back to 1", rolled_back_from=1)
+    assert result.applied
+    assert result.revision.revision == 3
+    assert result.revision.yaml == POLICY_A
+    assert result.revision.content_hash == old.content_hash
+    assert result.revision.rolled_back_from == 1
+    assert result.revision.author == "bob"
+    # the revisions rolled back over stay in the history
+    assert [r.revision for r in store.history()] == [3, 2, 1]
+
+
+def test_rollback_to_content_equal_to_latest_is_a_no_op(store: PolicyStore) -> None:
+    store.append(POLICY_A, "alice", "")
+    store.append(POLICY_B, "alice", "")
+    store.append(POLICY_A, "alice", "", rolled_back_from=1)
+    result = store.append(POLICY_A, "bob", "roll back to 1 again", rolled_back_from=1)
+    assert not result.applied
+    assert result.revision.revision == 3
+
+
+def test_rollback_from_a_revision_that_does_not_exist_is_refused(store: PolicyStore) -> None:
+    store.append(POLICY_A, "alice", "")
+    with pytest.raises(ValueError, match="roll back"):
+        store.append(POLICY_B, "alice", "", rolled_back_from=5)
+    with pytest.raises(ValueError):
+        store.append(POLICY_B, "alice", "", rolled_back_from=-1)
+    assert [r.revision for r in store.history()] == [1]
+
+
+# -- URLs ------------------------------------------------------------------------------------
+
+
+def test_url_three_slashes_is_a_relative_path() -> None:
+    assert sqlite_path_of("sqlite:///relative/path.db") == "relative/path.db"
+
+
+def test_url_four_slashes_is_an_absolute_path() -> None:
+    assert sqlite_path_of("sqlite:////absolute/path.db") == "/absolute/path.db"
+
+
+def test_url_memory_names_no_file() -> None:
+    assert sqlite_path_of("memory://") is None
+    assert isinstance(open_store("memory://"), MemoryStore)
+
+
+def test_default_url_is_a_file_in_the_current_folder() -> None:
+    assert sqlite_path_of(DEFAULT_STORE_URL) == "fastproxy-center.db"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["postgresql://db/center", "sqlite://", "sqlite:///", "sqlite:////", "memory:", "",
+     "center.db", "sqlite:/center.db", "sqlite:///center.db?mode=ro", "memory://x"],
+)
+def test_other_urls_are_refused_naming_the_expected_forms(url: str) -> None:
+    with pytest.raises(ValueError, match=r"sqlite:///relative/path\.db.*memory://"):
+        open_store(url)
+
+
+def test_a_relative_url_is_relative_to_the_current_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    store = open_store("sqlite:///center.db")
+    store.append(POLICY_A, "alice", "")
+    store.close()
+    assert (tmp_path / "center.db").is_file()
+
+
+def test_an_absolute_url_opens_that_file(tmp_path: Path) -> None:
+    url = "sqlite:///" + str(tmp_path / "abs.db")
+    assert url.startswith("sqlite:////")
+    store = open_store(url)
+    assert isinstance(store, SqliteStore)
+    store.close()
+    assert (tmp_path / "abs.db").is_file()
+
+
+def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no-such-folder" / "center.db"
+    with pytest.raises(StoreError, match="does not exist"):
+        open_store(file_url(missing))
+    assert not missing.parent.exists()
+
+
+# -- durability ------------------------------------------------------------------------------
+
+
+def test_history_survives_close_and_reopen(tmp_path: Path) -> None:
+    url = file_url(tmp_path / "center.db")
+    store = open_store(url)
+    store.append(POLICY_A, "alice", "one")
+    store.append(POLICY_B, "bob", "two")
+    store.append(POLICY_A, "carol", "three", rolled_back_from=1)
+    before = store.history()
+    store.close()
+
+    reopened = open_store(url)
+    assert reopened.history() == before
+    assert reopened.append(POLICY_C, "dave", "four").revision.revision == 4
+    reopened.close()
+
+
+def test_memory_store_keeps_nothing() -> None:
+    first = open_store("memory://")
+    first.append(POLICY_A, "alice", "")
+    first.close()
+    second = open_store("memory://")
+    assert second.latest() is None
+    second.close()
+
+
+def test_the_store_file_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    store = open_store(file_url(path))
+    store.append(POLICY_A, "alice", "")
+    store.signing_key_seed()
+    for name in ("center.db", "center.db-wal", "center.db-shm"):
+        if (tmp_path / name).exists():
+            assert stat.S_IMODE((tmp_path / name).stat().st_mode) == 0o600, name
+    store.close()
+
+
+def test_the_file_uses_wal_and_full_sync(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    store = open_store(file_url(path))
+    store.close()
+    with sqlite3.connect(path) as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_two_stores_on_one_file_never_reuse_a_revision(tmp_path: Path) -> None:
+    url = file_url(tmp_path / "center.db")
+    one, two = open_store(url), open_store(url)
+    assert one.append(POLICY_A, "a", "").revision.revision == 1
+    assert two.append(POLICY_B, "b", "").revision.revision == 2
+    assert one.append(POLICY_C, "a", "").revision.revision == 3
+    assert not two.append(POLICY_C, "b", "").applied
+    one.close()
+    two.close()
+
+
+def test_concurrent_appends_from_threads_get_distinct_revisions(tmp_path: Path) -> None:
+    store = open_store(file_url(tmp_path / "center.db"))
+    numbers: list[int] = []
+    numbers_lock = threading.Lock()
+
+    def writer(name: str) -> None:
+        for i in range(20):
+            number = store.append(f"writer: {name}\nindex: {i}\n", name, "").revision.revision
+            with numbers_lock:
+                numbers.append(number)
+
+    threads = [threading.Thread(target=writer, args=(f"w{n}",)) for n in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(numbers) == list(range(1, 81))
+    store.close()
+
+
+def test_a_closed_store_refuses_calls() -> None:
+    store = open_store("memory://")
+    store.close()
+    store.close()  # closing twice is harmless
+    with pytest.raises(StoreError, match="closed"):
+        store.latest()
+    with pytest.raises(StoreError, match="closed"):
+        store.append(POLICY_A, "alice", "")
+
+
+# -- corruption ------------------------------------------------------------------------------
+
+
+def test_a_corrupt_latest_revision_is_detected_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    store = open_store(file_url(path))
+    store.append(POLICY_A, "alice", "")
+    store.append(POLICY_B, "alice", "")
+    store.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE revisions SET yaml = ? WHERE revision = 2", (POLICY_C,))
+    with pytest.raises(CorruptStoreError, match="revision 2 is corrupt"):
+        open_store(file_url(path))
+
+
+def test_a_corrupt_older_revision_is_refused_when_read(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    store = open_store(file_url(path))
+    store.append(POLICY_A, "alice", "")
+    store.append(POLICY_B, "alice", "")
+    store.close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("UPDATE revisions SET content_hash = ? WHERE revision = 1", ("0" * 64,))
+    reopened = open_store(file_url(path))  # the latest is fine
+    with pytest.raises(CorruptStoreError, match="revision 1"):
+        reopened.get(1)
+    with pytest.raises(CorruptStoreError):
+        reopened.history()
+    reopened.close()
+
+
+def test_a_file_that_is_not_a_database_is_detected_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    path.write_bytes(b"this is not a sqlite database, just some bytes" * 100)
+    with pytest.raises(CorruptStoreError, match="not a readable database"):
+        open_store(file_url(path))
+
+
+def test_a_malformed_signing_key_is_detected(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    open_store(file_url(path)).close()
+    with sqlite3.connect(path) as raw:
+        raw.execute("INSERT INTO signing_key (id, seed) VALUES (1, ?)", (b"short",))
+    store = open_store(file_url(path))
+    with pytest.raises(CorruptStoreError, match="signing key"):
+        store.signing_key_seed()
+    store.close()
+
+
+# -- signing key -----------------------------------------------------------------------------
+
+
+def test_signing_key_seed_is_a_usable_ed25519_seed(store: PolicyStore) -> None:
+    seed = store.signing_key_seed()
+    assert len(seed) == 32
+    key = Ed25519PrivateKey.from_private_bytes(seed)
+    key.public_key().verify(key.sign(b"snapshot"), b"snapshot")
+
+
+def test_signing_key_seed_is_created_once_per_memory_store() -> None:
+    one, two = MemoryStore(), MemoryStore()
+    assert one.signing_key_seed() == one.signing_key_seed()
+    assert one.signing_key_seed() != two.signing_key_seed()
+    one.close()
+    two.close()
+
+
+def test_signing_key_seed_survives_close_and_reopen(tmp_path: Path) -> None:
+    url = file_url(tmp_path / "center.db")
+    store = open_store(url)
+    seed = store.signing_key_seed()
+    store.close()
+    reopened = open_store(url)
+    assert reopened.signing_key_seed() == seed
+    reopened.close()
+
+
+def test_two_stores_on_one_file_share_one_signing_key(tmp_path: Path) -> None:
+    url = file_url(tmp_path / "center.db")
+    one, two = open_store(url), open_store(url)
+    assert one.signing_key_seed() == two.signing_key_seed()
+    one.close()
+    two.close()
+
+
+# -- SIGKILL in the middle of appends --------------------------------------------------------
+
+_APPENDER = textwrap.dedent(
+    """
+    import sys
+    from center_svc.store import open_store
+
+    store = open_store(sys.argv[1])
+    round_id = sys.argv[2]
+    # big enough that one revision spans many database pages
+    padding = "# " + "x" * 200 + "\\n"
+    print("ready", flush=True)
+    i = 0
+    while True:
+        store.append(f"round: {round_id}\\nindex: {i}\\n" + padding * 25, "child", str(i))
+        i += 1
+    """
+)
+
+
+def wait_for_line(proc: subprocess.Popen[bytes], timeout: float) -> bytes:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "child did not start in time"
+    return proc.stdout.readline()
+
+
+def test_sigkill_during_appends_leaves_only_whole_revisions(tmp_path: Path) -> None:
+    url = file_url(tmp_path / "center.db")
+    store = open_store(url)
+    seed = store.signing_key_seed()
+    store.append(POLICY_A, "parent", "before the children")
+    store.close()
+
+    rng = random.Random()
+    counts = [1]
+    for round_id in range(5):
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _APPENDER, url, str(round_id)],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert wait_for_line(proc, timeout=10) == b"ready\n"
+            time.sleep(rng.uniform(0.1, 0.5))
+            os.kill(proc.pid, signal.SIGKILL)
+            assert proc.wait(timeout=10) == -signal.SIGKILL
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+            assert proc.stdout is not None
+            proc.stdout.close()
+
+        reopened = open_store(url)  # raises if the latest row is broken
+        history = reopened.history()
+        assert [r.revision for r in history] == list(range(len(history), 0, -1))
+        for revision in history:
+            assert revision.content_hash == content_hash_of(revision.yaml)
+        assert reopened.signing_key_seed() == seed
+        after = reopened.append(f"parent: after round {round_id}\n", "parent", "")
+        assert after.applied and after.revision.revision == len(history) + 1
+        reopened.close()
+        counts.append(len(history))
+
+    assert counts == sorted(counts)
+    assert counts[-1] > counts[0], "no child ever committed a revision"
