@@ -13,9 +13,9 @@ from types import MappingProxyType
 from typing import Any
 
 import yaml
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-
 from fastproxy.policy.model import (
     AllowRule,
     Compression,
@@ -29,14 +29,16 @@ from fastproxy.policy.model import (
 )
 from fastproxy.policy.secrets import SecretError, resolve_secret
 
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-GRPC_SERVICE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
-METHOD_RE = re.compile(
-    r"^(\*|/[A-Za-z_][A-Za-z0-9_.]*/(\*|[A-Za-z_][A-Za-z0-9_]*))$"
-)
-ENDPOINT_RE = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})$")
+# Patterns are applied with fullmatch: `$` alone would accept a trailing newline.
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,127}")
+_GRPC_SERVICE = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+GRPC_SERVICE_RE = re.compile(_GRPC_SERVICE)
+METHOD_RE = re.compile(rf"\*|/{_GRPC_SERVICE}/(\*|[A-Za-z_][A-Za-z0-9_]*)")
+ENDPOINT_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):([0-9]{1,5})")
 COMPRESSION_ALGORITHMS = ("gzip", "zstd")
 MAX_TIMEOUT_MS = 24 * 3600 * 1000
+MAX_RPS = 1_000_000_000
+MAX_BURST = 1 << 30
 
 
 class PolicyError(ValueError):
@@ -85,7 +87,7 @@ class _Check:
         if not isinstance(value, str) or not value:
             self.error(path, "must be a non-empty string")
             return None
-        if pattern is not None and not pattern.match(value):
+        if pattern is not None and not pattern.fullmatch(value):
             self.error(path, f"{value!r} is not a valid {what}")
             return None
         return value
@@ -124,45 +126,76 @@ def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """A safe loader that refuses a key written twice in one mapping (YAML would silently
+    keep the last one, e.g. drop a whole service)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError:
+                continue  # an unhashable key; the base constructor reports it
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark,
+                    f"found duplicate key {key!r}", key_node.start_mark,
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_policy(text: str | bytes, environ: Mapping[str, str] | None = None) -> Policy:
     """Parses YAML text into a validated `Policy`, or raises `PolicyError` with every error."""
     try:
-        document = yaml.safe_load(text)
+        document = yaml.load(text, Loader=_StrictLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "cannot be parsed"
         raise PolicyError([f"yaml: {problem}{where}"]) from None
+    except RecursionError:
+        raise PolicyError(["yaml: nested too deeply"]) from None
     return validate_policy(document, environ)
 
 
 def validate_policy(document: Any, environ: Mapping[str, str] | None = None) -> Policy:
+    """Validates an already parsed document (a mapping, as YAML or JSON would give)."""
+    if not isinstance(document, Mapping):
+        raise PolicyError(["policy: must be a mapping with version, keys and services"])
     check = _Check()
     top = check.fields(document, "", ("version",), ("keys", "services"))
-    if top is None:
-        raise PolicyError(check.errors or ["policy: must be a mapping"])
-    if "version" in top and (isinstance(top["version"], bool) or top["version"] != 1):
+    assert top is not None
+    version = top.get("version", 1)
+    if type(version) is not int or version != 1:
         check.error("version", "must be 1")
-    keys = _keys(check, top.get("keys"), lambda ref: resolve_secret(ref, environ))
-    services = _services(check, top.get("services"))
-    _cross_check(check, keys, services)
+    keys, key_names = _keys(check, top.get("keys"), lambda ref: resolve_secret(ref, environ))
+    services, service_names, callers = _services(check, top.get("services"))
+    _cross_check(check, keys, key_names, services, service_names, callers)
     if check.errors:
         raise PolicyError(check.errors)
     return Policy(keys=MappingProxyType(keys), services=MappingProxyType(services))
 
 
-def _keys(check: _Check, value: Any, resolve: Callable[[str], bytes]) -> dict[str, KeySpec]:
+def _keys(check: _Check, value: Any,
+          resolve: Callable[[str], bytes]) -> tuple[dict[str, KeySpec], set[str]]:
+    """The valid keys, and every well-named key declared (valid or not), so that a reference
+    to a key that failed on its own is not reported a second time as unknown."""
     raw = check.mapping(value, "keys")
     out: dict[str, KeySpec] = {}
+    declared: set[str] = set()
     for name, spec in (raw or {}).items():
         path = f"keys.{name}"
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             check.error(path, "is not a valid key name (letters, digits, '.', '_', '-')")
             continue
+        declared.add(name)
         key = _key(check, path, name, spec, resolve)
         if key is not None:
             out[name] = key
-    return out
+    return out, declared
 
 
 def _key(check: _Check, path: str, name: str, spec: Any,
@@ -219,10 +252,10 @@ def _ed25519_seed(material: bytes) -> bytes | None:
         return material
     try:
         key = serialization.load_pem_private_key(material, password=None)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, UnsupportedAlgorithm):
         try:
             key = serialization.load_der_private_key(material, password=None)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, UnsupportedAlgorithm):
             return None
     if not isinstance(key, Ed25519PrivateKey):
         return None
@@ -236,14 +269,24 @@ SERVICE_FIELDS = ("grpc_services", "endpoints", "identity", "encrypt", "compress
                   "timeout_ms", "allow", "retry")
 
 
-def _services(check: _Check, value: Any) -> dict[str, ServiceSpec]:
+# (path of an allow rule's caller field, the service it names)
+CallerRefs = list[tuple[str, str]]
+
+
+def _services(check: _Check,
+              value: Any) -> tuple[dict[str, ServiceSpec], set[str], CallerRefs]:
+    """The valid services, every well-named service declared, and every caller an allow rule
+    names (kept apart from the rules, which are dropped when their methods are invalid)."""
     raw = check.mapping(value, "services")
     out: dict[str, ServiceSpec] = {}
+    declared: set[str] = set()
+    callers: CallerRefs = []
     for name, spec in (raw or {}).items():
         path = f"services.{name}"
-        if not isinstance(name, str) or not NAME_RE.match(name):
+        if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             check.error(path, "is not a valid service name (letters, digits, '.', '_', '-')")
             continue
+        declared.add(name)
         if spec is None:
             spec = {}
         fields = check.fields(spec, path, (), SERVICE_FIELDS)
@@ -255,17 +298,25 @@ def _services(check: _Check, value: Any) -> dict[str, ServiceSpec]:
             grpc_services=check.string_list(fields.get("grpc_services"),
                                             f"{path}.grpc_services", GRPC_SERVICE_RE,
                                             "gRPC service name"),
-            endpoints=check.string_list(fields.get("endpoints"), f"{path}.endpoints",
-                                        ENDPOINT_RE, "HOST:PORT endpoint"),
+            endpoints=_endpoints(check, fields.get("endpoints"), f"{path}.endpoints"),
             identity=_key_ref(check, fields.get("identity"), f"{path}.identity"),
             encrypt=_key_ref(check, fields.get("encrypt"), f"{path}.encrypt"),
             compress=_compression(check, fields.get("compress"), f"{path}.compress"),
             timeout_ms=0 if timeout is None else (
                 check.integer(timeout, f"{path}.timeout_ms", 1, MAX_TIMEOUT_MS) or 0),
-            allow=_allow(check, fields.get("allow"), f"{path}.allow"),
+            allow=_allow(check, fields.get("allow"), f"{path}.allow", callers),
             retry=_retry(check, fields.get("retry"), f"{path}.retry"),
         )
-    return out
+    return out, declared, callers
+
+
+def _endpoints(check: _Check, value: Any, path: str) -> tuple[str, ...]:
+    endpoints = check.string_list(value, path, ENDPOINT_RE, "HOST:PORT endpoint")
+    for i, endpoint in enumerate(endpoints):
+        port = int(endpoint.rpartition(":")[2])
+        if not 1 <= port <= 65535:
+            check.error(f"{path}[{i}]", f"port {port} is not between 1 and 65535")
+    return tuple(e for e in endpoints if 1 <= int(e.rpartition(":")[2]) <= 65535)
 
 
 def _key_ref(check: _Check, value: Any, path: str) -> KeyRef | None:
@@ -294,7 +345,7 @@ def _compression(check: _Check, value: Any, path: str) -> Compression | None:
     return Compression(algorithm, 1024 if min_bytes is None else min_bytes)
 
 
-def _allow(check: _Check, value: Any, path: str) -> tuple[AllowRule, ...]:
+def _allow(check: _Check, value: Any, path: str, callers: CallerRefs) -> tuple[AllowRule, ...]:
     if value is None:
         return ()
     if not isinstance(value, list):
@@ -310,10 +361,20 @@ def _allow(check: _Check, value: Any, path: str) -> tuple[AllowRule, ...]:
         if "caller" in fields:
             caller = "*" if fields["caller"] == "*" else check.string(
                 fields["caller"], f"{rule_path}.caller", NAME_RE, "service name")
-        methods = check.string_list(fields.get("methods"), f"{rule_path}.methods", METHOD_RE,
-                                    "method pattern (/pkg.Service/Method, /pkg.Service/* or *)")
-        if isinstance(fields.get("methods"), list) and not fields["methods"]:
-            check.error(f"{rule_path}.methods", "must list at least one method pattern")
+            if caller is not None:
+                callers.append((f"{rule_path}.caller", caller))
+        methods: tuple[str, ...] = ()
+        if "methods" in fields:
+            raw_methods = fields["methods"]
+            if not isinstance(raw_methods, list) or not raw_methods:
+                check.error(f"{rule_path}.methods", "must be a non-empty list of method patterns")
+            else:
+                errors_before = len(check.errors)
+                methods = check.string_list(
+                    raw_methods, f"{rule_path}.methods", METHOD_RE,
+                    "method pattern (/pkg.Service/Method, /pkg.Service/* or *)")
+                if len(check.errors) != errors_before:
+                    methods = ()  # a rule is kept whole or not at all
         rate = _rate_limit(check, fields.get("rate_limit"), f"{rule_path}.rate_limit")
         if caller is not None and methods:
             rules.append(AllowRule(caller, methods, rate))
@@ -327,14 +388,20 @@ def _rate_limit(check: _Check, value: Any, path: str) -> RateLimit | None:
     if fields is None or "rps" not in fields:
         return None
     rps = fields["rps"]
-    if isinstance(rps, bool) or not isinstance(rps, int | float) or not math.isfinite(rps):
+    if isinstance(rps, bool) or not isinstance(rps, int | float):
+        check.error(f"{path}.rps", "must be a number")
+        return None
+    if rps != rps:  # NaN (math.isnan would overflow on a huge integer)
         check.error(f"{path}.rps", "must be a number")
         return None
     if rps <= 0:
         check.error(f"{path}.rps", "must be greater than 0")
         return None
+    if rps > MAX_RPS:  # also refuses .inf and integers too large for a float
+        check.error(f"{path}.rps", f"must be at most {MAX_RPS}")
+        return None
     burst = check.integer(fields.get("burst", max(1, math.ceil(rps))), f"{path}.burst", 1,
-                          1 << 30)
+                          MAX_BURST)
     return RateLimit(float(rps), burst) if burst is not None else None
 
 
@@ -358,42 +425,44 @@ def _retry(check: _Check, value: Any, path: str) -> RetryPolicy | None:
     return RetryPolicy(attempts, initial, maximum)
 
 
-def _cross_check(check: _Check, keys: dict[str, KeySpec],
-                 services: dict[str, ServiceSpec]) -> None:
-    """References between keys and services; runs after every field was read."""
+def _cross_check(check: _Check, keys: Mapping[str, KeySpec], key_names: set[str],
+                 services: Mapping[str, ServiceSpec], service_names: set[str],
+                 callers: CallerRefs) -> None:
+    """References between keys and services; runs after every field was read. A name that
+    was declared but failed its own checks is not reported again as unknown."""
     routed: dict[str, str] = {}
-    called_or_calling: set[str] = set()
     for name, svc in services.items():
         path = f"services.{name}"
-        for ref, field_name, wanted, what in (
-            (svc.identity, "identity", KeyType.signs, "a signing key (hmac-sha256, ed25519)"),
-            (svc.encrypt, "encrypt", KeyType.encrypts,
-             "an encryption key (aes-256-gcm, chacha20-poly1305)"),
-        ):
+        for ref, field_name, wanted in ((svc.identity, "identity", _SIGNING),
+                                        (svc.encrypt, "encrypt", _ENCRYPTION)):
             if ref is None:
                 continue
             for label, key_name in (("key", ref.key),
                                     *((f"accept[{i}]", k) for i, k in enumerate(ref.accept))):
                 key_path = f"{path}.{field_name}.{label}"
-                if key_name not in keys:
+                if key_name not in key_names:
                     check.error(key_path, f"unknown key {key_name!r}")
-                elif not wanted.fget(keys[key_name].type):  # type: ignore[attr-defined]
-                    check.error(key_path, f"key {key_name!r} is not {what}")
-        for grpc_service in svc.grpc_services:
+                elif key_name in keys and keys[key_name].type not in wanted[0]:
+                    check.error(key_path, f"key {key_name!r} is not {wanted[1]}")
+        for i, grpc_service in enumerate(svc.grpc_services):
             owner = routed.setdefault(grpc_service, name)
             if owner != name:
-                check.error(f"{path}.grpc_services",
+                check.error(f"{path}.grpc_services[{i}]",
                             f"{grpc_service!r} is already routed to service {owner!r}")
-        if svc.allow:
-            called_or_calling.add(name)
-        for i, rule in enumerate(svc.allow):
-            if rule.caller == "*":
-                continue
-            if rule.caller not in services:
-                check.error(f"{path}.allow[{i}].caller", f"unknown service {rule.caller!r}")
-            else:
-                called_or_calling.add(rule.caller)
+    called_or_calling = {name for name, svc in services.items() if svc.allow}
+    for caller_path, caller in callers:
+        if caller == "*":
+            continue
+        if caller not in service_names:
+            check.error(caller_path, f"unknown service {caller!r}")
+        else:
+            called_or_calling.add(caller)
     for name in sorted(called_or_calling):
-        if services[name].identity is None:
+        if name in services and services[name].identity is None:
             check.error(f"services.{name}.identity",
-                        "is required: the service calls or is called by another")
+                        "is required: the service calls or is called by another service")
+
+
+_SIGNING = (frozenset(t for t in KeyType if t.signs), "a signing key (hmac-sha256, ed25519)")
+_ENCRYPTION = (frozenset(t for t in KeyType if t.encrypts),
+               "an encryption key (aes-256-gcm, chacha20-poly1305)")

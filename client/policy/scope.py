@@ -59,8 +59,9 @@ def scope_snapshot(
         for name in callees:
             spec = policy.services[name]
             entry = _service_pb(spec, with_rules=False)
-            extra = (registered or {}).get(name, ())
-            entry.endpoints.extend(e for e in extra if e not in spec.endpoints)
+            for endpoint in (registered or {}).get(name, ()):
+                if endpoint not in entry.endpoints:
+                    entry.endpoints.append(endpoint)
             snapshot.services.append(entry)
             keys.add(spec.encrypt, private=True)
             keys.add(spec.identity, private=name == service)

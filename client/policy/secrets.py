@@ -29,13 +29,19 @@ def resolve_secret(ref: str, environ: Mapping[str, str] | None = None) -> bytes:
     if scheme == "base64":
         return _decode_base64(rest, "base64: value")
     if scheme == "env":
+        if not rest:
+            raise SecretError("env: needs a variable name")
         if rest not in env:
             raise SecretError(f"environment variable {rest} is not set")
         return _decode_text(env[rest], f"environment variable {rest}")
+    if not rest:
+        raise SecretError("file: needs a path")
     try:
         raw = Path(rest).read_bytes()
     except OSError as exc:
-        raise SecretError(f"file {rest} cannot be read ({exc.strerror})") from None
+        raise SecretError(f"file {rest} cannot be read ({exc.strerror or 'error'})") from None
+    except ValueError:  # e.g. a NUL byte in the path
+        raise SecretError("file: path is not a valid path") from None
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
