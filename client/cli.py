@@ -1,0 +1,411 @@
+"""`fastproxy`: the operator console for the Center.
+
+    fastproxy policy apply FILE [-m COMMENT]     fastproxy policy get [--revision N]
+    fastproxy policy history                     fastproxy policy rollback N [-m COMMENT]
+    fastproxy nodes                              fastproxy keys gen TYPE [--name NAME]
+
+Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
+its parser and sets `run` to a function of the parsed arguments that returns the exit code.
+Failures raise `CliError`; `main` prints them to stderr, one clear line each, and exits 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import grpc
+
+from fastproxy import __version__, cli_format
+from fastproxy.cli_keys import KEY_TYPE_NAMES, generate_key
+from fastproxy.commandline import OneLineArgumentParser, host_port
+from fastproxy.policy.model import KeyType
+from fastproxy.v1 import center_pb2, center_pb2_grpc
+
+DEFAULT_CENTER = "127.0.0.1:7070"
+DEFAULT_TIMEOUT_SECONDS = 5.0
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+Subparsers = Any  # argparse's subparsers action has no public type
+Run = Callable[[argparse.Namespace], int]
+Response = TypeVar("Response")
+
+
+class CliError(Exception):
+    """A failure to report: the first line says what went wrong; `details` (the errors of a
+    refused policy) follow one per line."""
+
+    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = tuple(details)
+
+
+# --- talking to the Center ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class CenterTarget:
+    """Where the Center is and how to prove who we are to it."""
+
+    address: str
+    token: str = field(default="", repr=False)
+    tls_ca: Path | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_server_name: str = ""
+    timeout: float = DEFAULT_TIMEOUT_SECONDS
+
+    @property
+    def uses_tls(self) -> bool:
+        return bool(self.tls_ca or self.tls_cert or self.tls_key or self.tls_server_name)
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> CenterTarget:
+        if bool(args.tls_cert) != bool(args.tls_key):
+            raise CliError("--tls-cert and --tls-key must be given together")
+        if args.timeout <= 0:
+            raise CliError("--timeout must be greater than 0")
+        return cls(
+            address=args.center, token=args.token or "",
+            tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
+            tls_server_name=args.tls_server_name or "", timeout=args.timeout,
+        )
+
+
+def open_channel(target: CenterTarget) -> grpc.Channel:
+    """A channel to the Center: plaintext unless a TLS option is given."""
+    if not target.uses_tls:
+        return grpc.insecure_channel(target.address)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=_read_file(target.tls_ca, "--tls-ca") if target.tls_ca else None,
+        private_key=_read_file(target.tls_key, "--tls-key") if target.tls_key else None,
+        certificate_chain=_read_file(target.tls_cert, "--tls-cert") if target.tls_cert else None,
+    )
+    options = ([("grpc.ssl_target_name_override", target.tls_server_name)]
+               if target.tls_server_name else [])
+    return grpc.secure_channel(target.address, credentials, options=options)
+
+
+def _read_file(path: Path, option: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"cannot read {option} file {path}: {exc.strerror}") from None
+
+
+class CenterClient:
+    """The admin RPCs, each with the credential and the deadline of `target`; gRPC failures
+    come out as `CliError` with a line an operator can act on."""
+
+    def __init__(self, target: CenterTarget, channel: grpc.Channel) -> None:
+        self._target = target
+        self._stub = center_pb2_grpc.CenterStub(channel)
+
+    def apply(self, yaml_text: str, comment: str) -> center_pb2.ApplyPolicyResponse:
+        request = center_pb2.ApplyPolicyRequest(yaml=yaml_text, comment=comment)
+        return self._call(self._stub.ApplyPolicy, request)
+
+    def get(self, revision: int) -> center_pb2.GetPolicyResponse:
+        return self._call(self._stub.GetPolicy, center_pb2.GetPolicyRequest(revision=revision))
+
+    def history(self, limit: int) -> center_pb2.ListRevisionsResponse:
+        request = center_pb2.ListRevisionsRequest(limit=limit)
+        return self._call(self._stub.ListRevisions, request)
+
+    def rollback(self, revision: int, comment: str) -> center_pb2.ApplyPolicyResponse:
+        request = center_pb2.RollbackPolicyRequest(revision=revision, comment=comment)
+        return self._call(self._stub.RollbackPolicy, request)
+
+    def nodes(self) -> center_pb2.ListNodesResponse:
+        return self._call(self._stub.ListNodes, center_pb2.ListNodesRequest())
+
+    def _call(self, method: Callable[..., Response], request: object) -> Response:
+        try:
+            return method(request, timeout=self._target.timeout, metadata=self._target.metadata)
+        except grpc.RpcError as exc:
+            raise rpc_failure(exc, self._target) from None
+
+
+def rpc_failure(error: grpc.RpcError, target: CenterTarget) -> CliError:
+    """One line naming what the operator should look at: the address, the credential, or
+    the request."""
+    code = error.code() if isinstance(error, grpc.Call) else grpc.StatusCode.UNKNOWN
+    details = " ".join(str(error.details() if isinstance(error, grpc.Call) else error).split())
+    where = f"the Center at {target.address}"
+    if code is grpc.StatusCode.UNAVAILABLE:
+        return CliError(f"cannot reach {where}: {details}")
+    if code is grpc.StatusCode.DEADLINE_EXCEEDED:
+        return CliError(f"{where} did not answer within {target.timeout:g} s "
+                        "(is it running? see --timeout)")
+    if code is grpc.StatusCode.UNAUTHENTICATED:
+        hint = "" if target.token or target.tls_cert else " (no --token or client certificate)"
+        return CliError(f"{where} refused the credential: unauthenticated{hint}: {details}")
+    if code is grpc.StatusCode.PERMISSION_DENIED:
+        return CliError(f"{where} refused the credential: permission denied: {details}")
+    if code is grpc.StatusCode.NOT_FOUND:
+        return CliError(details)
+    return CliError(f"{where} answered {code.name}: {details}")
+
+
+@contextmanager
+def center_client(args: argparse.Namespace) -> Iterator[CenterClient]:
+    target = CenterTarget.from_args(args)
+    channel = open_channel(target)
+    try:
+        yield CenterClient(target, channel)
+    finally:
+        channel.close()
+
+
+# --- commands -------------------------------------------------------------------------------
+
+
+def _print(text: str) -> None:
+    sys.stdout.write(text if text.endswith("\n") else text + "\n")
+
+
+def _applied_line(verb: str, response: center_pb2.ApplyPolicyResponse) -> str:
+    info = response.revision
+    comment = f" ({info.comment})" if info.comment else ""
+    return (f"{verb}: revision {info.revision}, hash "
+            f"{cli_format.short_hash(info.content_hash)}{comment}")
+
+
+def _finish_apply(args: argparse.Namespace, response: center_pb2.ApplyPolicyResponse,
+                  verb: str) -> int:
+    if args.json:
+        _print(cli_format.to_json(cli_format.apply_result(response)))
+    if response.errors:
+        count = len(response.errors)
+        raise CliError(f"the Center refused the policy ({count} "
+                       f"error{'s' if count != 1 else ''}):", response.errors)
+    if args.json:
+        return EXIT_OK
+    if not response.applied:
+        message = response.message or (
+            f"the policy equals the latest revision {response.revision.revision}")
+        _print(f"nothing changed: {message}")
+    else:
+        _print(_applied_line(verb, response))
+    return EXIT_OK
+
+
+def run_policy_apply(args: argparse.Namespace) -> int:
+    path = Path(args.file)
+    try:
+        yaml_text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CliError(f"policy file {path} not found") from None
+    except IsADirectoryError:
+        raise CliError(f"policy file {path} is a directory") from None
+    except OSError as exc:
+        raise CliError(f"cannot read policy file {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise CliError(f"policy file {path} is not UTF-8 text") from None
+    with center_client(args) as center:
+        response = center.apply(yaml_text, args.message)
+    return _finish_apply(args, response, "applied")
+
+
+def run_policy_get(args: argparse.Namespace) -> int:
+    with center_client(args) as center:
+        response = center.get(args.revision)
+    if not response.HasField("revision") or response.revision.revision == 0:
+        raise CliError("the Center holds no policy yet")
+    if args.json:
+        _print(cli_format.to_json({"revision": cli_format.revision_row(response.revision),
+                                   "yaml": response.yaml}))
+    else:
+        sys.stdout.write(response.yaml)
+        if response.yaml and not response.yaml.endswith("\n"):
+            sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def run_policy_history(args: argparse.Namespace) -> int:
+    with center_client(args) as center:
+        response = center.history(args.limit)
+    if args.json:
+        _print(cli_format.to_json([cli_format.revision_row(r) for r in response.revisions]))
+    else:
+        _print(cli_format.history_table(response.revisions))
+    return EXIT_OK
+
+
+def run_policy_rollback(args: argparse.Namespace) -> int:
+    with center_client(args) as center:
+        response = center.rollback(args.revision, args.message)
+    return _finish_apply(args, response, f"rolled back to revision {args.revision}")
+
+
+def run_nodes(args: argparse.Namespace) -> int:
+    with center_client(args) as center:
+        response = center.nodes()
+    if args.json:
+        _print(cli_format.to_json({
+            "latest_revision": response.latest_revision,
+            "nodes": [cli_format.node_row(n) for n in response.nodes],
+        }))
+    else:
+        _print(cli_format.nodes_table(response))
+    return EXIT_OK
+
+
+def run_keys_gen(args: argparse.Namespace) -> int:
+    try:
+        key = generate_key(KeyType(args.type), args.name)
+    except ValueError as exc:
+        raise CliError(f"--name: {exc}") from None
+    _print(cli_format.to_json(key.as_json()) if args.json else key.policy_entry())
+    return EXIT_OK
+
+
+# --- the command line -------------------------------------------------------------------------
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = _non_negative_int(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("revisions start at 1")
+    return value
+
+
+def center_options() -> argparse.ArgumentParser:
+    """Options of every command that talks to the Center (a parent parser)."""
+    parent = argparse.ArgumentParser(add_help=False)
+    group = parent.add_argument_group("Center connection")
+    group.add_argument("--center", metavar="HOST:PORT", type=host_port,
+                       default=os.environ.get("FASTPROXY_CENTER") or DEFAULT_CENTER,
+                       help="the Center's address (env FASTPROXY_CENTER; default %(default)s)")
+    group.add_argument("--token", default=os.environ.get("FASTPROXY_TOKEN"),
+                       help="admin token, sent as 'authorization: Bearer TOKEN' "
+                            "(env FASTPROXY_TOKEN)")
+    group.add_argument("--tls-ca", type=Path, metavar="FILE",
+                       help="CA bundle that verifies the Center (implies TLS)")
+    group.add_argument("--tls-cert", type=Path, metavar="FILE",
+                       help="client certificate (with --tls-key; implies TLS)")
+    group.add_argument("--tls-key", type=Path, metavar="FILE",
+                       help="private key of the client certificate")
+    group.add_argument("--tls-server-name", metavar="NAME",
+                       help="name expected in the Center's certificate (implies TLS)")
+    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
+                       metavar="SECONDS",
+                       help="give up on the Center after this long (default %(default)g)")
+    parent.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    return parent
+
+
+def _command(subparsers: Subparsers, name: str, run: Run, help_text: str,
+             *, talks_to_center: bool = True) -> argparse.ArgumentParser:
+    parents = [center_options()] if talks_to_center else []
+    parser: argparse.ArgumentParser = subparsers.add_parser(
+        name, help=help_text, description=help_text, parents=parents)
+    parser.set_defaults(run=run)
+    return parser
+
+
+def _group(subparsers: Subparsers, name: str, help_text: str) -> Subparsers:
+    parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
+                                                            description=help_text)
+    return parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+
+def add_policy_commands(subparsers: Subparsers) -> None:
+    policy = _group(subparsers, "policy", "apply, read, list and roll back policy revisions")
+
+    apply = _command(policy, "apply", run_policy_apply,
+                     "apply a policy file as a new revision")
+    apply.add_argument("file", metavar="FILE", help="the policy YAML")
+    apply.add_argument("-m", "--message", default="", metavar="COMMENT",
+                       help="comment stored with the revision")
+
+    get = _command(policy, "get", run_policy_get,
+                   "print a revision's YAML as applied (the latest by default)")
+    get.add_argument("--revision", type=_non_negative_int, default=0, metavar="N")
+
+    history = _command(policy, "history", run_policy_history, "list the revisions")
+    history.add_argument("--limit", type=_non_negative_int, default=0, metavar="N",
+                         help="at most N revisions (default: all)")
+
+    rollback = _command(policy, "rollback", run_policy_rollback,
+                        "make a new revision with the content of revision N")
+    rollback.add_argument("revision", type=_positive_int, metavar="N")
+    rollback.add_argument("-m", "--message", default="", metavar="COMMENT",
+                          help="comment stored with the new revision")
+
+
+def add_nodes_command(subparsers: Subparsers) -> None:
+    _command(subparsers, "nodes", run_nodes,
+             "list connected nodes and the revision each one runs")
+
+
+def add_keys_commands(subparsers: Subparsers) -> None:
+    keys = _group(subparsers, "keys", "make key material for a policy")
+    gen = _command(keys, "gen", run_keys_gen,
+                   "print a fresh key entry to paste under 'keys:' of a policy "
+                   "(this prints secret material)", talks_to_center=False)
+    gen.add_argument("type", metavar="TYPE", choices=KEY_TYPE_NAMES,
+                     help=f"one of {', '.join(KEY_TYPE_NAMES)}")
+    gen.add_argument("--name", metavar="NAME",
+                     help="the key's name in the policy (default: TYPE-YYYYMMDD)")
+    gen.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+
+
+# A new subcommand (e.g. `fastproxy demo`) is one more `add_*_command(subparsers)` here.
+COMMANDS: list[Callable[[Subparsers], None]] = [
+    add_policy_commands,
+    add_nodes_command,
+    add_keys_commands,
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = OneLineArgumentParser(prog="fastproxy",
+                     description="Operate a FastProxy Center: policies, nodes and keys.")
+    parser.add_argument("--version", action="version", version=f"fastproxy {__version__}")
+    subparsers = parser.add_subparsers(title="commands", metavar="COMMAND", required=True,
+                                       parser_class=OneLineArgumentParser)
+    for add in COMMANDS:
+        add(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    run: Run = args.run
+    try:
+        return run(args)
+    except CliError as exc:
+        print(f"fastproxy: {exc.message}", file=sys.stderr)
+        for line in exc.details:
+            print(f"  {line}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("fastproxy: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
