@@ -1,0 +1,120 @@
+"""Command line of `python -m center_svc`, checked into one immutable configuration."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from center_svc.auth import TokenFileError, load_token_file
+from center_svc.store import DEFAULT_STORE_URL
+from fastproxy.commandline import OneLineArgumentParser, fail, host_port, is_loopback
+
+PROG = "center_svc"
+
+
+@dataclass(frozen=True, slots=True)
+class CenterConfig:
+    listen: str
+    store: str
+    policy_file: str | None
+    tls_cert: bytes | None
+    tls_key: bytes | None
+    client_ca: bytes | None
+    node_tokens: dict[str, str]
+    admin_tokens: dict[str, str]
+    grace_s: float
+    log_level: str
+    policy_poll_s: float
+
+    @property
+    def development(self) -> bool:
+        return not (self.tls_cert or self.client_ca or self.node_tokens or self.admin_tokens)
+
+
+def build_parser() -> OneLineArgumentParser:
+    parser = OneLineArgumentParser(
+        prog=PROG,
+        description="FastProxy Center: stores versioned policy and streams it to every node.",
+    )
+    parser.add_argument("--listen", type=host_port, default="127.0.0.1:7070",
+                        help="HOST:PORT to serve on (default 127.0.0.1:7070)")
+    parser.add_argument("--store", default=DEFAULT_STORE_URL,
+                        help="sqlite:///relative.db, sqlite:////absolute.db or memory:// "
+                             f"(default {DEFAULT_STORE_URL})")
+    parser.add_argument("--policy", metavar="FILE",
+                        help="apply this YAML policy at start and whenever it changes")
+    parser.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
+    parser.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
+    parser.add_argument("--client-ca", metavar="FILE",
+                        help="CA that signs node and admin client certificates; the "
+                             "certificate's common name is the node's service, or admin:NAME")
+    parser.add_argument("--node-tokens", metavar="FILE",
+                        help="'service: token' lines: the token each service's nodes present")
+    parser.add_argument("--admin-tokens", metavar="FILE",
+                        help="'name: token' lines: tokens allowed to change policy")
+    parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
+                        help="on SIGTERM/SIGINT, how long in-flight calls may finish (default 5)")
+    parser.add_argument("--log-level", default="info",
+                        choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--policy-poll", type=float, default=1.0, metavar="SECONDS",
+                        help=argparse_suppress())
+    return parser
+
+
+def argparse_suppress() -> str:
+    import argparse
+
+    return argparse.SUPPRESS
+
+
+def _read(path: str | None, flag: str) -> bytes | None:
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        fail(PROG, f"{flag} {path}: cannot be read ({exc.strerror})")
+
+
+def _tokens(path: str | None) -> dict[str, str]:
+    if path is None:
+        return {}
+    try:
+        return load_token_file(path)
+    except TokenFileError as exc:
+        fail(PROG, str(exc))
+
+
+def parse_config(argv: Sequence[str] | None = None) -> CenterConfig:
+    args = build_parser().parse_args(argv)
+    if bool(args.tls_cert) != bool(args.tls_key):
+        fail(PROG, "--tls-cert and --tls-key go together")
+    if args.client_ca and not args.tls_cert:
+        fail(PROG, "--client-ca needs --tls-cert and --tls-key")
+    config = CenterConfig(
+        listen=args.listen,
+        store=args.store,
+        policy_file=args.policy,
+        tls_cert=_read(args.tls_cert, "--tls-cert"),
+        tls_key=_read(args.tls_key, "--tls-key"),
+        client_ca=_read(args.client_ca, "--client-ca"),
+        node_tokens=_tokens(args.node_tokens),
+        admin_tokens=_tokens(args.admin_tokens),
+        grace_s=args.grace,
+        log_level=args.log_level,
+        policy_poll_s=args.policy_poll,
+    )
+    if args.policy and not Path(args.policy).is_file():
+        fail(PROG, f"--policy {args.policy}: no such file")
+    loopback = is_loopback(config.listen)
+    if config.development and not loopback:
+        fail(PROG, f"refusing to listen on {config.listen} in development mode (no credential "
+                   "options): use a loopback address, or --tls-cert/--tls-key with "
+                   "--client-ca or --node-tokens")
+    if not config.development and not config.tls_cert and not loopback:
+        fail(PROG, f"refusing to serve secrets over plaintext on {config.listen}: "
+                   "add --tls-cert and --tls-key")
+    if not config.development and not (config.client_ca or config.node_tokens):
+        fail(PROG, "no way to authenticate nodes: add --client-ca or --node-tokens")
+    return config

@@ -1,0 +1,75 @@
+"""Applying, rolling back and publishing policy revisions: the Center's logic, without gRPC."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from center_svc.nodes import NodeTable
+from center_svc.snapshots import SnapshotBook
+from center_svc.store import PolicyStore, Revision
+from fastproxy.policy import PolicyError, load_policy
+
+log = logging.getLogger("center_svc.control")
+
+
+@dataclass(frozen=True, slots=True)
+class ApplyOutcome:
+    applied: bool
+    revision: Revision | None = None
+    errors: list[str] = field(default_factory=list)
+    message: str = ""
+
+
+class PolicyControl:
+    def __init__(self, store: PolicyStore, book: SnapshotBook) -> None:
+        self.store = store
+        self.book = book
+        self.nodes = NodeTable(self._registry_changed)
+        self._lock = asyncio.Lock()
+
+    def load_latest(self) -> Revision | None:
+        """Publishes the newest stored revision; raises PolicyError if it no longer validates
+        (for example an `env:` secret missing in this process's environment)."""
+        latest = self.store.latest()
+        if latest is not None:
+            self.book.set_policy(latest.revision, load_policy(latest.yaml))
+        return latest
+
+    async def apply(self, yaml_text: str, author: str, comment: str,
+                    rolled_back_from: int = 0) -> ApplyOutcome:
+        try:
+            policy = load_policy(yaml_text)
+        except PolicyError as exc:
+            log.warning("policy refused (author %s): %s", author, "; ".join(exc.errors))
+            return ApplyOutcome(False, errors=exc.errors, message="policy refused")
+        async with self._lock:
+            result = await asyncio.to_thread(
+                self.store.append, yaml_text, author, comment, rolled_back_from
+            )
+            if not result.applied:
+                return ApplyOutcome(False, result.revision,
+                                    message=f"unchanged: identical to revision "
+                                            f"{result.revision.revision}")
+            self.book.set_policy(result.revision.revision, policy)
+        log.info("applied revision %d (author %s)", result.revision.revision, author)
+        self.notify_all()
+        return ApplyOutcome(True, result.revision,
+                            message=f"applied as revision {result.revision.revision}")
+
+    async def rollback(self, revision: int, author: str, comment: str) -> ApplyOutcome:
+        target = self.store.get(revision)
+        if target is None:
+            return ApplyOutcome(False, errors=[f"revision {revision} does not exist"],
+                                message="rollback refused")
+        return await self.apply(target.yaml, author, comment or f"rollback to {revision}",
+                                rolled_back_from=revision)
+
+    def notify_all(self) -> None:
+        for session in self.nodes:
+            session.changed.set()
+
+    def _registry_changed(self, registered: dict[str, list[str]]) -> None:
+        self.book.set_registered(registered)
+        self.notify_all()

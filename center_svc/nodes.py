@@ -1,0 +1,111 @@
+"""Connected nodes (what each runs, what it ACKed or NACKed) and the in-proxy endpoint registry.
+
+A registered endpoint lives while its node renews the lease and its Watch stream is open.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from fastproxy.v1 import center_pb2, policy_pb2
+
+MIN_LEASE_S = 1
+MAX_LEASE_S = 300
+
+
+@dataclass(slots=True, eq=False)  # identity semantics: sessions live in a set
+class NodeSession:
+    node_id: str
+    role: int
+    service: str
+    peer: str
+    connected_since: float
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    sent_revision: int = 0
+    sent_hash: str = ""
+    acked_revision: int = 0
+    acked_hash: str = ""
+    nacked_revision: int = 0
+    nack_error: str = ""
+    closing: bool = False
+    # address -> monotonic expiry
+    leases: dict[str, float] = field(default_factory=dict)
+
+    def status(self) -> center_pb2.NodeStatus:
+        return center_pb2.NodeStatus(
+            node_id=self.node_id,
+            role=self.role,
+            service=self.service,
+            peer=self.peer,
+            connected_since_unix=self.connected_since,
+            sent_revision=self.sent_revision,
+            acked_revision=self.acked_revision,
+            acked_hash=self.acked_hash,
+            nacked_revision=self.nacked_revision,
+            nack_error=self.nack_error,
+            registered_addresses=sorted(self.leases),
+        )
+
+
+class NodeTable:
+    """Sessions of connected nodes. `on_registry_change` is called when endpoints change."""
+
+    def __init__(self, on_registry_change: Callable[[dict[str, list[str]]], None],
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._sessions: set[NodeSession] = set()
+        self._on_registry_change = on_registry_change
+        self._clock = clock
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        return iter(list(self._sessions))
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, session: NodeSession) -> None:
+        self._sessions.add(session)
+
+    def remove(self, session: NodeSession) -> None:
+        self._sessions.discard(session)
+        if session.leases:
+            session.leases.clear()
+            self._publish()
+
+    def register(self, session: NodeSession, address: str, lease_seconds: int) -> None:
+        lease = min(max(lease_seconds or 15, MIN_LEASE_S), MAX_LEASE_S)
+        is_new = address not in session.leases
+        session.leases[address] = self._clock() + lease
+        if is_new:
+            self._publish()
+
+    def expire_leases(self) -> None:
+        now = self._clock()
+        expired = False
+        for session in self._sessions:
+            for address, expiry in list(session.leases.items()):
+                if expiry <= now:
+                    del session.leases[address]
+                    expired = True
+        if expired:
+            self._publish()
+
+    def registered(self) -> dict[str, list[str]]:
+        endpoints: dict[str, list[str]] = {}
+        for session in self._sessions:
+            if session.role != policy_pb2.ROLE_IN:
+                continue
+            for address in session.leases:
+                listed = endpoints.setdefault(session.service, [])
+                if address not in listed:
+                    listed.append(address)
+        return {service: sorted(addresses) for service, addresses in endpoints.items()}
+
+    def statuses(self) -> list[center_pb2.NodeStatus]:
+        return [s.status() for s in sorted(self._sessions,
+                                           key=lambda s: (s.service, s.role, s.node_id))]
+
+    def _publish(self) -> None:
+        self._on_registry_change(self.registered())

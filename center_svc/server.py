@@ -1,0 +1,110 @@
+"""Runs the Center: the gRPC server, health, reflection, the policy file and lease expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import grpc
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from center_svc.auth import Authenticator
+from center_svc.config import CenterConfig
+from center_svc.control import PolicyControl
+from center_svc.policy_file import PolicyFileWatcher
+from center_svc.service import CenterServicer
+from center_svc.snapshots import SnapshotBook
+from center_svc.store import open_store
+from fastproxy.v1 import center_pb2, center_pb2_grpc
+
+log = logging.getLogger("center_svc")
+
+CENTER_SERVICE = center_pb2.DESCRIPTOR.services_by_name["Center"].full_name
+LEASE_CHECK_S = 1.0
+
+
+class StartupError(Exception):
+    pass
+
+
+async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then drains within the grace period."""
+    try:
+        store = open_store(config.store)
+    except (ValueError, OSError) as exc:
+        raise StartupError(f"--store {config.store}: {exc}") from None
+    key = Ed25519PrivateKey.from_private_bytes(store.signing_key_seed())
+    control = PolicyControl(store, SnapshotBook(key))
+    try:
+        control.load_latest()
+    except ValueError as exc:
+        raise StartupError(f"stored policy no longer validates: {exc}") from None
+    watcher = None
+    if config.policy_file:
+        watcher = PolicyFileWatcher(config.policy_file, control, config.policy_poll_s)
+        if await watcher.apply_if_changed() is False:
+            raise StartupError(f"--policy {config.policy_file} refused (errors logged above)")
+
+    auth = Authenticator(development=config.development, node_tokens=config.node_tokens,
+                         admin_tokens=config.admin_tokens,
+                         client_certificates=config.client_ca is not None)
+    servicer = CenterServicer(control, auth)
+    server = grpc.aio.server()
+    center_pb2_grpc.add_CenterServicer_to_server(servicer, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (CENTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    if config.tls_cert and config.tls_key:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key, config.tls_cert)],
+            root_certificates=config.client_ca,
+            require_client_auth=config.client_ca is not None,
+        )
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise StartupError(f"cannot listen on {config.listen}")
+    await server.start()
+    for name in ("", CENTER_SERVICE):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    if config.development:
+        log.warning("development mode: no credentials configured; listening on loopback only "
+                    "and trusting every local caller")
+    log.info("center listening on %s (store %s, revision %d)", config.listen, config.store,
+             control.book.revision)
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [asyncio.create_task(_expire_leases(control))]
+    if watcher is not None:
+        tasks.append(asyncio.create_task(watcher.run()))
+    if ready is not None:
+        ready.set()
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: closing watch streams, draining for up to %.1f s", config.grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        servicer.close_streams()
+        for task in tasks:
+            task.cancel()
+        await server.stop(config.grace_s)
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        store.close()
+        log.info("stopped")
+
+
+async def _expire_leases(control: PolicyControl) -> None:
+    while True:
+        await asyncio.sleep(LEASE_CHECK_S)
+        control.nodes.expire_leases()

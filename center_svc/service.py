@@ -1,0 +1,207 @@
+"""gRPC glue of `fastproxy.v1.Center`: authentication, admin RPCs and the WatchPolicy stream."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator
+
+import grpc
+
+from center_svc.auth import Authenticator, Principal
+from center_svc.control import ApplyOutcome, PolicyControl
+from center_svc.nodes import NodeSession
+from center_svc.store import Revision
+from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
+
+log = logging.getLogger("center_svc.watch")
+
+ROLES = (policy_pb2.ROLE_IN, policy_pb2.ROLE_OUT, policy_pb2.ROLE_CLIENT)
+HELLO_TIMEOUT_S = 10.0
+
+
+def revision_info(revision: Revision) -> center_pb2.RevisionInfo:
+    return center_pb2.RevisionInfo(
+        revision=revision.revision,
+        created_unix=revision.created_unix,
+        author=revision.author,
+        comment=revision.comment,
+        content_hash=revision.content_hash,
+        rolled_back_from=revision.rolled_back_from,
+    )
+
+
+def _apply_response(outcome: ApplyOutcome) -> center_pb2.ApplyPolicyResponse:
+    response = center_pb2.ApplyPolicyResponse(
+        applied=outcome.applied, errors=outcome.errors, message=outcome.message
+    )
+    if outcome.revision is not None:
+        response.revision.CopyFrom(revision_info(outcome.revision))
+    return response
+
+
+class CenterServicer(center_pb2_grpc.CenterServicer):
+    def __init__(self, control: PolicyControl, auth: Authenticator) -> None:
+        self.control = control
+        self.auth = auth
+        self.stopping = False
+
+    # -- admin -------------------------------------------------------------------------------
+
+    async def _admin(self, context: grpc.aio.ServicerContext) -> Principal:
+        principal = self.auth.identify(context)
+        if principal is None:
+            log.warning("admin call without a valid credential from %s", context.peer())
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid credential")
+        assert principal is not None
+        if not principal.is_admin:
+            log.warning("admin call refused for %s from %s", principal.label, context.peer())
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{principal.label} is not an administrator")
+        return principal
+
+    async def ApplyPolicy(self, request: center_pb2.ApplyPolicyRequest,
+                          context: grpc.aio.ServicerContext
+                          ) -> center_pb2.ApplyPolicyResponse:
+        principal = await self._admin(context)
+        outcome = await self.control.apply(request.yaml, principal.label, request.comment)
+        return _apply_response(outcome)
+
+    async def RollbackPolicy(self, request: center_pb2.RollbackPolicyRequest,
+                             context: grpc.aio.ServicerContext
+                             ) -> center_pb2.ApplyPolicyResponse:
+        principal = await self._admin(context)
+        outcome = await self.control.rollback(request.revision, principal.label, request.comment)
+        if outcome.revision is None and outcome.errors:
+            await context.abort(grpc.StatusCode.NOT_FOUND, outcome.errors[0])
+        return _apply_response(outcome)
+
+    async def GetPolicy(self, request: center_pb2.GetPolicyRequest,
+                        context: grpc.aio.ServicerContext
+                        ) -> center_pb2.GetPolicyResponse:
+        await self._admin(context)
+        store = self.control.store
+        found = store.get(request.revision) if request.revision else store.latest()
+        if found is None:
+            what = f"revision {request.revision}" if request.revision else "any revision"
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy: {what} does not exist")
+        assert found is not None
+        return center_pb2.GetPolicyResponse(revision=revision_info(found), yaml=found.yaml)
+
+    async def ListRevisions(self, request: center_pb2.ListRevisionsRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> center_pb2.ListRevisionsResponse:
+        await self._admin(context)
+        history = self.control.store.history(request.limit or None)
+        return center_pb2.ListRevisionsResponse(revisions=[revision_info(r) for r in history])
+
+    async def ListNodes(self, request: center_pb2.ListNodesRequest,
+                        context: grpc.aio.ServicerContext
+                        ) -> center_pb2.ListNodesResponse:
+        await self._admin(context)
+        return center_pb2.ListNodesResponse(nodes=self.control.nodes.statuses(),
+                                            latest_revision=self.control.book.revision)
+
+    async def GetCenterInfo(self, request: center_pb2.GetCenterInfoRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> center_pb2.GetCenterInfoResponse:
+        return center_pb2.GetCenterInfoResponse(
+            public_key=self.control.book.public_key,
+            latest_revision=self.control.book.revision,
+            development_mode=self.auth.development,
+        )
+
+    # -- watch -------------------------------------------------------------------------------
+
+    async def WatchPolicy(self, request_iterator: AsyncIterator[center_pb2.WatchRequest],
+                          context: grpc.aio.ServicerContext
+                          ) -> None:
+        principal = self.auth.identify(context)
+        if principal is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid node credential")
+        assert principal is not None
+        try:
+            first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
+        except (StopAsyncIteration, TimeoutError):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the first message must be a hello")
+        hello = first.hello
+        if first.WhichOneof("kind") != "hello" or not hello.node_id or not hello.service:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "the first message must be a hello with node_id and service")
+        if hello.role not in ROLES:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "role must be in, out or client")
+        if not principal.may_watch_as(hello.service):
+            log.warning("%s refused: may not watch as service %s", principal.label, hello.service)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{principal.label} may not watch as service {hello.service}")
+        if self.stopping:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "center shutting down; reconnect")
+
+        session = NodeSession(hello.node_id, hello.role, hello.service, context.peer(),
+                              time.time(), sent_revision=hello.known_revision,
+                              sent_hash=hello.known_hash)
+        if hello.known_hash:
+            session.acked_revision, session.acked_hash = hello.known_revision, hello.known_hash
+        nodes = self.control.nodes
+        nodes.add(session)
+        log.info("node %s (%s, %s) connected from %s holding revision %d", hello.node_id,
+                 policy_pb2.Role.Name(hello.role), hello.service, session.peer,
+                 hello.known_revision)
+        reader = asyncio.create_task(self._read_node(session, request_iterator))
+        try:
+            await self._push(session, context, reader)
+        finally:
+            reader.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reader
+            nodes.remove(session)
+            log.info("node %s (%s) disconnected", session.node_id, session.service)
+
+    async def _push(self, session: NodeSession,
+                    context: grpc.aio.ServicerContext,
+                    reader: asyncio.Task[None]) -> None:
+        """Sends the node's snapshot whenever what it sees changes, until either side ends."""
+        book = self.control.book
+        session.changed.set()
+        while True:
+            waiter = asyncio.ensure_future(session.changed.wait())
+            done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                waiter.cancel()
+                return
+            session.changed.clear()
+            if session.closing:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "center shutting down; reconnect")
+            signed = book.snapshot_for(session.role, session.service)
+            if signed is None or signed.content_hash == session.sent_hash:
+                continue
+            await context.write(center_pb2.WatchResponse(snapshot=signed))
+            session.sent_revision, session.sent_hash = book.revision, signed.content_hash
+
+    async def _read_node(self, session: NodeSession,
+                         requests: AsyncIterator[center_pb2.WatchRequest]) -> None:
+        nodes = self.control.nodes
+        async for request in requests:
+            kind = request.WhichOneof("kind")
+            if kind == "ack":
+                session.acked_revision = request.ack.revision
+                session.acked_hash = request.ack.content_hash
+            elif kind == "nack":
+                session.nacked_revision = request.nack.revision
+                session.nack_error = request.nack.error[:1000]
+                log.warning("node %s NACKed revision %d: %s", session.node_id,
+                            request.nack.revision, session.nack_error)
+            elif (kind == "register" and session.role == policy_pb2.ROLE_IN
+                  and request.register.address):
+                nodes.register(session, request.register.address, request.register.lease_seconds)
+
+    def close_streams(self) -> None:
+        """Ends every Watch stream with UNAVAILABLE so nodes reconnect (to us or a peer)."""
+        self.stopping = True
+        for session in self.control.nodes:
+            session.closing = True
+            session.changed.set()
