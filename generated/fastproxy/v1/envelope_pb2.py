@@ -24,23 +24,29 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x61stproxy/v1/envelope.proto\x12\x0c\x66\x61stproxy.v1\"\x8f\x03\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nenc_key_id\x18\x02 \x01(\t\x12*\n\talgorithm\x18\x03 \x01(\x0e\x32\x17.fastproxy.v1.Algorithm\x12\r\n\x05nonce\x18\x04 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\x0e\n\x06\x63\x61ller\x18\x06 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x07 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x08 \x01(\x0c\x12\x10\n\x08sequence\x18\t \x01(\x04\x12*\n\tdirection\x18\n \x01(\x0e\x32\x17.fastproxy.v1.Direction\x12\"\n\x05\x63odec\x18\x0b \x01(\x0e\x32\x13.fastproxy.v1.Codec\x12\r\n\x05\x66lags\x18\x0c \x01(\r\x12\x0f\n\x07payload\x18\r \x01(\x0c\x12\x12\n\nsig_key_id\x18\x0e \x01(\t\x12\x33\n\x0esignature_type\x18\x0f \x01(\x0e\x32\x1b.fastproxy.v1.SignatureType\x12\x11\n\tsignature\x18\x10 \x01(\x0c\"6\n\x06Sealed\x12,\n\x08\x65nvelope\x18\xff\xff\xff\xff\x01 \x01(\x0b\x32\x16.fastproxy.v1.Envelope*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_REQUEST\x10\x01\x12\x16\n\x12\x44IRECTION_RESPONSE\x10\x02*[\n\tAlgorithm\x12\x12\n\x0e\x41LGORITHM_NONE\x10\x00\x12\x19\n\x15\x41LGORITHM_AES_256_GCM\x10\x01\x12\x1f\n\x1b\x41LGORITHM_CHACHA20_POLY1305\x10\x02*7\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_GZIP\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02*U\n\rSignatureType\x12\x12\n\x0eSIGNATURE_NONE\x10\x00\x12\x19\n\x15SIGNATURE_HMAC_SHA256\x10\x01\x12\x15\n\x11SIGNATURE_ED25519\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1b\x66\x61stproxy/v1/envelope.proto\x12\x0c\x66\x61stproxy.v1\"\xa7\x01\n\nCallHeader\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x02 \x01(\t\x12\x0e\n\x06method\x18\x03 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x04 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x05 \x01(\x03\x12\r\n\x05nonce\x18\x06 \x01(\x0c\x12\x33\n\x0esignature_type\x18\x07 \x01(\x0e\x32\x1b.fastproxy.v1.SignatureType\"Z\n\x10SignedCallHeader\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nsig_key_id\x18\x02 \x01(\t\x12\x0e\n\x06header\x18\x03 \x01(\x0c\x12\x11\n\tsignature\x18\x04 \x01(\x0c\"\xcb\x02\n\rMessageHeader\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x02 \x01(\t\x12\x0f\n\x07\x63\x61ll_id\x18\x03 \x01(\x0c\x12*\n\tdirection\x18\x04 \x01(\x0e\x32\x17.fastproxy.v1.Direction\x12\x10\n\x08sequence\x18\x05 \x01(\x04\x12\x14\n\x0ctimestamp_ms\x18\x06 \x01(\x03\x12*\n\talgorithm\x18\x07 \x01(\x0e\x32\x17.fastproxy.v1.Algorithm\x12\x12\n\nenc_key_id\x18\x08 \x01(\t\x12\r\n\x05nonce\x18\t \x01(\x0c\x12\"\n\x05\x63odec\x18\n \x01(\x0e\x32\x13.fastproxy.v1.Codec\x12\r\n\x05\x66lags\x18\x0b \x01(\r\x12\x33\n\x0esignature_type\x18\x0c \x01(\x0e\x32\x1b.fastproxy.v1.SignatureType\"c\n\x08\x45nvelope\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nsig_key_id\x18\x02 \x01(\t\x12\x0e\n\x06header\x18\x03 \x01(\x0c\x12\x0f\n\x07payload\x18\x04 \x01(\x0c\x12\x11\n\tsignature\x18\x05 \x01(\x0c\"6\n\x06Sealed\x12,\n\x08\x65nvelope\x18\xff\xff\xff\xff\x01 \x01(\x0b\x32\x16.fastproxy.v1.Envelope*U\n\tDirection\x12\x19\n\x15\x44IRECTION_UNSPECIFIED\x10\x00\x12\x15\n\x11\x44IRECTION_REQUEST\x10\x01\x12\x16\n\x12\x44IRECTION_RESPONSE\x10\x02*[\n\tAlgorithm\x12\x12\n\x0e\x41LGORITHM_NONE\x10\x00\x12\x19\n\x15\x41LGORITHM_AES_256_GCM\x10\x01\x12\x1f\n\x1b\x41LGORITHM_CHACHA20_POLY1305\x10\x02*7\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_GZIP\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02*U\n\rSignatureType\x12\x12\n\x0eSIGNATURE_NONE\x10\x00\x12\x19\n\x15SIGNATURE_HMAC_SHA256\x10\x01\x12\x15\n\x11SIGNATURE_ED25519\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fastproxy.v1.envelope_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DIRECTION']._serialized_start=503
-  _globals['_DIRECTION']._serialized_end=588
-  _globals['_ALGORITHM']._serialized_start=590
-  _globals['_ALGORITHM']._serialized_end=681
-  _globals['_CODEC']._serialized_start=683
-  _globals['_CODEC']._serialized_end=738
-  _globals['_SIGNATURETYPE']._serialized_start=740
-  _globals['_SIGNATURETYPE']._serialized_end=825
-  _globals['_ENVELOPE']._serialized_start=46
-  _globals['_ENVELOPE']._serialized_end=445
-  _globals['_SEALED']._serialized_start=447
-  _globals['_SEALED']._serialized_end=501
+  _globals['_DIRECTION']._serialized_start=798
+  _globals['_DIRECTION']._serialized_end=883
+  _globals['_ALGORITHM']._serialized_start=885
+  _globals['_ALGORITHM']._serialized_end=976
+  _globals['_CODEC']._serialized_start=978
+  _globals['_CODEC']._serialized_end=1033
+  _globals['_SIGNATURETYPE']._serialized_start=1035
+  _globals['_SIGNATURETYPE']._serialized_end=1120
+  _globals['_CALLHEADER']._serialized_start=46
+  _globals['_CALLHEADER']._serialized_end=213
+  _globals['_SIGNEDCALLHEADER']._serialized_start=215
+  _globals['_SIGNEDCALLHEADER']._serialized_end=305
+  _globals['_MESSAGEHEADER']._serialized_start=308
+  _globals['_MESSAGEHEADER']._serialized_end=639
+  _globals['_ENVELOPE']._serialized_start=641
+  _globals['_ENVELOPE']._serialized_end=740
+  _globals['_SEALED']._serialized_start=742
+  _globals['_SEALED']._serialized_end=796
 # @@protoc_insertion_point(module_scope)

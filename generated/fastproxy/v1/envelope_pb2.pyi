@@ -42,41 +42,77 @@ SIGNATURE_NONE: SignatureType
 SIGNATURE_HMAC_SHA256: SignatureType
 SIGNATURE_ED25519: SignatureType
 
-class Envelope(_message.Message):
-    __slots__ = ("version", "enc_key_id", "algorithm", "nonce", "timestamp_ms", "caller", "callee", "call_id", "sequence", "direction", "codec", "flags", "payload", "sig_key_id", "signature_type", "signature")
-    VERSION_FIELD_NUMBER: _ClassVar[int]
-    ENC_KEY_ID_FIELD_NUMBER: _ClassVar[int]
-    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
-    NONCE_FIELD_NUMBER: _ClassVar[int]
+class CallHeader(_message.Message):
+    __slots__ = ("caller", "callee", "method", "call_id", "timestamp_ms", "nonce", "signature_type")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    CALLEE_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    callee: str
+    method: str
+    call_id: bytes
+    timestamp_ms: int
+    nonce: bytes
+    signature_type: SignatureType
+    def __init__(self, caller: _Optional[str] = ..., callee: _Optional[str] = ..., method: _Optional[str] = ..., call_id: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., signature_type: _Optional[_Union[SignatureType, str]] = ...) -> None: ...
+
+class SignedCallHeader(_message.Message):
+    __slots__ = ("version", "sig_key_id", "header", "signature")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIG_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    sig_key_id: str
+    header: bytes
+    signature: bytes
+    def __init__(self, version: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., header: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+
+class MessageHeader(_message.Message):
+    __slots__ = ("caller", "callee", "call_id", "direction", "sequence", "timestamp_ms", "algorithm", "enc_key_id", "nonce", "codec", "flags", "signature_type")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     CALLEE_FIELD_NUMBER: _ClassVar[int]
     CALL_ID_FIELD_NUMBER: _ClassVar[int]
-    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
     DIRECTION_FIELD_NUMBER: _ClassVar[int]
+    SEQUENCE_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ENC_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NONCE_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     FLAGS_FIELD_NUMBER: _ClassVar[int]
-    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
-    SIG_KEY_ID_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_TYPE_FIELD_NUMBER: _ClassVar[int]
-    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
-    version: int
-    enc_key_id: str
-    algorithm: Algorithm
-    nonce: bytes
-    timestamp_ms: int
     caller: str
     callee: str
     call_id: bytes
-    sequence: int
     direction: Direction
+    sequence: int
+    timestamp_ms: int
+    algorithm: Algorithm
+    enc_key_id: str
+    nonce: bytes
     codec: Codec
     flags: int
-    payload: bytes
-    sig_key_id: str
     signature_type: SignatureType
+    def __init__(self, caller: _Optional[str] = ..., callee: _Optional[str] = ..., call_id: _Optional[bytes] = ..., direction: _Optional[_Union[Direction, str]] = ..., sequence: _Optional[int] = ..., timestamp_ms: _Optional[int] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., enc_key_id: _Optional[str] = ..., nonce: _Optional[bytes] = ..., codec: _Optional[_Union[Codec, str]] = ..., flags: _Optional[int] = ..., signature_type: _Optional[_Union[SignatureType, str]] = ...) -> None: ...
+
+class Envelope(_message.Message):
+    __slots__ = ("version", "sig_key_id", "header", "payload", "signature")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIG_KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    sig_key_id: str
+    header: bytes
+    payload: bytes
     signature: bytes
-    def __init__(self, version: _Optional[int] = ..., enc_key_id: _Optional[str] = ..., algorithm: _Optional[_Union[Algorithm, str]] = ..., nonce: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., caller: _Optional[str] = ..., callee: _Optional[str] = ..., call_id: _Optional[bytes] = ..., sequence: _Optional[int] = ..., direction: _Optional[_Union[Direction, str]] = ..., codec: _Optional[_Union[Codec, str]] = ..., flags: _Optional[int] = ..., payload: _Optional[bytes] = ..., sig_key_id: _Optional[str] = ..., signature_type: _Optional[_Union[SignatureType, str]] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., header: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Sealed(_message.Message):
     __slots__ = ("envelope",)
