@@ -1,0 +1,354 @@
+"""The transparent forwarding handler: every method of every service, raw bytes both ways.
+
+One handler serves both roles. What differs between the out-proxy and the in-proxy is the
+per-call `CallPlan` a `Role` (Strategy) makes: where the call goes, what deadline cap and
+metadata it adds, and what happens to each request and response message (seal/open).
+
+Every RPC kind is a stream of length-prefixed messages on the wire, and the proxy cannot tell
+the kind from a method name, so every call is forwarded as stream-stream: the upstream call is
+`channel.stream_stream(method)` fed by the client's request stream, and its responses are
+written back one by one. A unary or client-streaming upstream answers one message, a
+server-streaming one many; the client sees the same messages, metadata, status and trailers
+as from the upstream directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import grpc
+
+from fastproxy.errors import FastProxyError, Reason
+from proxy_svc.metadata import (
+    Metadata,
+    forwarded_request_metadata,
+    forwarded_response_metadata,
+)
+from proxy_svc.upstream import DEFAULT_MAX_MESSAGE_BYTES, UpstreamPool, channel_options
+
+_log = logging.getLogger("fastproxy.proxy")
+
+# grpc's sync server reports ~9.2e18 s remaining for "no deadline"; anything this large is none.
+_NO_DEADLINE_ABOVE_S = 1e8
+# The deadline timer fires at or after the deadline we computed; allow for clock granularity.
+_DEADLINE_SLACK_S = 0.002
+
+
+# --- what the security pipeline offers (implemented in fastproxy's pipeline) ------------
+
+
+class OutboundCall(Protocol):
+    """One call leaving a caller (out-proxy side), as the pipeline decided it."""
+
+    @property
+    def destination(self) -> str: ...
+    @property
+    def endpoints(self) -> tuple[str, ...]: ...
+    @property
+    def timeout_ms(self) -> int | None: ...
+    def request_metadata(self) -> tuple[tuple[str, bytes], ...]: ...
+    def seal_request(self, message: bytes) -> bytes: ...
+    def open_response(self, message: bytes, now: float) -> bytes: ...
+
+
+class InboundCall(Protocol):
+    """One call reaching a callee (in-proxy side), as the pipeline accepted it."""
+
+    @property
+    def caller(self) -> str: ...
+    @property
+    def timeout_ms(self) -> int | None: ...
+    def open_request(self, message: bytes, now: float) -> bytes: ...
+    def seal_response(self, message: bytes) -> bytes: ...
+
+
+class OutboundPolicy(Protocol):
+    def outbound(self, method: str, now: float) -> OutboundCall: ...
+
+
+class InboundPolicy(Protocol):
+    def inbound(self, method: str, metadata: Metadata, now: float,
+                state: Any) -> InboundCall: ...
+
+
+P = TypeVar("P")
+P_co = TypeVar("P_co", covariant=True)
+
+
+class HoldsPolicy(Protocol[P_co]):
+    """The one reference a new snapshot replaces; `None` until a policy is loaded."""
+
+    @property
+    def current(self) -> P_co | None: ...
+
+
+class PolicyHolder(Generic[P]):
+    """The simplest `HoldsPolicy`: assigning `current` swaps the policy in one step, and
+    a call reads it once, so it sees one policy, never a mix. No lock on the hot path."""
+
+    def __init__(self, current: P | None = None) -> None:
+        self.current = current
+
+
+# --- the Strategy: what one role does to one call -------------------------------------
+
+
+class CallPlan(Protocol):
+    """Decided once per call by a `Role`; may raise `FastProxyError` from any method."""
+
+    @property
+    def endpoints(self) -> tuple[str, ...]: ...
+    @property
+    def timeout_ms(self) -> int | None: ...
+    @property
+    def added_metadata(self) -> Metadata: ...
+    def request(self, message: bytes, now: float) -> bytes: ...
+    def response(self, message: bytes, now: float) -> bytes: ...
+
+
+class Role(Protocol):
+    """`name` is "in" or "out" (the `fastproxy-proxy` trailer of our errors)."""
+
+    @property
+    def name(self) -> str: ...
+    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _OutboundPlan:
+    call: OutboundCall
+    endpoints: tuple[str, ...]
+    timeout_ms: int | None
+    added_metadata: Metadata
+
+    def request(self, message: bytes, now: float) -> bytes:
+        return self.call.seal_request(message)
+
+    def response(self, message: bytes, now: float) -> bytes:
+        return self.call.open_response(message, now)
+
+
+@dataclass(frozen=True, slots=True)
+class _InboundPlan:
+    call: InboundCall
+    endpoints: tuple[str, ...]
+    timeout_ms: int | None
+    added_metadata: Metadata = ()
+
+    def request(self, message: bytes, now: float) -> bytes:
+        return self.call.open_request(message, now)
+
+    def response(self, message: bytes, now: float) -> bytes:
+        return self.call.seal_response(message)
+
+
+def _no_policy() -> FastProxyError:
+    return FastProxyError(Reason.UNAVAILABLE, "no policy loaded yet")
+
+
+class OutboundRole:
+    """The out-proxy: route by method, seal requests, open responses, pick among endpoints."""
+
+    name = "out"
+
+    def __init__(self, holder: HoldsPolicy[OutboundPolicy]) -> None:
+        self._holder = holder
+
+    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
+        policy = self._holder.current
+        if policy is None:
+            raise _no_policy()
+        call = policy.outbound(method, now)
+        return _OutboundPlan(call, call.endpoints, call.timeout_ms, call.request_metadata())
+
+
+class InboundRole:
+    """The in-proxy: open requests, authorize, rate-limit, seal responses; one upstream.
+    `state` is the pipeline's per-process state (replay cache, rate limiters)."""
+
+    name = "in"
+
+    def __init__(self, holder: HoldsPolicy[InboundPolicy], upstream: str, state: Any) -> None:
+        self._holder = holder
+        self._endpoints = (upstream,)
+        self._state = state
+
+    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
+        policy = self._holder.current
+        if policy is None:
+            raise _no_policy()
+        call = policy.inbound(method, metadata, now, self._state)
+        return _InboundPlan(call, self._endpoints, call.timeout_ms)
+
+
+@dataclass(frozen=True, slots=True)
+class PassThroughPlan:
+    endpoints: tuple[str, ...]
+    timeout_ms: int | None = None
+    added_metadata: Metadata = ()
+
+    def request(self, message: bytes, now: float) -> bytes:
+        return message
+
+    def response(self, message: bytes, now: float) -> bytes:
+        return message
+
+
+class PassThroughRole:
+    """Forwards as is: for tests of the transport, and for measuring its own cost."""
+
+    def __init__(self, name: str, endpoints: Sequence[str], timeout_ms: int | None = None):
+        self.name = name
+        self._plan = PassThroughPlan(tuple(endpoints), timeout_ms)
+
+    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
+        return self._plan
+
+
+# --- the handler ----------------------------------------------------------------------
+
+
+def call_timeout(remaining_s: float | None, cap_ms: int | None) -> float | None:
+    """The upstream's timeout: what the client has left, capped by the service's timeout."""
+    if remaining_s is not None and remaining_s > _NO_DEADLINE_ABOVE_S:
+        remaining_s = None
+    cap_s = cap_ms / 1000 if cap_ms else None
+    if remaining_s is None:
+        return cap_s
+    remaining_s = max(remaining_s, 0.0)
+    return remaining_s if cap_s is None else min(remaining_s, cap_s)
+
+
+class _RequestPump:
+    """Feeds the client's messages, transformed, to the upstream call, keeping a pipeline
+    error for the handler (grpc would swallow it and only cancel the upstream call)."""
+
+    __slots__ = ("_clock", "_plan", "_requests", "error")
+
+    def __init__(self, requests: AsyncIterator[bytes], plan: CallPlan,
+                 clock: Callable[[], float]) -> None:
+        self._requests = requests
+        self._plan = plan
+        self._clock = clock
+        self.error: FastProxyError | None = None
+
+    async def messages(self) -> AsyncIterator[bytes]:
+        try:
+            async for message in self._requests:
+                yield self._plan.request(message, self._clock())
+        except FastProxyError as err:
+            self.error = err
+            raise
+
+
+class ForwardingHandler(grpc.GenericRpcHandler):
+    """Takes every method; register it after any service of the proxy's own (health)."""
+
+    def __init__(self, role: Role, pool: UpstreamPool,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._role = role
+        self._pool = pool
+        self._clock = clock
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        return grpc.stream_stream_rpc_method_handler(
+            functools.partial(self._forward, handler_call_details.method))
+
+    async def _forward(self, method: str, requests: AsyncIterator[bytes],
+                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        metadata: Metadata = tuple(context.invocation_metadata() or ())
+        try:
+            plan = self._role.begin(method, metadata, self._clock())
+            endpoint = self._pool.health.pick(plan.endpoints, time.monotonic())
+        except FastProxyError as err:
+            await self._refuse(context, method, err)
+            return
+        timeout = call_timeout(context.time_remaining(), plan.timeout_ms)
+        pump = _RequestPump(requests, plan, self._clock)
+        started = time.monotonic()
+        call = self._pool.channel(endpoint).stream_stream(method, None, None)(
+            pump.messages(), timeout=timeout,
+            metadata=forwarded_request_metadata(metadata, plan.added_metadata))
+        try:
+            initial = forwarded_response_metadata(await call.initial_metadata())
+            if initial:
+                await context.send_initial_metadata(initial)
+            async for message in call:
+                yield plan.response(message, self._clock())
+            # The stream ended OK: the status is in.
+            self._pool.health.record_success(endpoint)
+            trailers = forwarded_response_metadata(await call.trailing_metadata())
+            if trailers:
+                context.set_trailing_metadata(trailers)
+        except grpc.aio.AioRpcError as failed:
+            if pump.error is not None:
+                await self._refuse(context, method, pump.error)
+            else:
+                await self._pass_failure(context, method, endpoint, failed, timeout, started)
+        except FastProxyError as err:
+            call.cancel()
+            await self._refuse(context, method, err)
+        except asyncio.CancelledError:
+            # Our client went away (cancel or its deadline): so does the upstream call.
+            call.cancel()
+            raise
+        finally:
+            # Any exit other than a finished call (e.g. grpc closing the generator).
+            if not call.done():
+                call.cancel()
+
+    async def _pass_failure(self, context: grpc.aio.ServicerContext, method: str,
+                            endpoint: str, failed: grpc.aio.AioRpcError,
+                            timeout: float | None, started: float) -> None:
+        code = failed.code()
+        if (code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None
+                and time.monotonic() - started >= timeout - _DEADLINE_SLACK_S):
+            await self._refuse(context, method, FastProxyError(
+                Reason.DEADLINE, f"upstream did not answer within {timeout:.3f}s"))
+            return
+        if self._pool.is_transport_failure(endpoint, code):
+            self._pool.health.record_transport_failure(endpoint, time.monotonic())
+            await self._refuse(context, method, FastProxyError(
+                Reason.UNAVAILABLE, f"upstream {endpoint} unreachable"))
+            return
+        self._pool.health.record_success(endpoint)
+        # The upstream's own answer: code, details and trailers unchanged, none of ours.
+        await context.abort(code, failed.details() or "",
+                            forwarded_response_metadata(failed.trailing_metadata()))
+
+    async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
+                      err: FastProxyError) -> None:
+        _log.warning("refused role=%s reason=%s method=%s detail=%r",
+                     self._role.name, err.reason.value, method, err.detail)
+        await context.abort(err.status, err.detail, err.trailers(self._role.name))
+
+
+def server_options(max_message_bytes: int) -> tuple[tuple[str, int], ...]:
+    return channel_options(max_message_bytes)
+
+
+async def start_proxy_server(
+    listen: str,
+    handler: ForwardingHandler,
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+    credentials: grpc.ServerCredentials | None = None,
+    services_first: Iterable[grpc.GenericRpcHandler] = (),
+    extra_options: Iterable[tuple[str, Any]] = (),
+) -> tuple[grpc.aio.Server, int]:
+    """Builds and starts the proxy's grpc.aio server; returns it and the bound port (useful
+    with port 0). `services_first` (e.g. health) are consulted before the forwarding handler,
+    which takes every method."""
+    server = grpc.aio.server(options=(*server_options(max_message_bytes), *extra_options))
+    server.add_generic_rpc_handlers((*services_first, handler))
+    if credentials is None:
+        port = server.add_insecure_port(listen)
+    else:
+        port = server.add_secure_port(listen, credentials)
+    await server.start()
+    return server, int(port)

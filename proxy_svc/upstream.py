@@ -1,0 +1,118 @@
+"""Upstream channels: one reused channel per endpoint, round robin, outlier ejection.
+
+`EndpointHealth` is the decision logic alone (no I/O, the clock is passed in);
+`UpstreamPool` adds the grpc.aio channels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import grpc
+
+from fastproxy.errors import FastProxyError, Reason
+
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class EjectionRule:
+    """`failures` transport failures in a row leave an endpoint out for `ejection_s`."""
+
+    failures: int = 3
+    ejection_s: float = 10.0
+
+
+@dataclass(slots=True)
+class _EndpointState:
+    failures_in_a_row: int = 0
+    ejected_until: float = 0.0
+
+
+class EndpointHealth:
+    """Round robin over endpoints, leaving out those ejected for failing in a row.
+
+    Only transport failures count (the endpoint could not be reached or the connection broke);
+    an application error is an answer and resets nothing. After the ejection an endpoint is
+    tried again; one more failure ejects it again at once, one success clears it.
+    When every endpoint is ejected, all are used (a guess beats a certain failure)."""
+
+    def __init__(self, rule: EjectionRule = EjectionRule()) -> None:
+        self.rule = rule
+        self._states: dict[str, _EndpointState] = {}
+        self._next: dict[tuple[str, ...], int] = {}
+
+    def pick(self, endpoints: Sequence[str], now: float) -> str:
+        if not endpoints:
+            raise FastProxyError(Reason.UNAVAILABLE, "no endpoint for this service")
+        key = tuple(endpoints)
+        if len(key) == 1:
+            return key[0]
+        healthy = [e for e in key if not self.is_ejected(e, now)] or key
+        turn = self._next.get(key, 0)
+        self._next[key] = turn + 1
+        return healthy[turn % len(healthy)]
+
+    def is_ejected(self, endpoint: str, now: float) -> bool:
+        state = self._states.get(endpoint)
+        return state is not None and state.ejected_until > now
+
+    def record_success(self, endpoint: str) -> None:
+        state = self._states.get(endpoint)
+        if state is not None and state.failures_in_a_row:
+            state.failures_in_a_row = 0
+            state.ejected_until = 0.0
+
+    def record_transport_failure(self, endpoint: str, now: float) -> None:
+        state = self._states.setdefault(endpoint, _EndpointState())
+        state.failures_in_a_row += 1
+        if state.failures_in_a_row >= self.rule.failures:
+            state.ejected_until = now + self.rule.ejection_s
+
+
+def channel_options(max_message_bytes: int) -> tuple[tuple[str, int], ...]:
+    return (
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    )
+
+
+class UpstreamPool:
+    """One grpc.aio channel per endpoint, created on first use and kept for the process's
+    life (or until `close`). Channels to the in-proxies may use TLS (`credentials`)."""
+
+    def __init__(self, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 credentials: grpc.ChannelCredentials | None = None,
+                 rule: EjectionRule = EjectionRule(),
+                 extra_options: Sequence[tuple[str, str | int]] = ()) -> None:
+        self.health = EndpointHealth(rule)
+        self._options = (*channel_options(max_message_bytes), *extra_options)
+        self._credentials = credentials
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def channel(self, endpoint: str) -> grpc.aio.Channel:
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            if self._credentials is None:
+                channel = grpc.aio.insecure_channel(endpoint, options=self._options)
+            else:
+                channel = grpc.aio.secure_channel(endpoint, self._credentials,
+                                                  options=self._options)
+            self._channels[endpoint] = channel
+        return channel
+
+    def is_transport_failure(self, endpoint: str, code: grpc.StatusCode) -> bool:
+        """UNAVAILABLE with the channel not READY is the transport's (connect refused, reset);
+        UNAVAILABLE over a READY channel is the application's own answer."""
+        if code != grpc.StatusCode.UNAVAILABLE:
+            return False
+        channel = self._channels.get(endpoint)
+        if channel is None:
+            return True
+        return bool(channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.READY)
+
+    async def close(self) -> None:
+        channels, self._channels = self._channels, {}
+        for channel in channels.values():
+            await channel.close()
