@@ -1,0 +1,273 @@
+"""Where a node's policy comes from: the Center's WatchPolicy stream, or a local YAML file.
+
+Either source verifies and compiles each snapshot, then replaces the node's policy in one
+assignment (`PolicyHolder.current`), so a call sees one policy, never a mix. The hot path
+reads `holder.current` and takes no lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import tempfile
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Generic, TypeVar
+
+import grpc
+
+from fastproxy.center_credentials import CenterCredentials
+from fastproxy.policy import PolicyError, load_policy
+from fastproxy.policy.scope import content_hash, scope_snapshot
+from fastproxy.snapshot import SnapshotError, verify_snapshot
+from fastproxy.v1 import center_pb2, center_pb2_grpc
+from fastproxy.v1 import policy_pb2 as pb
+
+log = logging.getLogger("fastproxy.watch")
+
+T = TypeVar("T")
+Compile = Callable[[pb.PolicySnapshot], T]
+
+
+class PolicyHolder(Generic[T]):
+    """The node's compiled policy, swapped whole. `loaded` is set once a policy is in."""
+
+    def __init__(self) -> None:
+        self.current: T | None = None
+        self.revision = 0
+        self.content_hash = ""
+        self.loaded = asyncio.Event()
+        self._listeners: list[Callable[[T], None]] = []
+
+    def on_change(self, listener: Callable[[T], None]) -> None:
+        self._listeners.append(listener)
+
+    def replace(self, compiled: T, revision: int, digest: str) -> None:
+        self.current = compiled
+        self.revision, self.content_hash = revision, digest
+        self.loaded.set()
+        for listener in self._listeners:
+            listener(compiled)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeIdentity:
+    node_id: str
+    role: int  # policy_pb2.ROLE_*
+    service: str
+    advertise: str = ""  # in-nodes: the address registered for the service
+
+
+class SnapshotCache:
+    """The last good signed snapshot on disk: written atomically, read back at start."""
+
+    def __init__(self, directory: str, node: NodeIdentity) -> None:
+        role = pb.Role.Name(node.role).removeprefix("ROLE_").lower()
+        self.path = Path(directory) / f"{node.service}.{role}.snapshot"
+
+    def load(self) -> pb.SignedSnapshot | None:
+        try:
+            data = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        signed = pb.SignedSnapshot()
+        signed.ParseFromString(data)
+        return signed
+
+    def save(self, signed: pb.SignedSnapshot) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".snapshot-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                out.write(signed.SerializeToString())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+            raise
+        dir_fd = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+
+class CenterWatcher(Generic[T]):
+    """Keeps a `WatchPolicy` stream open, reconnecting with backoff and jitter.
+
+    Each snapshot is verified (against `pinned_key` if given), compiled and swapped in, then
+    ACKed; one that fails is NACKed with the error and the last good policy stays.
+    """
+
+    def __init__(self, center: str, node: NodeIdentity, compile_snapshot: Compile[T],
+                 holder: PolicyHolder[T], *, credentials: CenterCredentials | None = None,
+                 pinned_key: bytes | None = None, cache_dir: str | None = None,
+                 lease_seconds: int = 15, initial_backoff_s: float = 0.2,
+                 max_backoff_s: float = 10.0) -> None:
+        self.center = center
+        self.node = node
+        self.compile = compile_snapshot
+        self.holder = holder
+        self.credentials = credentials or CenterCredentials()
+        self.pinned_key = pinned_key
+        self.cache = SnapshotCache(cache_dir, node) if cache_dir else None
+        self.lease_seconds = lease_seconds
+        self.initial_backoff_s = initial_backoff_s
+        self.max_backoff_s = max_backoff_s
+        self.reconnects = 0
+        self.connected = asyncio.Event()
+
+    def load_cache(self) -> bool:
+        """Serves the cached snapshot (the Center is unreachable); True if one was loaded."""
+        if self.cache is None:
+            return False
+        try:
+            signed = self.cache.load()
+            if signed is None:
+                return False
+            self._install(signed)
+        except (SnapshotError, ValueError) as exc:
+            log.error("cached snapshot %s refused: %s", self.cache.path, exc)
+            return False
+        log.warning("center %s unreachable: serving cached revision %d from %s", self.center,
+                    self.holder.revision, self.cache.path)
+        return True
+
+    async def run(self, cache_after_s: float = 2.0) -> None:
+        """Runs until cancelled. If no policy arrived within `cache_after_s`, the cache is
+        loaded while the stream keeps trying."""
+        cache_timer = asyncio.get_running_loop().call_later(
+            cache_after_s, lambda: self.holder.current is None and self.load_cache())
+        backoff = self.initial_backoff_s
+        try:
+            while True:
+                try:
+                    await self._stream_once()
+                    backoff = self.initial_backoff_s
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                      grpc.StatusCode.PERMISSION_DENIED):
+                        log.error("center %s refused this node: %s", self.center, exc.details())
+                    else:
+                        log.info("watch stream to %s ended: %s %s", self.center,
+                                 exc.code().name, exc.details())
+                self.connected.clear()
+                self.reconnects += 1
+                delay = random.uniform(0.5, 1.0) * backoff
+                backoff = min(backoff * 2, self.max_backoff_s)
+                await asyncio.sleep(delay)
+        finally:
+            cache_timer.cancel()
+
+    async def _stream_once(self) -> None:
+        async with self.credentials.aio_channel(self.center) as channel:
+            stub = center_pb2_grpc.CenterStub(channel)
+            outbox: asyncio.Queue[center_pb2.WatchRequest] = asyncio.Queue()
+            outbox.put_nowait(center_pb2.WatchRequest(hello=center_pb2.NodeHello(
+                node_id=self.node.node_id, role=self.node.role, service=self.node.service,
+                known_revision=self.holder.revision, known_hash=self.holder.content_hash)))
+            call = stub.WatchPolicy(self._requests(outbox), metadata=self.credentials.metadata)
+            renew = None
+            if self.node.advertise and self.node.role == pb.ROLE_IN:
+                renew = asyncio.create_task(self._renew_lease(outbox))
+            try:
+                async for response in call:
+                    self.connected.set()
+                    outbox.put_nowait(self._receive(response.snapshot))
+            finally:
+                if renew is not None:
+                    renew.cancel()
+                call.cancel()
+
+    async def _requests(self, outbox: asyncio.Queue[center_pb2.WatchRequest]
+                        ) -> AsyncIterator[center_pb2.WatchRequest]:
+        while True:
+            yield await outbox.get()
+
+    async def _renew_lease(self, outbox: asyncio.Queue[center_pb2.WatchRequest]) -> None:
+        register = center_pb2.WatchRequest(register=center_pb2.Register(
+            address=self.node.advertise, lease_seconds=self.lease_seconds))
+        while True:
+            outbox.put_nowait(register)
+            await asyncio.sleep(max(self.lease_seconds / 3, 0.2))
+
+    def _receive(self, signed: pb.SignedSnapshot) -> center_pb2.WatchRequest:
+        try:
+            revision = self._install(signed)
+        except (SnapshotError, ValueError) as exc:
+            log.error("snapshot refused (NACK): %s", exc)
+            return center_pb2.WatchRequest(nack=center_pb2.Nack(
+                revision=_revision_of(signed), content_hash=signed.content_hash,
+                error=str(exc)))
+        if self.cache is not None:
+            try:
+                self.cache.save(signed)
+            except OSError as exc:
+                log.error("cannot write snapshot cache %s: %s", self.cache.path, exc)
+        log.info("policy revision %d in force", revision)
+        return center_pb2.WatchRequest(ack=center_pb2.Ack(revision=revision,
+                                                          content_hash=signed.content_hash))
+
+    def _install(self, signed: pb.SignedSnapshot) -> int:
+        snapshot = verify_snapshot(signed, self.pinned_key)
+        if snapshot.node_service != self.node.service:
+            raise SnapshotError(f"snapshot is for service {snapshot.node_service!r}, "
+                                f"not {self.node.service!r}")
+        compiled = self.compile(snapshot)
+        self.holder.replace(compiled, snapshot.revision, signed.content_hash)
+        return int(snapshot.revision)
+
+
+def _revision_of(signed: pb.SignedSnapshot) -> int:
+    snapshot = pb.PolicySnapshot()
+    with contextlib.suppress(Exception):
+        snapshot.ParseFromString(signed.snapshot)
+    return int(snapshot.revision)
+
+
+class FileWatcher(Generic[T]):
+    """`--policy FILE` without a Center: the node scopes the file for itself, and reloads it
+    whenever it changes; a bad edit is logged with every error and the last good stays."""
+
+    def __init__(self, path: str, node: NodeIdentity, compile_snapshot: Compile[T],
+                 holder: PolicyHolder[T], interval_s: float = 1.0) -> None:
+        self.path = Path(path)
+        self.node = node
+        self.compile = compile_snapshot
+        self.holder = holder
+        self.interval_s = interval_s
+        self._seen = ""
+        self._revision = 0
+
+    def load(self) -> None:
+        """Loads the file now; raises PolicyError/ValueError/OSError if it is not usable."""
+        data = self.path.read_bytes()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest == self._seen:
+            return
+        self._seen = digest
+        snapshot = scope_snapshot(load_policy(data), self.node.role, self.node.service)
+        snapshot.revision = self._revision + 1
+        compiled = self.compile(snapshot)
+        self._revision += 1
+        self.holder.replace(compiled, self._revision, content_hash(snapshot))
+        log.info("policy file %s loaded as local revision %d", self.path, self._revision)
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            try:
+                self.load()
+            except PolicyError as exc:
+                log.error("policy file %s refused; the last good policy stays:\n  %s",
+                          self.path, "\n  ".join(exc.errors))
+            except (OSError, ValueError) as exc:
+                log.error("policy file %s refused; the last good policy stays: %s",
+                          self.path, exc)
