@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -172,8 +173,8 @@ def validate_policy(document: Any, environ: Mapping[str, str] | None = None) -> 
     if type(version) is not int or version != 1:
         check.error("version", "must be 1")
     keys, key_names = _keys(check, top.get("keys"), lambda ref: resolve_secret(ref, environ))
-    services, service_names, callers = _services(check, top.get("services"))
-    _cross_check(check, keys, key_names, services, service_names, callers)
+    services, declared = _services(check, top.get("services"))
+    _cross_check(check, keys, key_names, services, declared)
     if check.errors:
         raise PolicyError(check.errors)
     return Policy(keys=MappingProxyType(keys), services=MappingProxyType(services))
@@ -273,25 +274,33 @@ SERVICE_FIELDS = ("grpc_services", "endpoints", "identity", "encrypt", "compress
 CallerRefs = list[tuple[str, str]]
 
 
-def _services(check: _Check,
-              value: Any) -> tuple[dict[str, ServiceSpec], set[str], CallerRefs]:
-    """The valid services, every well-named service declared, and every caller an allow rule
-    names (kept apart from the rules, which are dropped when their methods are invalid)."""
+@dataclass
+class _Declared:
+    """What the document names, valid or not, so that cross-checks neither miss a reference
+    in a dropped rule nor report a name twice (once invalid, once unknown or missing)."""
+
+    services: set[str] = field(default_factory=set)
+    with_identity: set[str] = field(default_factory=set)
+    callers: CallerRefs = field(default_factory=list)
+
+
+def _services(check: _Check, value: Any) -> tuple[dict[str, ServiceSpec], _Declared]:
     raw = check.mapping(value, "services")
     out: dict[str, ServiceSpec] = {}
-    declared: set[str] = set()
-    callers: CallerRefs = []
+    declared = _Declared()
     for name, spec in (raw or {}).items():
         path = f"services.{name}"
         if not isinstance(name, str) or not NAME_RE.fullmatch(name):
             check.error(path, "is not a valid service name (letters, digits, '.', '_', '-')")
             continue
-        declared.add(name)
+        declared.services.add(name)
         if spec is None:
             spec = {}
         fields = check.fields(spec, path, (), SERVICE_FIELDS)
         if fields is None:
             continue
+        if fields.get("identity") is not None:
+            declared.with_identity.add(name)
         timeout = fields.get("timeout_ms")
         out[name] = ServiceSpec(
             name=name,
@@ -304,10 +313,11 @@ def _services(check: _Check,
             compress=_compression(check, fields.get("compress"), f"{path}.compress"),
             timeout_ms=0 if timeout is None else (
                 check.integer(timeout, f"{path}.timeout_ms", 1, MAX_TIMEOUT_MS) or 0),
-            allow=_allow(check, fields.get("allow"), f"{path}.allow", callers),
+            allow=_allow(check, fields.get("allow"), f"{path}.allow",
+                         declared.callers),
             retry=_retry(check, fields.get("retry"), f"{path}.retry"),
         )
-    return out, declared, callers
+    return out, declared
 
 
 def _endpoints(check: _Check, value: Any, path: str) -> tuple[str, ...]:
@@ -426,8 +436,7 @@ def _retry(check: _Check, value: Any, path: str) -> RetryPolicy | None:
 
 
 def _cross_check(check: _Check, keys: Mapping[str, KeySpec], key_names: set[str],
-                 services: Mapping[str, ServiceSpec], service_names: set[str],
-                 callers: CallerRefs) -> None:
+                 services: Mapping[str, ServiceSpec], declared: _Declared) -> None:
     """References between keys and services; runs after every field was read. A name that
     was declared but failed its own checks is not reported again as unknown."""
     routed: dict[str, str] = {}
@@ -450,15 +459,15 @@ def _cross_check(check: _Check, keys: Mapping[str, KeySpec], key_names: set[str]
                 check.error(f"{path}.grpc_services[{i}]",
                             f"{grpc_service!r} is already routed to service {owner!r}")
     called_or_calling = {name for name, svc in services.items() if svc.allow}
-    for caller_path, caller in callers:
+    for caller_path, caller in declared.callers:
         if caller == "*":
             continue
-        if caller not in service_names:
+        if caller not in declared.services:
             check.error(caller_path, f"unknown service {caller!r}")
         else:
             called_or_calling.add(caller)
     for name in sorted(called_or_calling):
-        if name in services and services[name].identity is None:
+        if name in services and name not in declared.with_identity:
             check.error(f"services.{name}.identity",
                         "is required: the service calls or is called by another service")
 

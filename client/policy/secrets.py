@@ -12,6 +12,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 
+MAX_FILE_BYTES = 64 * 1024
+
+
 class SecretError(ValueError):
     pass
 
@@ -37,11 +40,14 @@ def resolve_secret(ref: str, environ: Mapping[str, str] | None = None) -> bytes:
     if not rest:
         raise SecretError("file: needs a path")
     try:
-        raw = Path(rest).read_bytes()
+        with Path(rest).open("rb") as file:
+            raw = file.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise SecretError(f"file {rest} cannot be read ({exc.strerror or 'error'})") from None
     except ValueError:  # e.g. a NUL byte in the path
         raise SecretError("file: path is not a valid path") from None
+    if len(raw) > MAX_FILE_BYTES:  # a key file is small; this also stops at /dev/zero
+        raise SecretError(f"file {rest} is larger than {MAX_FILE_BYTES} bytes")
     try:
         text = raw.decode("ascii")
     except UnicodeDecodeError:
