@@ -14,9 +14,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
     Ed25519PublicKey,
 )
+from google.protobuf.message import DecodeError
+
 from fastproxy.policy.scope import content_hash
 from fastproxy.v1 import policy_pb2 as pb
-from google.protobuf.message import DecodeError
 
 SIGNING_CONTEXT = b"fastproxy-snapshot-v1\x00"
 

@@ -17,6 +17,7 @@ import yaml
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from fastproxy.policy.model import (
     AllowRule,
     Compression,

@@ -11,7 +11,6 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-
 MAX_FILE_BYTES = 64 * 1024
 
 
