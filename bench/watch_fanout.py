@@ -1,0 +1,168 @@
+"""Center fan-out benchmark: time from an apply until N connected watchers hold the new revision,
+and the Center's memory while they are connected.
+
+    python bench/watch_fanout.py [--watchers 1000] [--rounds 3] [--json out.json]
+
+Starts a real Center (`python -m center_svc --store memory://`) on a free loopback port, opens
+N WatchPolicy streams from this process (spread over several channels and four services, both
+in- and out-roles), applies a policy change that touches every node, and measures until the
+last watcher has received and ACKed it. Reports the median and spread over the rounds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+
+from fastproxy.v1 import center_pb2, center_pb2_grpc
+from fastproxy.v1 import policy_pb2 as pb
+
+SERVICES = ("svc_a", "svc_b", "svc_c", "svc_d")
+
+
+def policy_yaml(timeout_ms: int) -> str:
+    keys = "\n".join(
+        f"  {s}-id: {{type: hmac-sha256, secret: \"base64:{base64.b64encode(os.urandom(32)).decode()}\"}}"
+        for s in SERVICES)
+    services = "\n".join(
+        f"  {s}:\n    identity: {{key: {s}-id}}\n    grpc_services: [bench.{s}.Svc]\n"
+        f"    endpoints: [\"127.0.0.1:9{i}00\"]\n    timeout_ms: {timeout_ms}\n"
+        f"    allow: [{{caller: \"*\", methods: [\"*\"]}}]"
+        for i, s in enumerate(SERVICES))
+    return f"version: 1\nkeys:\n{keys}\nservices:\n{services}\n"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def rss_kib(pid: int) -> tuple[int, int]:
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = value.strip()
+    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+class Watcher:
+    def __init__(self, index: int, stub: center_pb2_grpc.CenterStub) -> None:
+        self.index = index
+        self.stub = stub
+        self.revision = 0
+        self.changed = asyncio.Event()
+        self.outbox: asyncio.Queue[center_pb2.WatchRequest] = asyncio.Queue()
+
+    async def requests(self):  # type: ignore[no-untyped-def]
+        while True:
+            yield await self.outbox.get()
+
+    async def run(self) -> None:
+        role = pb.ROLE_IN if self.index % 2 else pb.ROLE_OUT
+        service = SERVICES[self.index % len(SERVICES)]
+        self.outbox.put_nowait(center_pb2.WatchRequest(hello=center_pb2.NodeHello(
+            node_id=f"bench-{self.index}", role=role, service=service)))
+        async for response in self.stub.WatchPolicy(self.requests()):
+            snapshot = pb.PolicySnapshot()
+            snapshot.ParseFromString(response.snapshot.snapshot)
+            self.revision = snapshot.revision
+            self.outbox.put_nowait(center_pb2.WatchRequest(ack=center_pb2.Ack(
+                revision=snapshot.revision, content_hash=response.snapshot.content_hash)))
+            self.changed.set()
+
+
+async def wait_all(watchers: list[Watcher], revision: int, timeout: float) -> float:
+    start = time.perf_counter()
+    deadline = start + timeout
+    while any(w.revision < revision for w in watchers):
+        if time.perf_counter() > deadline:
+            behind = sum(w.revision < revision for w in watchers)
+            raise TimeoutError(f"{behind} watchers still behind revision {revision}")
+        await asyncio.sleep(0.002)
+    return time.perf_counter() - start
+
+
+async def bench(args: argparse.Namespace) -> dict[str, object]:
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    center = subprocess.Popen(
+        [sys.executable, "-m", "center_svc", "--listen", address, "--store", "memory://",
+         "--log-level", "warning"])
+    channels = [grpc.aio.insecure_channel(address) for _ in range(args.channels)]
+    try:
+        admin = center_pb2_grpc.CenterStub(channels[0])
+        for _ in range(100):
+            try:
+                await admin.GetCenterInfo(center_pb2.GetCenterInfoRequest(), timeout=1)
+                break
+            except grpc.aio.AioRpcError:
+                await asyncio.sleep(0.1)
+        first = await admin.ApplyPolicy(center_pb2.ApplyPolicyRequest(yaml=policy_yaml(1000)))
+        assert first.applied, first.errors
+        rss_before = rss_kib(center.pid)[0]
+        watchers = [Watcher(i, center_pb2_grpc.CenterStub(channels[i % len(channels)]))
+                    for i in range(args.watchers)]
+        tasks = [asyncio.create_task(w.run()) for w in watchers]
+        connect = await wait_all(watchers, first.revision.revision, 120)
+        rss_connected = rss_kib(center.pid)[0]
+        timings = []
+        for round_index in range(args.rounds):
+            start = time.perf_counter()
+            applied = await admin.ApplyPolicy(center_pb2.ApplyPolicyRequest(
+                yaml=policy_yaml(2000 + round_index)))
+            assert applied.applied, applied.errors
+            await wait_all(watchers, applied.revision.revision, 60)
+            timings.append(time.perf_counter() - start)
+            await asyncio.sleep(0.5)
+        rss_now, rss_peak = rss_kib(center.pid)
+        for task in tasks:
+            task.cancel()
+        return {
+            "watchers": args.watchers,
+            "channels": args.channels,
+            "rounds": args.rounds,
+            "initial_connect_s": round(connect, 3),
+            "apply_to_all_s": [round(t, 3) for t in timings],
+            "apply_to_all_median_s": round(statistics.median(timings), 3),
+            "center_rss_idle_mib": round(rss_before / 1024, 1),
+            "center_rss_connected_mib": round(rss_connected / 1024, 1),
+            "center_rss_end_mib": round(rss_now / 1024, 1),
+            "center_rss_peak_mib": round(rss_peak / 1024, 1),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python "
+                       f"{platform.python_version()}, grpcio {grpc.__version__}",
+        }
+    finally:
+        for channel in channels:
+            await channel.close()
+        center.terminate()
+        center.wait(10)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--watchers", type=int, default=1000)
+    parser.add_argument("--channels", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    result = asyncio.run(bench(args))
+    print(json.dumps(result, indent=2))
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
