@@ -42,10 +42,12 @@ class CliError(Exception):
     """A failure to report: the first line says what went wrong; `details` (the errors of a
     refused policy) follow one per line."""
 
-    def __init__(self, message: str, details: Sequence[str] = ()) -> None:
+    def __init__(self, message: str, details: Sequence[str] = (),
+                 code: grpc.StatusCode | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.details = tuple(details)
+        self.code = code  # the Center's status, when the failure is its answer
 
 
 # --- talking to the Center ----------------------------------------------------------------
@@ -145,18 +147,20 @@ def rpc_failure(error: grpc.RpcError, target: CenterTarget) -> CliError:
     details = " ".join(str(error.details() if isinstance(error, grpc.Call) else error).split())
     where = f"the Center at {target.address}"
     if code is grpc.StatusCode.UNAVAILABLE:
-        return CliError(f"cannot reach {where}: {details}")
+        return CliError(f"cannot reach {where}: {details}", code=code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(f"{where} did not answer within {target.timeout:g} s "
-                        "(is it running? see --timeout)")
+                        "(is it running? see --timeout)", code=code)
     if code is grpc.StatusCode.UNAUTHENTICATED:
         hint = "" if target.token or target.tls_cert else " (no --token or client certificate)"
-        return CliError(f"{where} refused the credential: unauthenticated{hint}: {details}")
+        return CliError(f"{where} refused the credential: unauthenticated{hint}: {details}",
+                        code=code)
     if code is grpc.StatusCode.PERMISSION_DENIED:
-        return CliError(f"{where} refused the credential: permission denied: {details}")
+        return CliError(f"{where} refused the credential: permission denied: {details}",
+                        code=code)
     if code is grpc.StatusCode.NOT_FOUND:
-        return CliError(details)
-    return CliError(f"{where} answered {code.name}: {details}")
+        return CliError(details, code=code)
+    return CliError(f"{where} answered {code.name}: {details}", code=code)
 
 
 @contextmanager
@@ -184,7 +188,7 @@ def _applied_line(verb: str, response: center_pb2.ApplyPolicyResponse) -> str:
 
 
 def _finish_apply(args: argparse.Namespace, response: center_pb2.ApplyPolicyResponse,
-                  verb: str) -> int:
+                  verb: str, unchanged_subject: str) -> int:
     if args.json:
         _print(cli_format.to_json(cli_format.apply_result(response)))
     if response.errors:
@@ -193,12 +197,11 @@ def _finish_apply(args: argparse.Namespace, response: center_pb2.ApplyPolicyResp
                        f"error{'s' if count != 1 else ''}):", response.errors)
     if args.json:
         return EXIT_OK
-    if not response.applied:
-        message = response.message or (
-            f"the policy equals the latest revision {response.revision.revision}")
-        _print(f"nothing changed: {message}")
-    else:
+    if response.applied:
         _print(_applied_line(verb, response))
+    else:
+        _print(f"nothing changed: {unchanged_subject} is identical to the latest revision "
+               f"{response.revision.revision}")
     return EXIT_OK
 
 
@@ -216,14 +219,18 @@ def run_policy_apply(args: argparse.Namespace) -> int:
         raise CliError(f"policy file {path} is not UTF-8 text") from None
     with center_client(args) as center:
         response = center.apply(yaml_text, args.message)
-    return _finish_apply(args, response, "applied")
+    return _finish_apply(args, response, "applied", "the policy")
 
 
 def run_policy_get(args: argparse.Namespace) -> int:
-    with center_client(args) as center:
-        response = center.get(args.revision)
-    if not response.HasField("revision") or response.revision.revision == 0:
-        raise CliError("the Center holds no policy yet")
+    try:
+        with center_client(args) as center:
+            response = center.get(args.revision)
+    except CliError as exc:
+        if exc.code is grpc.StatusCode.NOT_FOUND:
+            raise CliError(f"revision {args.revision} does not exist" if args.revision
+                           else "the Center holds no policy yet") from None
+        raise
     if args.json:
         _print(cli_format.to_json({"revision": cli_format.revision_row(response.revision),
                                    "yaml": response.yaml}))
@@ -247,7 +254,8 @@ def run_policy_history(args: argparse.Namespace) -> int:
 def run_policy_rollback(args: argparse.Namespace) -> int:
     with center_client(args) as center:
         response = center.rollback(args.revision, args.message)
-    return _finish_apply(args, response, f"rolled back to revision {args.revision}")
+    return _finish_apply(args, response, f"rolled back to revision {args.revision}",
+                         f"revision {args.revision}")
 
 
 def run_nodes(args: argparse.Namespace) -> int:

@@ -64,7 +64,7 @@ def default_key_name(key_type: KeyType, today: datetime.date | None = None) -> s
 def generate_key(key_type: KeyType, name: str | None = None) -> GeneratedKey:
     """Makes new random material of `key_type`; raises ValueError on an invalid name."""
     key_name = name if name is not None else default_key_name(key_type)
-    if not NAME_RE.match(key_name):
+    if not NAME_RE.fullmatch(key_name):
         raise ValueError(
             f"{key_name!r} is not a valid key name (letters, digits, '.', '_', '-')"
         )
