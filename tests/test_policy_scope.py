@@ -95,7 +95,7 @@ def policy(tmp_path: Path) -> Policy:
 
 
 def wire(snapshot: pb.PolicySnapshot) -> bytes:
-    return snapshot.SerializeToString(deterministic=True)
+    return bytes(snapshot.SerializeToString(deterministic=True))
 
 
 def secrets_found_in(data: bytes) -> set[str]:
