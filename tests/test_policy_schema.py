@@ -609,3 +609,21 @@ def test_any_text_either_loads_or_raises_policy_error(text: str) -> None:
         load_policy(text, environ={})
     except PolicyError as refused:
         assert refused.errors
+
+
+def test_contract_example_sample_loads(monkeypatch: pytest.MonkeyPatch) -> None:
+    pem = Ed25519PrivateKey.from_private_bytes(SONG_ID_SEED).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+    monkeypatch.setenv("CHAT_ID_KEY", ENVIRON["CHAT_ID_KEY"])
+    monkeypatch.setenv("SONG_ID_PEM", pem.decode())
+    sample = Path(__file__).parent / "policy_samples" / "contract_example.yaml"
+    policy = load_policy(sample.read_text())
+    assert policy.keys["song-enc-v1"].secret == bytes(range(1, 33))
+    assert policy.keys["song-id-v1"].secret == SONG_ID_SEED
+    assert policy.keys["chat-id-v1"].secret == CHAT_ID_SECRET
+    song = policy.services["song_service"]
+    assert song.allow == (
+        AllowRule("chat_service", ("/demo.v1.Echo/*",), RateLimit(100.0, 20)),)
+    assert (song.timeout_ms, song.compress) == (2000, Compression("gzip", 1024))
