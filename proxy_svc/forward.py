@@ -295,6 +295,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             call.cancel()
             await self._refuse(context, method, err)
         except asyncio.CancelledError:
+            if pump.error is not None:
+                # grpc cancelled the upstream call when our request transform raised.
+                await self._refuse(context, method, pump.error)
             # Our client went away (cancel or its deadline): so does the upstream call.
             call.cancel()
             raise

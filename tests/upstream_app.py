@@ -14,6 +14,8 @@ Behaviour on request, through request metadata (`CONTROL_*` names below):
 - `x-test-echo: 1`: every request entry whose key starts with `x-echo-` is sent back, in the
   initial metadata and in the trailers (text and `-bin` entries alike).
 - `x-test-stall-ms: N`: wait N ms before the first reply (an upstream that is slow).
+- `x-test-stall-each-ms: N`: in ServerStream and Bidi, wait N ms after each reply message (so
+  a client can cancel while the upstream is busy mid-stream).
 - `x-test-fail-code: NAME` (a `grpc.StatusCode` name, e.g. `NOT_FOUND`): end the call with that
   status after reading the requests, with details from `x-test-fail-details` and trailers
   `grpc-status-details-bin` from `x-test-fail-status-bin` (bytes) plus the echoed entries.
@@ -28,6 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import functools
 import json
 import os
 import signal
@@ -54,6 +57,7 @@ CONTROL_ID = "x-test-id"
 CONTROL_ECHO = "x-test-echo"
 CONTROL_STALL_MS = "x-test-stall-ms"
 CONTROL_REPEAT = "x-test-repeat"
+CONTROL_STALL_EACH_MS = "x-test-stall-each-ms"
 CONTROL_FAIL_CODE = "x-test-fail-code"
 CONTROL_FAIL_DETAILS = "x-test-fail-details"
 CONTROL_FAIL_STATUS_BIN = "x-test-fail-status-bin"
@@ -80,7 +84,7 @@ class CallRecord:
     messages_received: int = 0
     bytes_received: int = 0
     cancelled: bool = False
-    done: bool = False
+    done: bool = False  # the handler returned, or the call ended
     started_at: float = field(default_factory=time.monotonic)
 
     def to_json(self) -> dict[str, Any]:
@@ -111,6 +115,11 @@ def decode_metadata(entries: Sequence[Sequence[str]]) -> list[tuple[str, str | b
         else:
             out.append((key, value))
     return out
+
+
+def _observe_end(record: CallRecord, context: grpc.aio.ServicerContext) -> None:
+    record.cancelled = record.cancelled or bool(context.cancelled())
+    record.done = True
 
 
 class EchoService:
@@ -174,8 +183,11 @@ class EchoService:
             self._count(record, request)
             await self._before_reply(control, context)
             await self._maybe_fail(control, context)
+            stall_each_s = int(control.get(CONTROL_STALL_EACH_MS, "0")) / 1000
             for _ in range(int(control.get(CONTROL_REPEAT, "2"))):
                 yield request
+                if stall_each_s:
+                    await asyncio.sleep(stall_each_s)
         except asyncio.CancelledError:
             record.cancelled = True
             raise
@@ -187,9 +199,12 @@ class EchoService:
         record, control = self._begin(BIDI, context)
         try:
             await self._before_reply(control, context)
+            stall_each_s = int(control.get(CONTROL_STALL_EACH_MS, "0")) / 1000
             async for message in requests:
                 self._count(record, message)
                 yield message
+                if stall_each_s:
+                    await asyncio.sleep(stall_each_s)
             await self._maybe_fail(control, context)
         except asyncio.CancelledError:
             record.cancelled = True
@@ -217,6 +232,8 @@ class EchoService:
         for key, value in metadata:
             control.setdefault(key, value)
         record = CallRecord(method, metadata, context.time_remaining(), context.peer())
+        # A cancelled stream may just end the request iterator, without CancelledError.
+        context.add_done_callback(functools.partial(_observe_end, record))
         call_id = control.get(CONTROL_ID, "")
         self._records[call_id] = record
         self._records.move_to_end(call_id)
