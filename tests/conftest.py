@@ -6,10 +6,12 @@
   grpc.health.v1 reports SERVING (or fails the test with the Center's log if it exits
   first) and returns a `CenterProcess`. At teardown every Center still running gets SIGTERM
   and must exit 0. `credentials` are the channel credentials the health check needs (TLS).
-- `center.watch(metadata=(), credentials=None)` gives a `WatchClient` that speaks WatchPolicy by hand. `hello(...)` opens the
-  stream; `next_response(timeout)` returns the raw bytes of the next WatchResponse and the
-  parsed message; `expect_silence(seconds)`; `ack`, `nack`, `register`; `close()` half-closes
-  the request stream; `final_code(timeout)` is the status the stream ended with.
+- `center.watch(metadata=(), credentials=None)` gives a `WatchClient` that speaks WatchPolicy
+  by hand. `hello(...)` opens the stream; `next_response(timeout)` returns the raw bytes of
+  the next WatchResponse and the parsed message; `next_snapshot(timeout)`;
+  `expect_silence(seconds)`; `ack`, `ack_snapshot`, `nack`, `register`; `close()`
+  half-closes the request stream; `final_code(timeout)` is the status the stream ended with.
+- `wait_until(predicate, timeout, what=...)`: polls with a deadline instead of sleeping.
 """
 
 from __future__ import annotations
