@@ -168,8 +168,8 @@ def validate_policy(document: Any, environ: Mapping[str, str] | None = None) -> 
     if not isinstance(document, Mapping):
         raise PolicyError(["policy: must be a mapping with version, keys and services"])
     check = _Check()
-    top = check.fields(document, "", ("version",), ("keys", "services"))
-    assert top is not None
+    check.fields(document, "", ("version",), ("keys", "services"))
+    top: Mapping[str, Any] = document
     version = top.get("version", 1)
     if type(version) is not int or version != 1:
         check.error("version", "must be 1")
@@ -322,12 +322,15 @@ def _services(check: _Check, value: Any) -> tuple[dict[str, ServiceSpec], _Decla
 
 
 def _endpoints(check: _Check, value: Any, path: str) -> tuple[str, ...]:
-    endpoints = check.string_list(value, path, ENDPOINT_RE, "HOST:PORT endpoint")
-    for i, endpoint in enumerate(endpoints):
+    valid: list[str] = []
+    for i, endpoint in enumerate(check.string_list(value, path, ENDPOINT_RE,
+                                                   "HOST:PORT endpoint")):
         port = int(endpoint.rpartition(":")[2])
-        if not 1 <= port <= 65535:
+        if 1 <= port <= 65535:
+            valid.append(endpoint)
+        else:
             check.error(f"{path}[{i}]", f"port {port} is not between 1 and 65535")
-    return tuple(e for e in endpoints if 1 <= int(e.rpartition(":")[2]) <= 65535)
+    return tuple(valid)
 
 
 def _key_ref(check: _Check, value: Any, path: str) -> KeyRef | None:
