@@ -1,0 +1,105 @@
+"""Policies for the sans-IO core tests, built through the real path: YAML text ->
+`load_policy` -> `scope_snapshot` -> `NodePolicy.from_snapshot`.
+
+The caller is `chat_service` (its out-node), the callee `song_service` (its in-node),
+serving the gRPC service `demo.v1.Echo`.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import yaml
+
+from fastproxy.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline import InboundCall, OutboundCall
+from fastproxy.policy import load_policy
+from fastproxy.policy.scope import scope_snapshot
+from fastproxy.v1 import policy_pb2 as pb
+
+CALLER = "chat_service"
+CALLEE = "song_service"
+METHOD = "/demo.v1.Echo/Say"
+OTHER_METHOD = "/demo.v1.Echo/Shout"
+T0 = 1_750_000_000.0  # a fixed simulated clock
+
+SIGNING_TYPES = ("hmac-sha256", "ed25519")
+ENCRYPTION_TYPES = ("aes-256-gcm", "chacha20-poly1305", None)
+
+
+def secret_for(name: str) -> str:
+    """Deterministic 32-byte test material per key name (never a real secret)."""
+    return "base64:" + base64.b64encode(hashlib.sha256(name.encode()).digest()).decode()
+
+
+def key_entry(name: str, key_type: str) -> dict[str, str]:
+    material = "private" if key_type == "ed25519" else "secret"
+    return {"type": key_type, material: secret_for(name)}
+
+
+@dataclass
+class Setup:
+    """A two-service policy; every field is a knob a test may turn."""
+
+    caller_identity: str = "hmac-sha256"
+    callee_identity: str = "hmac-sha256"
+    encryption: str | None = "aes-256-gcm"
+    compress: dict[str, object] | None = None
+    rules: list[dict[str, object]] = field(
+        default_factory=lambda: [{"caller": CALLER, "methods": ["/demo.v1.Echo/*"]}])
+    endpoints: list[str] = field(default_factory=lambda: ["127.0.0.1:9101"])
+    # key rotation: which key each side uses, and which others it accepts
+    enc_key: str = "song-enc-v1"
+    enc_accept: Sequence[str] = ()
+    caller_key: str = "chat-id-v1"
+    caller_accept: Sequence[str] = ()
+    timeout_ms: int = 2000
+
+    def yaml_text(self) -> str:
+        keys: dict[str, object] = {}
+        for name in (self.caller_key, *self.caller_accept):
+            keys[name] = key_entry(name, self.caller_identity)
+        keys["song-id-v1"] = key_entry("song-id-v1", self.callee_identity)
+        song: dict[str, object] = {
+            "grpc_services": ["demo.v1.Echo"],
+            "endpoints": self.endpoints,
+            "identity": {"key": "song-id-v1"},
+            "timeout_ms": self.timeout_ms,
+            "allow": self.rules,
+        }
+        if self.encryption is not None:
+            for name in (self.enc_key, *self.enc_accept):
+                keys[name] = key_entry(name, self.encryption)
+            song["encrypt"] = {"key": self.enc_key, "accept": list(self.enc_accept)}
+        if self.compress is not None:
+            song["compress"] = self.compress
+        chat: dict[str, object] = {
+            "identity": {"key": self.caller_key, "accept": list(self.caller_accept)},
+        }
+        document = {"version": 1, "keys": keys,
+                    "services": {CALLEE: song, CALLER: chat}}
+        return yaml.safe_dump(document)
+
+    def caller_policy(self) -> NodePolicy:
+        snapshot = scope_snapshot(load_policy(self.yaml_text()), pb.ROLE_OUT, CALLER)
+        return NodePolicy.from_snapshot(snapshot)
+
+    def callee_policy(self, *, max_message_bytes: int | None = None) -> NodePolicy:
+        snapshot = scope_snapshot(load_policy(self.yaml_text()), pb.ROLE_IN, CALLEE)
+        if max_message_bytes is None:
+            return NodePolicy.from_snapshot(snapshot)
+        return NodePolicy.from_snapshot(snapshot, max_message_bytes=max_message_bytes)
+
+    def pair(self) -> tuple[NodePolicy, NodePolicy]:
+        return self.caller_policy(), self.callee_policy()
+
+
+def connect(caller: NodePolicy, callee: NodePolicy, state: NodeState,
+            method: str = METHOD, now: float = T0) -> tuple[OutboundCall, InboundCall]:
+    """Starts one call on both sides, the call header passed as the transport would."""
+    outbound = caller.outbound(method, now)
+    inbound = callee.inbound(method, outbound.request_metadata(), now, state)
+    return outbound, inbound
