@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+# gRPC's C core prints a failed TLS handshake to stderr itself, a second line beside ours. It
+# reads its verbosity once, when grpc is first imported, so this must come before that import
+# (and `fastproxy/__init__.py` must not import grpc for it to take effect).
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 
 from fastproxy import __version__, cli_format

@@ -679,3 +679,171 @@ def test_the_admin_token_works_and_names_the_author(
     (entry,) = json.loads(run_cli(capsys, "policy", "history", "--json",
                                   *guarded_center.args()).out)
     assert "ops" in entry["author"]
+
+
+# --- TLS: verifying the Center, client certificates -----------------------------------------
+
+
+@dataclass
+class Pki:
+    ca: Path
+    other_ca: Path
+    server_cert: Path
+    server_key: Path
+    admin_cert: Path
+    admin_key: Path
+    node_cert: Path
+    node_key: Path
+
+
+def _write_pem(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+def make_pki(folder: Path) -> Pki:
+    """A CA, a Center certificate for the name `center.test` only, and client certificates
+    whose common names are `admin:ops` and the node service `b`."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+
+    def name(common_name: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    def authority(common_name: str) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(name(common_name))
+                .issuer_name(name(common_name)).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(minutes=5))
+                .not_valid_after(now + datetime.timedelta(days=1))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .sign(key, hashes.SHA256()))
+        return cert, key
+
+    ca_cert, ca_key = authority("test ca")
+    other_cert, _ = authority("another ca")
+
+    def leaf(stem: str, common_name: str, dns: str | None) -> tuple[Path, Path]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        builder = (x509.CertificateBuilder().subject_name(name(common_name))
+                   .issuer_name(ca_cert.subject).public_key(key.public_key())
+                   .serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=1)))
+        if dns is not None:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.DNSName(dns)]), critical=False)
+        cert = builder.sign(ca_key, hashes.SHA256())
+        return (_write_pem(folder / f"{stem}.pem", cert.public_bytes(serialization.Encoding.PEM)),
+                _write_pem(folder / f"{stem}-key.pem", key_pem(key)))
+
+    server_cert, server_key = leaf("center", "center.test", "center.test")
+    admin_cert, admin_key = leaf("admin", "admin:ops", None)
+    node_cert, node_key = leaf("node-b", "b", None)
+    return Pki(
+        ca=_write_pem(folder / "ca.pem", ca_cert.public_bytes(serialization.Encoding.PEM)),
+        other_ca=_write_pem(folder / "other-ca.pem",
+                            other_cert.public_bytes(serialization.Encoding.PEM)),
+        server_cert=server_cert, server_key=server_key, admin_cert=admin_cert,
+        admin_key=admin_key, node_cert=node_cert, node_key=node_key)
+
+
+@pytest.fixture
+def tls_center(tmp_path: Path) -> Iterator[tuple[str, Pki]]:
+    pki = make_pki(tmp_path)
+    address = f"127.0.0.1:{free_port()}"
+    log = (tmp_path / "tls-center.log").open("wb")
+    process = subprocess.Popen(
+        [PYTHON, "-m", "center_svc", "--listen", address, "--store", "memory://",
+         "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+         "--client-ca", str(pki.ca)],
+        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert process.poll() is None, Path(log.name).read_text()
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", int(address.rsplit(":", 1)[1]))) == 0:
+                    break
+            assert time.monotonic() < deadline, "the TLS Center did not start"
+            time.sleep(0.1)
+        yield address, pki
+    finally:
+        stop_center(RunningCenter(address, process))
+
+
+def tls_args(address: str, pki: Pki, cert: Path, key: Path) -> list[str]:
+    return ["--center", address, "--tls-ca", str(pki.ca), "--tls-server-name", "center.test",
+            "--tls-cert", str(cert), "--tls-key", str(key)]
+
+
+def test_tls_with_an_admin_certificate_applies_and_lists(
+        tls_center: tuple[str, Pki], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    address, pki = tls_center
+    creds = tls_args(address, pki, pki.admin_cert, pki.admin_key)
+    policy = write(tmp_path, "p.yaml", minimal_policy())
+    applied = run_cli(capsys, "policy", "apply", policy, *creds)
+    assert applied.code == 0, applied.err
+    assert applied.out.startswith("applied: revision 1")
+    (entry,) = json.loads(run_cli(capsys, "policy", "history", "--json", *creds).out)
+    assert "ops" in entry["author"]
+
+
+def test_tls_with_a_node_certificate_is_not_an_admin(
+        tls_center: tuple[str, Pki], capsys: pytest.CaptureFixture[str]) -> None:
+    address, pki = tls_center
+    result = run_cli(capsys, "nodes", *tls_args(address, pki, pki.node_cert, pki.node_key))
+    assert result.code == 1
+    assert len(result.err_lines) == 1
+    assert "refused the credential: permission denied" in result.err
+
+
+def test_tls_center_not_signed_by_the_given_ca_is_one_line(
+        tls_center: tuple[str, Pki], capsys: pytest.CaptureFixture[str]) -> None:
+    address, pki = tls_center
+    result = run_cli(capsys, "nodes", "--center", address, "--tls-ca", str(pki.other_ca),
+                     "--tls-server-name", "center.test", "--tls-cert", str(pki.admin_cert),
+                     "--tls-key", str(pki.admin_key), "--timeout", "3")
+    assert result.code == 1
+    assert len(result.err_lines) == 1
+    assert result.err.startswith(f"fastproxy: cannot reach the Center at {address}")
+
+
+def test_tls_name_mismatch_without_server_name_override_fails(
+        tls_center: tuple[str, Pki], capsys: pytest.CaptureFixture[str]) -> None:
+    address, pki = tls_center
+    result = run_cli(capsys, "nodes", "--center", address, "--tls-ca", str(pki.ca),
+                     "--tls-cert", str(pki.admin_cert), "--tls-key", str(pki.admin_key),
+                     "--timeout", "3")
+    assert result.code == 1
+    assert len(result.err_lines) == 1
+    assert "cannot reach the Center" in result.err
+
+
+def test_console_script_tls_failure_is_one_line_on_stderr(
+        tls_center: tuple[str, Pki], tmp_path: Path) -> None:
+    """Also covers what gRPC's C core writes to stderr on its own, which capsys cannot see."""
+    address, pki = tls_center
+    env = {key: value for key, value in os.environ.items() if key != "GRPC_VERBOSITY"}
+    done = subprocess.run(
+        [FASTPROXY, "nodes", "--center", address, "--tls-ca", str(pki.other_ca),
+         "--tls-server-name", "center.test", "--tls-cert", str(pki.admin_cert),
+         "--tls-key", str(pki.admin_key), "--timeout", "3"],
+        capture_output=True, text=True, timeout=30, env=env, cwd=tmp_path)
+    assert done.returncode == 1
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1, done.stderr
+    assert "cannot reach the Center" in done.stderr
