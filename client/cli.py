@@ -5,7 +5,8 @@
     fastproxy nodes                              fastproxy keys gen TYPE [--name NAME]
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
-its parser and sets `run` to a function of the parsed arguments that returns the exit code.
+its parser with `add_command` (or `add_command_group`), which sets `run` to a function of the
+parsed arguments that returns the exit code.
 Failures raise `CliError`; `main` prints them to stderr, one clear line each, and exits 1.
 """
 
@@ -330,8 +331,10 @@ def center_options() -> argparse.ArgumentParser:
     return parent
 
 
-def _command(subparsers: Subparsers, name: str, run: Run, help_text: str,
-             *, talks_to_center: bool = True) -> argparse.ArgumentParser:
+def add_command(subparsers: Subparsers, name: str, run: Run, help_text: str,
+                *, talks_to_center: bool = True) -> argparse.ArgumentParser:
+    """A subcommand that calls `run(args)` for its exit code; `talks_to_center` gives it
+    --center, the credential options, --timeout and --json."""
     parents = [center_options()] if talks_to_center else []
     parser: argparse.ArgumentParser = subparsers.add_parser(
         name, help=help_text, description=help_text, parents=parents)
@@ -339,46 +342,48 @@ def _command(subparsers: Subparsers, name: str, run: Run, help_text: str,
     return parser
 
 
-def _group(subparsers: Subparsers, name: str, help_text: str) -> Subparsers:
+def add_command_group(subparsers: Subparsers, name: str, help_text: str) -> Subparsers:
+    """A subcommand with subcommands of its own (`policy apply`); returns their subparsers."""
     parser: argparse.ArgumentParser = subparsers.add_parser(name, help=help_text,
                                                             description=help_text)
     return parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
 
 
 def add_policy_commands(subparsers: Subparsers) -> None:
-    policy = _group(subparsers, "policy", "apply, read, list and roll back policy revisions")
+    policy = add_command_group(subparsers, "policy",
+                               "apply, read, list and roll back policy revisions")
 
-    apply = _command(policy, "apply", run_policy_apply,
-                     "apply a policy file as a new revision")
+    apply = add_command(policy, "apply", run_policy_apply,
+                        "apply a policy file as a new revision")
     apply.add_argument("file", metavar="FILE", help="the policy YAML")
     apply.add_argument("-m", "--message", default="", metavar="COMMENT",
                        help="comment stored with the revision")
 
-    get = _command(policy, "get", run_policy_get,
-                   "print a revision's YAML as applied (the latest by default)")
+    get = add_command(policy, "get", run_policy_get,
+                      "print a revision's YAML as applied (the latest by default)")
     get.add_argument("--revision", type=_non_negative_int, default=0, metavar="N")
 
-    history = _command(policy, "history", run_policy_history, "list the revisions")
+    history = add_command(policy, "history", run_policy_history, "list the revisions")
     history.add_argument("--limit", type=_non_negative_int, default=0, metavar="N",
                          help="at most N revisions (default: all)")
 
-    rollback = _command(policy, "rollback", run_policy_rollback,
-                        "make a new revision with the content of revision N")
+    rollback = add_command(policy, "rollback", run_policy_rollback,
+                           "make a new revision with the content of revision N")
     rollback.add_argument("revision", type=_positive_int, metavar="N")
     rollback.add_argument("-m", "--message", default="", metavar="COMMENT",
                           help="comment stored with the new revision")
 
 
 def add_nodes_command(subparsers: Subparsers) -> None:
-    _command(subparsers, "nodes", run_nodes,
-             "list connected nodes and the revision each one runs")
+    add_command(subparsers, "nodes", run_nodes,
+                "list connected nodes and the revision each one runs")
 
 
 def add_keys_commands(subparsers: Subparsers) -> None:
-    keys = _group(subparsers, "keys", "make key material for a policy")
-    gen = _command(keys, "gen", run_keys_gen,
-                   "print a fresh key entry to paste under 'keys:' of a policy "
-                   "(this prints secret material)", talks_to_center=False)
+    keys = add_command_group(subparsers, "keys", "make key material for a policy")
+    gen = add_command(keys, "gen", run_keys_gen,
+                      "print a fresh key entry to paste under 'keys:' of a policy "
+                      "(this prints secret material)", talks_to_center=False)
     gen.add_argument("type", metavar="TYPE", choices=KEY_TYPE_NAMES,
                      help=f"one of {', '.join(KEY_TYPE_NAMES)}")
     gen.add_argument("--name", metavar="NAME",

@@ -186,8 +186,8 @@ def test_missing_policy_file_is_one_line(capsys: pytest.CaptureFixture[str],
 
 def test_adding_a_subcommand_is_one_function() -> None:
     def add_demo_command(subparsers: cli.Subparsers) -> None:
-        cli._command(subparsers, "demo", lambda args: 42, "run the demo",
-                     talks_to_center=False)
+        cli.add_command(subparsers, "demo", lambda args: 42, "run the demo",
+                        talks_to_center=False)
 
     cli.COMMANDS.append(add_demo_command)
     try:
