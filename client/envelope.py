@@ -101,10 +101,11 @@ class AeadKey:
 class SigningKey:
     """An identity key that signs (HMAC-SHA256 secret or Ed25519 private seed)."""
 
-    __slots__ = ("_ed25519", "_hmac", "key_id", "signature_type")
+    __slots__ = ("_ed25519", "_hmac", "key_id", "key_id_bytes", "signature_type")
 
     def __init__(self, key_id: str, signature_type: int, secret: bytes) -> None:
         self.key_id = key_id
+        self.key_id_bytes = key_id.encode()
         self.signature_type = signature_type
         self._hmac: hmac.HMAC | None = None
         self._ed25519: Ed25519PrivateKey | None = None
@@ -162,8 +163,8 @@ class VerifyKey:
         return f"VerifyKey({self.key_id!r}, signature_type={self.signature_type})"
 
 
-def pick_verify_key(keys: dict[str, VerifyKey], key_id: str, what: str) -> VerifyKey:
-    key = keys.get(key_id)
+def pick_verify_key(keys: dict[str, VerifyKey], key_id: bytes, what: str) -> VerifyKey:
+    key = keys.get(key_id.decode(errors="replace"))
     if key is None:
         raise FastProxyError(Reason.UNAUTHENTICATED, f"{what} is signed with an unknown key")
     return key
@@ -266,7 +267,7 @@ def sign_call_header(fields: CallHeaderFields, key: SigningKey) -> bytes:
     ).SerializeToString()
     signed = epb.SignedCallHeader(
         version=CALL_HEADER_VERSION,
-        sig_key_id=key.key_id,
+        sig_key_id=key.key_id_bytes,
         header=header,
         signature=key.sign((CALL_CONTEXT, header)),
     )

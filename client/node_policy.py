@@ -312,7 +312,7 @@ def _compile_callee(own_name: str, services: dict[str, pb.Service], keys: _Keys,
                     max_message_bytes: int) -> CalleeSide:
     own = services.get(own_name)
     if own is None:  # a service no rule concerns: every caller is unknown, hence denied
-        return CalleeSide(own_name, {}, AllowList(()), 0, max_message_bytes)
+        return CalleeSide(own_name, {}, {}, AllowList(()), 0, max_message_bytes)
     signer = _signer(own, keys)
     sealing, accepted = _encryption(own, keys)
     compressor = _compressor(own)
@@ -329,7 +329,9 @@ def _compile_callee(own_name: str, services: dict[str, pb.Service], keys: _Keys,
                 signer=signer, verifiers=verifiers,
             ),
         )
-    return CalleeSide(own_name, callers, allow, own.timeout_ms, max_message_bytes)
+    caller_keys = {key_id: key for caller in callers.values()
+                   for key_id, key in caller.verifiers.items()}
+    return CalleeSide(own_name, callers, caller_keys, allow, own.timeout_ms, max_message_bytes)
 
 
 def _compile_rule(service: str, index: int, rule: pb.AllowRule) -> CompiledAllowRule:

@@ -25,8 +25,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from google.protobuf.message import DecodeError
-
 from fastproxy.authz import AllowList, CompiledAllowRule
 from fastproxy.compression import Compressor, decompress
 from fastproxy.envelope import (
@@ -226,7 +224,7 @@ class Sign:
         signature = self.signer.sign(message_signed_parts(stream.method_prefix, header,
                                                           frame.data))
         frame.data = frame_envelope(epb.Envelope(
-            version=ENVELOPE_VERSION, sig_key_id=self.signer.key_id, header=header,
+            version=ENVELOPE_VERSION, sig_key_id=self.signer.key_id_bytes, header=header,
             payload=frame.data, signature=signature,
         ))
 
@@ -424,6 +422,7 @@ class CalleeSide:
 
     service: str
     callers: dict[str, KnownCaller]
+    caller_keys: dict[str, VerifyKey]  # every known caller's identity keys, by id
     allow: AllowList
     timeout_ms: int
     max_message_bytes: int
@@ -452,18 +451,17 @@ class InboundStage(Protocol):
 
 
 class AuthenticateCaller:
-    """Verifies the signed call header against the caller's identity keys."""
+    """Verifies the signed call header with the identity key it names, then checks that the
+    key belongs to the caller the header names. Only callers that some allow rule of this
+    service names have their keys here: any other caller's key is unknown."""
 
     def admit(self, call: InboundAdmission) -> None:
-        raw = _call_header_value(call.metadata)
-        signed = read_signed_call_header(raw)
-        claimed = _claimed_caller(signed)
-        caller = call.side.callers.get(claimed)
-        if caller is None:
-            # Only callers some allow rule names are known here: any other has no rule.
-            raise FastProxyError(Reason.DENIED,
-                                 f"service {call.side.service!r} admits no caller {claimed!r}")
-        header = verify_call_header(signed, caller.verifiers)
+        signed = read_signed_call_header(_call_header_value(call.metadata))
+        header = verify_call_header(signed, call.side.caller_keys)
+        caller = call.side.callers.get(header.caller)
+        if caller is None or signed.sig_key_id.decode(errors="replace") not in caller.verifiers:
+            raise FastProxyError(Reason.UNAUTHENTICATED,
+                                 "call header is signed with a key of another service")
         if header.callee != call.side.service or header.method != call.method:
             raise FastProxyError(Reason.UNAUTHENTICATED,
                                  "call header was signed for another service or method")
@@ -568,11 +566,3 @@ def _call_header_value(metadata: Sequence[tuple[str, str | bytes]]) -> bytes:
     if isinstance(value, str):
         raise FastProxyError(Reason.MALFORMED, "call header is text, not binary metadata")
     return value
-
-
-def _claimed_caller(signed: epb.SignedCallHeader) -> str:
-    """The caller the (not yet verified) header names: picks whose keys verify it."""
-    try:
-        return str(epb.CallHeader.FromString(signed.header).caller)
-    except DecodeError:
-        raise FastProxyError(Reason.MALFORMED, "call header cannot be parsed") from None

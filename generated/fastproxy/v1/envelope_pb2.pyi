@@ -67,10 +67,10 @@ class SignedCallHeader(_message.Message):
     HEADER_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     version: int
-    sig_key_id: str
+    sig_key_id: bytes
     header: bytes
     signature: bytes
-    def __init__(self, version: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., header: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., sig_key_id: _Optional[bytes] = ..., header: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class MessageHeader(_message.Message):
     __slots__ = ("caller", "callee", "call_id", "direction", "sequence", "timestamp_ms", "algorithm", "enc_key_id", "nonce", "codec", "flags", "signature_type")
@@ -108,11 +108,11 @@ class Envelope(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     version: int
-    sig_key_id: str
+    sig_key_id: bytes
     header: bytes
     payload: bytes
     signature: bytes
-    def __init__(self, version: _Optional[int] = ..., sig_key_id: _Optional[str] = ..., header: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
+    def __init__(self, version: _Optional[int] = ..., sig_key_id: _Optional[bytes] = ..., header: _Optional[bytes] = ..., payload: _Optional[bytes] = ..., signature: _Optional[bytes] = ...) -> None: ...
 
 class Sealed(_message.Message):
     __slots__ = ("envelope",)
