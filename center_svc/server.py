@@ -70,6 +70,11 @@ async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> Non
         port = server.add_insecure_port(config.listen)
     if port == 0:
         raise StartupError(f"cannot listen on {config.listen}")
+    # before SERVING is reported: a SIGTERM sent as soon as we are healthy must stop us cleanly
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
     await server.start()
     for name in ("", CENTER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -79,10 +84,6 @@ async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> Non
     log.info("center listening on %s (store %s, revision %d)", config.listen, config.store,
              control.book.revision)
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
     tasks = [asyncio.create_task(_expire_leases(control))]
     if watcher is not None:
         tasks.append(asyncio.create_task(watcher.run()))

@@ -38,6 +38,8 @@ class SnapshotBook:
     def __init__(self, signing_key: Ed25519PrivateKey) -> None:
         self._key = signing_key
         self._state: PolicyState | None = None
+        # kept apart from the state: in-proxies may register before the first policy exists
+        self._registered: Mapping[str, Sequence[str]] = {}
         self._cache: dict[Audience, pb.SignedSnapshot] = {}
 
     @property
@@ -53,14 +55,14 @@ class SnapshotBook:
         return 0 if self._state is None else self._state.revision
 
     def set_policy(self, revision: int, policy: Policy) -> None:
-        registered = {} if self._state is None else self._state.registered
-        self._replace(PolicyState(revision, policy, registered, self._next_generation()))
+        self._replace(PolicyState(revision, policy, self._registered, self._next_generation()))
 
     def set_registered(self, registered: Mapping[str, Sequence[str]]) -> None:
+        self._registered = dict(registered)
         if self._state is None:
             return
         state = self._state
-        self._replace(PolicyState(state.revision, state.policy, dict(registered),
+        self._replace(PolicyState(state.revision, state.policy, self._registered,
                                   self._next_generation()))
 
     def snapshot_for(self, role: int, service: str) -> pb.SignedSnapshot | None:

@@ -189,3 +189,44 @@ def test_registered_in_proxies_join_the_callers_routes_and_leave_when_lease_or_s
     closed = time.monotonic()
     assert endpoints_of_song(chat.next_snapshot()) == [SONG_ENDPOINT]
     assert time.monotonic() - closed < 1.0
+
+
+def test_an_in_proxy_stream_cancelled_by_the_node_leaves_the_routes_at_once(
+        start_center: StartCenter) -> None:
+    center = start_center()
+    apply(center.stub(), policy_yaml(PolicyKeys()))
+    chat = center.watch().hello("chat-1", OUT, "chat_service")
+    chat.next_snapshot()
+    song = center.watch().hello("song-1", IN, "song_service")
+    song.register("127.0.0.1:9300", lease_seconds=30)
+    assert endpoints_of_song(chat.next_snapshot()) == [SONG_ENDPOINT, "127.0.0.1:9300"]
+    song.cancel()
+    assert endpoints_of_song(chat.next_snapshot(timeout=2)) == [SONG_ENDPOINT]
+
+
+def test_nodes_and_registrations_from_before_the_first_policy_are_served_once_it_arrives(
+        start_center: StartCenter) -> None:
+    center = start_center()
+    song = center.watch().hello("song-1", IN, "song_service")
+    song.register("127.0.0.1:9400", lease_seconds=30)
+    chat = center.watch().hello("chat-1", OUT, "chat_service")
+    wait_until(lambda: len(center.stub().ListNodes(center_pb2.ListNodesRequest(),
+                                                   timeout=5).nodes) == 2, 5,
+               what="both nodes listed")
+    chat.expect_silence(0.3)  # no policy yet: nothing to send
+    apply(center.stub(), policy_yaml(PolicyKeys()))
+    first = chat.next_snapshot()
+    assert parse(first).revision == 1
+    assert endpoints_of_song(first) == [SONG_ENDPOINT, "127.0.0.1:9400"]
+    assert parse(song.next_snapshot()).revision == 1
+
+
+def test_a_stream_that_does_not_open_with_a_valid_hello_is_refused(
+        start_center: StartCenter) -> None:
+    center = start_center()
+    apply(center.stub(), policy_yaml(PolicyKeys()))
+    for node_id, role, service in (("", OUT, "chat_service"), ("n-1", OUT, ""),
+                                   ("n-1", policy_pb2.ROLE_UNSPECIFIED, "chat_service")):
+        refused = center.watch().hello(node_id, role, service)
+        assert refused.final_code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert refused.received == []
