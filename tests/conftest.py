@@ -230,7 +230,7 @@ class WatchClient:
     def _read(self) -> None:
         assert self._call is not None
         try:
-            for raw in self._call:  # type: ignore[attr-defined]
+            for raw in self._call:
                 self.received.append(raw)
                 self._responses.put(raw)
         except grpc.RpcError as exc:
@@ -306,6 +306,6 @@ class WatchClient:
             pytest.fail(f"watch stream did not end within {timeout} s")
         if self.error is None:
             return grpc.StatusCode.OK
-        code: grpc.StatusCode = self.error.code()  # type: ignore[attr-defined]
+        code: grpc.StatusCode = self.error.code()
         return code
 

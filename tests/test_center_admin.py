@@ -113,6 +113,7 @@ def test_sigkill_during_applies_restarts_on_a_whole_applied_revision_and_serves_
     applied_texts: dict[str, int] = {}  # every YAML sent -> its song timeout
     rng = random.Random()
     counter = iter(range(1000, 10**6))
+    answered: list[int] = []  # applies the Center answered before it died
     for _round in range(3):
         center = start_center(store=store)
         stub = center.stub()
@@ -125,6 +126,7 @@ def test_sigkill_during_applies_restarts_on_a_whole_applied_revision_and_serves_
                 applied_texts[text] = timeout
                 try:
                     apply(stub, text, f"timeout {timeout}")
+                    answered.append(timeout)
                 except grpc.RpcError:
                     return  # the Center died under us
 
@@ -135,6 +137,7 @@ def test_sigkill_during_applies_restarts_on_a_whole_applied_revision_and_serves_
         stop.set()
         sender.join(timeout=15)
         assert not sender.is_alive()
+        assert answered, "the Center died before any apply: the round tested nothing"
 
         center = start_center(store=store)
         stub = center.stub()

@@ -26,9 +26,10 @@ def bearer(token: str) -> tuple[tuple[str, str], ...]:
     return (("authorization", f"Bearer {token}"),)
 
 
-def rpc_code(call: Callable[[], object]) -> grpc.StatusCode:
+def rpc_code(call: Callable[..., object], *args: object, **kwargs: object) -> grpc.StatusCode:
+    """The status code `call(*args, **kwargs)` fails with (the test fails if it succeeds)."""
     with pytest.raises(grpc.RpcError) as refused:
-        call()
+        call(*args, **kwargs)
     code: grpc.StatusCode = refused.value.code()
     return code
 
@@ -82,14 +83,13 @@ def test_admin_rpcs_need_an_admin_token_and_a_refused_apply_changes_nothing(
     for metadata, expected in ((bearer("chat-token"), grpc.StatusCode.PERMISSION_DENIED),
                                ((), grpc.StatusCode.UNAUTHENTICATED),
                                (bearer("wrong-token"), grpc.StatusCode.UNAUTHENTICATED)):
-        assert rpc_code(lambda m=metadata: apply(stub, other, metadata=m)) == expected
-        assert rpc_code(lambda m=metadata: stub.RollbackPolicy(
-            center_pb2.RollbackPolicyRequest(revision=1), timeout=5, metadata=m)) == expected
+        assert rpc_code(apply, stub, other, metadata=metadata) == expected
+        assert rpc_code(stub.RollbackPolicy, center_pb2.RollbackPolicyRequest(revision=1),
+                        timeout=5, metadata=metadata) == expected
         for method, request in ((stub.GetPolicy, center_pb2.GetPolicyRequest()),
                                 (stub.ListRevisions, center_pb2.ListRevisionsRequest()),
                                 (stub.ListNodes, center_pb2.ListNodesRequest())):
-            assert rpc_code(lambda f=method, r=request, m=metadata: f(
-                r, timeout=5, metadata=m)) == expected
+            assert rpc_code(method, request, timeout=5, metadata=metadata) == expected
     assert latest_revision(center) == 1
     history = stub.ListRevisions(center_pb2.ListRevisionsRequest(), timeout=5,
                                  metadata=bearer("alice-token"))
@@ -172,7 +172,7 @@ def test_tls_client_certificates_name_the_service_or_the_admin(
                           "--client-ca", str(tmp_path / "ca.pem"), credentials=admin)
 
     assert apply(center.stub(admin), policy_yaml(PolicyKeys())).applied
-    assert rpc_code(lambda: apply(center.stub(chat), policy_yaml(PolicyKeys()))) \
+    assert rpc_code(apply, center.stub(chat), policy_yaml(PolicyKeys())) \
         == grpc.StatusCode.PERMISSION_DENIED
 
     watcher = center.watch(credentials=chat).hello("chat-1", OUT, "chat_service")
@@ -181,7 +181,7 @@ def test_tls_client_certificates_name_the_service_or_the_admin(
     assert as_song.final_code() == grpc.StatusCode.PERMISSION_DENIED
     assert as_song.received == []
 
-    assert rpc_code(lambda: latest_revision(center, credentials=rogue_chat)) \
+    assert rpc_code(latest_revision, center, credentials=rogue_chat) \
         == grpc.StatusCode.UNAVAILABLE  # the handshake fails: no RPC at all
     rogue_watch = center.watch(credentials=rogue_chat).hello("chat-9", OUT, "chat_service")
     assert rogue_watch.final_code() == grpc.StatusCode.UNAVAILABLE
