@@ -10,6 +10,17 @@ the kind from a method name, so every call is forwarded as stream-stream: the up
 written back one by one. A unary or client-streaming upstream answers one message, a
 server-streaming one many; the client sees the same messages, metadata, status and trailers
 as from the upstream directly.
+
+Cost, measured on the 2-core box (pass-through, 100-byte unary calls, 32 in flight, CPU of the
+proxy process per call, medians of 3 interleaved runs): this path about 0.75 ms; a handler
+that is unary on both sides about 0.49 ms; this server side with a `unary_stream` upstream call
+about 0.67 ms; `read()`/`write()` instead of generators about 0.72 ms (within noise). The unary
+saving needs the method's kind before its first message arrives, which only a declaration
+(e.g. in the policy) or the upstream's server reflection can give; not done here.
+
+Upstream failures: UNAVAILABLE while the channel is not READY is the transport's and becomes
+our `unavailable`; DEADLINE_EXCEEDED once the timeout we set has run out is our `deadline`;
+every other status (including an app's own UNAVAILABLE) passes through unchanged.
 """
 
 from __future__ import annotations
