@@ -548,12 +548,13 @@ class InboundCall:
 def _streams(*, method: str, caller: str, callee: str, call_id: bytes, start_ms: int,
              window_s: float, max_bytes: int) -> tuple[Stream, Stream]:
     """The request and response streams of one call."""
-    return tuple(  # type: ignore[return-value]
-        Stream(method=method, caller=caller, callee=callee, call_id=call_id,
-               direction=direction, start_ms=start_ms, window_s=window_s,
-               max_bytes=max_bytes)
-        for direction in (epb.DIRECTION_REQUEST, epb.DIRECTION_RESPONSE)
-    )
+    requests = Stream(method=method, caller=caller, callee=callee, call_id=call_id,
+                      direction=epb.DIRECTION_REQUEST, start_ms=start_ms, window_s=window_s,
+                      max_bytes=max_bytes)
+    responses = Stream(method=method, caller=caller, callee=callee, call_id=call_id,
+                       direction=epb.DIRECTION_RESPONSE, start_ms=start_ms, window_s=window_s,
+                       max_bytes=max_bytes)
+    return requests, responses
 
 
 def _call_header_value(metadata: Sequence[tuple[str, str | bytes]]) -> bytes:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import yaml
@@ -48,7 +48,7 @@ class Setup:
     callee_identity: str = "hmac-sha256"
     encryption: str | None = "aes-256-gcm"
     compress: dict[str, object] | None = None
-    rules: list[dict[str, object]] = field(
+    rules: Sequence[Mapping[str, object]] = field(
         default_factory=lambda: [{"caller": CALLER, "methods": ["/demo.v1.Echo/*"]}])
     endpoints: list[str] = field(default_factory=lambda: ["127.0.0.1:9101"])
     # key rotation: which key each side uses, and which others it accepts
@@ -68,7 +68,7 @@ class Setup:
             "endpoints": self.endpoints,
             "identity": {"key": "song-id-v1"},
             "timeout_ms": self.timeout_ms,
-            "allow": self.rules,
+            "allow": [dict(rule) for rule in self.rules],
         }
         if self.encryption is not None:
             for name in (self.enc_key, *self.enc_accept):

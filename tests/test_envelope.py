@@ -10,10 +10,7 @@ from __future__ import annotations
 import random
 
 import pytest
-from google.protobuf.unknown_fields import UnknownFieldSet
-
 from core_policies import (
-    CALLEE,
     CALLER,
     ENCRYPTION_TYPES,
     METHOD,
@@ -23,9 +20,11 @@ from core_policies import (
     Setup,
     connect,
 )
+from google.protobuf.unknown_fields import UnknownFieldSet
+
 from fastproxy.envelope import CALL_METADATA_KEY, SEALED_FIELD_NUMBER
 from fastproxy.errors import FastProxyError, Reason
-from fastproxy.node_policy import NodeState
+from fastproxy.node_policy import NodePolicy, NodeState
 from fastproxy.v1 import envelope_pb2 as epb
 from fastproxy.v1 import policy_pb2 as pb
 
@@ -55,7 +54,7 @@ COMBINATIONS = [(caller, callee, enc) for caller in SIGNING_TYPES for callee in 
 
 
 @pytest.fixture(scope="module", params=COMBINATIONS, ids=lambda c: "-".join(map(str, c)))
-def pair(request: pytest.FixtureRequest) -> tuple[object, object]:
+def pair(request: pytest.FixtureRequest) -> tuple[NodePolicy, NodePolicy]:
     caller_identity, callee_identity, encryption = request.param
     return Setup(caller_identity=caller_identity, callee_identity=callee_identity,
                  encryption=encryption).pair()
@@ -65,7 +64,8 @@ def pair(request: pytest.FixtureRequest) -> tuple[object, object]:
 
 
 @pytest.mark.parametrize("size", [0, KIB, MIB, 8 * MIB], ids=["0B", "1KiB", "1MiB", "8MiB"])
-def test_seal_then_open_returns_the_message_both_ways(pair: tuple, size: int) -> None:
+def test_seal_then_open_returns_the_message_both_ways(pair: tuple[NodePolicy, NodePolicy],
+                                                      size: int) -> None:
     caller, callee = pair
     outbound, inbound = connect(caller, callee, NodeState())
     message = payload(size)
@@ -73,7 +73,7 @@ def test_seal_then_open_returns_the_message_both_ways(pair: tuple, size: int) ->
     assert outbound.open_response(inbound.seal_response(message), T0) == message
 
 
-def test_every_position_of_a_stream_opens_in_order(pair: tuple) -> None:
+def test_every_position_of_a_stream_opens_in_order(pair: tuple[NodePolicy, NodePolicy]) -> None:
     caller, callee = pair
     outbound, inbound = connect(caller, callee, NodeState())
     for position in range(1, 21):
@@ -123,8 +123,8 @@ def test_any_protobuf_class_parses_and_writes_back_sealed_bytes_unchanged() -> N
     assert unrelated.name == "" and unrelated.secret == b""
     carried = unrelated.SerializeToString()
     assert carried == sealed
-    fields = list(UnknownFieldSet(unrelated))
-    assert [f.field_number for f in fields] == [SEALED_FIELD_NUMBER]
+    fields = UnknownFieldSet(unrelated)
+    assert [fields[i].field_number for i in range(len(fields))] == [SEALED_FIELD_NUMBER]
     assert inbound.open_request(carried, T0) == message
 
 
@@ -165,7 +165,8 @@ def test_a_flipped_byte_in_the_envelope_content_is_unauthenticated(
         damaged = bytearray(sealed)
         damaged[position] ^= 0x01
         inbound = callee.inbound(METHOD, metadata, T0, NodeState())
-        refused(Reason.UNAUTHENTICATED, lambda d=bytes(damaged): inbound.open_request(d, T0))
+        refused(Reason.UNAUTHENTICATED,
+                lambda d=bytes(damaged), call=inbound: call.open_request(d, T0))
 
 
 def test_a_flipped_byte_in_the_framing_is_malformed_or_unauthenticated() -> None:

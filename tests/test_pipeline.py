@@ -4,8 +4,8 @@ authorization by allow rules, rate limits, replay window, and compiling a snapsh
 from __future__ import annotations
 
 import pytest
-
 from core_policies import CALLEE, CALLER, METHOD, OTHER_METHOD, T0, Setup, connect
+
 from fastproxy.errors import FastProxyError, Reason
 from fastproxy.node_policy import NodePolicy, NodePolicyError, NodeState
 from fastproxy.policy import load_policy
@@ -105,7 +105,7 @@ def test_a_wildcard_caller_rule_admits_any_known_caller() -> None:
 
 
 def test_the_first_matching_rule_decides_the_rate_limit() -> None:
-    rules = [
+    rules: list[dict[str, object]] = [
         {"caller": CALLER, "methods": [METHOD], "rate_limit": {"rps": 1, "burst": 1}},
         {"caller": "*", "methods": ["*"]},
     ]
@@ -189,7 +189,7 @@ def test_an_out_node_policy_does_not_guard_a_service() -> None:
 
 def snapshot(role: int, service: str, setup: Setup | None = None) -> pb.PolicySnapshot:
     text = (setup or Setup()).yaml_text()
-    return scope_snapshot(load_policy(text), role, service)  # type: ignore[arg-type]
+    return scope_snapshot(load_policy(text), role, service)
 
 
 def test_a_compiled_policy_names_its_revision_service_and_role() -> None:
