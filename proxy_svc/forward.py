@@ -354,11 +354,14 @@ async def start_proxy_server(
     credentials: grpc.ServerCredentials | None = None,
     services_first: Iterable[grpc.GenericRpcHandler] = (),
     extra_options: Iterable[tuple[str, Any]] = (),
+    add_services: Callable[[grpc.aio.Server], None] | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Builds and starts the proxy's grpc.aio server; returns it and the bound port (useful
-    with port 0). `services_first` (e.g. health) are consulted before the forwarding handler,
-    which takes every method."""
+    with port 0). `services_first` (e.g. health) and what `add_services` registers are
+    consulted before the forwarding handler, which takes every method."""
     server = grpc.aio.server(options=(*server_options(max_message_bytes), *extra_options))
+    if add_services is not None:
+        add_services(server)
     server.add_generic_rpc_handlers((*services_first, handler))
     if credentials is None:
         port = server.add_insecure_port(listen)

@@ -1,0 +1,65 @@
+"""`python -m proxy_svc`: an in-proxy or out-proxy (see --help)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import subprocess
+import sys
+
+from proxy_svc.app import StartupError, serve
+from proxy_svc.config import PROG, ProxyConfig, parse_config
+
+
+def run_workers(config: ProxyConfig, argv: list[str]) -> int:
+    """`--workers N`: N copies of this process on one port (SO_REUSEPORT, grpc's default on
+    Linux). Signals are passed on; the exit status is the worst of theirs."""
+    children = [
+        subprocess.Popen([sys.executable, "-m", "proxy_svc", *argv, "--workers", "1",
+                          "--node-id", f"{config.node_id}-w{index}"])
+        for index in range(config.workers)
+    ]
+
+    def forward(signum: int, _frame: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
+    return max(child.wait() for child in children)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    config = parse_config(args)
+    if config.workers > 1:
+        return run_workers(config, _without_flags(args, ("--workers", "--node-id")))
+    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        asyncio.run(serve(config))
+    except StartupError as exc:
+        sys.stderr.write(f"{PROG}: error: {exc}\n")
+        return 1
+    return 0
+
+
+def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
+    out: list[str] = []
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            skip = "=" not in arg
+            continue
+        out.append(arg)
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""Runs one proxy process: policy source, forwarding server, health, graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fastproxy.node_policy import NodePolicy, NodePolicyError, NodeState
+from fastproxy.policy import PolicyError
+from fastproxy.v1 import policy_pb2 as pb
+from fastproxy.watch import CenterWatcher, FileWatcher, NodeIdentity, PolicyHolder
+from proxy_svc.config import ProxyConfig
+from proxy_svc.forward import ForwardingHandler, InboundRole, OutboundRole, start_proxy_server
+from proxy_svc.upstream import UpstreamPool
+
+log = logging.getLogger("proxy_svc")
+
+
+class StartupError(Exception):
+    pass
+
+
+def compile_snapshot(snapshot: pb.PolicySnapshot, max_message_bytes: int) -> NodePolicy:
+    return NodePolicy.from_snapshot(snapshot, max_message_bytes=max_message_bytes)
+
+
+def _server_credentials(config: ProxyConfig) -> grpc.ServerCredentials | None:
+    if not (config.tls_cert and config.tls_key):
+        return None
+    return grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)],
+                                       root_certificates=config.tls_ca,
+                                       require_client_auth=config.tls_ca is not None)
+
+
+def _upstream_credentials(config: ProxyConfig) -> grpc.ChannelCredentials | None:
+    """The out-proxy's hop to in-proxies is TLS when this node has TLS material; the
+    in-proxy's hop to its own service stays plaintext (same host)."""
+    if config.role != "out" or not (config.tls_ca or config.tls_cert):
+        return None
+    return grpc.ssl_channel_credentials(root_certificates=config.tls_ca,
+                                        private_key=config.tls_key,
+                                        certificate_chain=config.tls_cert)
+
+
+async def serve(config: ProxyConfig) -> None:
+    """Runs until SIGTERM or SIGINT, then drains within the grace period."""
+    holder: PolicyHolder[NodePolicy] = PolicyHolder()
+    node = NodeIdentity(config.node_id, config.role_pb, config.service,
+                        advertise=config.advertise if config.role == "in" else "")
+    compile_ = functools.partial(compile_snapshot, max_message_bytes=config.max_message_bytes)
+    source: CenterWatcher[NodePolicy] | FileWatcher[NodePolicy]
+    if config.center:
+        source = CenterWatcher(config.center, node, compile_, holder,
+                               credentials=config.center_credentials,
+                               pinned_key=config.center_public_key, cache_dir=config.cache_dir)
+    else:
+        assert config.policy_file is not None
+        source = FileWatcher(config.policy_file, node, compile_, holder, config.policy_poll_s)
+        try:
+            source.load()
+        except PolicyError as exc:
+            raise StartupError(f"--policy {config.policy_file} refused:\n  "
+                               + "\n  ".join(exc.errors)) from None
+        except (NodePolicyError, OSError, ValueError) as exc:
+            raise StartupError(f"--policy {config.policy_file} refused: {exc}") from None
+
+    pool = UpstreamPool(config.max_message_bytes, _upstream_credentials(config))
+    role = (InboundRole(holder, config.upstream or "", NodeState()) if config.role == "in"
+            else OutboundRole(holder))
+    handler = ForwardingHandler(role, pool)
+    health_servicer = health.aio.HealthServicer()
+
+    def add_health(server: grpc.aio.Server) -> None:
+        health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+
+    try:
+        server, port = await start_proxy_server(
+            config.listen, handler, config.max_message_bytes,
+            credentials=_server_credentials(config), add_services=add_health)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+    if port == 0:
+        raise StartupError(f"cannot listen on {config.listen}")
+
+    # SERVING only once a policy is in force; until then calls get `unavailable`.
+    await health_servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def serving_once_loaded() -> None:
+        await holder.loaded.wait()
+        await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    host = config.listen.rpartition(":")[0]
+    log.info("%s-proxy for %s listening on %s:%d (%s)", config.role, config.service, host, port,
+             f"center {config.center}" if config.center else f"policy {config.policy_file}")
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    tasks = [asyncio.create_task(source.run()), asyncio.create_task(serving_once_loaded())]
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: draining in-flight calls for up to %.1f s", config.grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace_s)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await pool.close()
+        log.info("stopped")
