@@ -29,6 +29,7 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 import grpc
 
 from fastproxy import __version__, cli_format
+from fastproxy.center_credentials import CenterCredentials, CredentialError
 from fastproxy.cli_keys import KEY_TYPE_NAMES, generate_key
 from fastproxy.commandline import OneLineArgumentParser, host_port
 from fastproxy.policy.model import KeyType
@@ -77,7 +78,7 @@ class CenterTarget:
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
-        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+        return CenterCredentials(token=self.token).metadata
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> CenterTarget:
@@ -94,23 +95,17 @@ class CenterTarget:
 
 def open_channel(target: CenterTarget) -> grpc.Channel:
     """A channel to the Center: plaintext unless a TLS option is given."""
-    if not target.uses_tls:
-        return grpc.insecure_channel(target.address)
-    credentials = grpc.ssl_channel_credentials(
-        root_certificates=_read_file(target.tls_ca, "--tls-ca") if target.tls_ca else None,
-        private_key=_read_file(target.tls_key, "--tls-key") if target.tls_key else None,
-        certificate_chain=_read_file(target.tls_cert, "--tls-cert") if target.tls_cert else None,
-    )
-    options = ([("grpc.ssl_target_name_override", target.tls_server_name)]
-               if target.tls_server_name else [])
-    return grpc.secure_channel(target.address, credentials, options=options)
-
-
-def _read_file(path: Path, option: str) -> bytes:
     try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise CliError(f"cannot read {option} file {path}: {exc.strerror}") from None
+        credentials = CenterCredentials.from_files(
+            token=target.token,
+            tls_ca=str(target.tls_ca) if target.tls_ca else None,
+            tls_cert=str(target.tls_cert) if target.tls_cert else None,
+            tls_key=str(target.tls_key) if target.tls_key else None,
+            tls_server_name=target.tls_server_name,
+        )
+    except CredentialError as exc:
+        raise CliError(str(exc)) from None
+    return credentials.channel(target.address)
 
 
 class CenterClient:
