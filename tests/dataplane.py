@@ -1,0 +1,492 @@
+"""Helpers for the data plane's end-to-end tests: proxies as real processes on loopback.
+
+- `DataplanePolicy`: the YAML policy of these tests, with fresh random keys and knobs.
+  song_service (gRPC `test.v1.Echo`, ed25519 identity, AES-256-GCM, gzip above 1 KiB) is
+  called by chat_service (all methods), metered_service (rate limit 10 rps, burst 5),
+  narrow_service (only `/test.v1.Echo/Unary`); stranger_service has an identity but no rule.
+- `start_proxy(...)` runs `python -m proxy_svc` and (by default) waits for SERVING;
+  `ProxyProcess.terminate()` sends SIGTERM and returns the exit code.
+- `RecordingRelay`: a grpc.aio generic server in the test process, placed at the
+  destination's endpoint; it records every request/response message and metadata entry as
+  raw bytes and relays the call to the real in-proxy.
+- `call_kind`, `refusal`, `reason_of`: one call of each RPC kind, and the contract's trailers.
+- `CenterAdmin`: apply a policy and wait until nodes ACK it, through the admin RPCs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
+
+from fastproxy.v1 import center_pb2, center_pb2_grpc
+
+MiB = 1024 * 1024
+KINDS = ("unary", "client_stream", "server_stream", "bidi")
+CLIENT_OPTIONS = (
+    ("grpc.max_receive_message_length", 64 * MiB),
+    ("grpc.max_send_message_length", 64 * MiB),
+)
+START_TIMEOUT_S = 20.0
+STOP_TIMEOUT_S = 20.0
+Metadata = Sequence[tuple[str, str | bytes]]
+
+CALLEE = "song_service"
+CALLER = "chat_service"
+METERED = "metered_service"
+NARROW = "narrow_service"
+STRANGER = "stranger_service"
+
+
+def b64(material: bytes) -> str:
+    return "base64:" + base64.b64encode(material).decode()
+
+
+def ed25519_seed() -> bytes:
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+        serialization.NoEncryption())
+
+
+@dataclass(frozen=True)
+class DataplanePolicy:
+    """The policy of the data plane tests; `replace(policy, knob=...)` turns a knob."""
+
+    song_endpoints: tuple[str, ...] = ()
+    chat_methods: tuple[str, ...] = ("/test.v1.Echo/*",)
+    timeout_ms: int = 3000
+    enc_key: str = "song-enc-v1"
+    enc_accept: tuple[str, ...] = ()
+    secrets: dict[str, bytes] = field(default_factory=lambda: {
+        "song-id": ed25519_seed(),
+        "song-enc-v1": os.urandom(32),
+        "song-enc-v2": os.urandom(32),
+        "chat-id": os.urandom(32),
+        "metered-id": os.urandom(32),
+        "narrow-id": os.urandom(32),
+        "stranger-id": os.urandom(32),
+    })
+
+    def yaml_text(self) -> str:
+        enc_names = (self.enc_key, *(n for n in self.enc_accept if n != self.enc_key))
+        lines = ["version: 1", "keys:",
+                 f'  song-id: {{type: ed25519, private: "{b64(self.secrets["song-id"])}"}}']
+        for name in enc_names:
+            lines.append(f'  {name}: {{type: aes-256-gcm, secret: "{b64(self.secrets[name])}"}}')
+        for name in ("chat-id", "metered-id", "narrow-id", "stranger-id"):
+            lines.append(f'  {name}: {{type: hmac-sha256, secret: "{b64(self.secrets[name])}"}}')
+        endpoints = ", ".join(f'"{e}"' for e in self.song_endpoints)
+        methods = ", ".join(f'"{m}"' for m in self.chat_methods)
+        accept = ", ".join(self.enc_accept)
+        lines += [
+            "services:",
+            f"  {CALLEE}:",
+            "    grpc_services: [test.v1.Echo]",
+            f"    endpoints: [{endpoints}]",
+            "    identity: {key: song-id}",
+            f"    encrypt: {{key: {self.enc_key}, accept: [{accept}]}}",
+            "    compress: {algorithm: gzip, min_bytes: 1024}",
+            f"    timeout_ms: {self.timeout_ms}",
+            "    allow:",
+            f"      - caller: {CALLER}",
+            f"        methods: [{methods}]",
+            f"      - caller: {METERED}",
+            '        methods: ["/test.v1.Echo/*"]',
+            "        rate_limit: {rps: 10, burst: 5}",
+            f"      - caller: {NARROW}",
+            '        methods: ["/test.v1.Echo/Unary"]',
+            f"  {CALLER}:",
+            "    identity: {key: chat-id}",
+            f"  {METERED}:",
+            "    identity: {key: metered-id}",
+            f"  {NARROW}:",
+            "    identity: {key: narrow-id}",
+            f"  {STRANGER}:",
+            "    identity: {key: stranger-id}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    def with_(self, **changes: Any) -> DataplanePolicy:
+        return replace(self, **changes)
+
+
+# --- proxies as processes -------------------------------------------------------------
+
+
+def health_status(address: str, credentials: grpc.ChannelCredentials | None = None,
+                  timeout: float = 0.5) -> int | None:
+    """The proxy's grpc.health.v1 status for "" (None when it does not answer)."""
+    channel = (grpc.secure_channel(address, credentials) if credentials
+               else grpc.insecure_channel(address))
+    with channel:
+        try:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
+                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
+        except grpc.RpcError:
+            return None
+        status: int = reply.status
+        return status
+
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class ProxyProcess:
+    """A running `python -m proxy_svc`; `address` is its listen address."""
+
+    args: tuple[str, ...]
+    address: str
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> ProxyProcess:
+        with self.log_path.open("ab") as log_file:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "proxy_svc", *self.args], stdin=subprocess.DEVNULL,
+                stdout=log_file, stderr=log_file, start_new_session=True)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def wait_status(self, wanted: int, timeout: float = START_TIMEOUT_S,
+                    credentials: grpc.ChannelCredentials | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        while health_status(self.address, credentials) != wanted:
+            if not self.running():
+                pytest.fail(f"proxy exited ({self.proc and self.proc.returncode}):\n"
+                            f"{self.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"proxy {self.address} not in health state {wanted} within "
+                            f"{timeout} s:\n{self.log()}")
+            time.sleep(0.05)
+
+    def terminate(self, timeout: float = STOP_TIMEOUT_S) -> int:
+        """SIGTERM, then the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"proxy did not exit within {timeout} s of SIGTERM:\n{self.log()}")
+
+    def kill(self) -> None:
+        """SIGKILL to the proxy's process group (its workers too), and reap."""
+        if self.proc is not None and self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait(timeout=STOP_TIMEOUT_S)
+
+
+def proxy_args(role: str, service: str, address: str, *, center: str | None = None,
+               policy: Path | None = None, upstream: str | None = None,
+               extra: Sequence[str] = ()) -> tuple[str, ...]:
+    args = ["--role", role, "--service", service, "--listen", address]
+    if center is not None:
+        args += ["--center", center]
+    if policy is not None:
+        args += ["--policy", str(policy), "--policy-poll", "0.2"]
+    if upstream is not None:
+        args += ["--upstream", upstream]
+    return (*args, *extra)
+
+
+class Proxies:
+    """Starts proxies, and stops every one still running at teardown (SIGTERM, exit 0)."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.started: list[ProxyProcess] = []
+
+    def start(self, role: str, service: str, address: str, *, wait: bool = True,
+              **kwargs: Any) -> ProxyProcess:
+        name = f"proxy-{len(self.started)}-{role}-{service}.log"
+        proxy = ProxyProcess(proxy_args(role, service, address, **kwargs), address,
+                             self.log_dir / name).start()
+        self.started.append(proxy)
+        if wait:
+            proxy.wait_status(SERVING)
+        return proxy
+
+    def stop_all(self) -> None:
+        failures = []
+        for proxy in self.started:
+            if proxy.running():
+                code = proxy.terminate()
+                if code != 0:
+                    failures.append(f"{proxy.address} exited {code}:\n{proxy.log()}")
+        assert not failures, "\n".join(failures)
+
+
+def free_address() -> str:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+@dataclass
+class FileStack:
+    """An in-proxy of song_service and out-proxies of callers, all from one policy file."""
+
+    policy: DataplanePolicy
+    policy_path: Path
+    inproxy: ProxyProcess
+    outproxies: dict[str, ProxyProcess]
+
+    def write(self, policy: DataplanePolicy) -> None:
+        """Replaces the policy file atomically (the proxies reload it)."""
+        tmp = self.policy_path.with_suffix(".tmp")
+        tmp.write_text(policy.yaml_text())
+        os.replace(tmp, self.policy_path)
+        self.policy = policy
+
+
+def start_file_stack(proxies: Proxies, upstream: str, directory: Path,
+                     callers: Sequence[str] = (CALLER,), policy: DataplanePolicy | None = None,
+                     endpoint: str | None = None, in_address: str | None = None,
+                     extra: Sequence[str] = ()) -> FileStack:
+    """Starts the proxies in parallel; `endpoint` (default the in-proxy) is what the policy
+    lists for song_service (e.g. a recording relay in front of the in-proxy)."""
+    in_address = in_address or free_address()
+    policy = (policy or DataplanePolicy()).with_(song_endpoints=(endpoint or in_address,))
+    path = directory / "policy.yaml"
+    path.write_text(policy.yaml_text())
+    inproxy = proxies.start("in", CALLEE, in_address, wait=False, policy=path,
+                            upstream=upstream, extra=extra)
+    outs = {name: proxies.start("out", name, free_address(), wait=False, policy=path,
+                                extra=extra)
+            for name in callers}
+    for proxy in (inproxy, *outs.values()):
+        proxy.wait_status(SERVING)
+    return FileStack(policy, path, inproxy, outs)
+
+
+# --- calls ----------------------------------------------------------------------------
+
+
+def channel(address: str, credentials: grpc.ChannelCredentials | None = None) -> grpc.Channel:
+    if credentials is not None:
+        return grpc.secure_channel(address, credentials, options=CLIENT_OPTIONS)
+    return grpc.insecure_channel(address, options=CLIENT_OPTIONS)
+
+
+def call_kind(ch: grpc.Channel, kind: str, payload: bytes, metadata: Metadata = (),
+              timeout: float | None = 10.0) -> tuple[list[bytes], Any]:
+    """One call of `kind` sending `payload` (twice in client and bidi streams); returns the
+    responses and the call (for metadata and status)."""
+    if kind == "unary":
+        response, call = ch.unary_unary(UNARY).with_call(payload, metadata=metadata,
+                                                         timeout=timeout)
+        return [response], call
+    if kind == "client_stream":
+        response, call = ch.stream_unary(CLIENT_STREAM).with_call(
+            iter([payload, payload]), metadata=metadata, timeout=timeout)
+        return [response], call
+    if kind == "server_stream":
+        stream = ch.unary_stream(SERVER_STREAM)(payload, metadata=metadata, timeout=timeout)
+    else:
+        stream = ch.stream_stream(BIDI)(iter([payload, payload]), metadata=metadata,
+                                        timeout=timeout)
+    return list(stream), stream
+
+
+def unary(address: str, payload: bytes = b"ping", metadata: Metadata = (),
+          timeout: float = 5.0) -> bytes:
+    with channel(address) as ch:
+        reply: bytes = ch.unary_unary(UNARY)(payload, metadata=metadata, timeout=timeout)
+        return reply
+
+
+def reason_of(error: grpc.RpcError) -> str | None:
+    """The `fastproxy-error` trailer of a refused call (None: not one of ours)."""
+    value = dict(error.trailing_metadata() or ()).get("fastproxy-error")  # type: ignore[attr-defined]
+    return str(value) if value is not None else None
+
+
+def refusal(address: str, payload: bytes = b"ping", metadata: Metadata = (),
+            timeout: float = 5.0) -> grpc.RpcError:
+    """The error of a unary call that must fail."""
+    with pytest.raises(grpc.RpcError) as raised:
+        unary(address, payload, metadata, timeout)
+    return raised.value
+
+
+def poll(predicate: Any, timeout: float, what: str, interval: float = 0.05) -> float:
+    """Polls until `predicate()` is truthy; returns the seconds it took."""
+    start = time.monotonic()
+    while True:
+        try:
+            if predicate():
+                return time.monotonic() - start
+        except grpc.RpcError:
+            pass
+        if time.monotonic() - start > timeout:
+            pytest.fail(f"timed out after {timeout:.1f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def refused_with(address: str, reason: str) -> bool:
+    try:
+        unary(address)
+    except grpc.RpcError as err:
+        return reason_of(err) == reason
+    return False
+
+
+def succeeds(address: str) -> bool:
+    try:
+        return unary(address, b"ok?") == b"ok?"
+    except grpc.RpcError:
+        return False
+
+
+# --- the recording in-proxy stand-in --------------------------------------------------
+
+
+@dataclass
+class RelayedCall:
+    method: str
+    metadata: list[tuple[str, str | bytes]]
+    requests: list[bytes] = field(default_factory=list)
+    responses: list[bytes] = field(default_factory=list)
+    trailers: list[tuple[str, str | bytes]] = field(default_factory=list)
+
+
+class RecordingRelay:
+    """A grpc.aio server on its own loop in a thread: records every call's raw messages and
+    metadata, and relays it to `target` (the real in-proxy)."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.calls: list[RelayedCall] = []
+        self.address = ""
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+
+    def start(self, port: int = 0) -> RecordingRelay:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(10)
+        return self
+
+    async def _start(self, port: int) -> None:
+        self._channel = grpc.aio.insecure_channel(self.target, options=CLIENT_OPTIONS)
+        self._server = grpc.aio.server(options=CLIENT_OPTIONS)
+        relay = self
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                async def handle(requests: AsyncIterator[bytes],
+                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+                    async for reply in relay._relay(details.method, requests, context):
+                        yield reply
+                return grpc.stream_stream_rpc_method_handler(handle)
+
+        self._server.add_generic_rpc_handlers((Handler(),))
+        bound = self._server.add_insecure_port(f"127.0.0.1:{port}")
+        await self._server.start()
+        self.address = f"127.0.0.1:{bound}"
+
+    async def _relay(self, method: str, requests: AsyncIterator[bytes],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        metadata = [(m.key, m.value) for m in context.invocation_metadata() or ()]
+        record = RelayedCall(method, metadata)
+        self.calls.append(record)
+        forwarded = tuple((k, v) for k, v in metadata
+                          if k not in ("user-agent", "content-type", "te")
+                          and not k.startswith(":"))
+
+        async def recorded() -> AsyncIterator[bytes]:
+            async for message in requests:
+                record.requests.append(message)
+                yield message
+
+        call = self._channel.stream_stream(method)(recorded(), metadata=forwarded,
+                                                    timeout=context.time_remaining())
+        try:
+            async for reply in call:
+                record.responses.append(reply)
+                yield reply
+            record.trailers = list(await call.trailing_metadata() or ())
+        except grpc.aio.AioRpcError as err:
+            record.trailers = list(err.trailing_metadata() or ())
+            await context.abort(err.code(), err.details() or "", err.trailing_metadata())
+
+    def stop(self) -> None:
+        async def stop() -> None:
+            await self._server.stop(0)
+            await self._channel.close()
+        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+# --- the Center's admin side ----------------------------------------------------------
+
+
+class CenterAdmin:
+    """Applies policies through a Center's admin RPCs and waits for nodes' ACKs."""
+
+    def __init__(self, address: str) -> None:
+        self.address = address
+
+    def _stub(self, ch: grpc.Channel) -> center_pb2_grpc.CenterStub:
+        return center_pb2_grpc.CenterStub(ch)
+
+    def apply(self, policy: DataplanePolicy, comment: str = "") -> int:
+        with grpc.insecure_channel(self.address) as ch:
+            reply = self._stub(ch).ApplyPolicy(
+                center_pb2.ApplyPolicyRequest(yaml=policy.yaml_text(), comment=comment),
+                timeout=10)
+        assert not reply.errors, list(reply.errors)
+        revision: int = reply.revision.revision
+        return revision
+
+    def nodes(self) -> center_pb2.ListNodesResponse:
+        with grpc.insecure_channel(self.address) as ch:
+            reply: center_pb2.ListNodesResponse = self._stub(ch).ListNodes(
+                center_pb2.ListNodesRequest(), timeout=5)
+            return reply
+
+    def acked(self, node_ids: Sequence[str], revision: int) -> bool:
+        acked = {n.node_id: n.acked_revision for n in self.nodes().nodes}
+        return all(acked.get(node_id, 0) >= revision for node_id in node_ids)
+
+    def wait_acked(self, node_ids: Sequence[str], revision: int, timeout: float = 5.0) -> float:
+        return poll(lambda: self.acked(node_ids, revision), timeout,
+                    f"nodes {list(node_ids)} to ACK revision {revision}")
+
+
+def random_payload(size: int, seed: int = 0) -> bytes:
+    import random
+    return random.Random(seed).randbytes(size)
+
+
+def stream_requests(payloads: Sequence[bytes]) -> Iterator[bytes]:
+    yield from payloads
