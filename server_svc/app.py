@@ -1,0 +1,101 @@
+"""Runs `python -m server_svc`: the demo services, health, reflection, embedded checks and a
+graceful stop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from fastproxy.node_policy import NodePolicy
+from fastproxy.policy_source import PolicySourceError
+from server_svc.config import ServerConfig
+from server_svc.demo import DEMO_SERVICE_NAMES, add_demo_services
+from server_svc.embedded import AioSealingServerInterceptor, EmbeddedPolicy
+
+log = logging.getLogger("server_svc")
+
+
+class StartupError(Exception):
+    pass
+
+
+def _embedded_policy(config: ServerConfig) -> EmbeddedPolicy | None:
+    if config.service is None:
+        return None
+    try:
+        return EmbeddedPolicy(
+            service=config.service, center=config.center, policy_file=config.policy_file,
+            node_id=config.node_id, credentials=config.center_credentials,
+            advertise=config.advertise if config.center else "", cache_dir=config.cache_dir,
+            max_message_bytes=config.max_message_bytes)
+    except PolicySourceError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def serve(config: ServerConfig) -> None:
+    """Runs until SIGTERM or SIGINT, then drains within the grace period."""
+    policy = _embedded_policy(config)
+    interceptors = [AioSealingServerInterceptor(policy)] if policy is not None else []
+    limit = config.max_message_bytes
+    server = grpc.aio.server(interceptors=interceptors, options=[
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
+    add_demo_services(server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection(
+        (*DEMO_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    try:
+        port = server.add_insecure_port(config.listen)
+    except RuntimeError as exc:
+        raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+    if port == 0:
+        raise StartupError(f"cannot listen on {config.listen}")
+    await server.start()
+
+    # Embedded: SERVING only once a policy is in force; until then calls get `unavailable`.
+    loop = asyncio.get_running_loop()
+    loaded = asyncio.Event()
+    serving_names = ("", *DEMO_SERVICE_NAMES)
+    for name in serving_names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if policy is not None:
+        def on_policy(_policy: NodePolicy) -> None:
+            loop.call_soon_threadsafe(loaded.set)
+        policy.holder.on_change(on_policy)
+        if policy.holder.current is not None:
+            loaded.set()
+        policy.start()
+    else:
+        loaded.set()
+
+    async def serving_once_loaded() -> None:
+        await loaded.wait()
+        for name in serving_names:
+            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    host = config.listen.rpartition(":")[0]
+    mode = "plaintext"
+    if config.service is not None:
+        source = f"center {config.center}" if config.center else f"policy {config.policy_file}"
+        mode = f"embedded as {config.service}, {source}"
+    log.info("server listening on %s:%d (%s)", host, port, mode)
+
+    stop = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    health_task = asyncio.create_task(serving_once_loaded())
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: draining in-flight calls for up to %.1f s", config.grace_s)
+        health_task.cancel()
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(config.grace_s)
+        if policy is not None:
+            await asyncio.to_thread(policy.stop)
+        log.info("stopped")
