@@ -1,0 +1,155 @@
+"""What a grpc.aio app gets back: the current attempt's call interface, with messages opened
+(embedded mode), retries made while iterating, and the SDK's own refusals as the status."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
+from typing import Any
+
+import grpc
+
+from fastproxy.errors import FastProxyError
+
+from .core import Attempt, CallPlan, SdkCore
+from .refusal import aio_refusal
+from .request_log import AioRequestLog
+
+StartAttempt = Callable[[Attempt], Awaitable[Any]]
+
+
+class _Delegating:
+    """The parts of the call interface answered by the current attempt's call."""
+
+    _call: Any
+    _refusal: grpc.aio.AioRpcError | None = None
+
+    def cancel(self) -> bool:
+        return bool(self._call.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def done(self) -> bool:
+        return self._refusal is not None or bool(self._call.done())
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = self._call.time_remaining()
+        return remaining
+
+    def add_done_callback(self, callback: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(lambda _call: callback(self))
+
+    async def initial_metadata(self) -> Any:
+        return await self._call.initial_metadata()
+
+    async def trailing_metadata(self) -> Any:
+        if self._refusal is not None:
+            return self._refusal.trailing_metadata()
+        return await self._call.trailing_metadata()
+
+    async def code(self) -> grpc.StatusCode:
+        if self._refusal is not None:
+            return self._refusal.code()
+        code: grpc.StatusCode = await self._call.code()
+        return code
+
+    async def details(self) -> str:
+        if self._refusal is not None:
+            return self._refusal.details() or ""
+        details: str = await self._call.details()
+        return details
+
+    async def wait_for_connection(self) -> None:
+        await self._call.wait_for_connection()
+
+    async def write(self, request: Any) -> None:
+        await self._call.write(request)
+
+    async def done_writing(self) -> None:
+        await self._call.done_writing()
+
+
+class AioUnaryCall(_Delegating, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):
+    """A finished unary-response call holding its opened response."""
+
+    def __init__(self, call: Any, response: Any) -> None:
+        self._call = call
+        self._response = response
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._get().__await__()
+
+    async def _get(self) -> Any:
+        return self._response
+
+
+class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):
+    """A response stream: iteration opens each message and, before the first one, retries
+    an UNAVAILABLE attempt the policy allows."""
+
+    def __init__(self, core: SdkCore, plan: CallPlan, start: StartAttempt, call: Any,
+                 attempt: Attempt, requests: AioRequestLog | None = None) -> None:
+        self._core = core
+        self._plan = plan
+        self._start = start
+        self._call = call
+        self._attempt = attempt
+        self._requests = requests
+        self._responded = False
+        self._cancelled = False
+        self._responses = self._iterate()
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return super().cancel()
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self._responses
+
+    async def read(self) -> Any:
+        try:
+            return await self._responses.__anext__()
+        except StopAsyncIteration:
+            return grpc.aio.EOF
+
+    async def _iterate(self) -> AsyncIterator[Any]:
+        while True:
+            try:
+                async for raw in self._call:
+                    if not self._responded:
+                        self._responded = True
+                        if self._requests is not None:
+                            self._requests.stop_recording()
+                    yield self._open(raw)
+                return
+            except grpc.aio.AioRpcError as err:
+                if err is self._refusal:
+                    raise
+                await self._after_failure(err)
+
+    def _open(self, raw: Any) -> Any:
+        try:
+            return self._attempt.messages.response(raw)
+        except FastProxyError as refused:
+            self._call.cancel()
+            self._refusal = aio_refusal(refused)
+            raise self._refusal from None
+
+    async def _after_failure(self, err: grpc.aio.AioRpcError) -> None:
+        requests = self._requests
+        if requests is not None and requests.error is not None:
+            self._refusal = aio_refusal(requests.error)
+            raise self._refusal from None
+        replayable = requests is None or requests.replayable
+        delay = None if self._cancelled or not replayable else self._core.retry_delay(
+            self._plan, err.code(), err.trailing_metadata(), self._responded)
+        if delay is None:
+            raise err
+        await asyncio.sleep(delay)
+        try:
+            self._attempt = self._core.next_attempt(self._plan)
+        except FastProxyError as refused:
+            self._refusal = aio_refusal(refused)
+            raise self._refusal from None
+        self._call = await self._start(self._attempt)

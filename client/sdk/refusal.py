@@ -1,0 +1,90 @@
+"""Calls the SDK itself refuses, as the app's gRPC expects them: a `grpc.RpcError` that is
+also a finished `grpc.Call` and `grpc.Future` (sync), or a `grpc.aio.AioRpcError` (aio),
+with the contracted code and trailers `fastproxy-error: REASON`, `fastproxy-proxy: client`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+import grpc
+
+from fastproxy.errors import FastProxyError
+
+from .core import PROXY_NAME
+
+
+class Refusal(grpc.RpcError, grpc.Call, grpc.Future):
+    """A finished, failed call; iterating it raises it, as a failed stream would."""
+
+    def __init__(self, error: FastProxyError) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self._trailers = error.trailers(PROXY_NAME)
+
+    def __str__(self) -> str:
+        return (f"<Refusal of fastproxy: status = {self.error.status}, "
+                f"details = {self.error.detail!r}>")
+
+    # grpc.Call
+    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
+        return ()
+
+    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self._trailers
+
+    def code(self) -> grpc.StatusCode:
+        return self.error.status
+
+    def details(self) -> str:
+        return self.error.detail
+
+    # grpc.RpcContext
+    def is_active(self) -> bool:
+        return False
+
+    def time_remaining(self) -> float | None:
+        return None
+
+    def cancel(self) -> bool:
+        return False
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return False  # already terminated: never called, as grpc's own calls do
+
+    # grpc.Future
+    def cancelled(self) -> bool:
+        return False
+
+    def running(self) -> bool:
+        return False
+
+    def done(self) -> bool:
+        return True
+
+    def result(self, timeout: float | None = None) -> NoReturn:
+        raise self
+
+    def exception(self, timeout: float | None = None) -> Refusal:
+        return self
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return self.__traceback__
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        fn(self)
+
+    # a refused stream
+    def __iter__(self) -> Refusal:
+        return self
+
+    def __next__(self) -> NoReturn:
+        raise self
+
+    def next(self) -> NoReturn:
+        raise self
+
+
+def aio_refusal(error: FastProxyError) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(error.status, grpc.aio.Metadata(),
+                                grpc.aio.Metadata(*error.trailers(PROXY_NAME)), error.detail)

@@ -1,0 +1,230 @@
+"""What a sync channel's app gets back: the call interface grpc gives, with messages opened
+(embedded mode), retries made while iterating, and the SDK's own refusals as the status."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from fastproxy.errors import FastProxyError
+
+from .core import Attempt, CallPlan, SdkCore
+from .messages import MessageCodec
+from .refusal import Refusal
+from .request_log import RequestLog
+
+_UNSET = object()
+StartAttempt = Callable[[Attempt], Any]
+
+
+class SyncUnaryCall(grpc.Call, grpc.Future):
+    """A unary-response outcome whose response is opened on first access."""
+
+    def __init__(self, outcome: Any, messages: MessageCodec,
+                 requests: RequestLog | None = None) -> None:
+        self._outcome = outcome
+        self._messages = messages
+        self._requests = requests
+        self._opened: Any = _UNSET
+        self._refusal: Refusal | None = None
+        self._lock = threading.Lock()
+
+    def _settle(self, timeout: float | None = None) -> None:
+        with self._lock:
+            if self._opened is not _UNSET or self._refusal is not None:
+                return
+            try:
+                raw = self._outcome.result(timeout)
+            except grpc.RpcError:
+                if self._requests is not None and self._requests.error is not None:
+                    self._refusal = Refusal(self._requests.error)
+                return
+            try:
+                self._opened = self._messages.response(raw)
+            except FastProxyError as err:
+                self._refusal = Refusal(err)
+
+    def _settle_quietly(self) -> None:
+        try:
+            self._settle()
+        except Exception:  # cancelled or timed out: the outcome's own status stands
+            return
+
+    def result(self, timeout: float | None = None) -> Any:
+        self._settle(timeout)
+        if self._refusal is not None:
+            raise self._refusal
+        if self._opened is _UNSET:
+            return self._outcome.result(timeout)
+        return self._opened
+
+    def exception(self, timeout: float | None = None) -> Any:
+        self._settle_quietly()
+        return self._refusal if self._refusal is not None else self._outcome.exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        self._settle_quietly()
+        if self._refusal is not None:
+            return None
+        return self._outcome.traceback(timeout)
+
+    def code(self) -> grpc.StatusCode:
+        self._settle_quietly()
+        return self._refusal.code() if self._refusal is not None else self._outcome.code()
+
+    def details(self) -> str | None:
+        self._settle_quietly()
+        return self._refusal.details() if self._refusal is not None else self._outcome.details()
+
+    def trailing_metadata(self) -> Any:
+        self._settle_quietly()
+        if self._refusal is not None:
+            return self._refusal.trailing_metadata()
+        return self._outcome.trailing_metadata()
+
+    def initial_metadata(self) -> Any:
+        return self._outcome.initial_metadata()
+
+    def is_active(self) -> bool:
+        return bool(self._outcome.is_active())
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = self._outcome.time_remaining()
+        return remaining
+
+    def cancel(self) -> bool:
+        return bool(self._outcome.cancel())
+
+    def cancelled(self) -> bool:
+        return bool(self._outcome.cancelled())
+
+    def running(self) -> bool:
+        return bool(self._outcome.running())
+
+    def done(self) -> bool:
+        return bool(self._outcome.done())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._outcome.add_callback(callback))
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._outcome.add_done_callback(lambda _outcome: fn(self))
+
+
+class SyncStreamCall(grpc.Call, grpc.Future):
+    """A response stream: the current attempt's call interface; iteration opens each
+    message and, before the first one, retries an UNAVAILABLE attempt the policy allows."""
+
+    def __init__(self, core: SdkCore, plan: CallPlan, start: StartAttempt, attempt: Attempt,
+                 requests: RequestLog | None = None) -> None:
+        self._core = core
+        self._plan = plan
+        self._start = start
+        self._attempt = attempt
+        self._requests = requests
+        self._call = start(attempt)
+        self._responded = False
+        self._refusal: Refusal | None = None
+        self._cancelled = False
+
+    def __iter__(self) -> SyncStreamCall:
+        return self
+
+    def next(self) -> Any:
+        return self.__next__()
+
+    def __next__(self) -> Any:
+        while True:
+            if self._refusal is not None:
+                raise self._refusal
+            try:
+                raw = next(self._call)
+            except grpc.RpcError as err:
+                self._after_failure(err)
+                continue
+            if not self._responded:
+                self._responded = True
+                if self._requests is not None:
+                    self._requests.stop_recording()
+            try:
+                return self._attempt.messages.response(raw)
+            except FastProxyError as refused:
+                self._call.cancel()
+                self._refusal = Refusal(refused)
+                raise self._refusal from None
+
+    def _after_failure(self, err: grpc.RpcError) -> None:
+        """Starts the next attempt, or raises the failure as final."""
+        requests = self._requests
+        if requests is not None and requests.error is not None:
+            self._refusal = Refusal(requests.error)
+            raise self._refusal from None
+        replayable = requests is None or requests.replayable
+        delay = None if self._cancelled or not replayable else self._core.retry_delay(
+            self._plan, err.code(), err.trailing_metadata(), self._responded)
+        if delay is None:
+            raise err
+        time.sleep(delay)
+        try:
+            self._attempt = self._core.next_attempt(self._plan)
+        except FastProxyError as refused:
+            self._refusal = Refusal(refused)
+            raise self._refusal from None
+        self._call = self._start(self._attempt)
+
+    # grpc.Call, answered by the current attempt unless the SDK refused the call
+    def initial_metadata(self) -> Any:
+        return self._call.initial_metadata()
+
+    def trailing_metadata(self) -> Any:
+        if self._refusal is not None:
+            return self._refusal.trailing_metadata()
+        return self._call.trailing_metadata()
+
+    def code(self) -> grpc.StatusCode:
+        return self._refusal.code() if self._refusal is not None else self._call.code()
+
+    def details(self) -> str | None:
+        return self._refusal.details() if self._refusal is not None else self._call.details()
+
+    def is_active(self) -> bool:
+        return self._refusal is None and bool(self._call.is_active())
+
+    def time_remaining(self) -> float | None:
+        remaining: float | None = self._call.time_remaining()
+        return remaining
+
+    def cancel(self) -> bool:
+        self._cancelled = True
+        return bool(self._call.cancel())
+
+    def add_callback(self, callback: Callable[[], None]) -> bool:
+        return bool(self._call.add_callback(callback))
+
+    # grpc.Future
+    def cancelled(self) -> bool:
+        return bool(self._call.cancelled())
+
+    def running(self) -> bool:
+        return bool(self._call.running())
+
+    def done(self) -> bool:
+        return self._refusal is not None or bool(self._call.done())
+
+    def result(self, timeout: float | None = None) -> Any:
+        if self._refusal is not None:
+            raise self._refusal
+        return self._call.result(timeout)
+
+    def exception(self, timeout: float | None = None) -> Any:
+        return self._refusal if self._refusal is not None else self._call.exception(timeout)
+
+    def traceback(self, timeout: float | None = None) -> Any:
+        return None if self._refusal is not None else self._call.traceback(timeout)
+
+    def add_done_callback(self, fn: Callable[[Any], None]) -> None:
+        self._call.add_done_callback(lambda _call: fn(self))
