@@ -11,10 +11,10 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fastproxy.node_policy import NodePolicy, NodePolicyError, NodeState
-from fastproxy.policy import PolicyError
+from fastproxy.node_policy import NodePolicy, NodeState
+from fastproxy.policy_source import PolicySourceError, open_policy_source
 from fastproxy.v1 import policy_pb2 as pb
-from fastproxy.watch import CenterWatcher, FileWatcher, NodeIdentity, PolicyHolder
+from fastproxy.watch import NodeIdentity, PolicyHolder
 from proxy_svc.config import ProxyConfig
 from proxy_svc.forward import ForwardingHandler, InboundRole, OutboundRole, start_proxy_server
 from proxy_svc.upstream import UpstreamPool
@@ -54,21 +54,13 @@ async def serve(config: ProxyConfig) -> None:
     node = NodeIdentity(config.node_id, config.role_pb, config.service,
                         advertise=config.advertise if config.role == "in" else "")
     compile_ = functools.partial(compile_snapshot, max_message_bytes=config.max_message_bytes)
-    source: CenterWatcher[NodePolicy] | FileWatcher[NodePolicy]
-    if config.center:
-        source = CenterWatcher(config.center, node, compile_, holder,
-                               credentials=config.center_credentials,
-                               pinned_key=config.center_public_key, cache_dir=config.cache_dir)
-    else:
-        assert config.policy_file is not None
-        source = FileWatcher(config.policy_file, node, compile_, holder, config.policy_poll_s)
-        try:
-            source.load()
-        except PolicyError as exc:
-            raise StartupError(f"--policy {config.policy_file} refused:\n  "
-                               + "\n  ".join(exc.errors)) from None
-        except (NodePolicyError, OSError, ValueError) as exc:
-            raise StartupError(f"--policy {config.policy_file} refused: {exc}") from None
+    try:
+        source = open_policy_source(
+            node, compile_, holder, center=config.center, policy_file=config.policy_file,
+            credentials=config.center_credentials, pinned_key=config.center_public_key,
+            cache_dir=config.cache_dir, file_poll_s=config.policy_poll_s)
+    except PolicySourceError as exc:
+        raise StartupError(str(exc)) from None
 
     pool = UpstreamPool(config.max_message_bytes, _upstream_credentials(config))
     role = (InboundRole(holder, config.upstream or "", NodeState()) if config.role == "in"

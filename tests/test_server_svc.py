@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -34,7 +35,12 @@ from server_helpers import (
 )
 
 import server_svc
+from fastproxy.node_policy import NodePolicy
+from fastproxy.pipeline import OutboundCall
+from fastproxy.policy import load_policy
+from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc
+from fastproxy.v1 import policy_pb2 as pb
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -262,3 +268,112 @@ def test_sync_server_interceptors_open_and_seal_in_process(
         for interceptor in interceptors:
             assert isinstance(interceptor, server_svc.SealingServerInterceptor)
             interceptor.policy.stop()
+
+
+# --- embedded mode: crafted sealed calls, against the aio process and the sync twin ----------
+
+
+@pytest.fixture(params=["aio process", "sync in-process"])
+def embedded_host(request: pytest.FixtureRequest, processes: Processes,
+                  tmp_path: Path) -> Iterator[tuple[str, NodePolicy]]:
+    """An embedded song_service from a policy file, and chat_service's compiled out-node
+    policy (to seal calls by hand; the calls go to the host, not to the endpoint listed)."""
+    text = demo_policy_yaml(song_endpoints=["127.0.0.1:9"])
+    policy_file = tmp_path / "policy.yaml"
+    policy_file.write_text(text)
+    chat = NodePolicy.from_snapshot(scope_snapshot(load_policy(text), pb.ROLE_OUT, CALLER))
+    if request.param == "aio process":
+        host = processes.start("server_svc", address(), "--service", CALLEE,
+                               "--policy", str(policy_file))
+        yield host.address, chat
+        return
+    interceptors = server_svc.server_interceptors(service=CALLEE, policy_file=str(policy_file))
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), interceptors=interceptors)
+    demo_pb2_grpc.add_EchoServicer_to_server(SyncEchoServicer(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    yield f"127.0.0.1:{port}", chat
+    server.stop(0)
+    for interceptor in interceptors:
+        assert isinstance(interceptor, server_svc.SealingServerInterceptor)
+        interceptor.policy.stop()
+
+
+UNARY = "/demo.v1.Echo/Unary"
+BIDI = "/demo.v1.Echo/Bidi"
+
+
+def sealed_call(chat: NodePolicy, method: str) -> OutboundCall:
+    return chat.outbound(method, time.time())
+
+
+def raw_unary(target: str, method: str, message: bytes,
+              metadata: tuple[tuple[str, bytes], ...]) -> bytes:
+    with grpc.insecure_channel(target) as opened:
+        answer: bytes = opened.unary_unary(method)(message, metadata=metadata, timeout=5)
+        return answer
+
+
+def raw_bidi(target: str, method: str, messages: list[bytes],
+             metadata: tuple[tuple[str, bytes], ...]) -> list[bytes]:
+    with grpc.insecure_channel(target) as opened:
+        return list(opened.stream_stream(method)(iter(messages), metadata=metadata, timeout=5))
+
+
+def test_a_sealed_call_is_opened_and_answered_sealed(
+        embedded_host: tuple[str, NodePolicy]) -> None:
+    target, chat = embedded_host
+    call = sealed_call(chat, UNARY)
+    plain = demo_pb2.EchoRequest(text="PLAINTEXT-MARKER").SerializeToString()
+    sealed = call.seal_request(plain)
+    assert b"PLAINTEXT-MARKER" not in sealed
+    answer = raw_unary(target, UNARY, sealed, call.request_metadata())
+    assert b"PLAINTEXT-MARKER" not in answer
+    opened = demo_pb2.EchoResponse.FromString(call.open_response(answer, time.time()))
+    assert opened.text == "PLAINTEXT-MARKER"
+
+    bidi = sealed_call(chat, BIDI)
+    requests = [bidi.seal_request(demo_pb2.EchoRequest(text=t).SerializeToString())
+                for t in ("one", "two")]
+    answers = raw_bidi(target, BIDI, requests, bidi.request_metadata())
+    assert [demo_pb2.EchoResponse.FromString(bidi.open_response(a, time.time())).text
+            for a in answers] == ["one", "two"]
+
+
+def assert_refused(error: grpc.RpcError, code: grpc.StatusCode, reason: str) -> None:
+    assert error.code() == code, error
+    assert trailer(error, "fastproxy-error") == reason
+    assert trailer(error, "fastproxy-proxy") == "in"
+
+
+def test_garbage_or_tampered_messages_are_refused_with_the_reason(
+        embedded_host: tuple[str, NodePolicy]) -> None:
+    target, chat = embedded_host
+    call = sealed_call(chat, UNARY)
+    with pytest.raises(grpc.RpcError) as garbage:
+        raw_unary(target, UNARY, b"\xff\x00not a sealed message", call.request_metadata())
+    assert_refused(garbage.value, grpc.StatusCode.INVALID_ARGUMENT, "malformed")
+
+    call = sealed_call(chat, UNARY)
+    sealed = bytearray(call.seal_request(demo_pb2.EchoRequest(text="x").SerializeToString()))
+    sealed[-1] ^= 0x01
+    with pytest.raises(grpc.RpcError) as tampered:
+        raw_unary(target, UNARY, bytes(sealed), call.request_metadata())
+    assert_refused(tampered.value, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
+
+    bidi = sealed_call(chat, BIDI)
+    good = bidi.seal_request(demo_pb2.EchoRequest(text="ok").SerializeToString())
+    with pytest.raises(grpc.RpcError) as in_stream:
+        raw_bidi(target, BIDI, [good, b"\xff\x00garbage"], bidi.request_metadata())
+    assert_refused(in_stream.value, grpc.StatusCode.INVALID_ARGUMENT, "malformed")
+
+
+def test_a_replayed_call_header_is_unauthenticated(
+        embedded_host: tuple[str, NodePolicy]) -> None:
+    target, chat = embedded_host
+    call = sealed_call(chat, UNARY)
+    sealed = call.seal_request(demo_pb2.EchoRequest(text="once").SerializeToString())
+    raw_unary(target, UNARY, sealed, call.request_metadata())
+    with pytest.raises(grpc.RpcError) as replayed:
+        raw_unary(target, UNARY, sealed, call.request_metadata())
+    assert_refused(replayed.value, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
