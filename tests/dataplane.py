@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import os
 import signal
 import socket
@@ -197,10 +198,8 @@ class ProxyProcess:
     def kill(self) -> None:
         """SIGKILL to the proxy's process group (its workers too), and reap."""
         if self.proc is not None and self.proc.poll() is None:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             self.proc.wait(timeout=STOP_TIMEOUT_S)
 
 
@@ -325,7 +324,7 @@ def unary(address: str, payload: bytes = b"ping", metadata: Metadata = (),
 
 def reason_of(error: grpc.RpcError) -> str | None:
     """The `fastproxy-error` trailer of a refused call (None: not one of ours)."""
-    value = dict(error.trailing_metadata() or ()).get("fastproxy-error")  # type: ignore[attr-defined]
+    value = dict(error.trailing_metadata() or ()).get("fastproxy-error")
     return str(value) if value is not None else None
 
 
@@ -435,7 +434,7 @@ class RecordingRelay:
             record.trailers = list(await call.trailing_metadata() or ())
         except grpc.aio.AioRpcError as err:
             record.trailers = list(err.trailing_metadata() or ())
-            await context.abort(err.code(), err.details() or "", err.trailing_metadata())
+            await context.abort(err.code(), err.details() or "", tuple(record.trailers))
 
     def stop(self) -> None:
         async def stop() -> None:

@@ -12,8 +12,8 @@ import grpc
 import pytest
 from dataplane import (
     KINDS,
-    MiB,
     FileStack,
+    MiB,
     Proxies,
     call_kind,
     channel,
@@ -105,9 +105,9 @@ def test_upstream_error_with_details_arrives_unchanged_without_our_trailers(
         with channel(out_address) as ch, pytest.raises(grpc.RpcError) as raised:
             call_kind(ch, kind, b"payload", metadata)
         error = raised.value
-        assert error.code() == grpc.StatusCode.NOT_FOUND, kind  # type: ignore[attr-defined]
-        assert error.details() == "no such song", kind  # type: ignore[attr-defined]
-        trailers = tuple(error.trailing_metadata())  # type: ignore[attr-defined]
+        assert error.code() == grpc.StatusCode.NOT_FOUND, kind
+        assert error.details() == "no such song", kind
+        trailers = tuple(error.trailing_metadata())
         assert ("grpc-status-details-bin", status_bin) in trailers, kind
         assert ("x-echo-why-bin", b"\x00\x01") in trailers, kind
         assert not [key for key, _ in trailers if key.startswith("fastproxy-")], kind
@@ -137,7 +137,7 @@ def test_slow_upstream_gives_deadline_exceeded_with_reason_deadline(out_address:
     with channel(out_address) as ch, pytest.raises(grpc.RpcError) as raised:
         call_kind(ch, "unary", b"x", (("x-test-stall-ms", str(TIMEOUT_MS + 3000)),),
                   timeout=None)
-    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED  # type: ignore[attr-defined]
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert reason_of(raised.value) == "deadline"
 
 
