@@ -1,0 +1,1 @@
+"""The data-plane benchmark harness behind `bench/dataplane.py` (see that file's docstring)."""

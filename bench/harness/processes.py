@@ -1,0 +1,121 @@
+"""Processes on loopback for the harness: start with a log file, wait until ready, stop."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from harness.procstat import process_tree
+
+START_TIMEOUT_S = 30.0
+
+
+class StartError(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class Spawned:
+    """A process the harness started; `address` is where it serves."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    address: str
+    log_path: Path
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid
+
+    def log_tail(self, chars: int = 1500) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def check_alive(self) -> None:
+        if self.process.poll() is not None:
+            raise StartError(f"{self.name} exited with {self.process.returncode}:\n"
+                             f"{self.log_tail()}")
+
+
+def spawn(name: str, argv: list[str], address: str, log_dir: Path,
+          env: dict[str, str] | None = None) -> Spawned:
+    log_path = log_dir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+    return Spawned(name, process, address, log_path)
+
+
+def wait_listening(spawned: Spawned, timeout_s: float = START_TIMEOUT_S) -> None:
+    host, _, port = spawned.address.rpartition(":")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        spawned.check_alive()
+        try:
+            with socket.create_connection((host, int(port)), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise StartError(f"{spawned.name} does not listen on {spawned.address}:\n"
+                     f"{spawned.log_tail()}")
+
+
+def wait_serving(spawned: Spawned, timeout_s: float = START_TIMEOUT_S,
+                 connections: int = 1) -> None:
+    """Polls grpc.health.v1 until SERVING (a proxy is SERVING once its policy is loaded), on
+    `connections` new connections in a row (with `--workers N` each may reach another
+    worker)."""
+    deadline = time.monotonic() + timeout_s
+    for _ in range(connections):
+        _wait_serving_once(spawned, deadline)
+
+
+def _wait_serving_once(spawned: Spawned, deadline: float) -> None:
+    # a local subchannel pool: a new connection, not one shared with an earlier channel
+    options = (("grpc.use_local_subchannel_pool", 1),)
+    with grpc.insecure_channel(spawned.address, options=options) as channel:
+        stub = health_pb2_grpc.HealthStub(channel)
+        while time.monotonic() < deadline:
+            spawned.check_alive()
+            try:
+                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                if reply.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            time.sleep(0.1)
+    raise StartError(f"{spawned.name} not SERVING on {spawned.address}:\n{spawned.log_tail()}")
+
+
+def stop(spawned: Spawned, timeout_s: float = 10.0) -> None:
+    """SIGTERM, then SIGKILL for the process and any child of it still alive (workers)."""
+    if spawned.process.poll() is not None:
+        return
+    tree = process_tree(spawned.pid)
+    spawned.process.send_signal(signal.SIGTERM)
+    try:
+        spawned.process.wait(timeout_s)
+    except subprocess.TimeoutExpired:
+        spawned.process.kill()
+        spawned.process.wait(timeout_s)
+    for pid in tree[1:]:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)

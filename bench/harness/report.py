@@ -1,0 +1,289 @@
+"""Medians, target ratios, the JSON document and the Markdown section of docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import subprocess
+from collections.abc import Callable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from harness import h2load
+from harness.measure import Measurement, size_label
+from harness.setups import WORKERS_NOTE, Setup
+
+BEGIN = "<!-- dataplane:begin (written by bench/dataplane.py; edits here are overwritten) -->"
+END = "<!-- dataplane:end -->"
+TARGET_SCENARIO_SIZE = 1024
+PROXIES = ("out-proxy", "in-proxy")
+Json = dict[str, Any]
+
+
+def progress_line(m: Measurement) -> str:
+    cpu = " ".join(f"{label}={value:.3f}" for label, value in m.cpu_s_per_1000.items())
+    latency = f" p50={m.p50_ms:.2f}ms p99={m.p99_ms:.2f}ms" if m.p50_ms is not None else ""
+    state = "ok" if m.valid else f"INVALID ({m.problem})"
+    return (f"run {m.run} {m.setup:16} {m.scenario:28} {m.throughput:8.0f}/s{latency} "
+            f"cpu s/1k calls: {cpu} {state}")
+
+
+def spread(values: Sequence[float]) -> Json:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values),
+            "n": len(values)}
+
+
+def machine() -> Json:
+    model = ""
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines()
+                      if line.startswith("Model name:")), "")
+    except OSError:
+        pass
+    mem_kib = 0
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemTotal:"):
+            mem_kib = int(line.split()[1])
+    return {"cpu_model": model or platform.processor(), "cores": os.cpu_count(),
+            "memory_gib": round(mem_kib / 1024 / 1024, 1), "kernel": platform.release(),
+            "python": platform.python_version()}
+
+
+def versions() -> Json:
+    found: Json = {}
+    for package in ("grpcio", "protobuf", "cryptography", "fastproxy"):
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = "not installed"
+    try:
+        out = subprocess.run(["nginx", "-v"], capture_output=True, text=True, check=False)
+        found["nginx"] = (out.stderr or out.stdout).strip().removeprefix("nginx version: ")
+    except OSError:
+        found["nginx"] = "not installed"
+    found["h2load"] = h2load.version()
+    return found
+
+
+def summarize(measurements: Sequence[Measurement]) -> Json:
+    """setup -> scenario -> figure -> {median, min, max, n}, over the valid runs."""
+    groups: dict[tuple[str, str], list[Measurement]] = {}
+    for m in measurements:
+        if m.valid:
+            groups.setdefault((m.setup, m.scenario), []).append(m)
+    out: Json = {}
+    for (setup, scenario), ms in groups.items():
+        figures: Json = {"throughput": spread([m.throughput for m in ms]),
+                         "calls": spread([float(m.calls) for m in ms])}
+        for name in ("p50_ms", "p90_ms", "p99_ms"):
+            values = [getattr(m, name) for m in ms if getattr(m, name) is not None]
+            if values:
+                figures[name] = spread(values)
+        for label in ms[0].cpu_s_per_1000:
+            figures[f"cpu_s_per_1000.{label}"] = spread([m.cpu_s_per_1000[label] for m in ms])
+        for label in ms[0].peak_rss_kib:
+            figures[f"peak_rss_mib.{label}"] = spread([m.peak_rss_kib[label] / 1024 for m in ms])
+        out.setdefault(setup, {})[scenario] = figures
+    return out
+
+
+def _per_run(measurements: Sequence[Measurement], scenario: str, numerator: str,
+             denominator: str, figure: Callable[[Measurement, Measurement], float | None]
+             ) -> list[float]:
+    by_key = {(m.run, m.setup): m for m in measurements if m.valid and m.scenario == scenario}
+    values = []
+    for (run, setup), m in by_key.items():
+        other = by_key.get((run, denominator))
+        if setup == numerator and other is not None:
+            value = figure(m, other)
+            if value is not None:
+                values.append(value)
+    return values
+
+
+def _hop_cpu(m: Measurement) -> float:
+    return statistics.mean(m.cpu_s_per_1000[p] for p in PROXIES) / 1000
+
+
+def targets(measurements: Sequence[Measurement], use_h2load: bool) -> Json:
+    """The issue's ratios, computed within each run, then the median over runs."""
+    one_kib = size_label(TARGET_SCENARIO_SIZE)
+    saturate = f"unary {one_kib} {'h2load' if use_h2load else 'py'} saturate"
+    single = f"unary {one_kib} py single"
+    out: Json = {"scenario_cpu": saturate, "scenario_latency": single}
+
+    def cpu_ratio(m: Measurement, nginx: Measurement) -> float:
+        return _hop_cpu(m) / (nginx.cpu_s_per_1000["nginx"] / 1000)
+
+    def hop_ms(m: Measurement, _other: Measurement) -> float:
+        return _hop_cpu(m) * 1000
+
+    for setup in ("sealed", "sealed+gzip"):
+        values = _per_run(measurements, saturate, setup, "nginx", cpu_ratio)
+        if values:
+            out[f"cpu_ratio.{setup}"] = {**spread(values), "target_max": 4.0,
+                                         "met": statistics.median(values) <= 4.0}
+        hop = _per_run(measurements, saturate, setup, setup, hop_ms)
+        if hop:
+            out[f"hop_cpu_ms.{setup}"] = spread(hop)
+    for pct, limit in (("p50", 1.0), ("p99", 2.0)):
+        def added(m: Measurement, direct: Measurement, pct: str = pct) -> float | None:
+            mine, base = getattr(m, f"{pct}_ms"), getattr(direct, f"{pct}_ms")
+            return None if mine is None or base is None else float(mine - base)
+
+        values = _per_run(measurements, single, "sealed", "direct", added)
+        if values:
+            out[f"added_{pct}_ms.sealed"] = {**spread(values), "target_max": limit,
+                                             "met": statistics.median(values) <= limit}
+    peaks = [m.peak_rss_kib[p] / 1024 for m in measurements if m.valid
+             and m.setup.startswith("sealed") for p in PROXIES if p in m.peak_rss_kib]
+    small = [m.peak_rss_kib[p] / 1024 for m in measurements if m.valid
+             and m.setup.startswith("sealed") and m.size <= TARGET_SCENARIO_SIZE
+             for p in PROXIES if p in m.peak_rss_kib]
+    if peaks:
+        out["proxy_peak_rss_mib.all_payloads"] = {"max": max(peaks), "target_max": 40,
+                                                  "met": max(peaks) <= 40}
+    if small:
+        out["proxy_peak_rss_mib.up_to_1KiB"] = {"max": max(small), "target_max": 40,
+                                                "met": max(small) <= 40}
+
+    def throughput_ratio(m: Measurement, one: Measurement) -> float:
+        return m.throughput / one.throughput
+
+    values = _per_run(measurements, saturate, "sealed-workers2", "sealed", throughput_ratio)
+    if values:
+        out["workers2_throughput_ratio"] = {**spread(values), "target_min": 1.7,
+                                            "met": statistics.median(values) >= 1.7,
+                                            "scaled": WORKERS_NOTE}
+    return out
+
+
+def document(args: argparse.Namespace, argv: Sequence[str], started_at: datetime.datetime,
+             setups: dict[str, Setup], measurements: Sequence[Measurement],
+             use_h2load: bool) -> Json:
+    return {
+        "date": started_at.isoformat(timespec="seconds"),
+        "command": "python bench/dataplane.py " + " ".join(argv[1:]),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "machine": machine(),
+        "versions": versions(),
+        "setups": {name: {"skipped": s.skipped, "processes": sorted(s.processes),
+                          "entry_method": s.unary_method}
+                   for name, s in setups.items()},
+        "summary": summarize(measurements),
+        "targets": targets(measurements, use_h2load),
+        "measurements": [m.to_json() for m in measurements],
+    }
+
+
+def _fmt(figure: Json | None, digits: int = 2) -> str:
+    if not figure:
+        return "—"
+    if figure["n"] == 1:
+        return f"{figure['median']:.{digits}f}"
+    return (f"{figure['median']:.{digits}f} ({figure['min']:.{digits}f}–"
+            f"{figure['max']:.{digits}f})")
+
+
+def _target_rows(t: Json) -> list[str]:
+    def verdict(entry: Json) -> str:
+        return "**met**" if entry.get("met") else "**not met**"
+
+    rows = ["| target | limit | measured (median of runs; min–max) | |", "| --- | --- | --- | --- |"]
+    for setup in ("sealed", "sealed+gzip"):
+        entry = t.get(f"cpu_ratio.{setup}")
+        if entry:
+            rows.append(f"| CPU per call of one {setup} hop ÷ nginx hop ({t['scenario_cpu']}) "
+                        f"| ≤ 4× | {_fmt(entry)}× | {verdict(entry)} |")
+    for pct in ("p50", "p99"):
+        entry = t.get(f"added_{pct}_ms.sealed")
+        if entry:
+            rows.append(f"| added {pct}, both proxies, one call in flight "
+                        f"({t['scenario_latency']}) | ≤ {entry['target_max']:.1f} ms "
+                        f"| {_fmt(entry)} ms | {verdict(entry)} |")
+    for key, what in (("proxy_peak_rss_mib.up_to_1KiB", "payloads ≤ 1 KiB"),
+                      ("proxy_peak_rss_mib.all_payloads", "all payloads, up to 1 MiB")):
+        entry = t.get(key)
+        if entry:
+            rows.append(f"| proxy peak RSS under load ({what}) | ≤ 40 MB "
+                        f"| {entry['max']:.1f} MiB | {verdict(entry)} |")
+    entry = t.get("workers2_throughput_ratio")
+    if entry:
+        rows.append(f"| `--workers 2` ÷ 1 throughput ({t['scenario_cpu']}) | ≥ 1.7× "
+                    f"| {_fmt(entry)}× | {verdict(entry)} |")
+    return rows
+
+
+def markdown(doc: Json) -> str:
+    m, v, t = doc["machine"], doc["versions"], doc["targets"]
+    lines = [
+        BEGIN,
+        "## Data plane: setups side by side",
+        "",
+        f"Command: `{doc['command']}`",
+        "",
+        f"Machine: {m['cpu_model']}, {m['cores']} cores (shared with other work), "
+        f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; "
+        f"grpcio {v['grpcio']}, protobuf {v['protobuf']}, cryptography {v['cryptography']}, "
+        f"nginx {v['nginx']}, {v['h2load']}; {doc['date']}.",
+        "",
+        "Each figure is the median over the runs, with min–max in brackets. CPU is seconds "
+        "per 1,000 calls (= ms per call) of each process over the measured window only. "
+        "One sealed hop = mean of the out-proxy's and the in-proxy's CPU per call (each "
+        "proxy both receives and sends every message once, as an nginx hop does). Latency "
+        "from the Python client: `rate` is an open loop at a fixed rate (latency from each "
+        "call's planned start), `single` is one call in flight; bidi figures count messages.",
+        "",
+        "### Targets",
+        "",
+        *_target_rows(t),
+        "",
+    ]
+    if "workers2_throughput_ratio" in t:
+        lines += [f"`sealed-workers2`: {t['workers2_throughput_ratio']['scaled']}", ""]
+    for name, setup in doc["setups"].items():
+        lines.append(f"### {name}")
+        lines.append("")
+        if setup["skipped"]:
+            lines += [f"Not measured: {setup['skipped']}.", ""]
+            continue
+        scenarios = doc["summary"].get(name, {})
+        labels = setup["processes"]
+        header = ["scenario", "calls/s", "p50 ms", "p90 ms", "p99 ms",
+                  *(f"CPU {label}" for label in labels)]
+        lines.append("| " + " | ".join(header) + " |")
+        lines.append("|" + " --- |" * len(header))
+        for scenario, figures in scenarios.items():
+            row = [scenario, _fmt(figures.get("throughput"), 0),
+                   *(_fmt(figures.get(p)) for p in ("p50_ms", "p90_ms", "p99_ms")),
+                   *(_fmt(figures.get(f"cpu_s_per_1000.{label}"), 3) for label in labels)]
+            lines.append("| " + " | ".join(row) + " |")
+        peaks = []
+        for label in labels:
+            values = [f["peak_rss_mib." + label]["max"] for f in scenarios.values()
+                      if "peak_rss_mib." + label in f]
+            if values:
+                peaks.append(f"{label} {max(values):.1f} MiB")
+        lines += ["", "Peak RSS (VmHWM, largest process): " + ", ".join(peaks) + ".", ""]
+    lines.append(END)
+    return "\n".join(lines)
+
+
+def replace_section(path: Path, section: str) -> None:
+    """Puts `section` between the markers of `path` (or after its first paragraph)."""
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if BEGIN in text and END in text:
+        head, rest = text.split(BEGIN, 1)
+        tail = rest.split(END, 1)[1]
+        text = head + section + tail
+    else:
+        marker = "\n## "
+        cut = text.find(marker)
+        text = (text + "\n" + section + "\n" if cut < 0
+                else text[:cut] + "\n" + section + "\n" + text[cut:])
+    path.write_text(text)
