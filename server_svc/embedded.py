@@ -172,11 +172,12 @@ class SealedCall:
             yield self.check(request)
 
 
-def _rebuild(handler: grpc.RpcMethodHandler, behavior: Callable[..., Any],
+def _rebuild(handler: grpc.RpcMethodHandler | None, behavior: Callable[..., Any],
              deserializer: Deserializer | None, serializer: Serializer | None
              ) -> grpc.RpcMethodHandler:
-    """A handler of the same RPC kind as `handler` with another behavior and codecs."""
-    if handler.request_streaming and handler.response_streaming:
+    """A handler of the same RPC kind as `handler` with another behavior and codecs (of
+    the stream-stream kind for a method the server does not have)."""
+    if handler is None or (handler.request_streaming and handler.response_streaming):
         make = grpc.stream_stream_rpc_method_handler
     elif handler.request_streaming:
         make = grpc.stream_unary_rpc_method_handler
@@ -203,7 +204,7 @@ def _abort(context: grpc.ServicerContext, error: FastProxyError) -> NoReturn:
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler,
+def _refusing_handler(handler: grpc.RpcMethodHandler | None,
                       error: FastProxyError) -> grpc.RpcMethodHandler:
     def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
         _abort(context, error)
@@ -268,8 +269,8 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
         try:
             call = self.policy.admit(details.method, details.invocation_metadata or ())
         except FastProxyError as error:
-            handler = continuation(handler_call_details)
-            return _refusing_handler(handler, error) if handler is not None else None
+            # refused before anything else, so a refused caller learns no method names
+            return _refusing_handler(continuation(handler_call_details), error)
         handler = continuation(handler_call_details)
         if handler is None or call is None:
             return handler
@@ -285,7 +286,7 @@ async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any],
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-def _aio_refusing_handler(handler: grpc.RpcMethodHandler,
+def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None,
                           error: FastProxyError) -> grpc.RpcMethodHandler:
     async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         await _aio_abort(context, error)
@@ -348,8 +349,7 @@ class AioSealingServerInterceptor(grpc.aio.ServerInterceptor):
         try:
             call = self.policy.admit(details.method, details.invocation_metadata or ())
         except FastProxyError as error:
-            handler = await continuation(handler_call_details)
-            return _aio_refusing_handler(handler, error) if handler is not None else None
+            return _aio_refusing_handler(await continuation(handler_call_details), error)
         handler = await continuation(handler_call_details)
         if handler is None or call is None:
             return handler

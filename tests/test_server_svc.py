@@ -231,6 +231,9 @@ def test_out_proxy_reaches_an_embedded_server_registered_at_the_center(
             list(demo_pb2_grpc.EchoStub(direct).Bidi(iter([demo_pb2.EchoRequest()]),
                                                      timeout=5))
         assert refused_stream.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as unknown_method:  # no method names leak
+            direct.unary_unary("/demo.v1.Secret/Probe")(b"", timeout=5)
+        assert unknown_method.value.code() == grpc.StatusCode.UNAUTHENTICATED
     assert health_status(server.address) == SERVING  # health stays open to plain calls
 
 
