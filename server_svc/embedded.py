@@ -23,9 +23,12 @@ imposed on the app's handler (grpc gives a server no way to shorten a call's dea
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import inspect
 import os
 import socket
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, NoReturn
@@ -43,6 +46,8 @@ from fastproxy.watch import NodeIdentity, PolicyHolder
 PROXY_NAME = "in"  # the `fastproxy-proxy` trailer: this server stands in for the in-proxy
 # Reachable without a sealed call: orchestrators' health checks speak plain grpc.health.v1.
 DEFAULT_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
+# Before refusing a streaming call, read what the client already sent, at most this long.
+REFUSAL_DRAIN_S = 0.1
 
 Metadata = Sequence[tuple[str, str | bytes]]
 Serializer = Callable[[Any], bytes]
@@ -198,7 +203,27 @@ def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
 # --- sync grpc.server -----------------------------------------------------------------------
 
 
-def _abort(context: grpc.ServicerContext, error: FastProxyError) -> NoReturn:
+def _drain(requests: Iterator[Any] | None, limit_s: float = REFUSAL_DRAIN_S) -> None:
+    """Reads and drops what the client already sent (until it half-closes, at most
+    `limit_s`), so a refusal does not end the stream under a write in flight: a grpc.aio
+    client, such as the out-proxy, whose write fails that way reports INTERNAL instead of our
+    status (grpc/grpc#36066; the in-proxy does the same, see proxy_svc/forward.py)."""
+    if requests is None:
+        return
+
+    def read_all() -> None:
+        with contextlib.suppress(Exception):
+            for _ in requests:
+                pass
+
+    reader = threading.Thread(target=read_all, name="fastproxy-drain", daemon=True)
+    reader.start()
+    reader.join(limit_s)
+
+
+def _abort(context: grpc.ServicerContext, error: FastProxyError,
+           unread: Iterator[Any] | None = None) -> NoReturn:
+    _drain(unread)
     context.set_trailing_metadata(error.trailers(PROXY_NAME))
     context.abort(error.status, error.detail)
     raise AssertionError("context.abort returned")  # pragma: no cover
@@ -206,47 +231,50 @@ def _abort(context: grpc.ServicerContext, error: FastProxyError) -> NoReturn:
 
 def _refusing_handler(handler: grpc.RpcMethodHandler | None,
                       error: FastProxyError) -> grpc.RpcMethodHandler:
-    def refuse(_request: Any, context: grpc.ServicerContext) -> Any:
-        _abort(context, error)
+    streaming = handler is None or handler.request_streaming
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        _abort(context, error, request if streaming else None)
     return _rebuild(handler, refuse, None, None)
 
 
 def _sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall) -> grpc.RpcMethodHandler:
     behavior = _behavior(handler)
 
-    def run(produce: Callable[[], Any], context: grpc.ServicerContext) -> Any:
+    def run(produce: Callable[[], Any], context: grpc.ServicerContext,
+            unread: Iterator[Any] | None) -> Any:
         try:
             result = produce()
         except Exception:
             if sealed.error is not None:
-                _abort(context, sealed.error)
+                _abort(context, sealed.error, unread)
             raise
         if sealed.error is not None:  # the app swallowed the refusal
-            _abort(context, sealed.error)
+            _abort(context, sealed.error, unread)
         return result
 
-    def stream(produce: Callable[[], Iterator[Any]], context: grpc.ServicerContext
-               ) -> Iterator[Any]:
+    def stream(produce: Callable[[], Iterator[Any]], context: grpc.ServicerContext,
+               unread: Iterator[Any] | None) -> Iterator[Any]:
         try:
             yield from produce()
         except Exception:
             if sealed.error is not None:
-                _abort(context, sealed.error)
+                _abort(context, sealed.error, unread)
             raise
         if sealed.error is not None:
-            _abort(context, sealed.error)
+            _abort(context, sealed.error, unread)
 
     def wrapped_streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         opened = sealed.requests(requests)
         if handler.response_streaming:
-            return stream(lambda: behavior(opened, context), context)
-        return run(lambda: behavior(opened, context), context)
+            return stream(lambda: behavior(opened, context), context, requests)
+        return run(lambda: behavior(opened, context), context, requests)
 
     def wrapped_unary(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Refused):
             _abort(context, request.error)
         if handler.response_streaming:
-            return stream(lambda: behavior(request, context), context)
+            return stream(lambda: behavior(request, context), context, None)
         return behavior(request, context)
 
     wrapped = wrapped_streaming if handler.request_streaming else wrapped_unary
@@ -280,16 +308,34 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
 # --- grpc.aio.server ------------------------------------------------------------------------
 
 
-async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any],
-                     error: FastProxyError) -> NoReturn:
+async def _aio_drain(requests: AsyncIterator[Any] | None,
+                     limit_s: float = REFUSAL_DRAIN_S) -> None:
+    """The aio twin of `_drain`."""
+    if requests is None:
+        return
+
+    async def read_all() -> None:
+        async for _ in requests:
+            pass
+
+    with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError, StopAsyncIteration,
+                             asyncio.InvalidStateError):
+        await asyncio.wait_for(read_all(), limit_s)
+
+
+async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], error: FastProxyError,
+                     unread: AsyncIterator[Any] | None = None) -> NoReturn:
+    await _aio_drain(unread)
     await context.abort(error.status, error.detail, error.trailers(PROXY_NAME))
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
 def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None,
                           error: FastProxyError) -> grpc.RpcMethodHandler:
-    async def refuse(_request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _aio_abort(context, error)
+    streaming = handler is None or handler.request_streaming
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _aio_abort(context, error, request if streaming else None)
     return _rebuild(handler, refuse, None, None)
 
 
@@ -301,9 +347,9 @@ def _aio_sealed_handler(handler: grpc.RpcMethodHandler,
     def first(request: Any) -> Any:
         return sealed.aio_requests(request) if takes_stream else sealed.check(request)
 
-    async def settle(context: grpc.aio.ServicerContext[Any, Any]) -> None:
+    async def settle(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:
         if sealed.error is not None:
-            await _aio_abort(context, sealed.error)
+            await _aio_abort(context, sealed.error, request if takes_stream else None)
 
     if handler.response_streaming and not inspect.iscoroutinefunction(behavior):
         async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -317,9 +363,9 @@ def _aio_sealed_handler(handler: grpc.RpcMethodHandler,
                     for response in responses:
                         yield response
             except Exception:
-                await settle(context)
+                await settle(context, request)
                 raise
-            await settle(context)
+            await settle(context, request)
         wrapped: Callable[..., Any] = wrapped_stream
     else:  # a coroutine: returns the one response, or writes with context.write()
         async def wrapped_call(request: Any,
@@ -327,9 +373,9 @@ def _aio_sealed_handler(handler: grpc.RpcMethodHandler,
             try:
                 result = await behavior(first(request), context)
             except Exception:
-                await settle(context)
+                await settle(context, request)
                 raise
-            await settle(context)
+            await settle(context, request)
             return result
         wrapped = wrapped_call
     return _rebuild(handler, wrapped, sealed.deserializer(handler.request_deserializer),

@@ -260,6 +260,14 @@ def test_sync_server_interceptors_open_and_seal_in_process(
         assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
         assert trailer(denied.value, "fastproxy-error") == "denied"
         assert trailer(denied.value, "fastproxy-proxy") == "in"
+        with grpc.insecure_channel(out.address) as through_proxy:
+            # streaming refusals reach the out-proxy's aio client with our status, every time
+            for _ in range(20):
+                with pytest.raises(grpc.RpcError) as denied_stream:
+                    list(demo_pb2_grpc.CatalogStub(through_proxy).ListItems(
+                        demo_pb2.ListItemsRequest(), timeout=5))
+                assert denied_stream.value.code() == grpc.StatusCode.PERMISSION_DENIED
+                assert trailer(denied_stream.value, "fastproxy-error") == "denied"
         with grpc.insecure_channel(f"127.0.0.1:{port}") as direct, \
                 pytest.raises(grpc.RpcError) as refused:
             demo_pb2_grpc.EchoStub(direct).ClientStream(iter([demo_pb2.EchoRequest()]),
