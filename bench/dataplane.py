@@ -38,6 +38,7 @@ if str(BENCH_DIR) not in sys.path:
 
 from harness import h2load, report  # noqa: E402
 from harness.measure import Durations, Measurement, Runner, Scenario  # noqa: E402
+from harness.procstat import tree_peak_rss_kib  # noqa: E402
 from harness.setups import ALL_SETUPS, Setup, Topology  # noqa: E402
 
 DEFAULT_SETUPS = ("direct", "nginx", "sealed", "sealed+gzip", "sealed-workers2", "embedded",
@@ -111,13 +112,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     use_h2load = h2load.available() and not args.no_h2load
     plan = scenarios(payloads, use_h2load, args.smoke)
     durations = Durations(args.seconds, args.h2load_seconds, args.rate,
-                          min_h2load_calls=40 if args.smoke else 200)
+                          min_h2load_calls=20 if args.smoke else 40)
     started_at = datetime.datetime.now(datetime.UTC)
     measurements: list[Measurement] = []
+    setups: dict[str, Setup] = {}
+    idle_rss: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="fastproxy-bench-") as tmp:
         topology = Topology(names, Path(tmp))
         try:
             setups = topology.start()
+            idle_rss = {name: {label: tree_peak_rss_kib(spawned.pid, "VmRSS")[0]
+                               for label, spawned in setup.processes.items()}
+                        for name, setup in setups.items()}
             runner = Runner(Path(tmp), durations)
             problems = check(runner, setups, payloads)
             if problems:
@@ -132,7 +138,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                         print(report.progress_line(result), flush=True)
         finally:
             topology.stop()
-    document = report.document(args, sys.argv, started_at, setups, measurements, use_h2load)
+    document = report.document(args, sys.argv, started_at, setups, measurements, use_h2load,
+                               idle_rss)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=1) + "\n")

@@ -34,7 +34,7 @@ async def _bidi(requests: AsyncIterator[bytes],
         yield message
 
 
-class EchoAnything(grpc.GenericRpcHandler):
+class EchoAnything(grpc.GenericRpcHandler):  # type: ignore[misc]
     """Unary echo for every method, stream echo for methods named `Bidi`."""
 
     _unary_handler = grpc.unary_unary_rpc_method_handler(_unary)
@@ -42,7 +42,7 @@ class EchoAnything(grpc.GenericRpcHandler):
 
     def service(self, handler_call_details: grpc.HandlerCallDetails
                 ) -> grpc.RpcMethodHandler | None:
-        method: str = handler_call_details.method  # type: ignore[attr-defined]
+        method: str = handler_call_details.method
         return self._bidi_handler if method.endswith("/Bidi") else self._unary_handler
 
 

@@ -44,11 +44,11 @@ def cpu_seconds(pid: int) -> float:
     return (utime + stime) / CLOCK_TICKS
 
 
-def peak_rss_kib(pid: int) -> int:
-    """VmHWM: the largest resident set the process has had."""
+def peak_rss_kib(pid: int, field: str = "VmHWM") -> int:
+    """VmHWM: the largest resident set the process has had (`field="VmRSS"`: the current)."""
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1])
     except OSError:
         pass
@@ -70,7 +70,7 @@ class TreeSample:
         return sum(now - earlier.cpu_by_pid.get(pid, 0.0) for pid, now in self.cpu_by_pid.items())
 
 
-def tree_peak_rss_kib(root: int) -> tuple[int, int]:
+def tree_peak_rss_kib(root: int, field: str = "VmHWM") -> tuple[int, int]:
     """(largest VmHWM of one process in the tree, sum of VmHWM over the tree)."""
-    peaks = [peak_rss_kib(pid) for pid in process_tree(root)]
+    peaks = [peak_rss_kib(pid, field) for pid in process_tree(root)]
     return max(peaks, default=0), sum(peaks)

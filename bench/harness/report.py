@@ -165,7 +165,7 @@ def targets(measurements: Sequence[Measurement], use_h2load: bool) -> Json:
 
 def document(args: argparse.Namespace, argv: Sequence[str], started_at: datetime.datetime,
              setups: dict[str, Setup], measurements: Sequence[Measurement],
-             use_h2load: bool) -> Json:
+             use_h2load: bool, idle_rss_kib: dict[str, dict[str, int]]) -> Json:
     return {
         "date": started_at.isoformat(timespec="seconds"),
         "command": "python bench/dataplane.py " + " ".join(argv[1:]),
@@ -173,7 +173,9 @@ def document(args: argparse.Namespace, argv: Sequence[str], started_at: datetime
         "machine": machine(),
         "versions": versions(),
         "setups": {name: {"skipped": s.skipped, "processes": sorted(s.processes),
-                          "entry_method": s.unary_method}
+                          "entry_method": s.unary_method,
+                          "idle_rss_mib": {label: kib / 1024 for label, kib
+                                           in idle_rss_kib.get(name, {}).items()}}
                    for name, s in setups.items()},
         "summary": summarize(measurements),
         "targets": targets(measurements, use_h2load),
@@ -183,10 +185,10 @@ def document(args: argparse.Namespace, argv: Sequence[str], started_at: datetime
 
 def _fmt(figure: Json | None, digits: int = 2) -> str:
     if not figure:
-        return "—"
+        return "-"
     if figure["n"] == 1:
         return f"{figure['median']:.{digits}f}"
-    return (f"{figure['median']:.{digits}f} ({figure['min']:.{digits}f}–"
+    return (f"{figure['median']:.{digits}f} ({figure['min']:.{digits}f}-"
             f"{figure['max']:.{digits}f})")
 
 
@@ -194,28 +196,29 @@ def _target_rows(t: Json) -> list[str]:
     def verdict(entry: Json) -> str:
         return "**met**" if entry.get("met") else "**not met**"
 
-    rows = ["| target | limit | measured (median of runs; min–max) | |", "| --- | --- | --- | --- |"]
+    rows = ["| target | limit | measured (median of runs; min-max) | |",
+            "| --- | --- | --- | --- |"]
     for setup in ("sealed", "sealed+gzip"):
         entry = t.get(f"cpu_ratio.{setup}")
         if entry:
-            rows.append(f"| CPU per call of one {setup} hop ÷ nginx hop ({t['scenario_cpu']}) "
-                        f"| ≤ 4× | {_fmt(entry)}× | {verdict(entry)} |")
+            rows.append(f"| CPU per call of one {setup} hop / nginx hop ({t['scenario_cpu']}) "
+                        f"| <= 4x | {_fmt(entry)}x | {verdict(entry)} |")
     for pct in ("p50", "p99"):
         entry = t.get(f"added_{pct}_ms.sealed")
         if entry:
             rows.append(f"| added {pct}, both proxies, one call in flight "
-                        f"({t['scenario_latency']}) | ≤ {entry['target_max']:.1f} ms "
+                        f"({t['scenario_latency']}) | <= {entry['target_max']:.1f} ms "
                         f"| {_fmt(entry)} ms | {verdict(entry)} |")
-    for key, what in (("proxy_peak_rss_mib.up_to_1KiB", "payloads ≤ 1 KiB"),
+    for key, what in (("proxy_peak_rss_mib.up_to_1KiB", "payloads <= 1 KiB"),
                       ("proxy_peak_rss_mib.all_payloads", "all payloads, up to 1 MiB")):
         entry = t.get(key)
         if entry:
-            rows.append(f"| proxy peak RSS under load ({what}) | ≤ 40 MB "
+            rows.append(f"| proxy peak RSS under load ({what}) | <= 40 MB "
                         f"| {entry['max']:.1f} MiB | {verdict(entry)} |")
     entry = t.get("workers2_throughput_ratio")
     if entry:
-        rows.append(f"| `--workers 2` ÷ 1 throughput ({t['scenario_cpu']}) | ≥ 1.7× "
-                    f"| {_fmt(entry)}× | {verdict(entry)} |")
+        rows.append(f"| `--workers 2` / 1 throughput ({t['scenario_cpu']}) | >= 1.7x "
+                    f"| {_fmt(entry)}x | {verdict(entry)} |")
     return rows
 
 
@@ -232,7 +235,7 @@ def markdown(doc: Json) -> str:
         f"grpcio {v['grpcio']}, protobuf {v['protobuf']}, cryptography {v['cryptography']}, "
         f"nginx {v['nginx']}, {v['h2load']}; {doc['date']}.",
         "",
-        "Each figure is the median over the runs, with min–max in brackets. CPU is seconds "
+        "Each figure is the median over the runs, with min-max in brackets. CPU is seconds "
         "per 1,000 calls (= ms per call) of each process over the measured window only. "
         "One sealed hop = mean of the out-proxy's and the in-proxy's CPU per call (each "
         "proxy both receives and sends every message once, as an nginx hop does). Latency "
@@ -269,7 +272,9 @@ def markdown(doc: Json) -> str:
                       if "peak_rss_mib." + label in f]
             if values:
                 peaks.append(f"{label} {max(values):.1f} MiB")
-        lines += ["", "Peak RSS (VmHWM, largest process): " + ", ".join(peaks) + ".", ""]
+        idle = ", ".join(f"{label} {mib:.1f} MiB" for label, mib in setup["idle_rss_mib"].items())
+        lines += ["", "Peak RSS (VmHWM, largest process of each): " + ", ".join(peaks)
+                  + f". RSS at start, before any load: {idle}.", ""]
     lines.append(END)
     return "\n".join(lines)
 
