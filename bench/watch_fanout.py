@@ -32,9 +32,13 @@ from fastproxy.v1 import policy_pb2 as pb
 SERVICES = ("svc_a", "svc_b", "svc_c", "svc_d")
 
 
+def _random_secret() -> str:
+    return base64.b64encode(os.urandom(32)).decode()
+
+
 def policy_yaml(timeout_ms: int) -> str:
     keys = "\n".join(
-        f"  {s}-id: {{type: hmac-sha256, secret: \"base64:{base64.b64encode(os.urandom(32)).decode()}\"}}"
+        f"  {s}-id: {{type: hmac-sha256, secret: \"base64:{_random_secret()}\"}}"
         for s in SERVICES)
     services = "\n".join(
         f"  {s}:\n    identity: {{key: {s}-id}}\n    grpc_services: [bench.{s}.Svc]\n"
