@@ -49,8 +49,8 @@ def open_policy_source(node: NodeIdentity, compile_snapshot: Compile[T],
     try:
         source.load()
     except PolicyError as exc:
-        raise PolicySourceError(f"--policy {policy_file} refused:\n  "
-                                + "\n  ".join(exc.errors)) from None
+        raise PolicySourceError(f"--policy {policy_file} refused: "
+                                + "; ".join(exc.errors)) from None
     except (NodePolicyError, OSError, ValueError) as exc:
         raise PolicySourceError(f"--policy {policy_file} refused: {exc}") from None
     return source

@@ -489,3 +489,78 @@ def random_payload(size: int, seed: int = 0) -> bytes:
 
 def stream_requests(payloads: Sequence[bytes]) -> Iterator[bytes]:
     yield from payloads
+
+
+# --- TLS material ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Pki:
+    """A test CA and, per name, `cert` and `key` PEM files signed by it (CN = the name,
+    SANs: the name and 127.0.0.1)."""
+
+    ca: Path
+    files: dict[str, tuple[Path, Path]]
+
+    def cert(self, name: str) -> Path:
+        return self.files[name][0]
+
+    def key(self, name: str) -> Path:
+        return self.files[name][1]
+
+    def flags(self, name: str) -> tuple[str, ...]:
+        return ("--tls-cert", str(self.cert(name)), "--tls-key", str(self.key(name)),
+                "--tls-ca", str(self.ca))
+
+    def client_credentials(self, name: str | None) -> grpc.ChannelCredentials:
+        """TLS trusting the CA; with the certificate of `name`, or none."""
+        if name is None:
+            return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes())
+        return grpc.ssl_channel_credentials(root_certificates=self.ca.read_bytes(),
+                                            private_key=self.key(name).read_bytes(),
+                                            certificate_chain=self.cert(name).read_bytes())
+
+
+def make_pki(directory: Path, names: Sequence[str]) -> Pki:
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    valid = (now - datetime.timedelta(minutes=5), now + datetime.timedelta(days=1))
+
+    def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastproxy test CA")])
+    ca_cert = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name)
+               .public_key(ca_key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(valid[0]).not_valid_after(valid[1])
+               .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+               .sign(ca_key, hashes.SHA256()))
+    ca_path = directory / "ca.pem"
+    ca_path.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    files: dict[str, tuple[Path, Path]] = {}
+    for name in names:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder()
+                .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+                .issuer_name(ca_name).public_key(key.public_key())
+                .serial_number(x509.random_serial_number())
+                .not_valid_before(valid[0]).not_valid_after(valid[1])
+                .add_extension(x509.SubjectAlternativeName([
+                    x509.DNSName(name.replace("_", "-")),
+                    x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+                .sign(ca_key, hashes.SHA256()))
+        cert_path, key_path = directory / f"{name}.pem", directory / f"{name}.key"
+        cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        key_path.write_bytes(pem_key(key))
+        files[name] = (cert_path, key_path)
+    return Pki(ca_path, files)
