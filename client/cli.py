@@ -386,11 +386,18 @@ def add_keys_commands(subparsers: Subparsers) -> None:
     gen.add_argument("--json", action="store_true", help="print JSON instead of YAML")
 
 
-# A new subcommand (e.g. `fastproxy demo`) is one more `add_*_command(subparsers)` here.
+def add_demo(subparsers: Subparsers) -> None:
+    from fastproxy.demo import add_demo_command
+
+    add_demo_command(subparsers, add_command)
+
+
+# A new subcommand is one more `add_*_command(subparsers)` here.
 COMMANDS: list[Callable[[Subparsers], None]] = [
     add_policy_commands,
     add_nodes_command,
     add_keys_commands,
+    add_demo,
 ]
 
 
