@@ -56,48 +56,69 @@ def open_policy_source(node: NodeIdentity, compile_snapshot: Compile[T],
     return source
 
 
+_shared_lock = threading.Lock()
+_shared: asyncio.AbstractEventLoop | None = None
+
+
+def shared_loop() -> asyncio.AbstractEventLoop:
+    """One event loop, on one daemon thread, for every watcher of this process whose host is
+    not asyncio (or must not use the app's loop). grpc.aio delivers a call's completions to
+    the call's loop from its own poller thread; a loop closed while a channel winds down
+    makes that fail ("Event loop is closed"), so this loop lives as long as the process."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, name="fastproxy-policy",
+                             daemon=True).start()
+            _shared = loop
+        return _shared
+
+
 class PolicyThread:
-    """Runs one policy source's `run()` on a private event loop in a daemon thread.
+    """Runs one policy source's `run()` on the shared background loop.
 
     The holder it fills is read from any thread (`holder.current` is one reference);
     `wait_loaded` blocks until the first policy is in. `stop` cancels the watcher (which
-    ends its Center stream, hence the endpoint registration) and joins the thread.
+    ends its Center stream, hence the endpoint registration) and waits for it to end.
     """
 
     def __init__(self, source: PolicySource[Any], name: str = "fastproxy-policy") -> None:
         self._source = source
-        self._loop = asyncio.new_event_loop()
+        self.name = name
         self._task: asyncio.Task[None] | None = None
         self._loaded = threading.Event()
-        self._thread = threading.Thread(target=self._main, name=name, daemon=True)
         source.holder.on_change(lambda _policy: self._loaded.set())
         if source.holder.current is not None:
             self._loaded.set()
 
     def start(self) -> PolicyThread:
-        self._task = self._loop.create_task(self._source.run())
-        self._thread.start()
+        async def create() -> asyncio.Task[None]:
+            return asyncio.get_running_loop().create_task(self._guarded(), name=self.name)
+
+        self._task = asyncio.run_coroutine_threadsafe(create(), shared_loop()).result()
         return self
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
         return self._loaded.wait(timeout)
 
     def stop(self, timeout: float = 5.0) -> None:
-        if not self._thread.is_alive():
-            return
         task = self._task
-        if task is not None:
-            self._loop.call_soon_threadsafe(task.cancel)
-        self._thread.join(timeout)
+        if task is None or task.done():
+            return
 
-    def _main(self) -> None:
-        asyncio.set_event_loop(self._loop)
-        try:
-            assert self._task is not None
+        async def cancel() -> None:
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
-                self._loop.run_until_complete(self._task)
+                await task
+
+        with contextlib.suppress(TimeoutError):
+            asyncio.run_coroutine_threadsafe(cancel(), shared_loop()).result(timeout)
+
+    async def _guarded(self) -> None:
+        try:
+            await self._source.run()
+        except asyncio.CancelledError:
+            raise
         except Exception:  # a watcher must not die silently
-            log.exception("policy source stopped")
-        finally:
-            self._loop.run_until_complete(self._loop.shutdown_asyncgens())
-            self._loop.close()
+            log.exception("policy source %s stopped", self.name)
