@@ -280,6 +280,70 @@ async def _drain(requests: AsyncIterator[bytes], limit_s: float = REFUSAL_DRAIN_
         await asyncio.wait_for(read_all(), limit_s)
 
 
+_CORE_WRITE_FAILURE = "Internal error from Core"
+# How long to wait for the status a peer really sent, once grpc has reported the above.
+SETTLE_STATUS_S = 0.5
+
+
+def _value_now(coroutine: Any) -> Any:
+    """The result of a grpc.aio call accessor that already has it (the call is done), read
+    without an event loop turn; None if it would have to wait."""
+    try:
+        coroutine.send(None)
+    except StopIteration as finished:
+        return finished.value
+    coroutine.close()
+    return None
+
+
+class _StatusLog:
+    """Every status grpc.aio sets on an upstream call, in order.
+
+    Why: when the upstream ends a call before reading all our request messages
+    (UNIMPLEMENTED for a method it lacks, an early abort, an in-proxy refusal), a write of
+    ours that was in flight fails, and grpc.aio (1.85, grpc/grpc#36066) sets the call's
+    status to INTERNAL "Internal error from Core", before or after the status the upstream
+    really sent, which may then be lost (measured: 40-60 of 100 calls to a missing method
+    came back INTERNAL). grpc runs a call's done callbacks each time it sets a status, so
+    recording them keeps the real one.
+    """
+
+    __slots__ = ("seen",)
+
+    def __init__(self, call: Any) -> None:
+        self.seen: list[tuple[grpc.StatusCode, str, Any]] = []
+        call.add_done_callback(self._record)
+
+    def _record(self, call: Any) -> None:
+        code = _value_now(call.code())
+        if code is not None:
+            self.seen.append((code, _value_now(call.details()) or "",
+                              _value_now(call.trailing_metadata())))
+
+    def _real(self) -> tuple[grpc.StatusCode, str, Any] | None:
+        for code, details, trailers in self.seen:
+            if code != grpc.StatusCode.INTERNAL or details != _CORE_WRITE_FAILURE:
+                return code, details, trailers
+        return None
+
+    async def settled(self, failed: grpc.aio.AioRpcError,
+                      limit_s: float = SETTLE_STATUS_S) -> grpc.aio.AioRpcError:
+        """`failed`, or the status the upstream really sent when grpc reported its failed
+        write instead (waiting up to `limit_s` for that status to arrive)."""
+        if failed.code() != grpc.StatusCode.INTERNAL or failed.details() != _CORE_WRITE_FAILURE:
+            return failed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        real = self._real()
+        while real is None and loop.time() < deadline:
+            await asyncio.sleep(0.002)
+            real = self._real()
+        if real is None:
+            return failed
+        code, details, trailers = real
+        return grpc.aio.AioRpcError(code, failed.initial_metadata(), trailers, details)
+
+
 class ForwardingHandler(grpc.GenericRpcHandler):
     """Takes every method; register it after any service of the proxy's own (health)."""
 
@@ -309,6 +373,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         call = self._pool.channel(endpoint).stream_stream(method, None, None)(
             pump.messages(), timeout=timeout,
             metadata=forwarded_request_metadata(metadata, plan.added_metadata))
+        statuses = _StatusLog(call)
         try:
             initial = forwarded_response_metadata(await call.initial_metadata())
             if initial:
@@ -325,6 +390,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                 await _drain(requests)
                 await self._refuse(context, method, pump.error)
             else:
+                failed = await statuses.settled(failed)
                 await self._pass_failure(context, method, endpoint, failed, timeout, started)
         except FastProxyError as err:
             call.cancel()

@@ -152,3 +152,18 @@ def test_client_cancel_reaches_the_upstream(out_address: str,
         stream.cancel()
     record = upstream.wait_record(call_id, "cancelled", timeout_s=5)
     assert record["cancelled"] is True
+
+
+def test_an_upstream_answering_before_reading_the_request_keeps_its_status(
+        out_address: str) -> None:
+    """The upstream lacks the method: it answers UNIMPLEMENTED at once, while the proxies
+    may still be writing the request (grpc.aio used to turn that into INTERNAL)."""
+    payload = b"x" * 10
+    with channel(out_address) as ch:
+        method = ch.unary_unary("/test.v1.Echo/Missing")
+        futures = [method.future(payload, timeout=10) for _ in range(100)]
+        for future in futures:
+            with pytest.raises(grpc.RpcError) as raised:
+                future.result()
+            assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
+            assert reason_of(raised.value) is None
