@@ -386,6 +386,12 @@ def add_keys_commands(subparsers: Subparsers) -> None:
     gen.add_argument("--json", action="store_true", help="print JSON instead of YAML")
 
 
+def add_health(subparsers: Subparsers) -> None:
+    from fastproxy.cli_health import add_health_command
+
+    add_health_command(subparsers)
+
+
 def add_demo(subparsers: Subparsers) -> None:
     from fastproxy.demo import add_demo_command
 
@@ -397,6 +403,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_policy_commands,
     add_nodes_command,
     add_keys_commands,
+    add_health,
     add_demo,
 ]
 

@@ -1,0 +1,127 @@
+"""Writes the configuration docker/compose.yaml mounts: a policy whose secrets are files,
+the key files, a CA with certificates for the Center, node and admin tokens.
+
+    python docker/make_config.py docker/config
+
+Run once before `docker compose up`; it refuses to overwrite an existing folder. Nothing it
+writes is committed: every deployment makes its own keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import ipaddress
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.x509.oid import NameOID
+
+MOUNT = "/etc/fastproxy"  # where compose.yaml mounts the folder
+
+POLICY = """\
+version: 1
+keys:
+  song-enc-v1: {{type: aes-256-gcm, secret: "file:{mount}/keys/song-enc-v1.key"}}
+  song-id-v1: {{type: ed25519, private: "file:{mount}/keys/song-id-v1.pem"}}
+  chat-id-v1: {{type: hmac-sha256, secret: "file:{mount}/keys/chat-id-v1.key"}}
+services:
+  song_service:
+    grpc_services: [demo.v1.Echo, demo.v1.Catalog]
+    identity: {{key: song-id-v1}}
+    encrypt: {{key: song-enc-v1}}
+    compress: {{algorithm: gzip, min_bytes: 1024}}
+    timeout_ms: 2000
+    allow:
+      - caller: "*"
+        methods: ["/demo.v1.Catalog/Count"]
+        rate_limit: {{rps: 1, burst: 1}}
+      - caller: chat_service
+        methods: ["/demo.v1.Echo/*", "/demo.v1.Catalog/GetItem", "/demo.v1.Catalog/ListItems"]
+        rate_limit: {{rps: 500, burst: 100}}
+  chat_service:
+    identity: {{key: chat-id-v1}}
+"""
+
+
+def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption())
+
+
+def _certificate(common_name: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
+                 signer: ec.EllipticCurvePrivateKey, *, ca: bool,
+                 dns: tuple[str, ...] = (), ips: tuple[str, ...] = ()) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (x509.CertificateBuilder()
+               .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+               .issuer_name(issuer)
+               .public_key(key.public_key())
+               .serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5))
+               .not_valid_after(now + datetime.timedelta(days=365))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    names: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+    names += [x509.IPAddress(ipaddress.ip_address(i)) for i in ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
+    return builder.sign(signer, hashes.SHA256())
+
+
+def make_config(out: Path, mount: str = MOUNT) -> None:
+    """Writes the folder `out`, which the processes will see at `mount`."""
+    _write(out / "policy.yaml", POLICY.format(mount=mount).encode(), 0o644)
+    _write(out / "keys/song-enc-v1.key", base64.b64encode(os.urandom(32)) + b"\n")
+    _write(out / "keys/chat-id-v1.key", base64.b64encode(os.urandom(32)) + b"\n")
+    _write(out / "keys/song-id-v1.pem", Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption()))
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastproxy-demo-ca")])
+    ca = _certificate("fastproxy-demo-ca", ca_key, ca_name, ca_key, ca=True)
+    center_key = ec.generate_private_key(ec.SECP256R1())
+    center = _certificate("center", center_key, ca_name, ca_key, ca=False,
+                          dns=("center", "localhost"), ips=("127.0.0.1",))
+    _write(out / "tls/ca.pem", ca.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(out / "tls/center.pem", center.public_bytes(serialization.Encoding.PEM), 0o644)
+    _write(out / "tls/center-key.pem", _pem_key(center_key))
+
+    tokens = {name: secrets.token_urlsafe(24)
+              for name in ("song_service", "chat_service", "admin")}
+    _write(out / "node-tokens", (f"song_service: {tokens['song_service']}\n"
+                                 f"chat_service: {tokens['chat_service']}\n").encode())
+    _write(out / "admin-tokens", f"admin: {tokens['admin']}\n".encode())
+    for env_name, token in (("song.env", tokens["song_service"]),
+                            ("chat.env", tokens["chat_service"]),
+                            ("admin.env", tokens["admin"])):
+        _write(out / env_name, f"FASTPROXY_TOKEN={token}\n".encode())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path)
+    args = parser.parse_args()
+    if args.folder.exists() and any(args.folder.iterdir()):
+        print(f"make_config: error: {args.folder} exists and is not empty", file=sys.stderr)
+        return 2
+    make_config(args.folder)
+    print(f"wrote {args.folder}: policy.yaml, keys/, tls/, node-tokens, admin-tokens, *.env")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

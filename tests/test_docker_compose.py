@@ -1,0 +1,151 @@
+"""docker/compose.yaml runs for real, minus Docker: no engine runs here, so this test reads
+the compose file and runs the very same commands, configuration and health checks on
+loopback (service names and ports mapped to free 127.0.0.1 ports, mounts to temporary
+folders). If the compose file and the product drift apart, this fails."""
+
+from __future__ import annotations
+
+import os
+import re
+import runpy
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCKER = ROOT / "docker"
+THIRD_PARTY = {"otel-collector"}  # an upstream image; nothing of ours runs in it
+ONE_SHOT = {"client"}
+CONFIG_MOUNT = "/etc/fastproxy"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LoopbackCompose:
+    def __init__(self, compose: dict[str, Any], workdir: Path) -> None:
+        self.services: dict[str, dict[str, Any]] = compose["services"]
+        self.workdir = workdir
+        hosts = "|".join(re.escape(name) for name in [*self.services, "0.0.0.0", "127.0.0.1"])
+        self.address = re.compile(rf"^(?:[a-z]+://)?({hosts}):(\d+)$")
+        self.ports: dict[str, int] = {}
+
+    def _port(self, port: str) -> int:
+        return self.ports.setdefault(port, _free_port())
+
+    def rewrite(self, service: str, arg: str) -> str:
+        match = self.address.match(arg)
+        if match:
+            scheme = arg[: arg.index(match.group(1))]
+            return f"{scheme}127.0.0.1:{self._port(match.group(2))}"
+        for volume in self.services[service].get("volumes", []):
+            source, target = volume.split(":")[:2]
+            local = (self.workdir / "config" if source == "./config"
+                     else self.workdir / f"{service}-{source.strip('./')}")
+            local.mkdir(parents=True, exist_ok=True)
+            arg = arg.replace(target, str(local))
+        return arg
+
+    def argv(self, service: str, words: list[str]) -> list[str]:
+        args = [self.rewrite(service, word) for word in words]
+        if args[0] == "python":
+            return [sys.executable, *args[1:]]
+        if args[0] == "fastproxy":
+            return [sys.executable, "-m", "fastproxy.cli", *args[1:]]
+        raise AssertionError(f"{service}: unexpected program {args[0]!r}")
+
+    def env(self, service: str) -> dict[str, str]:
+        spec = self.services[service]
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        for env_file in spec.get("env_file", []):
+            path = self.workdir / "config" / Path(env_file).name
+            for line in path.read_text().splitlines():
+                key, _, value = line.partition("=")
+                env[key] = value
+        for key, value in (spec.get("environment") or {}).items():
+            env[key] = self.rewrite(service, str(value))
+        return env
+
+    def order(self) -> Iterator[str]:
+        done: set[str] = set()
+        pending = [s for s in self.services if s not in THIRD_PARTY]
+        while pending:
+            ready = [s for s in pending
+                     if set(self.services[s].get("depends_on", {})) - THIRD_PARTY <= done]
+            assert ready, f"depends_on cycle among {pending}"
+            for service in ready:
+                yield service
+                done.add(service)
+                pending.remove(service)
+
+
+def _healthy(compose: LoopbackCompose, service: str, process: subprocess.Popen[bytes],
+             timeout_s: float) -> bool:
+    check = compose.argv(service, compose.services[service]["healthcheck"]["test"][1:])
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        if subprocess.run(check, capture_output=True, timeout=30,
+                          env=compose.env(service)).returncode == 0:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_compose_stack_runs_on_loopback_and_the_client_succeeds(tmp_path: Path) -> None:
+    compose_file = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    make_config = runpy.run_path(str(DOCKER / "make_config.py"))["make_config"]
+    make_config(tmp_path / "config", mount=str(tmp_path / "config"))
+    compose = LoopbackCompose(compose_file, tmp_path)
+    running: dict[str, subprocess.Popen[bytes]] = {}
+    logs: dict[str, Path] = {}
+    try:
+        for service in compose.order():
+            spec = compose.services[service]
+            assert spec["image"] == "fastproxy:dev", service
+            argv = compose.argv(service, spec["command"])
+            logs[service] = tmp_path / f"{service}.log"
+            with logs[service].open("wb") as log:
+                if service in ONE_SHOT:
+                    done = subprocess.run(argv, env=compose.env(service), stdout=log,
+                                          stderr=subprocess.STDOUT, timeout=90)
+                    output = logs[service].read_text()
+                    assert done.returncode == 0, output
+                    assert "0 unexpected" in output, output
+                    continue
+                running[service] = subprocess.Popen(argv, env=compose.env(service),
+                                                    stdout=log, stderr=subprocess.STDOUT)
+            if not _healthy(compose, service, running[service], 40):
+                pytest.fail(f"{service} never became healthy:\n{logs[service].read_text()}")
+    finally:
+        for process in reversed(list(running.values())):
+            process.send_signal(signal.SIGTERM)
+        codes: dict[str, int | str] = {}
+        for service, process in running.items():
+            try:
+                codes[service] = process.wait(20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                codes[service] = "killed"
+    assert all(code == 0 for code in codes.values()), codes
+    assert set(running) == {"center", "server", "in-proxy", "out-proxy"}
+
+
+def test_compose_file_names_only_our_image_or_the_collector() -> None:
+    compose_file = yaml.safe_load((DOCKER / "compose.yaml").read_text())
+    images = {name: spec.get("image") for name, spec in compose_file["services"].items()}
+    assert images.pop("otel-collector").startswith("otel/opentelemetry-collector")
+    assert set(images.values()) == {"fastproxy:dev"}
+    for name, spec in compose_file["services"].items():
+        if name not in THIRD_PARTY | ONE_SHOT:
+            assert spec["healthcheck"]["test"][:3] == ["CMD", "fastproxy", "health"], name
