@@ -39,9 +39,10 @@ def _server_credentials(config: ProxyConfig) -> grpc.ServerCredentials | None:
 
 
 def _upstream_credentials(config: ProxyConfig) -> grpc.ChannelCredentials | None:
-    """The out-proxy's hop to in-proxies is TLS when this node has TLS material; the
+    """The out-proxy's hop to in-proxies is mutual TLS when this node has a certificate of
+    its own (in-proxies then serve TLS too); `--tls-ca` alone only verifies the Center. The
     in-proxy's hop to its own service stays plaintext (same host)."""
-    if config.role != "out" or not (config.tls_ca or config.tls_cert):
+    if config.role != "out" or not config.tls_cert:
         return None
     return grpc.ssl_channel_credentials(root_certificates=config.tls_ca,
                                         private_key=config.tls_key,

@@ -74,11 +74,12 @@ def build_parser() -> OneLineArgumentParser:
                              "snapshots signed by any other key are refused")
     parser.add_argument("--tls-cert", metavar="FILE",
                         help="this node's certificate (PEM): TLS on the listener, client "
-                             "certificate towards the Center and in-proxies")
+                             "certificate towards the Center and (out-proxy) mutual TLS "
+                             "to in-proxies")
     parser.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert (PEM)")
     parser.add_argument("--tls-ca", metavar="FILE",
-                        help="CA that verifies the Center and peer proxies (and, on the "
-                             "listener, requires client certificates signed by it)")
+                        help="CA that verifies the Center and peer proxies (with "
+                             "--tls-cert, the listener requires client certificates it signed)")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message in either direction (default 64 MiB)")
     parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
