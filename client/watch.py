@@ -158,6 +158,10 @@ class CenterWatcher(Generic[T]):
                     else:
                         log.info("watch stream to %s ended: %s %s", self.center,
                                  exc.code().name, exc.details())
+                if self.connected.is_set():
+                    # The stream was up: this is a new outage, so back off from the start
+                    # (not from where the last outage left it, up to max_backoff_s).
+                    backoff = self.initial_backoff_s
                 self.connected.clear()
                 self.reconnects += 1
                 delay = random.uniform(0.5, 1.0) * backoff

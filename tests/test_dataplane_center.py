@@ -270,3 +270,15 @@ def test_the_proxies_reconnect_and_ack_the_newest_revision_when_the_center_is_ba
     revision, took = serving.apply(serving.policy.with_(timeout_ms=2500), "after restart")
     assert revision == latest + 1
     assert took <= TAKES_EFFECT_S
+
+
+def test_a_second_center_outage_is_bridged_as_fast_as_the_first(serving: CenterStack) -> None:
+    """The watch stream backs off from the start after each outage, not from where the
+    previous outage left it (which, after a few seconds down, is several seconds)."""
+    assert serving.center is not None
+    latest = serving.admin.nodes().latest_revision
+    serving.center.kill()
+    serving.start_center()
+    back = time.monotonic()
+    serving.admin.wait_acked((IN_NODE, OUT_NODE), latest, timeout=15)
+    assert time.monotonic() - back <= 3.0
