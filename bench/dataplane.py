@@ -81,6 +81,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="calls/s of the fixed-rate latency measurement")
     parser.add_argument("--no-h2load", action="store_true", help="Python client only")
     parser.add_argument("--json", type=Path, help="write the raw figures here")
+    parser.add_argument("--report-only", type=Path, metavar="JSON",
+                        help="measure nothing: rewrite --markdown from an earlier --json file")
     parser.add_argument("--markdown", type=Path,
                         help="replace the data-plane section of this file (docs/benchmarks.md)")
     args = parser.parse_args(argv)
@@ -105,8 +107,26 @@ def check(runner: Runner, setups: dict[str, Setup], payloads: Sequence[int]) -> 
     return problems
 
 
+def rewrite_report(args: argparse.Namespace) -> int:
+    """Recomputes summary and targets from the raw measurements of an earlier run."""
+    document = json.loads(args.report_only.read_text())
+    measurements = [Measurement(**raw) for raw in document["measurements"]]
+    use_h2load = any(m.tool == "h2load" for m in measurements)
+    document["summary"] = report.summarize(measurements)
+    document["targets"] = report.targets(measurements, use_h2load)
+    args.report_only.write_text(json.dumps(document, indent=1) + "\n")
+    summary = report.markdown(document)
+    if args.markdown:
+        report.replace_section(args.markdown, summary)
+    else:
+        print(summary)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.report_only:
+        return rewrite_report(args)
     names = [name.strip() for name in args.setups.split(",") if name.strip()]
     payloads = [int(size) for size in args.payloads.split(",")]
     use_h2load = h2load.available() and not args.no_h2load

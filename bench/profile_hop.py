@@ -31,6 +31,22 @@ from harness.pyload import payload  # noqa: E402
 from harness.setups import Topology  # noqa: E402
 
 _LINE = re.compile(r":\d+\)$")
+# a sample counts for a category when any frame of its stack contains one of the strings
+CATEGORIES: dict[str, tuple[str, ...]] = {
+    "security pipeline (fastproxy core: seal/open, sign, authz, rate limit, policy)": (
+        "client/pipeline.py", "client/envelope.py", "client/node_policy.py",
+        "client/authz.py", "client/ratelimit.py", "client/replay.py",
+        "client/compression.py", "hmac.py"),
+    "new upstream call object (MultiCallable.__call__, StreamStreamCall init/_prepare_rpc)": (
+        "_prepare_rpc", "StreamStreamCall.__init__", "MultiCallable.__call__"),
+    "upstream request writes (_write, _done_writing, request iterator)": (
+        "_StreamRequestMixin._write", "_done_writing", "_consume_request_iterator"),
+    "upstream response reads (_read)": ("_StreamResponseMixin._read",),
+    "grpc poller thread (C-core polling, Thread.run)": ("Thread.run",),
+    "asyncio selector wait (EpollSelector.select)": ("EpollSelector.select",),
+    "metadata conversion (proxy_svc/metadata.py)": ("proxy_svc/metadata.py",),
+    "logging": ("logging/",),
+}
 
 
 def frame_name(frame: str) -> str:
@@ -46,6 +62,7 @@ def frame_name(frame: str) -> str:
 def summarize(folded: str, title: str, seconds: float, top: int = 30) -> str:
     self_samples: collections.Counter[str] = collections.Counter()
     inclusive: collections.Counter[str] = collections.Counter()
+    categories: collections.Counter[str] = collections.Counter()
     total = 0
     for line in folded.splitlines():
         stack, _, count_text = line.rpartition(" ")
@@ -57,13 +74,25 @@ def summarize(folded: str, title: str, seconds: float, top: int = 30) -> str:
         self_samples[frames[-1]] += count
         for frame in set(frames[1:]):  # frames[0] is the thread
             inclusive[frame] += count
+        for category, needles in CATEGORIES.items():
+            if any(needle in frame for frame in stack.split(";") for needle in needles):
+                categories[category] += count
     lines = [f"{title}: {total} samples in {seconds:.0f} s at 100 Hz "
              f"(active threads only; {total / max(seconds * 100, 1):.0%} of one core-second "
-             f"per second)", "", "self (on top of the stack):"]
-    lines += [f"  {count / total:6.1%}  {name}" for name, count in self_samples.most_common(top)]
+             f"per second)", "", "by category (a sample may count in several):"]
+    lines += [f"  {categories[name] / max(total, 1):6.1%}  {name}" for name in CATEGORIES]
+    lines += ["", "self (on top of the stack):"]
+    lines += [f"  {count / max(total, 1):6.1%}  {name}"
+              for name, count in self_samples.most_common(top)]
     lines += ["", "inclusive (anywhere on the stack):"]
-    lines += [f"  {count / total:6.1%}  {name}" for name, count in inclusive.most_common(top)]
+    lines += [f"  {count / max(total, 1):6.1%}  {name}"
+              for name, count in inclusive.most_common(top)]
     return "\n".join(lines) + "\n"
+
+
+def resummarize(folded: Path, seconds: float) -> str:
+    """The summary of an existing `.folded` file (e.g. after changing CATEGORIES)."""
+    return summarize(folded.read_text(), folded.stem.removeprefix("profile-"), seconds)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -71,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
+    parser.add_argument("--python-only", action="store_true",
+                        help="Python frames only (no --native); files end in -python")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -89,9 +120,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             recorders = {}
             for label in ("out-proxy", "in-proxy"):
-                folded = args.out / f"profile-{label}.folded"
+                suffix = "-python" if args.python_only else ""
+                folded = args.out / f"profile-{label}{suffix}.folded"
                 recorders[label] = (folded, subprocess.Popen(
-                    [py_spy, "record", "--pid", str(setup.processes[label].pid), "--native",
+                    [py_spy, "record", "--pid", str(setup.processes[label].pid),
+                     *(() if args.python_only else ("--native",)),
                      "--duration", str(int(args.seconds)), "--rate", "100",
                      "--format", "raw", "--output", str(folded)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
@@ -102,7 +135,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     return 1
                 text = summarize(folded.read_text(), f"{label}, {args.size} B unary under "
                                  "h2load -c 4 -m 16 (sealed setup)", args.seconds)
-                (args.out / f"profile-{label}.txt").write_text(text)
+                (args.out / folded.name.replace(".folded", ".txt")).write_text(text)
                 print(text)
         finally:
             if load is not None and load.poll() is None:

@@ -142,7 +142,8 @@ def targets(measurements: Sequence[Measurement], use_h2load: bool) -> Json:
                                              "met": statistics.median(values) <= limit}
     peaks = [m.peak_rss_kib[p] / 1024 for m in measurements if m.valid
              and m.setup.startswith("sealed") for p in PROXIES if p in m.peak_rss_kib]
-    small = [m.peak_rss_kib[p] / 1024 for m in measurements if m.valid
+    # VmHWM never falls: only the first run's small-payload figures come before any 64 KiB
+    small = [m.peak_rss_kib[p] / 1024 for m in measurements if m.valid and m.run == 1
              and m.setup.startswith("sealed") and m.size <= TARGET_SCENARIO_SIZE
              for p in PROXIES if p in m.peak_rss_kib]
     if peaks:

@@ -188,7 +188,9 @@ class Topology:
                 # in-proxy (h2load cannot seal, so Python client figures only).
                 setup.skipped = ("the SDK's embedded mode is not in the tree yet"
                                  if not embedded_available() else
-                                 "embedded mode found but the harness does not drive it yet")
+                                 "the SDK's embedded mode (`fastproxy.aio_client_interceptors("
+                                 "..., embedded=True)`) arrived after this harness; driving "
+                                 "it from the Python client is still to do")
             elif name == "observed":
                 # TODO(observed): the sealed chain with tracing and metrics exported, once the
                 # observability issue adds the flags; same processes as `sealed`.
