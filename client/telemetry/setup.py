@@ -1,0 +1,194 @@
+"""Configures OpenTelemetry for one process from the standard `OTEL_*` environment variables.
+
+What is read here (everything else is read by the SDK and exporters themselves):
+- `OTEL_SDK_DISABLED=true`: nothing is configured.
+- `OTEL_TRACES_EXPORTER` / `OTEL_METRICS_EXPORTER`: `otlp`, `console` or `none`. Unset, an
+  exporter is `otlp` only when an OTLP endpoint is configured (`OTEL_EXPORTER_OTLP_ENDPOINT`
+  or the signal's `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `..._METRICS_ENDPOINT`): with no
+  exporter configured, no tracer is installed and the hot path does no tracing work.
+- `OTEL_EXPORTER_OTLP_PROTOCOL` (or the signal's `..._TRACES_PROTOCOL` /
+  `..._METRICS_PROTOCOL`): `grpc` (default) or `http/protobuf`.
+Read by the SDK: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`,
+`OTEL_BSP_*` (batching), `OTEL_METRIC_EXPORT_INTERVAL`, and by the exporters the endpoint,
+headers, timeout, compression and certificate variables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from opentelemetry import metrics as otel_metrics
+from opentelemetry import trace
+
+log = logging.getLogger("fastproxy.telemetry")
+
+GRPC = "grpc"
+HTTP_PROTOBUF = "http/protobuf"
+
+
+class TelemetryConfigError(ValueError):
+    """An `OTEL_*` value this process cannot use; the message names the variable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """What `configure_telemetry` installed. `tracer_provider` is None when tracing is off
+    (no exporter): callers check that once and create no spans at all."""
+
+    tracer_provider: Any | None
+    meter_provider: Any | None
+    metrics_port: int | None = None
+
+    @property
+    def tracing(self) -> bool:
+        return self.tracer_provider is not None
+
+    @property
+    def metrics(self) -> bool:
+        return self.meter_provider is not None
+
+    def tracer(self, name: str) -> trace.Tracer | None:
+        return None if self.tracer_provider is None else self.tracer_provider.get_tracer(name)
+
+    def meter(self, name: str) -> otel_metrics.Meter | None:
+        return None if self.meter_provider is None else self.meter_provider.get_meter(name)
+
+    def shutdown(self) -> None:
+        """Flushes what is batched (also done at interpreter exit by the SDK)."""
+        for provider in (self.tracer_provider, self.meter_provider):
+            if provider is not None:
+                provider.shutdown()
+
+
+TELEMETRY_OFF = Telemetry(None, None)
+_installed: Telemetry | None = None
+
+
+def exporter_name(signal: str, env: Mapping[str, str]) -> str:
+    """`otlp`, `console` or `none` for `signal` ("traces" or "metrics")."""
+    explicit = env.get(f"OTEL_{signal.upper()}_EXPORTER", "").strip().lower()
+    if explicit:
+        names = [name.strip() for name in explicit.split(",") if name.strip()]
+        for name in names:
+            if name not in ("otlp", "console", "none"):
+                raise TelemetryConfigError(
+                    f"OTEL_{signal.upper()}_EXPORTER={explicit}: use otlp, console or none")
+        return "none" if "none" in names or not names else names[0]
+    if env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or env.get(
+            f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT"):
+        return "otlp"
+    return "none"
+
+
+def otlp_protocol(signal: str, env: Mapping[str, str]) -> str:
+    protocol = (env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_PROTOCOL")
+                or env.get("OTEL_EXPORTER_OTLP_PROTOCOL") or GRPC).strip().lower()
+    if protocol not in (GRPC, HTTP_PROTOBUF):
+        raise TelemetryConfigError(
+            f"OTEL_EXPORTER_OTLP_PROTOCOL={protocol}: use grpc or http/protobuf")
+    return protocol
+
+
+def _span_exporter(name: str, env: Mapping[str, str]) -> Any:
+    if name == "console":
+        from opentelemetry.sdk.trace.export import ConsoleSpanExporter
+        return ConsoleSpanExporter()
+    if otlp_protocol("traces", env) == GRPC:
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+        return OTLPSpanExporter()
+    from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
+        OTLPSpanExporter as HttpSpanExporter,
+    )
+    return HttpSpanExporter()
+
+
+def _metric_exporter(name: str, env: Mapping[str, str]) -> Any:
+    if name == "console":
+        from opentelemetry.sdk.metrics.export import ConsoleMetricExporter
+        return ConsoleMetricExporter()
+    if otlp_protocol("metrics", env) == GRPC:
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        return OTLPMetricExporter()
+    from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
+        OTLPMetricExporter as HttpMetricExporter,
+    )
+    return HttpMetricExporter()
+
+
+def _resource(default_service_name: str, env: Mapping[str, str]) -> Any:
+    from opentelemetry.sdk.resources import Resource
+    # Attributes given to create() override the environment's: pass the default name only
+    # when OTEL_SERVICE_NAME does not set one.
+    attributes = {} if env.get("OTEL_SERVICE_NAME") else {"service.name": default_service_name}
+    return Resource.create(attributes)
+
+
+def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
+                        metrics_host: str = "127.0.0.1",
+                        env: Mapping[str, str] | None = None,
+                        install_global: bool = True) -> Telemetry:
+    """Builds the TracerProvider (batched span export) and MeterProvider (OTLP periodic
+    export and/or a Prometheus endpoint on `metrics_host:metrics_port`) the environment asks
+    for, installs them as OpenTelemetry's globals (once per process) and returns them.
+
+    `service_name` is the default `service.name` (`OTEL_SERVICE_NAME` wins). Raises
+    `TelemetryConfigError` for unusable `OTEL_*` values, OSError if the port is taken.
+    """
+    global _installed
+    env = os.environ if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
+        return TELEMETRY_OFF
+    traces = exporter_name("traces", env)
+    metrics = exporter_name("metrics", env)
+    if traces == "none" and metrics == "none" and metrics_port is None:
+        return TELEMETRY_OFF
+    resource = _resource(service_name, env)
+
+    tracer_provider = None
+    if traces != "none":
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+        # The sampler comes from OTEL_TRACES_SAMPLER(_ARG); the batch from OTEL_BSP_*.
+        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces, env)))
+
+    meter_provider = None
+    readers: list[Any] = []
+    if metrics != "none":
+        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+
+        readers.append(PeriodicExportingMetricReader(_metric_exporter(metrics, env)))
+    if metrics_port is not None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        # The reader registers with prometheus_client's default registry, which the HTTP
+        # server serves. Resource attributes go to target_info only.
+        readers.append(PrometheusMetricReader())
+        start_http_server(metrics_port, addr=metrics_host)
+        log.info("metrics for Prometheus on http://%s:%d/metrics", metrics_host, metrics_port)
+    if readers:
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        meter_provider = MeterProvider(metric_readers=readers, resource=resource)
+
+    installed = Telemetry(tracer_provider, meter_provider, metrics_port)
+    if install_global and _installed is None:
+        if tracer_provider is not None:
+            trace.set_tracer_provider(tracer_provider)
+        if meter_provider is not None:
+            otel_metrics.set_meter_provider(meter_provider)
+        _installed = installed
+    log.info("telemetry: traces %s, metrics %s%s", traces, metrics,
+             f", prometheus :{metrics_port}" if metrics_port is not None else "")
+    return installed
+
+
+def installed_telemetry() -> Telemetry:
+    """What `configure_telemetry` installed in this process (off if it was never called)."""
+    return _installed or TELEMETRY_OFF
