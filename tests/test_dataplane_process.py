@@ -177,16 +177,20 @@ def test_two_workers_share_the_port_and_both_serve_calls(
                             extra=("--workers", "2"))
     chat = NodePolicy.from_snapshot(
         scope_snapshot(load_policy(policy.yaml_text()), pb.ROLE_OUT, CALLER))
-    peers = set()
-    for _ in range(24):  # each call on a new connection: the kernel spreads them
+    peers: set[str] = set()
+
+    def call_on_a_new_connection() -> bool:
         call = chat.outbound(UNARY, time.time())
         call_id = uuid.uuid4().hex
-        with channel(in_address) as ch:
+        with channel(in_address) as ch:  # the kernel spreads new connections over workers
             reply = ch.unary_unary(UNARY)(
                 call.seal_request(b"w", time.time()), timeout=5,
                 metadata=(*call.request_metadata(), ("x-test-id", call_id)))
         assert call.open_response(reply, time.time()) == b"w"
         peers.add(upstream.record(call_id)["peer"])
+        return len(peers) >= 2
+
+    poll(call_on_a_new_connection, 15, "calls served by both workers", interval=0.0)
     # each worker has its own channel to the upstream, hence its own client port
     assert len(peers) == 2, peers
     assert inproxy.terminate() == 0
