@@ -185,17 +185,17 @@ def test_missing_policy_file_is_one_line(capsys: pytest.CaptureFixture[str],
 
 
 def test_adding_a_subcommand_is_one_function() -> None:
-    def add_demo_command(subparsers: cli.Subparsers) -> None:
-        cli.add_command(subparsers, "demo", lambda args: 42, "run the demo",
+    def add_hello_command(subparsers: cli.Subparsers) -> None:
+        cli.add_command(subparsers, "hello", lambda args: 42, "say hello",
                         talks_to_center=False)
 
-    cli.COMMANDS.append(add_demo_command)
+    cli.COMMANDS.append(add_hello_command)
     try:
-        args = cli.build_parser().parse_args(["demo"])
-        assert cli.main(["demo"]) == 42
+        args = cli.build_parser().parse_args(["hello"])
+        assert cli.main(["hello"]) == 42
         assert args.run(args) == 42
     finally:
-        cli.COMMANDS.remove(add_demo_command)
+        cli.COMMANDS.remove(add_hello_command)
 
 
 # --- keys gen ---------------------------------------------------------------------------------
@@ -289,6 +289,22 @@ def test_history_table_shows_rollback_source_and_short_hash() -> None:
                              "ab" * 6, "1"]
     assert first.split()[-1] == "ab" * 6
     assert "ab" * 7 not in table
+
+
+def test_audit_table_shows_who_did_what_from_where_and_why() -> None:
+    table = cli_format.audit_table([
+        center_pb2.AuditEvent(id=2, time_unix=1_769_860_800.0, actor="anonymous",
+                              peer="ipv4:127.0.0.1:5", action="denied",
+                              detail="UNAUTHENTICATED on ApplyPolicy: no valid credential"),
+        center_pb2.AuditEvent(id=1, time_unix=1_769_860_800.0, actor="admin:ops",
+                              peer="ipv4:127.0.0.1:6", action="apply", revision=3,
+                              detail="applied as revision 3"),
+    ])
+    header, denied, applied = table.splitlines()
+    assert header.split() == ["TIME", "ACTOR", "ACTION", "REVISION", "PEER", "DETAIL"]
+    assert denied.split()[2:5] == ["anonymous", "denied", "ipv4:127.0.0.1:5"]
+    assert applied.split()[2:6] == ["admin:ops", "apply", "3", "ipv4:127.0.0.1:6"]
+    assert cli_format.audit_table([]) == "no audit events yet"
 
 
 def test_nodes_table_shows_every_column_of_a_node() -> None:
@@ -487,7 +503,8 @@ def test_history_and_rollback(center: RunningCenter, tmp_path: Path,
 
     table = run_cli(capsys, "policy", "history", *center.args())
     assert table.code == 0
-    header, *rows = table.out.splitlines()
+    revisions_table, audit_table = table.out.split("\n\n", 1)
+    header, *rows = revisions_table.splitlines()
     assert header.split()[0] == "REVISION"
     assert [row.split()[0] for row in rows] == ["3", "2", "1"]
     assert rows[0].split()[-1] == "1"  # rollback source
@@ -498,6 +515,10 @@ def test_history_and_rollback(center: RunningCenter, tmp_path: Path,
         (3, 1, "undo two"), (2, None, "two"), (1, None, "one")]
     assert history[0]["content_hash"] == history[2]["content_hash"]
     assert history[0]["content_hash"][:12] in rows[0]
+    # then who made each change, newest first: the no-op rollback, the rollback, two applies
+    audit_title, _, *audit_rows = audit_table.splitlines()
+    assert audit_title == cli_format.AUDIT_TITLE
+    assert [row.split()[3] for row in audit_rows] == ["rollback", "rollback", "apply", "apply"]
 
     missing = run_cli(capsys, "policy", "rollback", "42", *center.args())
     assert missing.code == 1
