@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from center_svc.nodes import NodeTable
 from center_svc.snapshots import SnapshotBook
-from center_svc.store import PolicyStore, Revision
+from center_svc.store import AuditAction, PolicyStore, Revision
 from fastproxy.policy import PolicyError, load_policy
 
 log = logging.getLogger("center_svc.control")
@@ -38,15 +38,22 @@ class PolicyControl:
         return latest
 
     async def apply(self, yaml_text: str, author: str, comment: str,
-                    rolled_back_from: int = 0) -> ApplyOutcome:
+                    rolled_back_from: int = 0, *, peer: str = "") -> ApplyOutcome:
+        """Validates, stores and publishes a policy; every outcome is an audit event of
+        `author` (the actor's principal label) from `peer`."""
         try:
             policy = load_policy(yaml_text)
         except PolicyError as exc:
             log.warning("policy refused (author %s): %s", author, "; ".join(exc.errors))
+            action = (AuditAction.REFUSED_ROLLBACK if rolled_back_from
+                      else AuditAction.REFUSED_APPLY)
+            # the errors name fields and never hold secret values; the YAML is not kept
+            await self.record(action, author, "; ".join(exc.errors), peer=peer,
+                              revision=rolled_back_from)
             return ApplyOutcome(False, errors=exc.errors, message="policy refused")
         async with self._lock:
             result = await asyncio.to_thread(
-                self.store.append, yaml_text, author, comment, rolled_back_from
+                self.store.append, yaml_text, author, comment, rolled_back_from, peer=peer
             )
             if not result.applied:
                 return ApplyOutcome(False, result.revision,
@@ -58,13 +65,22 @@ class PolicyControl:
         return ApplyOutcome(True, result.revision,
                             message=f"applied as revision {result.revision.revision}")
 
-    async def rollback(self, revision: int, author: str, comment: str) -> ApplyOutcome:
+    async def rollback(self, revision: int, author: str, comment: str,
+                       *, peer: str = "") -> ApplyOutcome:
         target = self.store.get(revision)
         if target is None:
-            return ApplyOutcome(False, errors=[f"revision {revision} does not exist"],
-                                message="rollback refused")
+            error = f"revision {revision} does not exist"
+            await self.record(AuditAction.REFUSED_ROLLBACK, author, error, peer=peer,
+                              revision=revision)
+            return ApplyOutcome(False, errors=[error], message="rollback refused")
         return await self.apply(target.yaml, author, comment or f"rollback to {revision}",
-                                rolled_back_from=revision)
+                                rolled_back_from=revision, peer=peer)
+
+    async def record(self, action: AuditAction, actor: str, detail: str, *, peer: str = "",
+                     revision: int = 0) -> None:
+        """Stores an audit event (a refusal or a denied call) off the event loop."""
+        await asyncio.to_thread(self.store.record_audit, action, actor, detail, peer=peer,
+                                revision=revision)
 
     def notify_all(self) -> None:
         for session in self.nodes:

@@ -13,7 +13,7 @@ import grpc
 from center_svc.auth import Authenticator, Principal
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
-from center_svc.store import Revision
+from center_svc.store import AuditAction, AuditEvent, Revision
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 log = logging.getLogger("center_svc.watch")
@@ -30,6 +30,18 @@ def revision_info(revision: Revision) -> center_pb2.RevisionInfo:
         comment=revision.comment,
         content_hash=revision.content_hash,
         rolled_back_from=revision.rolled_back_from,
+    )
+
+
+def audit_event_message(event: AuditEvent) -> center_pb2.AuditEvent:
+    return center_pb2.AuditEvent(
+        id=event.id,
+        time_unix=event.time_unix,
+        actor=event.actor,
+        peer=event.peer,
+        action=event.action.value,
+        revision=event.revision,
+        detail=event.detail,
     )
 
 
@@ -50,14 +62,24 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
 
     # -- admin -------------------------------------------------------------------------------
 
-    async def _admin(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def _admin(self, context: grpc.aio.ServicerContext, method: str) -> Principal:
+        """The caller's principal if it is an administrator; otherwise the call is aborted
+        and the refusal is an audit event (`denied`, actor `anonymous` without a valid
+        credential)."""
         principal = self.auth.identify(context)
+        peer = context.peer()
         if principal is None:
-            log.warning("admin call without a valid credential from %s", context.peer())
+            log.warning("admin call %s without a valid credential from %s", method, peer)
+            await self.control.record(AuditAction.DENIED, "anonymous",
+                                      f"UNAUTHENTICATED on {method}: no valid credential",
+                                      peer=peer)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid credential")
         assert principal is not None
         if not principal.is_admin:
-            log.warning("admin call refused for %s from %s", principal.label, context.peer())
+            log.warning("admin call %s refused for %s from %s", method, principal.label, peer)
+            await self.control.record(AuditAction.DENIED, principal.label,
+                                      f"PERMISSION_DENIED on {method}: not an administrator",
+                                      peer=peer)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"{principal.label} is not an administrator")
         return principal
@@ -65,15 +87,17 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
     async def ApplyPolicy(self, request: center_pb2.ApplyPolicyRequest,
                           context: grpc.aio.ServicerContext
                           ) -> center_pb2.ApplyPolicyResponse:
-        principal = await self._admin(context)
-        outcome = await self.control.apply(request.yaml, principal.label, request.comment)
+        principal = await self._admin(context, "ApplyPolicy")
+        outcome = await self.control.apply(request.yaml, principal.label, request.comment,
+                                           peer=context.peer())
         return _apply_response(outcome)
 
     async def RollbackPolicy(self, request: center_pb2.RollbackPolicyRequest,
                              context: grpc.aio.ServicerContext
                              ) -> center_pb2.ApplyPolicyResponse:
-        principal = await self._admin(context)
-        outcome = await self.control.rollback(request.revision, principal.label, request.comment)
+        principal = await self._admin(context, "RollbackPolicy")
+        outcome = await self.control.rollback(request.revision, principal.label, request.comment,
+                                              peer=context.peer())
         if outcome.revision is None and outcome.errors:
             await context.abort(grpc.StatusCode.NOT_FOUND, outcome.errors[0])
         return _apply_response(outcome)
@@ -81,7 +105,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
     async def GetPolicy(self, request: center_pb2.GetPolicyRequest,
                         context: grpc.aio.ServicerContext
                         ) -> center_pb2.GetPolicyResponse:
-        await self._admin(context)
+        await self._admin(context, "GetPolicy")
         store = self.control.store
         found = store.get(request.revision) if request.revision else store.latest()
         if found is None:
@@ -93,16 +117,24 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
     async def ListRevisions(self, request: center_pb2.ListRevisionsRequest,
                             context: grpc.aio.ServicerContext
                             ) -> center_pb2.ListRevisionsResponse:
-        await self._admin(context)
+        await self._admin(context, "ListRevisions")
         history = self.control.store.history(request.limit or None)
         return center_pb2.ListRevisionsResponse(revisions=[revision_info(r) for r in history])
 
     async def ListNodes(self, request: center_pb2.ListNodesRequest,
                         context: grpc.aio.ServicerContext
                         ) -> center_pb2.ListNodesResponse:
-        await self._admin(context)
+        await self._admin(context, "ListNodes")
         return center_pb2.ListNodesResponse(nodes=self.control.nodes.statuses(),
                                             latest_revision=self.control.book.revision)
+
+    async def ListAuditEvents(self, request: center_pb2.ListAuditEventsRequest,
+                              context: grpc.aio.ServicerContext
+                              ) -> center_pb2.ListAuditEventsResponse:
+        await self._admin(context, "ListAuditEvents")
+        events = await asyncio.to_thread(self.control.store.audit_events, request.limit or None)
+        return center_pb2.ListAuditEventsResponse(
+            events=[audit_event_message(e) for e in events])
 
     async def GetCenterInfo(self, request: center_pb2.GetCenterInfoRequest,
                             context: grpc.aio.ServicerContext

@@ -16,6 +16,15 @@ Durability and crash safety:
   row read later is checked the same way, so a damaged store fails loudly instead of serving a
   policy nobody applied.
 
+Every apply and rollback also writes an audit event in the same transaction as its revision (or
+as the no-op it turned out to be), so a revision never exists without the record of who made it;
+refusals and denied admin calls are audit events of their own. An event holds who, from where,
+what and the outcome, never policy YAML: a refused policy may hold secrets, its validation errors
+never do.
+
+Schema versions (`PRAGMA user_version`): 1 revisions and the signing key; 2 adds
+`audit_events`. Opening a file of an older version migrates it in one transaction.
+
 The database also holds the Center's Ed25519 key seed (so pinned nodes keep verifying snapshots
 across restarts); the file is therefore created with mode 0600.
 """
@@ -30,6 +39,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
 
@@ -42,8 +52,11 @@ from cryptography.hazmat.primitives.serialization import (
 
 DEFAULT_STORE_URL = "sqlite:///fastproxy-center.db"
 
-SCHEMA_VERSION = 1
 SEED_BYTES = 32
+# Denied admin calls come from anyone who can reach the port: keep only the newest ones, so a
+# flood of bad credentials cannot grow the file without bound. Changes and refusals are kept.
+MAX_DENIED_EVENTS = 1000
+MAX_DETAIL_CHARS = 2000
 
 _SQLITE_PREFIX = "sqlite:///"
 _MEMORY_URL = "memory://"
@@ -51,7 +64,7 @@ _URL_FORMS = (
     "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or memory://"
 )
 
-_SCHEMA = """
+_SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS revisions (
     revision         INTEGER PRIMARY KEY,
     created_unix     REAL    NOT NULL,
@@ -67,7 +80,24 @@ CREATE TABLE IF NOT EXISTS signing_key (
 );
 """
 
+_SCHEMA_V2_AUDIT = """
+CREATE TABLE IF NOT EXISTS audit_events (
+    id        INTEGER PRIMARY KEY AUTOINCREMENT,
+    time_unix REAL    NOT NULL,
+    actor     TEXT    NOT NULL,
+    peer      TEXT    NOT NULL,
+    action    TEXT    NOT NULL,
+    revision  INTEGER NOT NULL DEFAULT 0,
+    detail    TEXT    NOT NULL
+);
+"""
+
+# _MIGRATIONS[v] takes a database from schema version v to v + 1 (0: a new file).
+_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2_AUDIT)
+SCHEMA_VERSION = len(_MIGRATIONS)
+
 _COLUMNS = "revision, created_unix, author, comment, content_hash, yaml, rolled_back_from"
+_AUDIT_COLUMNS = "id, time_unix, actor, peer, action, revision, detail"
 
 
 class StoreError(Exception):
@@ -89,6 +119,29 @@ class Revision:
     rolled_back_from: int = 0
 
 
+class AuditAction(StrEnum):
+    APPLY = "apply"
+    ROLLBACK = "rollback"
+    REFUSED_APPLY = "refused_apply"
+    REFUSED_ROLLBACK = "refused_rollback"
+    DENIED = "denied"  # an admin call refused for its credential
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    """One admin event: who (`actor`, a principal label such as `admin:alice`, `dev:local`,
+    `file:PATH` or `anonymous`), from where (`peer`), what (`action`), the revision it made or
+    found (0 if none) and the outcome (`detail`: the result or the refusal's reasons)."""
+
+    id: int
+    time_unix: float
+    actor: str
+    peer: str
+    action: AuditAction
+    revision: int
+    detail: str
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     applied: bool  # False: content equal to the latest revision, nothing written
@@ -100,8 +153,14 @@ class PolicyStore(Protocol):
     def get(self, revision: int) -> Revision | None: ...
     def history(self, limit: int | None = None) -> list[Revision]: ...
     def append(
-        self, yaml: str, author: str, comment: str, rolled_back_from: int = 0
+        self, yaml: str, author: str, comment: str, rolled_back_from: int = 0,
+        *, peer: str = "",
     ) -> AppendResult: ...
+    def record_audit(
+        self, action: AuditAction, actor: str, detail: str, *, peer: str = "",
+        revision: int = 0,
+    ) -> AuditEvent: ...
+    def audit_events(self, limit: int | None = None) -> list[AuditEvent]: ...
     def signing_key_seed(self) -> bytes: ...
     def close(self) -> None: ...
 
@@ -234,11 +293,14 @@ class SqliteStore:
             return [self._revision_of(row) for row in rows]
 
     def append(
-        self, yaml: str, author: str, comment: str, rolled_back_from: int = 0
+        self, yaml: str, author: str, comment: str, rolled_back_from: int = 0,
+        *, peer: str = "",
     ) -> AppendResult:
         """Store `yaml` as a new revision, unless it equals the latest one (then a no-op).
 
-        A rollback to revision N is `append(get(N).yaml, ..., rolled_back_from=N)`.
+        A rollback to revision N is `append(get(N).yaml, ..., rolled_back_from=N)`. Either way
+        an audit event (`apply` or `rollback`, actor `author`, from `peer`) is written in the
+        same transaction: both or neither are stored.
         """
         if rolled_back_from < 0:
             raise ValueError(f"rolled_back_from must be >= 0, got {rolled_back_from}")
@@ -248,7 +310,10 @@ class SqliteStore:
                 f"SELECT {_COLUMNS} FROM revisions ORDER BY revision DESC LIMIT 1"
             ).fetchone()
             latest = None if row is None else self._revision_of(row)
+            action = AuditAction.ROLLBACK if rolled_back_from else AuditAction.APPLY
             if latest is not None and latest.content_hash == digest:
+                self._insert_audit(action, author, peer, latest.revision,
+                                   f"unchanged: identical to revision {latest.revision}")
                 return AppendResult(applied=False, revision=latest)
             number = 1 if latest is None else latest.revision + 1
             if rolled_back_from >= number:
@@ -277,7 +342,41 @@ class SqliteStore:
                     revision.rolled_back_from,
                 ),
             )
+            outcome = (f"rolled back to revision {rolled_back_from} as revision {number}"
+                       if rolled_back_from else f"applied as revision {number}")
+            self._insert_audit(action, author, peer, number, outcome)
             return AppendResult(applied=True, revision=revision)
+
+    def record_audit(
+        self, action: AuditAction, actor: str, detail: str, *, peer: str = "",
+        revision: int = 0,
+    ) -> AuditEvent:
+        """Store one audit event on its own (a refusal or a denied call) and return it.
+
+        Applies and rollbacks are recorded by `append` itself. Only the newest
+        `MAX_DENIED_EVENTS` `denied` events are kept.
+        """
+        with self._locked(), self._write_transaction():
+            event = self._insert_audit(action, actor, peer, revision, detail)
+            if action is AuditAction.DENIED:
+                self._db.execute(
+                    "DELETE FROM audit_events WHERE action = ? AND id <= ("
+                    "SELECT id FROM audit_events WHERE action = ? "
+                    "ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (AuditAction.DENIED.value, AuditAction.DENIED.value, MAX_DENIED_EVENTS),
+                )
+            return event
+
+    def audit_events(self, limit: int | None = None) -> list[AuditEvent]:
+        """Audit events, newest first; at most `limit` of them when given."""
+        if limit is not None and limit < 0:
+            raise ValueError(f"audit limit must be >= 0, got {limit}")
+        with self._locked():
+            rows = self._db.execute(
+                f"SELECT {_AUDIT_COLUMNS} FROM audit_events ORDER BY id DESC LIMIT ?",
+                (-1 if limit is None else limit,),
+            ).fetchall()
+            return [self._audit_event_of(row) for row in rows]
 
     def signing_key_seed(self) -> bytes:
         """The Center's Ed25519 private key seed, created and stored on the first call."""
@@ -337,10 +436,45 @@ class SqliteStore:
                     f"policy store {self._where!r} has schema version {version}, newer than "
                     f"this Center understands ({SCHEMA_VERSION})"
                 )
-            for statement in _SCHEMA.split(";"):
-                if statement.strip():
-                    self._db.execute(statement)
-            self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            for migration in _MIGRATIONS[version:]:
+                for statement in migration.split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+            if version != SCHEMA_VERSION:
+                self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+
+    def _insert_audit(self, action: AuditAction, actor: str, peer: str, revision: int,
+                      detail: str) -> AuditEvent:
+        """Inside a write transaction the caller holds."""
+        if revision < 0:
+            raise ValueError(f"audit revision must be >= 0, got {revision}")
+        values = (self._clock(), actor, peer, AuditAction(action).value, revision,
+                  _clip(detail, MAX_DETAIL_CHARS))
+        cursor = self._db.execute(
+            "INSERT INTO audit_events (time_unix, actor, peer, action, revision, detail) "
+            "VALUES (?, ?, ?, ?, ?, ?)", values,
+        )
+        event_id = cursor.lastrowid
+        assert event_id is not None
+        return AuditEvent(event_id, values[0], actor, peer, AuditAction(action), revision,
+                          values[5])
+
+    def _audit_event_of(self, row: tuple[object, ...]) -> AuditEvent:
+        event_id, time_unix, actor, peer, action, revision, detail = row
+        if (
+            not isinstance(event_id, int)
+            or not isinstance(time_unix, int | float)
+            or not isinstance(actor, str)
+            or not isinstance(peer, str)
+            or action not in set(AuditAction)
+            or not isinstance(revision, int)
+            or not isinstance(detail, str)
+        ):
+            raise CorruptStoreError(
+                f"policy store {self._where!r}: audit event {event_id!r} has malformed columns"
+            )
+        return AuditEvent(event_id, float(time_unix), actor, peer, AuditAction(str(action)),
+                          revision, detail)
 
     def _revision_of(self, row: tuple[object, ...]) -> Revision:
         number, created, author, comment, stored_hash, yaml, rolled_back_from = row
@@ -370,6 +504,10 @@ class SqliteStore:
             yaml=yaml,
             rolled_back_from=rolled_back_from,
         )
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class MemoryStore(SqliteStore):

@@ -1,7 +1,7 @@
 """`fastproxy`: the operator console for the Center.
 
     fastproxy policy apply FILE [-m COMMENT]     fastproxy policy get [--revision N]
-    fastproxy policy history                     fastproxy policy rollback N [-m COMMENT]
+    fastproxy policy history [--audit]           fastproxy policy rollback N [-m COMMENT]
     fastproxy nodes                              fastproxy keys gen TYPE [--name NAME]
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
@@ -127,6 +127,10 @@ class CenterClient:
         request = center_pb2.ListRevisionsRequest(limit=limit)
         return self._call(self._stub.ListRevisions, request)
 
+    def audit(self, limit: int) -> center_pb2.ListAuditEventsResponse:
+        request = center_pb2.ListAuditEventsRequest(limit=limit)
+        return self._call(self._stub.ListAuditEvents, request)
+
     def rollback(self, revision: int, comment: str) -> center_pb2.ApplyPolicyResponse:
         request = center_pb2.RollbackPolicyRequest(revision=revision, comment=comment)
         return self._call(self._stub.RollbackPolicy, request)
@@ -243,12 +247,26 @@ def run_policy_get(args: argparse.Namespace) -> int:
 
 
 def run_policy_history(args: argparse.Namespace) -> int:
+    """Revisions, then the audit events (who applied, rolled back or was refused). `--json`
+    keeps its list of revisions for scripts; `--audit` lists only the audit events."""
     with center_client(args) as center:
+        if args.audit:
+            events = center.audit(args.limit).events
+            _print(cli_format.to_json([cli_format.audit_row(e) for e in events]) if args.json
+                   else cli_format.audit_table(events))
+            return EXIT_OK
         response = center.history(args.limit)
-    if args.json:
-        _print(cli_format.to_json([cli_format.revision_row(r) for r in response.revisions]))
-    else:
-        _print(cli_format.history_table(response.revisions))
+        if args.json:
+            _print(cli_format.to_json([cli_format.revision_row(r) for r in response.revisions]))
+            return EXIT_OK
+        try:
+            audit: str = cli_format.audit_table(center.audit(args.limit).events)
+        except CliError as exc:
+            if exc.code is not grpc.StatusCode.UNIMPLEMENTED:
+                raise
+            audit = "this Center keeps no audit events"
+    _print(f"{cli_format.history_table(response.revisions)}\n\n"
+           f"{cli_format.AUDIT_TITLE}\n{audit}")
     return EXIT_OK
 
 
@@ -358,9 +376,14 @@ def add_policy_commands(subparsers: Subparsers) -> None:
                       "print a revision's YAML as applied (the latest by default)")
     get.add_argument("--revision", type=_non_negative_int, default=0, metavar="N")
 
-    history = add_command(policy, "history", run_policy_history, "list the revisions")
+    history = add_command(policy, "history", run_policy_history,
+                          "list the revisions, then who applied, rolled back or was refused "
+                          "each change")
     history.add_argument("--limit", type=_non_negative_int, default=0, metavar="N",
-                         help="at most N revisions (default: all)")
+                         help="at most N revisions and N audit events (default: all)")
+    history.add_argument("--audit", action="store_true",
+                         help="only the audit events: changes, refusals and denied admin "
+                              "calls, each with its actor (with --json: a list of them)")
 
     rollback = add_command(policy, "rollback", run_policy_rollback,
                            "make a new revision with the content of revision N")

@@ -49,6 +49,19 @@ def revision_row(info: center_pb2.RevisionInfo) -> dict[str, Any]:
     }
 
 
+def audit_row(event: center_pb2.AuditEvent) -> dict[str, Any]:
+    return {
+        "id": event.id,
+        "time": format_time(event.time_unix),
+        "time_unix": event.time_unix,
+        "actor": event.actor,
+        "peer": event.peer,
+        "action": event.action,
+        "revision": event.revision or None,
+        "detail": event.detail,
+    }
+
+
 def node_row(node: center_pb2.NodeStatus) -> dict[str, Any]:
     return {
         "node_id": node.node_id,
@@ -84,6 +97,20 @@ def history_table(revisions: Sequence[center_pb2.RevisionInfo]) -> str:
         for r in revisions
     ]
     return render_table(["REVISION", "TIME", "AUTHOR", "COMMENT", "HASH", "ROLLBACK OF"], rows)
+
+
+AUDIT_TITLE = "changes and refusals (newest first):"
+
+
+def audit_table(events: Sequence[center_pb2.AuditEvent]) -> str:
+    if not events:
+        return "no audit events yet"
+    rows = [
+        [format_time(e.time_unix), e.actor, e.action, str(e.revision) if e.revision else "",
+         e.peer, e.detail]
+        for e in events
+    ]
+    return render_table(["TIME", "ACTOR", "ACTION", "REVISION", "PEER", "DETAIL"], rows)
 
 
 def nodes_table(response: center_pb2.ListNodesResponse) -> str:

@@ -20,8 +20,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from center_svc import store as store_module
 from center_svc.store import (
     DEFAULT_STORE_URL,
+    AuditAction,
     CorruptStoreError,
     MemoryStore,
     PolicyStore,
@@ -466,3 +468,171 @@ def test_sigkill_during_appends_leaves_only_whole_revisions(tmp_path: Path) -> N
 
     assert counts == sorted(counts)
     assert counts[-1] > counts[0], "no child ever committed a revision"
+
+
+# -- audit events ----------------------------------------------------------------------------
+
+
+def test_an_apply_is_an_audit_event_naming_actor_peer_and_revision() -> None:
+    store = MemoryStore(clock=lambda: 99.5)
+    store.append(POLICY_A, "admin:alice", "first", peer="ipv4:127.0.0.1:5000")
+    (event,) = store.audit_events()
+    assert (event.time_unix, event.actor, event.peer, event.action, event.revision) == (
+        99.5, "admin:alice", "ipv4:127.0.0.1:5000", AuditAction.APPLY, 1)
+    assert event.detail == "applied as revision 1"
+    store.close()
+
+
+def test_an_unchanged_apply_is_audited_with_the_revision_it_matched(
+        store: PolicyStore) -> None:
+    store.append(POLICY_A, "admin:alice", "")
+    store.append(POLICY_A, "admin:bob", "again")
+    newest = store.audit_events()[0]
+    assert (newest.actor, newest.action, newest.revision) == ("admin:bob", AuditAction.APPLY, 1)
+    assert newest.detail == "unchanged: identical to revision 1"
+
+
+def test_a_rollback_is_audited_as_a_rollback(store: PolicyStore) -> None:
+    store.append(POLICY_A, "admin:alice", "")
+    store.append(POLICY_B, "admin:alice", "")
+    store.append(POLICY_A, "admin:bob", "undo", rolled_back_from=1)
+    newest = store.audit_events()[0]
+    assert (newest.actor, newest.action, newest.revision) == (
+        "admin:bob", AuditAction.ROLLBACK, 3)
+    assert newest.detail == "rolled back to revision 1 as revision 3"
+
+
+def test_refusals_are_recorded_on_their_own_and_listed_newest_first(
+        store: PolicyStore) -> None:
+    store.append(POLICY_A, "file:/etc/p.yaml", "")
+    refused = store.record_audit(AuditAction.REFUSED_APPLY, "admin:alice",
+                                 "services.a.identity: unknown key 'x'", peer="ipv4:1.2.3.4:5")
+    store.record_audit(AuditAction.DENIED, "anonymous", "UNAUTHENTICATED on ApplyPolicy",
+                       peer="ipv4:1.2.3.4:6")
+    events = store.audit_events()
+    assert [e.action for e in events] == [AuditAction.DENIED, AuditAction.REFUSED_APPLY,
+                                          AuditAction.APPLY]
+    assert events[1] == refused
+    assert [e.id for e in events] == sorted((e.id for e in events), reverse=True)
+    assert [e.action for e in store.audit_events(limit=1)] == [AuditAction.DENIED]
+    assert store.audit_events(limit=0) == []
+    assert store.history() == store.history(limit=1)  # a refusal makes no revision
+
+
+def test_an_append_that_fails_leaves_no_audit_event(store: PolicyStore) -> None:
+    store.append(POLICY_A, "admin:alice", "")
+    with pytest.raises(ValueError, match="roll back"):
+        store.append(POLICY_B, "admin:alice", "", rolled_back_from=7)
+    assert [e.revision for e in store.audit_events()] == [1]
+
+
+def test_audit_events_never_hold_the_policy_text(store: PolicyStore) -> None:
+    secret_policy = "keys:\n  k: {type: hmac-sha256, secret: 'base64:c2VjcmV0c2VjcmV0'}\n"
+    store.append(secret_policy, "admin:alice", "")
+    store.append(secret_policy, "admin:alice", "")
+    assert all("c2VjcmV0" not in repr(e) for e in store.audit_events())
+
+
+def test_only_the_newest_denied_events_are_kept(
+        store: PolicyStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(store_module, "MAX_DENIED_EVENTS", 3)
+    store.append(POLICY_A, "admin:alice", "")
+    for number in range(6):
+        store.record_audit(AuditAction.DENIED, "anonymous", f"attempt {number}")
+    events = store.audit_events()
+    assert [e.detail for e in events if e.action is AuditAction.DENIED] == [
+        "attempt 5", "attempt 4", "attempt 3"]
+    assert [e.action for e in events][-1] is AuditAction.APPLY  # changes are never pruned
+
+
+def test_a_long_detail_is_cut(store: PolicyStore) -> None:
+    event = store.record_audit(AuditAction.REFUSED_APPLY, "admin:a", "x" * 10_000)
+    assert len(event.detail) == store_module.MAX_DETAIL_CHARS
+    assert store.audit_events()[0].detail == event.detail
+
+
+def test_audit_events_survive_close_and_reopen(tmp_path: Path) -> None:
+    url = file_url(tmp_path / "center.db")
+    first = open_store(url)
+    first.append(POLICY_A, "admin:alice", "", peer="ipv4:127.0.0.1:1")
+    first.record_audit(AuditAction.REFUSED_ROLLBACK, "admin:bob", "revision 9 does not exist",
+                       revision=9)
+    before = first.audit_events()
+    first.close()
+    reopened = open_store(url)
+    assert reopened.audit_events() == before
+    reopened.close()
+
+
+# -- schema migration ------------------------------------------------------------------------
+
+# The schema of version 1 as the first Centers wrote it, kept here verbatim so the migration
+# is tested against what really exists on disk, not against today's code.
+SCHEMA_V1 = """
+CREATE TABLE revisions (
+    revision         INTEGER PRIMARY KEY,
+    created_unix     REAL    NOT NULL,
+    author           TEXT    NOT NULL,
+    comment          TEXT    NOT NULL,
+    content_hash     TEXT    NOT NULL,
+    yaml             TEXT    NOT NULL,
+    rolled_back_from INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE signing_key (
+    id   INTEGER PRIMARY KEY CHECK (id = 1),
+    seed BLOB    NOT NULL
+);
+PRAGMA user_version = 1;
+"""
+
+
+def make_v1_store(path: Path) -> bytes:
+    """A version-1 store file with revisions 1 and 2 and a signing key; returns the seed."""
+    seed = os.urandom(32)
+    db = sqlite3.connect(path)
+    db.executescript(SCHEMA_V1)
+    for number, text in ((1, POLICY_A), (2, POLICY_B)):
+        db.execute("INSERT INTO revisions VALUES (?, ?, ?, ?, ?, ?, 0)",
+                   (number, 1000.0 + number, "admin:old", f"r{number}", content_hash_of(text),
+                    text))
+    db.execute("INSERT INTO signing_key VALUES (1, ?)", (seed,))
+    db.commit()
+    db.close()
+    return seed
+
+
+def user_version(path: Path) -> int:
+    db = sqlite3.connect(path)
+    try:
+        version: int = db.execute("PRAGMA user_version").fetchone()[0]
+        return version
+    finally:
+        db.close()
+
+
+def test_a_version_1_file_is_migrated_keeping_revisions_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    seed = make_v1_store(path)
+    store = open_store(file_url(path))
+    assert [(r.revision, r.author, r.comment) for r in store.history()] == [
+        (2, "admin:old", "r2"), (1, "admin:old", "r1")]
+    assert store.signing_key_seed() == seed
+    assert store.audit_events() == []
+    result = store.append(POLICY_C, "admin:new", "after upgrade", peer="ipv4:127.0.0.1:9")
+    assert result.revision.revision == 3
+    assert [(e.actor, e.revision) for e in store.audit_events()] == [("admin:new", 3)]
+    store.close()
+    assert user_version(path) == store_module.SCHEMA_VERSION == 2
+    reopened = open_store(file_url(path))  # opening a migrated file again changes nothing
+    assert len(reopened.audit_events()) == 1
+    reopened.close()
+
+
+def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "future.db"
+    make_v1_store(path)
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 3")
+    db.close()
+    with pytest.raises(StoreError, match="schema version 3"):
+        open_store(file_url(path))

@@ -69,6 +69,11 @@ class CenterStub:
                 request_serializer=fastproxy_dot_v1_dot_center__pb2.GetCenterInfoRequest.SerializeToString,
                 response_deserializer=fastproxy_dot_v1_dot_center__pb2.GetCenterInfoResponse.FromString,
                 _registered_method=True)
+        self.ListAuditEvents = channel.unary_unary(
+                '/fastproxy.v1.Center/ListAuditEvents',
+                request_serializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsRequest.SerializeToString,
+                response_deserializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsResponse.FromString,
+                _registered_method=True)
 
 
 class CenterServicer:
@@ -118,6 +123,14 @@ class CenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListAuditEvents(self, request, context):
+        """Who applied, rolled back or was refused each change, and admin calls denied for their
+        credential; newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -155,6 +168,11 @@ def add_CenterServicer_to_server(servicer, server):
                     servicer.GetCenterInfo,
                     request_deserializer=fastproxy_dot_v1_dot_center__pb2.GetCenterInfoRequest.FromString,
                     response_serializer=fastproxy_dot_v1_dot_center__pb2.GetCenterInfoResponse.SerializeToString,
+            ),
+            'ListAuditEvents': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListAuditEvents,
+                    request_deserializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsRequest.FromString,
+                    response_serializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -346,6 +364,33 @@ class Center:
             '/fastproxy.v1.Center/GetCenterInfo',
             fastproxy_dot_v1_dot_center__pb2.GetCenterInfoRequest.SerializeToString,
             fastproxy_dot_v1_dot_center__pb2.GetCenterInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListAuditEvents(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fastproxy.v1.Center/ListAuditEvents',
+            fastproxy_dot_v1_dot_center__pb2.ListAuditEventsRequest.SerializeToString,
+            fastproxy_dot_v1_dot_center__pb2.ListAuditEventsResponse.FromString,
             options,
             channel_credentials,
             insecure,
