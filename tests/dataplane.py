@@ -8,7 +8,8 @@
   `ProxyProcess.terminate()` sends SIGTERM and returns the exit code.
 - `RecordingRelay`: a grpc.aio generic server in the test process, placed at the
   destination's endpoint; it records every request/response message and metadata entry as
-  raw bytes and relays the call to the real in-proxy.
+  raw bytes and relays the call to the real in-proxy (optionally flipping a byte of each
+  message, as a man in the middle would).
 - `call_kind`, `refusal`, `reason_of`: one call of each RPC kind, and the contract's trailers.
 - `CenterAdmin`: apply a policy and wait until nodes ACK it, through the admin RPCs.
 """
@@ -377,6 +378,13 @@ class RelayedCall:
     trailers: list[tuple[str, str | bytes]] = field(default_factory=list)
 
 
+def flipped(message: bytes) -> bytes:
+    """`message` with its last byte changed (the empty message unchanged)."""
+    if not message:
+        return message
+    return message[:-1] + bytes([message[-1] ^ 0x01])
+
+
 class RecordingRelay:
     """A grpc.aio server on its own loop in a thread: records every call's raw messages and
     metadata, and relays it to `target` (the real in-proxy)."""
@@ -385,6 +393,9 @@ class RecordingRelay:
         self.target = target
         self.calls: list[RelayedCall] = []
         self.address = ""
+        # a man in the middle: flip the last byte of every request / response message
+        self.flip_requests = False
+        self.flip_responses = False
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
 
@@ -423,14 +434,14 @@ class RecordingRelay:
         async def recorded() -> AsyncIterator[bytes]:
             async for message in requests:
                 record.requests.append(message)
-                yield message
+                yield flipped(message) if self.flip_requests else message
 
         call = self._channel.stream_stream(method)(recorded(), metadata=forwarded,
                                                     timeout=context.time_remaining())
         try:
             async for reply in call:
                 record.responses.append(reply)
-                yield reply
+                yield flipped(reply) if self.flip_responses else reply
             record.trailers = list(await call.trailing_metadata() or ())
         except grpc.aio.AioRpcError as err:
             record.trailers = list(err.trailing_metadata() or ())

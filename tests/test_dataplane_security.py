@@ -12,6 +12,7 @@ sealed here by the sans-IO core from chat_service's own snapshot.
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
 from pathlib import Path
@@ -127,6 +128,28 @@ def test_no_plaintext_marker_travels_between_the_proxies(stack: FileStack,
         for _, value in (*call.metadata, *call.trailers):
             raw = value if isinstance(value, bytes) else value.encode()
             assert MARKER not in raw
+
+
+@pytest.mark.parametrize("direction", ["request", "response"])
+def test_a_message_changed_between_the_proxies_is_unauthenticated(
+        stack: FileStack, relay: RecordingRelay, upstream: UpstreamProcess,
+        direction: str) -> None:
+    """A man in the middle flips a byte: the in-proxy refuses a request, the out-proxy a
+    response; either way the app gets `unauthenticated` naming the proxy that refused."""
+    call_id = uuid.uuid4().hex
+    setattr(relay, f"flip_{direction}s", True)
+    try:
+        with channel(stack.outproxies[CALLER].address) as ch, \
+                pytest.raises(grpc.RpcError) as raised:
+            call_kind(ch, "bidi", b"tampered with", (("x-test-id", call_id),))
+    finally:
+        setattr(relay, f"flip_{direction}s", False)
+    assert raised.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert reason_of(raised.value) == "unauthenticated"
+    trailers = dict(raised.value.trailing_metadata())
+    assert trailers["fastproxy-proxy"] == ("in" if direction == "request" else "out")
+    if direction == "request":  # no tampered message reached the app
+        assert upstream.wait_record(call_id, "done").get("messages_received", 0) == 0
 
 
 # --- crafted calls straight to the in-proxy -------------------------------------------
