@@ -3,17 +3,23 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 
 from center_svc.config import PROG, parse_config
 from center_svc.server import StartupError, serve
+from fastproxy.telemetry.logs import configure_logging
+from fastproxy.telemetry.setup import TelemetryConfigError, configure_telemetry
 
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_config(argv)
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
+    try:
+        configure_telemetry("fastproxy-center", metrics_port=config.metrics_port,
+                            metrics_host=config.listen.rpartition(":")[0].strip("[]"))
+    except (TelemetryConfigError, OSError) as exc:
+        sys.stderr.write(f"{PROG}: error: telemetry: {exc}\n")
+        return 1
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

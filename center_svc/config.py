@@ -9,6 +9,7 @@ from pathlib import Path
 from center_svc.auth import TokenFileError, load_token_file
 from center_svc.store import DEFAULT_STORE_URL
 from fastproxy.commandline import OneLineArgumentParser, fail, host_port, is_loopback
+from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
 
 PROG = "center_svc"
 
@@ -25,6 +26,8 @@ class CenterConfig:
     admin_tokens: dict[str, str]
     grace_s: float
     log_level: str
+    log_format: str
+    metrics_port: int | None
     policy_poll_s: float
 
     @property
@@ -55,8 +58,8 @@ def build_parser() -> OneLineArgumentParser:
                         help="'name: token' lines: tokens allowed to change policy")
     parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long in-flight calls may finish (default 5)")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    add_logging_flags(parser)
+    add_metrics_flag(parser)
     parser.add_argument("--policy-poll", type=float, default=1.0, metavar="SECONDS",
                         help=argparse_suppress())
     return parser
@@ -103,6 +106,8 @@ def parse_config(argv: Sequence[str] | None = None) -> CenterConfig:
         admin_tokens=_tokens(args.admin_tokens),
         grace_s=args.grace,
         log_level=args.log_level,
+        log_format=args.log_format,
+        metrics_port=args.metrics_port,
         policy_poll_s=args.policy_poll,
     )
     if args.policy and not Path(args.policy).is_file():

@@ -38,10 +38,13 @@ STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
 class FastProxyError(Exception):
     """A refused call: a contracted reason plus a detail safe to show the caller."""
 
-    def __init__(self, reason: Reason, detail: str) -> None:
+    def __init__(self, reason: Reason, detail: str, caller: str = "") -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        # The authenticated caller when the refusal came after authentication (for audit
+        # lines and metrics; "" when not known). Never sent to the caller.
+        self.caller = caller
 
     @property
     def status(self) -> grpc.StatusCode:

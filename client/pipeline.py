@@ -533,8 +533,13 @@ class InboundCall:
               metadata: Sequence[tuple[str, str | bytes]], now: float,
               state: NodeState) -> InboundCall:
         admission = InboundAdmission(side, method, metadata, now, state)
-        for stage in INBOUND_STAGES:
-            stage.admit(admission)
+        try:
+            for stage in INBOUND_STAGES:
+                stage.admit(admission)
+        except FastProxyError as refused:
+            if admission.caller is not None:
+                refused.caller = admission.caller.name  # for the audit line
+            raise
         return cls(admission)
 
     def open_request(self, message: bytes, now: float) -> bytes:

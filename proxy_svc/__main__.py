@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
 import subprocess
 import sys
 
+from fastproxy.telemetry.logs import configure_logging
 from proxy_svc.app import StartupError, serve
 from proxy_svc.config import PROG, ProxyConfig, parse_config
 
@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(args)
     if config.workers > 1:
         return run_workers(config, _without_flags(args, ("--workers", "--node-id")))
-    logging.basicConfig(level=config.log_level.upper(), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure_logging(config.log_level, config.log_format)
     try:
         asyncio.run(serve(config))
     except StartupError as exc:

@@ -13,10 +13,13 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fastproxy.node_policy import NodePolicy, NodeState
 from fastproxy.policy_source import PolicySourceError, open_policy_source
+from fastproxy.telemetry.metrics import ProxyMetrics
+from fastproxy.telemetry.setup import TelemetryConfigError, configure_telemetry
 from fastproxy.v1 import policy_pb2 as pb
 from fastproxy.watch import NodeIdentity, PolicyHolder
 from proxy_svc.config import ProxyConfig
 from proxy_svc.forward import ForwardingHandler, InboundRole, OutboundRole, start_proxy_server
+from proxy_svc.observe import CallObserver
 from proxy_svc.upstream import UpstreamPool
 
 log = logging.getLogger("proxy_svc")
@@ -49,6 +52,28 @@ def _upstream_credentials(config: ProxyConfig) -> grpc.ChannelCredentials | None
                                         certificate_chain=config.tls_cert)
 
 
+def _call_observer(config: ProxyConfig, holder: PolicyHolder[NodePolicy],
+                   source: object) -> CallObserver:
+    """Telemetry from the OTEL_* environment and --metrics-port; audit lines always."""
+    telemetry = configure_telemetry(
+        f"fastproxy-{config.role}-proxy", metrics_port=config.metrics_port,
+        metrics_host=config.listen.rpartition(":")[0].strip("[]") or "127.0.0.1")
+
+    def revision() -> int:
+        return holder.revision
+
+    metrics = None
+    meter = telemetry.meter("fastproxy.proxy")
+    if meter is not None:
+        reconnects = getattr(source, "reconnects", None)
+        metrics = ProxyMetrics(
+            config.role, meter, revision=revision,
+            reconnects=(lambda: int(getattr(source, "reconnects", 0)))
+            if reconnects is not None else None)
+    return CallObserver.with_tracer(config.role, config.service, revision,
+                                    telemetry.tracer("fastproxy.proxy"), metrics)
+
+
 async def serve(config: ProxyConfig) -> None:
     """Runs until SIGTERM or SIGINT, then drains within the grace period."""
     holder: PolicyHolder[NodePolicy] = PolicyHolder()
@@ -63,10 +88,14 @@ async def serve(config: ProxyConfig) -> None:
     except PolicySourceError as exc:
         raise StartupError(str(exc)) from None
 
+    try:
+        observer = _call_observer(config, holder, source)
+    except (TelemetryConfigError, OSError) as exc:
+        raise StartupError(f"telemetry: {exc}") from None
     pool = UpstreamPool(config.max_message_bytes, _upstream_credentials(config))
     role = (InboundRole(holder, config.upstream or "", NodeState()) if config.role == "in"
             else OutboundRole(holder))
-    handler = ForwardingHandler(role, pool)
+    handler = ForwardingHandler(role, pool, observer=observer)
     health_servicer = health.aio.HealthServicer()
 
     def add_health(server: grpc.aio.Server) -> None:

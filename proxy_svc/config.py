@@ -11,6 +11,7 @@ from pathlib import Path
 from fastproxy.center_credentials import CenterCredentials, CredentialError
 from fastproxy.commandline import OneLineArgumentParser, fail, host_port
 from fastproxy.pipeline import DEFAULT_MAX_MESSAGE_BYTES
+from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
 from fastproxy.v1 import policy_pb2 as pb
 
 PROG = "proxy_svc"
@@ -38,6 +39,8 @@ class ProxyConfig:
     workers: int
     log_level: str
     policy_poll_s: float
+    log_format: str = "text"
+    metrics_port: int | None = None
 
     @property
     def role_pb(self) -> int:
@@ -87,8 +90,8 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes sharing the port (SO_REUSEPORT); rate limits are "
                              "then per process")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    add_logging_flags(parser)
+    add_metrics_flag(parser)
     parser.add_argument("--policy-poll", type=float, default=1.0, help=_suppressed())
     return parser
 
@@ -141,6 +144,10 @@ def parse_config(argv: Sequence[str] | None = None) -> ProxyConfig:
         fail(PROG, "--max-message-bytes must be at least 1024")
     if args.workers < 1:
         fail(PROG, "--workers must be at least 1")
+    if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
+        fail(PROG, "--metrics-port must be between 1 and 65535")
+    if args.metrics_port is not None and args.workers > 1:
+        fail(PROG, "--metrics-port needs --workers 1 (each worker would need its own port)")
     if args.listen.endswith(":0") and (args.workers > 1 or (args.center and args.role == "in"
                                                             and not args.advertise)):
         fail(PROG, "--listen with port 0 needs --workers 1 and, for an in-proxy with a "
@@ -170,4 +177,6 @@ def parse_config(argv: Sequence[str] | None = None) -> ProxyConfig:
         workers=args.workers,
         log_level=args.log_level,
         policy_poll_s=args.policy_poll,
+        log_format=args.log_format,
+        metrics_port=args.metrics_port,
     )

@@ -42,6 +42,7 @@ from proxy_svc.metadata import (
     forwarded_request_metadata,
     forwarded_response_metadata,
 )
+from proxy_svc.observe import CallObserver, CallRecord
 from proxy_svc.upstream import DEFAULT_MAX_MESSAGE_BYTES, UpstreamPool, channel_options
 
 _log = logging.getLogger("fastproxy.proxy")
@@ -348,25 +349,45 @@ class ForwardingHandler(grpc.GenericRpcHandler):
     """Takes every method; register it after any service of the proxy's own (health)."""
 
     def __init__(self, role: Role, pool: UpstreamPool,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 observer: CallObserver | None = None) -> None:
         self._role = role
         self._pool = pool
         self._clock = clock
+        # Audit lines always; spans and metrics only when `observer.active` (decided once
+        # here, so with telemetry off a call does no telemetry work at all).
+        self._observer = observer or CallObserver(role.name, "")
+        self._handle = self._forward_observed if self._observer.active else self._forward
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         return grpc.stream_stream_rpc_method_handler(
-            functools.partial(self._forward, handler_call_details.method))
+            functools.partial(self._handle, handler_call_details.method))
+
+    async def _forward_observed(self, method: str, requests: AsyncIterator[bytes],
+                                context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        metadata: Metadata = tuple(context.invocation_metadata() or ())
+        record = self._observer.begin(method, metadata, context.peer())
+        try:
+            async for message in self._forward(method, requests, context, record):
+                yield message
+        finally:
+            self._observer.end(record, method)
 
     async def _forward(self, method: str, requests: AsyncIterator[bytes],
-                       context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+                       context: grpc.aio.ServicerContext,
+                       record: CallRecord | None = None) -> AsyncIterator[bytes]:
         metadata: Metadata = tuple(context.invocation_metadata() or ())
         try:
             plan = self._role.begin(method, metadata, self._clock())
             endpoint = self._pool.health.pick(plan.endpoints, time.monotonic())
         except FastProxyError as err:
             await _drain(requests)
-            await self._refuse(context, method, err)
+            await self._refuse(context, method, err, record)
             return
+        if record is not None:
+            plan = self._observer.admitted(record, plan)
+            if record.forward_metadata is not None:
+                metadata = record.forward_metadata
         timeout = call_timeout(context.time_remaining(), plan.timeout_ms)
         pump = _RequestPump(requests, plan, self._clock)
         started = time.monotonic()
@@ -385,20 +406,23 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             trailers = forwarded_response_metadata(await call.trailing_metadata())
             if trailers:
                 context.set_trailing_metadata(trailers)
+            if record is not None:
+                record.code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as failed:
             if pump.error is not None:
                 await _drain(requests)
-                await self._refuse(context, method, pump.error)
+                await self._refuse(context, method, pump.error, record)
             else:
                 failed = await statuses.settled(failed)
-                await self._pass_failure(context, method, endpoint, failed, timeout, started)
+                await self._pass_failure(context, method, endpoint, failed, timeout, started,
+                                         record)
         except FastProxyError as err:
             call.cancel()
-            await self._refuse(context, method, err)
+            await self._refuse(context, method, err, record)
         except asyncio.CancelledError:
             if pump.error is not None:
                 # grpc cancelled the upstream call when our request transform raised.
-                await self._refuse(context, method, pump.error)
+                await self._refuse(context, method, pump.error, record)
             # Our client went away (cancel or its deadline): so does the upstream call.
             call.cancel()
             raise
@@ -409,27 +433,31 @@ class ForwardingHandler(grpc.GenericRpcHandler):
 
     async def _pass_failure(self, context: grpc.aio.ServicerContext, method: str,
                             endpoint: str, failed: grpc.aio.AioRpcError,
-                            timeout: float | None, started: float) -> None:
+                            timeout: float | None, started: float,
+                            record: CallRecord | None) -> None:
         code = failed.code()
         if (code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None
                 and time.monotonic() - started >= timeout - _DEADLINE_SLACK_S):
             await self._refuse(context, method, FastProxyError(
-                Reason.DEADLINE, f"upstream did not answer within {timeout:.3f}s"))
+                Reason.DEADLINE, f"upstream did not answer within {timeout:.3f}s"), record)
             return
         if self._pool.is_transport_failure(endpoint, code):
             self._pool.health.record_transport_failure(endpoint, time.monotonic())
             await self._refuse(context, method, FastProxyError(
-                Reason.UNAVAILABLE, f"upstream {endpoint} unreachable"))
+                Reason.UNAVAILABLE, f"upstream {endpoint} unreachable"), record)
             return
         self._pool.health.record_success(endpoint)
+        if record is not None:
+            record.code = code
         # The upstream's own answer: code, details and trailers unchanged, none of ours.
         await context.abort(code, failed.details() or "",
                             forwarded_response_metadata(failed.trailing_metadata()))
 
     async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
-                      err: FastProxyError) -> None:
-        _log.warning("refused role=%s reason=%s method=%s detail=%r",
-                     self._role.name, err.reason.value, method, err.detail)
+                      err: FastProxyError, record: CallRecord | None = None) -> None:
+        self._observer.audit_refusal(method, err, context.peer(), record)
+        if record is not None:
+            record.refused(err)
         await context.abort(err.status, err.detail, err.trailers(self._role.name))
 
 

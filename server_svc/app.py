@@ -13,6 +13,7 @@ from grpc_reflection.v1alpha import reflection
 
 from fastproxy.node_policy import NodePolicy
 from fastproxy.policy_source import PolicySourceError
+from fastproxy.telemetry.setup import installed_telemetry
 from server_svc.config import ServerConfig
 from server_svc.demo import DEMO_SERVICE_NAMES, add_demo_services
 from server_svc.embedded import AioSealingServerInterceptor, EmbeddedPolicy
@@ -40,7 +41,17 @@ def _embedded_policy(config: ServerConfig) -> EmbeddedPolicy | None:
 async def serve(config: ServerConfig) -> None:
     """Runs until SIGTERM or SIGINT, then drains within the grace period."""
     policy = _embedded_policy(config)
-    interceptors = [AioSealingServerInterceptor(policy)] if policy is not None else []
+    interceptors: list[grpc.aio.ServerInterceptor] = []
+    telemetry = installed_telemetry()
+    if telemetry.tracer_provider is not None:
+        # The server's SERVER span, a child of the in-proxy's (W3C traceparent), from the
+        # instrumentation package: here the handlers are per method, which it fits.
+        from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+        interceptors.append(aio_server_interceptor(  # type: ignore[no-untyped-call]
+            tracer_provider=telemetry.tracer_provider))
+    if policy is not None:
+        interceptors.append(AioSealingServerInterceptor(policy))
     limit = config.max_message_bytes
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])

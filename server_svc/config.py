@@ -11,6 +11,7 @@ from pathlib import Path
 from fastproxy.center_credentials import CenterCredentials, CredentialError
 from fastproxy.commandline import OneLineArgumentParser, fail, host_port
 from fastproxy.pipeline import DEFAULT_MAX_MESSAGE_BYTES
+from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
 
 PROG = "server_svc"
 
@@ -28,6 +29,8 @@ class ServerConfig:
     max_message_bytes: int
     grace_s: float
     log_level: str
+    log_format: str
+    metrics_port: int | None
 
     @property
     def embedded(self) -> bool:
@@ -67,8 +70,8 @@ def build_parser() -> OneLineArgumentParser:
                         help="largest message in either direction (default 64 MiB)")
     parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long in-flight calls may finish")
-    parser.add_argument("--log-level", default="info",
-                        choices=["debug", "info", "warning", "error"])
+    add_logging_flags(parser)
+    add_metrics_flag(parser)
     return parser
 
 
@@ -112,6 +115,8 @@ def parse_config(argv: Sequence[str] | None = None) -> ServerConfig:
         max_message_bytes=args.max_message_bytes,
         grace_s=args.grace,
         log_level=args.log_level,
+        log_format=args.log_format,
+        metrics_port=args.metrics_port,
     )
 
 

@@ -58,12 +58,13 @@ class InterceptorSet(tuple[Any, ...]):
         self.close()
 
 
-def _build(make: Callable[[SdkCore], tuple[Any, ...]], *, service: str | None,
+def _build(make: Callable[[SdkCore], tuple[Any, ...]],
+           tracing: Callable[[Any], tuple[Any, ...]], *, service: str | None,
            center: str | None, embedded: bool | None, token: str | None,
            tls_ca: str | None, tls_cert: str | None, tls_key: str | None,
            center_public_key: str | bytes | None, timeout_ms: int | None,
            policy_file: str | None, cache_dir: str | None, policy_wait_s: float | None,
-           node_id: str | None) -> InterceptorSet:
+           node_id: str | None, tracer_provider: Any | None) -> InterceptorSet:
     config = resolve_config(
         service=service, center=center, embedded=embedded, token=token, tls_ca=tls_ca,
         tls_cert=tls_cert, tls_key=tls_key, center_public_key=center_public_key,
@@ -73,7 +74,12 @@ def _build(make: Callable[[SdkCore], tuple[Any, ...]], *, service: str | None,
     if config.center or config.policy_file:
         source = BackgroundPolicy(config, compile_for(config))
     core = SdkCore(config, source)
-    return InterceptorSet(make(core), core)
+    from .tracing_interceptors import client_spans
+
+    spans = client_spans(tracer_provider, config.service or "")
+    # The CLIENT span's interceptors go first (outermost); none without a tracer.
+    traced = tracing(spans) if spans is not None else ()
+    return InterceptorSet((*traced, *make(core)), core)
 
 
 def client_interceptors(*, service: str | None = None, center: str | None = None,
@@ -83,7 +89,8 @@ def client_interceptors(*, service: str | None = None, center: str | None = None
                         center_public_key: str | bytes | None = None,
                         timeout_ms: int | None = None, policy_file: str | None = None,
                         cache_dir: str | None = None, policy_wait_s: float | None = None,
-                        node_id: str | None = None) -> InterceptorSet:
+                        node_id: str | None = None,
+                        tracer_provider: Any | None = None) -> InterceptorSet:
     """Interceptors for `grpc.intercept_channel(channel, *interceptors)`.
 
     Arguments left out come from `FASTPROXY_SERVICE`, `FASTPROXY_CENTER`, `FASTPROXY_EMBEDDED`,
@@ -91,15 +98,18 @@ def client_interceptors(*, service: str | None = None, center: str | None = None
     `FASTPROXY_CENTER_PUBLIC_KEY`, `FASTPROXY_TIMEOUT_MS`, `FASTPROXY_POLICY_FILE`,
     `FASTPROXY_CACHE_DIR`. `timeout_ms` is the deadline of calls that set none when the
     policy gives none; `policy_wait_s` how long an embedded call without a deadline waits
-    for the first policy (default 5 s). Raises `SdkConfigError` on bad configuration.
+    for the first policy (default 5 s). Each call gets a CLIENT span from `tracer_provider`
+    (default: OpenTelemetry's global provider, as configured when this is called; none if
+    none is). Raises `SdkConfigError` on bad configuration.
     """
     from .sync_interceptors import sync_interceptors
+    from .tracing_interceptors import sync_tracing
 
-    return _build(sync_interceptors, service=service, center=center, embedded=embedded,
-                  token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
+    return _build(sync_interceptors, sync_tracing, service=service, center=center,
+                  embedded=embedded, token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                   center_public_key=center_public_key, timeout_ms=timeout_ms,
                   policy_file=policy_file, cache_dir=cache_dir, policy_wait_s=policy_wait_s,
-                  node_id=node_id)
+                  node_id=node_id, tracer_provider=tracer_provider)
 
 
 def aio_client_interceptors(*, service: str | None = None, center: str | None = None,
@@ -109,13 +119,15 @@ def aio_client_interceptors(*, service: str | None = None, center: str | None = 
                             center_public_key: str | bytes | None = None,
                             timeout_ms: int | None = None, policy_file: str | None = None,
                             cache_dir: str | None = None, policy_wait_s: float | None = None,
-                            node_id: str | None = None) -> InterceptorSet:
+                            node_id: str | None = None,
+                            tracer_provider: Any | None = None) -> InterceptorSet:
     """The same as `client_interceptors`, for `grpc.aio.insecure_channel(...,
     interceptors=...)` and `grpc.aio.secure_channel`."""
     from .aio_interceptors import aio_interceptors
+    from .tracing_interceptors import aio_tracing
 
-    return _build(aio_interceptors, service=service, center=center, embedded=embedded,
+    return _build(aio_interceptors, aio_tracing, service=service, center=center, embedded=embedded,
                   token=token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key,
                   center_public_key=center_public_key, timeout_ms=timeout_ms,
                   policy_file=policy_file, cache_dir=cache_dir, policy_wait_s=policy_wait_s,
-                  node_id=node_id)
+                  node_id=node_id, tracer_provider=tracer_provider)

@@ -1,0 +1,154 @@
+"""Span helpers: one span per call and per hop, joined by W3C trace context in metadata.
+
+Attributes follow OpenTelemetry's RPC semantic conventions (`rpc.system`, `rpc.service`,
+`rpc.method`, `rpc.grpc.status_code`, `server.address`/`server.port`,
+`network.peer.address`/`network.peer.port`), plus ours: `fastproxy.proxy` (in, out, client),
+`fastproxy.caller`, `fastproxy.callee`, `fastproxy.reason` (a refusal's reason) and
+`fastproxy.policy.revision`.
+
+These helpers are only reached when a tracer was configured: hosts hold `None` instead of a
+`CallSpans` with no exporter, check that once per call and create no span at all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+from opentelemetry import propagate, trace
+from opentelemetry.propagators.textmap import Getter
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+RPC_SYSTEM = "rpc.system"
+RPC_SERVICE = "rpc.service"
+RPC_METHOD = "rpc.method"
+RPC_STATUS = "rpc.grpc.status_code"
+SERVER_ADDRESS = "server.address"
+SERVER_PORT = "server.port"
+PEER_ADDRESS = "network.peer.address"
+PEER_PORT = "network.peer.port"
+PROXY = "fastproxy.proxy"
+CALLER = "fastproxy.caller"
+CALLEE = "fastproxy.callee"
+REASON = "fastproxy.reason"
+REVISION = "fastproxy.policy.revision"
+
+TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+class _DictGetter(Getter[Mapping[str, str]]):
+    def get(self, carrier: Mapping[str, str], key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    def keys(self, carrier: Mapping[str, str]) -> list[str]:
+        return list(carrier)
+
+
+_GETTER = _DictGetter()
+
+
+def split_method(method: str) -> tuple[str, str]:
+    """`/pkg.Service/Method` -> (`pkg.Service`, `Method`)."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service, name
+
+
+def split_peer(peer: str | None) -> tuple[str, int | None]:
+    """grpc's `ipv4:127.0.0.1:5000` / `ipv6:[::1]:5000` -> (address, port)."""
+    if not peer:
+        return "", None
+    _, _, rest = peer.partition(":")
+    host, _, port = rest.rpartition(":")
+    host = host.strip("[]")
+    try:
+        return host, int(port)
+    except ValueError:
+        return rest, None
+
+
+def split_host_port(address: str) -> tuple[str, int | None]:
+    host, _, port = address.rpartition(":")
+    try:
+        return host.strip("[]"), int(port)
+    except ValueError:
+        return address, None
+
+
+def context_from_metadata(metadata: Iterable[tuple[str, str | bytes]]) -> Any:
+    """The OpenTelemetry context the caller sent (W3C `traceparent`/`tracestate`)."""
+    carrier = {key: value for key, value in metadata
+               if key in TRACE_KEYS and isinstance(value, str)}
+    return propagate.extract(carrier, getter=_GETTER) if carrier else None
+
+
+def trace_metadata_of(span: Span) -> Metadata:
+    """`traceparent` (and `tracestate`) naming `span` as the parent of the next hop."""
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier, context=trace.set_span_in_context(span))
+    return tuple((key.lower(), value) for key, value in carrier.items())
+
+
+def without_trace_context(metadata: Metadata) -> Metadata:
+    return tuple((key, value) for key, value in metadata if key not in TRACE_KEYS)
+
+
+def trace_id_of(span: Span) -> str | None:
+    context = span.get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+class CallSpans:
+    """Starts and ends the span of one hop of a call (`kind` SERVER for a proxy, CLIENT for
+    the SDK). `proxy` is the `fastproxy.proxy` attribute: in, out or client."""
+
+    __slots__ = ("_base", "_kind", "_tracer")
+
+    def __init__(self, tracer: trace.Tracer, proxy: str, kind: SpanKind,
+                 service: str = "") -> None:
+        self._tracer = tracer
+        self._kind = kind
+        self._base: dict[str, Any] = {RPC_SYSTEM: "grpc", PROXY: proxy}
+        if service:
+            self._base[CALLER if proxy in ("out", "client") else CALLEE] = service
+
+    def start(self, method: str, parent: Any = None, peer: str | None = None,
+              server: str | None = None) -> Span:
+        grpc_service, name = split_method(method)
+        attributes = {**self._base, RPC_SERVICE: grpc_service, RPC_METHOD: name}
+        if peer:
+            address, port = split_peer(peer)
+            attributes[PEER_ADDRESS] = address
+            if port is not None:
+                attributes[PEER_PORT] = port
+        if server:
+            host, server_port = split_host_port(server)
+            attributes[SERVER_ADDRESS] = host
+            if server_port is not None:
+                attributes[SERVER_PORT] = server_port
+        return self._tracer.start_span(f"{grpc_service}/{name}", context=parent,
+                                       kind=self._kind, attributes=attributes)
+
+
+def end_call_span(span: Span, code: grpc.StatusCode, *, caller: str = "", callee: str = "",
+                  reason: str | None = None, revision: int | None = None,
+                  detail: str = "") -> None:
+    """Sets the outcome (`rpc.grpc.status_code`, ours) and ends `span`. Per the RPC
+    conventions a SERVER span is an error for codes a server is to blame for; we mark every
+    refusal and every non-OK code as an error, with the code's name as description."""
+    attributes: dict[str, Any] = {RPC_STATUS: code.value[0]}
+    if caller:
+        attributes[CALLER] = caller
+    if callee:
+        attributes[CALLEE] = callee
+    if reason is not None:
+        attributes[REASON] = reason
+    if revision is not None:
+        attributes[REVISION] = revision
+    span.set_attributes(attributes)
+    if code != grpc.StatusCode.OK:
+        span.set_status(Status(StatusCode.ERROR, f"{code.name}{': ' + detail if detail else ''}"))
+    span.end()

@@ -1,0 +1,206 @@
+"""What a proxy records about each call: the audit line of a refusal (always), and, when
+telemetry is on, one SERVER span and the call's metrics.
+
+Why our own spans and not `opentelemetry-instrumentation-grpc`'s server interceptor: the
+proxy serves every method with one generic raw-bytes handler, while that interceptor wraps
+the per-method handler and its servicer context; it cannot add the caller, callee, refusal
+reason and policy revision only the pipeline knows, it does not replace the `traceparent`
+the proxy forwards (the next hop's parent must be this hop's span), and it would run (and
+cost) on every call even with no exporter configured. Here, with no exporter and no metrics,
+`ForwardingHandler` never reaches this module's per-call code.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from opentelemetry.trace import Span, SpanKind
+
+from fastproxy.errors import FastProxyError
+from fastproxy.telemetry.logs import log_event
+from fastproxy.telemetry.metrics import ProxyMetrics
+from fastproxy.telemetry.tracing import (
+    CallSpans,
+    context_from_metadata,
+    end_call_span,
+    trace_id_of,
+    trace_metadata_of,
+    without_trace_context,
+)
+
+Metadata = tuple[tuple[str, str | bytes], ...]
+
+audit_log = logging.getLogger("fastproxy.audit")
+
+
+class CallRecord:
+    """One call through the proxy, as telemetry sees it."""
+
+    __slots__ = ("callee", "caller", "code", "detail", "forward_metadata", "opened_s",
+                 "reason", "received", "sealed_s", "sent", "span", "started")
+
+    def __init__(self, span: Span | None, forward_metadata: Metadata | None) -> None:
+        self.span = span
+        self.forward_metadata = forward_metadata
+        self.started = time.perf_counter()
+        self.caller = ""
+        self.callee = ""
+        self.code: grpc.StatusCode | None = None
+        self.reason: str | None = None
+        self.detail = ""
+        self.received = 0
+        self.sent = 0
+        self.sealed_s = 0.0
+        self.opened_s = 0.0
+
+    def refused(self, err: FastProxyError) -> None:
+        self.code = err.status
+        self.reason = err.reason.value
+        self.detail = err.detail
+        if err.caller:
+            self.caller = err.caller
+
+
+class TimedPlan:
+    """A `CallPlan` that counts bytes and the time spent in its message transforms.
+    `seals_requests`: the out-proxy seals requests and opens responses; the in-proxy the
+    reverse."""
+
+    __slots__ = ("_plan", "_record", "_seals_requests")
+
+    def __init__(self, plan: Any, record: CallRecord, seals_requests: bool) -> None:
+        self._plan = plan
+        self._record = record
+        self._seals_requests = seals_requests
+
+    @property
+    def endpoints(self) -> tuple[str, ...]:
+        return self._plan.endpoints  # type: ignore[no-any-return]
+
+    @property
+    def timeout_ms(self) -> int | None:
+        return self._plan.timeout_ms  # type: ignore[no-any-return]
+
+    @property
+    def added_metadata(self) -> Metadata:
+        return self._plan.added_metadata  # type: ignore[no-any-return]
+
+    def request(self, message: bytes, now: float) -> bytes:
+        record = self._record
+        started = time.perf_counter()
+        out: bytes = self._plan.request(message, now)
+        spent = time.perf_counter() - started
+        if self._seals_requests:
+            record.sealed_s += spent
+        else:
+            record.opened_s += spent
+        record.received += len(message)
+        record.sent += len(out)
+        return out
+
+    def response(self, message: bytes, now: float) -> bytes:
+        record = self._record
+        started = time.perf_counter()
+        out: bytes = self._plan.response(message, now)
+        spent = time.perf_counter() - started
+        if self._seals_requests:
+            record.opened_s += spent
+        else:
+            record.sealed_s += spent
+        record.received += len(message)
+        record.sent += len(out)
+        return out
+
+
+def _parties(plan: Any, proxy: str, service: str) -> tuple[str, str]:
+    """(caller, callee) of an admitted call; the pipeline's calls name the other side."""
+    call = getattr(plan, "call", None)
+    if proxy == "in":
+        return str(getattr(call, "caller", "")), service
+    return service, str(getattr(call, "destination", ""))
+
+
+class CallObserver:
+    """Per proxy process. `revision` reads the policy revision in force. `spans` and
+    `metrics` are None when off; `active` says whether either is on (checked once per call
+    by the handler, which otherwise skips everything here but the audit line)."""
+
+    def __init__(self, proxy: str, service: str, revision: Callable[[], int] = lambda: 0,
+                 spans: CallSpans | None = None, metrics: ProxyMetrics | None = None) -> None:
+        self.proxy = proxy
+        self.service = service
+        self.revision = revision
+        self.spans = spans
+        self.metrics = metrics
+        self.active = spans is not None or metrics is not None
+
+    @classmethod
+    def with_tracer(cls, proxy: str, service: str, revision: Callable[[], int],
+                    tracer: Any | None, metrics: ProxyMetrics | None) -> CallObserver:
+        spans = None if tracer is None else CallSpans(tracer, proxy, SpanKind.SERVER, service)
+        return cls(proxy, service, revision, spans, metrics)
+
+    # --- per call, only when active ---------------------------------------------------
+
+    def begin(self, method: str, metadata: Metadata, peer: str | None) -> CallRecord:
+        span = None
+        forward = None
+        if self.spans is not None:
+            span = self.spans.start(method, context_from_metadata(metadata), peer)
+            # The next hop's parent is this span: replace the incoming trace context.
+            forward = without_trace_context(metadata) + trace_metadata_of(span)
+        if self.metrics is not None:
+            self.metrics.active_streams.add(1, self.metrics.proxy_attributes)
+        return CallRecord(span, forward)
+
+    def admitted(self, record: CallRecord, plan: Any) -> Any:
+        record.caller, record.callee = _parties(plan, self.proxy, self.service)
+        if self.metrics is None:
+            return plan
+        return TimedPlan(plan, record, seals_requests=self.proxy == "out")
+
+    def end(self, record: CallRecord, method: str) -> None:
+        code = record.code or grpc.StatusCode.CANCELLED
+        if record.span is not None:
+            end_call_span(record.span, code, caller=record.caller, callee=record.callee,
+                          reason=record.reason, revision=self.revision(),
+                          detail=record.detail)
+        metrics = self.metrics
+        if metrics is not None:
+            attributes = metrics.proxy_attributes
+            metrics.active_streams.add(-1, attributes)
+            metrics.record_call(record.caller, record.callee, method, code.name,
+                                time.perf_counter() - record.started, record.reason)
+            if record.received:
+                metrics.received.add(record.received, attributes)
+            if record.sent:
+                metrics.sent.add(record.sent, attributes)
+            if record.sealed_s:
+                metrics.seal_seconds.add(record.sealed_s, attributes)
+            if record.opened_s:
+                metrics.open_seconds.add(record.opened_s, attributes)
+
+    # --- refusals, always --------------------------------------------------------------
+
+    def audit_refusal(self, method: str, err: FastProxyError, peer: str | None,
+                      record: CallRecord | None) -> None:
+        """One audit line per refused call: who called whom, what, why, under which
+        revision, from where. The detail is the one the caller is told (no secrets)."""
+        if self.proxy == "in":
+            caller, callee = err.caller or (record.caller if record else ""), self.service
+        else:
+            caller, callee = self.service, record.callee if record else ""
+        fields: dict[str, Any] = {
+            "event": "refused", "proxy": self.proxy, "caller": caller, "callee": callee,
+            "method": method, "reason": err.reason.value, "revision": self.revision(),
+            "peer": peer or "", "detail": err.detail,
+        }
+        if record is not None and record.span is not None:
+            trace_id = trace_id_of(record.span)
+            if trace_id:
+                fields["trace_id"] = trace_id
+        log_event(audit_log, logging.WARNING, "call refused", **fields)
