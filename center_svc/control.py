@@ -6,7 +6,8 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from center_svc.nodes import NodeTable
+from center_svc.metrics import CenterMetrics
+from center_svc.nodes import NodeSession, NodeTable
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import AuditAction, PolicyStore, Revision
 from fastproxy.policy import PolicyError, load_policy
@@ -23,9 +24,11 @@ class ApplyOutcome:
 
 
 class PolicyControl:
-    def __init__(self, store: PolicyStore, book: SnapshotBook) -> None:
+    def __init__(self, store: PolicyStore, book: SnapshotBook,
+                 metrics: CenterMetrics | None = None) -> None:
         self.store = store
         self.book = book
+        self.metrics = metrics or CenterMetrics()
         self.nodes = NodeTable(self._registry_changed)
         self._lock = asyncio.Lock()
 
@@ -55,11 +58,14 @@ class PolicyControl:
             result = await asyncio.to_thread(
                 self.store.append, yaml_text, author, comment, rolled_back_from, peer=peer
             )
+            action = AuditAction.ROLLBACK if rolled_back_from else AuditAction.APPLY
             if not result.applied:
+                self.metrics.applied(action, None, ())
                 return ApplyOutcome(False, result.revision,
                                     message=f"unchanged: identical to revision "
                                             f"{result.revision.revision}")
             self.book.set_policy(result.revision.revision, policy)
+            self.metrics.applied(action, result.revision.revision, self._views_changed())
         log.info("applied revision %d (author %s)", result.revision.revision, author)
         self.notify_all()
         return ApplyOutcome(True, result.revision,
@@ -79,8 +85,18 @@ class PolicyControl:
     async def record(self, action: AuditAction, actor: str, detail: str, *, peer: str = "",
                      revision: int = 0) -> None:
         """Stores an audit event (a refusal or a denied call) off the event loop."""
+        self.metrics.refused(action)
         await asyncio.to_thread(self.store.record_audit, action, actor, detail, peer=peer,
                                 revision=revision)
+
+    def _views_changed(self) -> list[NodeSession]:
+        """Connected nodes whose snapshot now differs from the last one they were sent."""
+        changed = []
+        for session in self.nodes:
+            signed = self.book.snapshot_for(session.role, session.service)
+            if signed is not None and signed.content_hash != session.sent_hash:
+                changed.append(session)
+        return changed
 
     def notify_all(self) -> None:
         for session in self.nodes:

@@ -177,8 +177,9 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                               sent_hash=hello.known_hash)
         if hello.known_hash:
             session.acked_revision, session.acked_hash = hello.known_revision, hello.known_hash
-        nodes = self.control.nodes
+        nodes, metrics = self.control.nodes, self.control.metrics
         nodes.add(session)
+        metrics.node_connected(session)
         log.info("node %s (%s, %s) connected from %s holding revision %d", hello.node_id,
                  policy_pb2.Role.Name(hello.role), hello.service, session.peer,
                  hello.known_revision)
@@ -190,6 +191,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             nodes.remove(session)
+            metrics.node_disconnected(session)
             log.info("node %s (%s) disconnected", session.node_id, session.service)
 
     async def _push(self, session: NodeSession,
@@ -216,17 +218,20 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
 
     async def _read_node(self, session: NodeSession,
                          requests: AsyncIterator[center_pb2.WatchRequest]) -> None:
-        nodes = self.control.nodes
+        nodes, metrics = self.control.nodes, self.control.metrics
         async for request in requests:
             kind = request.WhichOneof("kind")
             if kind == "ack":
+                previous = session.acked_revision
                 session.acked_revision = request.ack.revision
                 session.acked_hash = request.ack.content_hash
+                metrics.node_acked(session, previous)
             elif kind == "nack":
                 session.nacked_revision = request.nack.revision
                 session.nack_error = request.nack.error[:1000]
                 log.warning("node %s NACKed revision %d: %s", session.node_id,
                             request.nack.revision, session.nack_error)
+                metrics.node_nacked(session)
             elif (kind == "register" and session.role == policy_pb2.ROLE_IN
                   and request.register.address):
                 nodes.register(session, request.register.address, request.register.lease_seconds)
