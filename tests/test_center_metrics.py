@@ -1,0 +1,186 @@
+"""The Center's metrics: the apply-to-last-ACK rule as plain calls, then a real Center's
+Prometheus endpoint scraped over HTTP while a raw Watch client connects, ACKs and NACKs."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from center_policy import PolicyKeys, apply, policy_yaml
+from conftest import CenterProcess, StartCenter, free_port, wait_until
+from prometheus_client.parser import text_string_to_metric_families
+
+from center_svc.metrics import MAX_TRACKED_ROLLOUTS, RolloutTracker
+from center_svc.nodes import NodeSession
+from fastproxy.v1 import policy_pb2
+
+OUT = policy_pb2.ROLE_OUT
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def node(name: str) -> NodeSession:
+    return NodeSession(name, OUT, "chat_service", "ipv4:127.0.0.1:1", 0.0,
+                       changed=asyncio.Event())
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def tracker(clock: FakeClock) -> RolloutTracker:
+    return RolloutTracker(clock)
+
+
+# -- apply to last ACK, as plain calls -------------------------------------------------------
+
+
+def test_the_sample_is_the_time_from_the_apply_to_the_last_ack(
+        tracker: RolloutTracker, clock: FakeClock) -> None:
+    a, b = node("a"), node("b")
+    tracker.started(5, [a, b])
+    clock.now += 0.5
+    assert tracker.acked(a, 5) == []
+    clock.now += 1.0
+    assert tracker.acked(b, 5) == [1.5]
+    assert tracker.pending == []
+
+
+def test_an_ack_of_a_later_revision_counts_for_earlier_ones(
+        tracker: RolloutTracker, clock: FakeClock) -> None:
+    a = node("a")
+    tracker.started(5, [a])
+    clock.now += 1.0
+    tracker.started(6, [a])
+    clock.now += 1.0
+    assert tracker.acked(a, 6) == [2.0, 1.0]
+
+
+def test_an_ack_of_an_older_revision_does_not_count(tracker: RolloutTracker) -> None:
+    a = node("a")
+    tracker.started(5, [a])
+    assert tracker.acked(a, 4) == []
+    assert tracker.pending == [5]
+
+
+def test_nodes_that_nack_or_disconnect_are_not_waited_for(
+        tracker: RolloutTracker, clock: FakeClock) -> None:
+    a, b, c = node("a"), node("b"), node("c")
+    tracker.started(5, [a, b, c])
+    clock.now += 1.0
+    assert tracker.acked(a, 5) == []
+    clock.now += 1.0
+    assert tracker.nacked(b, 5) == []
+    clock.now += 1.0
+    assert tracker.disconnected(c) == [1.0]  # ends at a's ACK, the last one
+
+
+def test_a_revision_no_node_acked_gives_no_sample(tracker: RolloutTracker) -> None:
+    a = node("a")
+    tracker.started(5, [a])
+    assert tracker.nacked(a, 5) == []
+    assert tracker.pending == []
+
+
+def test_a_revision_that_changed_no_view_is_not_tracked(tracker: RolloutTracker) -> None:
+    tracker.started(5, [])
+    assert tracker.pending == []
+
+
+def test_only_the_newest_rollouts_are_waited_on(tracker: RolloutTracker) -> None:
+    stuck = node("stuck")
+    for revision in range(1, MAX_TRACKED_ROLLOUTS + 3):
+        tracker.started(revision, [stuck])
+    assert tracker.pending == list(range(3, MAX_TRACKED_ROLLOUTS + 3))
+
+
+# -- a real Center's Prometheus endpoint ------------------------------------------------------
+
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(port: int) -> Samples:
+    """Every sample on the endpoint, by name and labels (the otel_scope_* labels dropped)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    samples: Samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = tuple(sorted((k, v) for k, v in sample.labels.items()
+                                  if not k.startswith("otel_scope")))
+            samples[(sample.name, labels)] = sample.value
+    return samples
+
+
+def value(port: int, name: str, **labels: str) -> float:
+    return scrape(port).get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+@pytest.fixture
+def metrics_center(start_center: StartCenter) -> Iterator[tuple[CenterProcess, int]]:
+    port = free_port()
+    yield start_center("--metrics-port", str(port)), port
+
+
+def test_connected_nodes_rise_and_fall_with_watch_streams(
+        metrics_center: tuple[CenterProcess, int]) -> None:
+    center, port = metrics_center
+    assert value(port, "fastproxy_center_connected_nodes", role="out") == 0
+    watcher = center.watch().hello("out-1", OUT, "chat_service")
+    wait_until(lambda: value(port, "fastproxy_center_connected_nodes", role="out") == 1,
+               timeout=5, what="connected_nodes{role=out} == 1")
+    assert value(port, "fastproxy_center_connected_nodes", role="in") == 0
+    watcher.close()
+    wait_until(lambda: value(port, "fastproxy_center_connected_nodes", role="out") == 0,
+               timeout=5, what="connected_nodes{role=out} back to 0")
+
+
+def test_acks_nacks_and_apply_to_last_ack_are_counted(
+        metrics_center: tuple[CenterProcess, int]) -> None:
+    center, port = metrics_center
+    keys = PolicyKeys()
+    stub = center.stub()
+    assert apply(stub, policy_yaml(keys)).applied
+    watcher = center.watch().hello("out-1", OUT, "chat_service")
+    watcher.ack_snapshot(watcher.next_snapshot())
+    wait_until(lambda: value(port, "fastproxy_center_nodes_at_revision", revision="1") == 1,
+               timeout=5, what="nodes_at_revision{revision=1} == 1")
+    histogram = "fastproxy_center_apply_to_last_ack_seconds_count"
+    assert value(port, histogram) == 0  # applied before the node connected: not a rollout
+
+    # a change chat_service sees: the timeout of song_service, which it calls
+    assert apply(stub, policy_yaml(keys, song_timeout_ms=500)).applied
+    second = watcher.next_snapshot()
+    watcher.ack_snapshot(second)
+    wait_until(lambda: value(port, histogram) == 1, timeout=5,
+               what="one apply-to-last-ACK sample")
+    scraped = scrape(port)
+    assert scraped[("fastproxy_center_apply_to_last_ack_seconds_sum", ())] > 0
+    assert value(port, "fastproxy_center_nodes_at_revision", revision="2") == 1
+    assert value(port, "fastproxy_center_nodes_at_revision", revision="1") == 0
+    assert value(port, "fastproxy_center_applies_total", action="apply",
+                 outcome="applied") == 2
+
+    assert value(port, "fastproxy_center_nacks_total", service="chat_service") == 0
+    watcher.nack(2, second.content_hash, "cannot load key song-id")
+    wait_until(lambda: value(port, "fastproxy_center_nacks_total",
+                             service="chat_service") == 1,
+               timeout=5, what="nacks_total{service=chat_service} == 1")
+
+
+def test_refused_applies_are_counted(metrics_center: tuple[CenterProcess, int]) -> None:
+    center, port = metrics_center
+    refused = apply(center.stub(), policy_yaml(PolicyKeys()) + "colour: blue\n")
+    assert not refused.applied and refused.errors
+    assert value(port, "fastproxy_center_refusals_total", action="refused_apply") == 1
