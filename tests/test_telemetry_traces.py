@@ -1,0 +1,133 @@
+"""One call is one trace: the SDK's CLIENT span, the out-proxy's, the in-proxy's and the
+server's SERVER spans, each the parent of the next, received by a real OTLP receiver from
+real processes, through sealed calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import grpc
+import pytest
+from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from telemetry_stack import CALLEE, CALLER, ReceivedSpan, TelemetryStack, telemetry_stack
+
+import fastproxy
+from fastproxy.v1 import demo_pb2, demo_pb2_grpc
+
+pytestmark = pytest.mark.timeout(90)
+
+HOPS = ("test-client", "test-out-proxy", "test-in-proxy", "test-server")
+SPAN_KIND_SERVER = 2
+SPAN_KIND_CLIENT = 3
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TelemetryStack]:
+    with telemetry_stack(tmp_path_factory.mktemp("telemetry-traces")) as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def provider(stack: TelemetryStack) -> Iterator[TracerProvider]:
+    made = TracerProvider(resource=Resource.create({"service.name": "test-client"}))
+    made.add_span_processor(SimpleSpanProcessor(
+        OTLPSpanExporter(endpoint=f"127.0.0.1:{stack.receiver.port}", insecure=True)))
+    yield made
+    made.shutdown()
+
+
+@pytest.fixture
+def echo(stack: TelemetryStack, provider: TracerProvider) -> Iterator[demo_pb2_grpc.EchoStub]:
+    interceptors = fastproxy.client_interceptors(service=CALLER, tracer_provider=provider)
+    channel = grpc.intercept_channel(grpc.insecure_channel(stack.outproxy.address),
+                                     *interceptors)
+    yield demo_pb2_grpc.EchoStub(channel)
+    channel.close()
+    interceptors.close()
+
+
+def _chain(spans: list[ReceivedSpan], root_id: str) -> list[ReceivedSpan]:
+    """The spans from the test's root down, following parent links, one per hop."""
+    by_parent = {span.parent_id: span for span in spans}
+    chain = []
+    parent = root_id
+    while parent in by_parent:
+        child = by_parent[parent]
+        chain.append(child)
+        parent = child.span_id
+    return chain
+
+
+def _assert_one_trace(stack: TelemetryStack, provider: TracerProvider, trace_id: str,
+                      root_id: str, method: str) -> None:
+    spans = stack.receiver.wait_trace(trace_id, set(HOPS[1:]))
+    provider.force_flush()
+    spans = stack.receiver.wait_trace(trace_id, set(HOPS))
+    chain = _chain(spans, root_id)
+    assert [span.service for span in chain] == list(HOPS), \
+        [(s.service, s.span.name, s.span_id, s.parent_id) for s in spans]
+    client, out_proxy, in_proxy, server = chain
+    assert client.span.kind == SPAN_KIND_CLIENT
+    assert all(span.span.kind == SPAN_KIND_SERVER for span in (out_proxy, in_proxy, server))
+    service, name = method.lstrip("/").split("/")
+    for span in (client, out_proxy, in_proxy):
+        assert span.attribute("rpc.system") == "grpc"
+        assert span.attribute("rpc.service") == service
+        assert span.attribute("rpc.method") == name
+        assert span.attribute("rpc.grpc.status_code") == 0
+    assert client.attribute("fastproxy.proxy") == "client"
+    assert out_proxy.attribute("fastproxy.proxy") == "out"
+    assert in_proxy.attribute("fastproxy.proxy") == "in"
+    for span in (out_proxy, in_proxy):
+        assert span.attribute("fastproxy.caller") == CALLER
+        assert span.attribute("fastproxy.callee") == CALLEE
+        assert span.attribute("fastproxy.policy.revision") == 1
+        assert span.attribute("network.peer.address") == "127.0.0.1"
+
+
+def test_a_unary_call_through_both_proxies_is_one_trace(
+        stack: TelemetryStack, provider: TracerProvider,
+        echo: demo_pb2_grpc.EchoStub) -> None:
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("test-root") as root:
+        reply = echo.Unary(demo_pb2.EchoRequest(text="traced"), timeout=10)
+    assert reply.text == "traced"
+    context = root.get_span_context()
+    _assert_one_trace(stack, provider, format(context.trace_id, "032x"),
+                      format(context.span_id, "016x"), "/demo.v1.Echo/Unary")
+
+
+def test_a_streaming_call_through_both_proxies_is_one_trace(
+        stack: TelemetryStack, provider: TracerProvider,
+        echo: demo_pb2_grpc.EchoStub) -> None:
+    tracer = provider.get_tracer("test")
+    requests = [demo_pb2.EchoRequest(text=f"m{i}", repeat=2) for i in range(3)]
+    with tracer.start_as_current_span("test-root") as root:
+        replies = list(echo.Bidi(iter(requests), timeout=10))
+    assert len(replies) == 6
+    context = root.get_span_context()
+    _assert_one_trace(stack, provider, format(context.trace_id, "032x"),
+                      format(context.span_id, "016x"), "/demo.v1.Echo/Bidi")
+
+
+def test_a_refused_call_has_its_reason_on_the_in_proxy_span(
+        stack: TelemetryStack, provider: TracerProvider,
+        echo: demo_pb2_grpc.EchoStub) -> None:
+    catalog = demo_pb2_grpc.CatalogStub(grpc.intercept_channel(
+        grpc.insecure_channel(stack.outproxy.address),
+        *fastproxy.client_interceptors(service=CALLER, tracer_provider=provider)))
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("test-root") as root, \
+            pytest.raises(grpc.RpcError) as refused:
+        catalog.GetItem(demo_pb2.GetItemRequest(id="x"), timeout=10)
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    trace_id = format(root.get_span_context().trace_id, "032x")
+    spans = stack.receiver.wait_trace(trace_id, {"test-in-proxy", "test-out-proxy"})
+    in_proxy = next(span for span in spans if span.service == "test-in-proxy")
+    assert in_proxy.attribute("fastproxy.reason") == "denied"
+    assert in_proxy.attribute("fastproxy.caller") == CALLER
+    assert in_proxy.attribute("rpc.grpc.status_code") == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert in_proxy.span.status.code == 2  # ERROR
