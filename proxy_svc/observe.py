@@ -154,7 +154,7 @@ class CallObserver:
             # The next hop's parent is this span: replace the incoming trace context.
             forward = without_trace_context(metadata) + trace_metadata_of(span)
         if self.metrics is not None:
-            self.metrics.active_streams.add(1, self.metrics.proxy_attributes)
+            self.metrics.active += 1
         return CallRecord(span, forward)
 
     def admitted(self, record: CallRecord, plan: Any) -> Any:
@@ -171,18 +171,13 @@ class CallObserver:
                           detail=record.detail)
         metrics = self.metrics
         if metrics is not None:
-            attributes = metrics.proxy_attributes
-            metrics.active_streams.add(-1, attributes)
+            metrics.active -= 1
             metrics.record_call(record.caller, record.callee, method, code.name,
                                 time.perf_counter() - record.started, record.reason)
-            if record.received:
-                metrics.received.add(record.received, attributes)
-            if record.sent:
-                metrics.sent.add(record.sent, attributes)
-            if record.sealed_s:
-                metrics.seal_seconds.add(record.sealed_s, attributes)
-            if record.opened_s:
-                metrics.open_seconds.add(record.opened_s, attributes)
+            metrics.received_bytes += record.received
+            metrics.sent_bytes += record.sent
+            metrics.sealed_s += record.sealed_s
+            metrics.opened_s += record.opened_s
 
     # --- refusals, always --------------------------------------------------------------
 
