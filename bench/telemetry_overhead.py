@@ -99,7 +99,7 @@ def policy(in_ports: dict[str, int]) -> str:
 
 class Stack:
     def __init__(self, name: str, policy_path: Path, in_port: int, log_dir: Path,
-                 receiver: CountingReceiver | None) -> None:
+                 receiver: CountingReceiver | None, extra_env: dict[str, str]) -> None:
         self.name = name
         self.method = f"/bench.v1.{name.title()}/Unary"
         self.upstream_port, self.out_port, self.in_port = free_port(), free_port(), in_port
@@ -107,7 +107,8 @@ class Stack:
         metrics: list[str] = []
         if receiver is not None:
             env.update({"OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{receiver.port}",
-                        "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "1000"})
+                        "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "1000",
+                        **extra_env})
             self.in_metrics, self.out_metrics = free_port(), free_port()
             metrics = ["--metrics-port"]
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -198,15 +199,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--in-flight", type=int, default=16)
     parser.add_argument("--size", type=int, default=1024)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sample-ratio", type=float, default=1.0,
+                        help="traces: parentbased_traceidratio with this ratio (default 1: "
+                             "every call)")
+    parser.add_argument("--no-traces", action="store_true",
+                        help="on: metrics only (OTEL_TRACES_EXPORTER=none)")
     args = parser.parse_args(argv)
+    extra_env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+                 "OTEL_TRACES_SAMPLER_ARG": str(args.sample_ratio)}
+    if args.no_traces:
+        extra_env["OTEL_TRACES_EXPORTER"] = "none"
     receiver = CountingReceiver()
     in_ports = {"off": free_port(), "on": free_port()}
     with tempfile.TemporaryDirectory(prefix="fastproxy-telemetry-bench-") as tmp:
         directory = Path(tmp)
         policy_path = directory / "policy.yaml"
         policy_path.write_text(policy(in_ports))
-        stacks = {"off": Stack("off", policy_path, in_ports["off"], directory, None),
-                  "on": Stack("on", policy_path, in_ports["on"], directory, receiver)}
+        stacks = {"off": Stack("off", policy_path, in_ports["off"], directory, None, {}),
+                  "on": Stack("on", policy_path, in_ports["on"], directory, receiver,
+                              extra_env)}
         results: dict[str, list[dict[str, float]]] = {"off": [], "on": []}
         try:
             for stack in stacks.values():
