@@ -6,20 +6,28 @@
 
 Starts real processes on 127.0.0.1: a lean grpc.aio echo upstream, the Center (memory store,
 policy from a generated file), an out-proxy and an in-proxy per sealed setup, and nginx
-(`grpc_pass`, one worker). Setups: direct, nginx, sealed, sealed+gzip, sealed-workers2,
-embedded and observed (the last two are slots until their features exist); see
-`harness/setups.py`. Load: h2load (unary, gRPC frames via -d) and a Python grpc.aio client
-(`harness/pyload.py`: unary at saturation, at a fixed rate, one call in flight; bidi).
+(`grpc_pass`, one worker), and for `observed` a counting OTLP/gRPC receiver. Setups: direct,
+nginx, sealed, sealed+gzip, sealed-workers2, embedded (the SDK in embedded mode in the load
+client, straight to an in-proxy; Python client only) and observed (the sealed chain with
+tracing and metrics on); see `harness/setups.py`. Load: h2load (unary, gRPC frames via -d)
+and a Python grpc.aio client (`harness/pyload.py`: unary at saturation, at a fixed rate, one
+call in flight; bidi).
 Every setup is checked with real calls (each reply compared) before anything is timed; an
 h2load run counts only if its response data bytes equal calls x (5 + reply size).
 
 Figures per measurement: throughput, latency p50/p90/p99 (Python client), CPU seconds per
 1,000 calls of each process of the setup (utime+stime from /proc/PID/stat over exactly the
-measured window), peak RSS (VmHWM) of each process. Runs are interleaved (every setup once per
-scenario, then the next scenario; then the next run) and medians are reported with min-max.
+measured window), and the Python load client's own CPU (`client`), peak RSS (VmHWM) of each
+process. Runs are interleaved (every setup once per scenario, then the next scenario; then the
+next run) and medians are reported with min-max.
 
-`--smoke`: one run, 1 KiB unary, setups direct and sealed, short durations; exits non-zero
-if any check or measurement fails. Exit status 0 means every measurement was valid.
+`--merge` (with `--json`): a partial run (`--setups`) replaces only its setups' figures in the
+existing JSON file and the generated block of `--markdown`; the other setups keep theirs, and
+each ratio pairs setups of the same run.
+
+`--smoke`: one run, 1 KiB unary (h2load saturation and one call in flight), setups direct,
+sealed and embedded, short durations; exits non-zero if any check or measurement fails. Exit
+status 0 means every measurement was valid.
 """
 
 from __future__ import annotations
@@ -41,6 +49,9 @@ from harness.measure import Durations, Measurement, Runner, Scenario  # noqa: E4
 from harness.procstat import tree_peak_rss_kib  # noqa: E402
 from harness.setups import ALL_SETUPS, Setup, Topology  # noqa: E402
 
+SMOKE_SETUPS = "direct,sealed,embedded"
+SMOKE_BSP_DELAY_MS = 200  # observed in a smoke run: its few spans leave in 0.2 s, not 5 s
+
 DEFAULT_SETUPS = ("direct", "nginx", "sealed", "sealed+gzip", "sealed-workers2", "embedded",
                   "observed")
 DEFAULT_PAYLOADS = (100, 1024, 64 * 1024, 1024 * 1024)
@@ -49,14 +60,15 @@ TARGET_SIZE = 1024
 
 def scenarios(payloads: Sequence[int], use_h2load: bool, smoke: bool) -> list[Scenario]:
     """What each run measures: for every payload unary at saturation (h2load), one call in
-    flight and bidi (Python client); for 1 KiB also Python-client saturation and fixed rate."""
+    flight and bidi (Python client); for 1 KiB also Python-client saturation and fixed rate.
+    Smoke: saturation (h2load, else Python) and one call in flight only."""
     out: list[Scenario] = []
     for size in payloads:
         if use_h2load:
             out.append(Scenario("unary", size, "h2load", "saturate"))
-        if size == TARGET_SIZE or not use_h2load:
+        if (size == TARGET_SIZE and not smoke) or not use_h2load:
             out.append(Scenario("unary", size, "py", "saturate"))
-        if size == TARGET_SIZE:
+        if size == TARGET_SIZE and not smoke:
             out.append(Scenario("unary", size, "py", "rate"))
         out.append(Scenario("unary", size, "py", "single"))
         if not smoke:
@@ -85,11 +97,16 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="measure nothing: rewrite --markdown from an earlier --json file")
     parser.add_argument("--markdown", type=Path,
                         help="replace the data-plane section of this file (docs/benchmarks.md)")
+    parser.add_argument("--merge", action="store_true",
+                        help="with --json: replace only this run's setups in that file (and "
+                             "in --markdown), keep the other setups' figures")
     args = parser.parse_args(argv)
+    if args.merge and not args.json:
+        parser.error("--merge needs --json (the file to merge into)")
     if args.smoke:
         args.runs, args.payloads = 1, str(TARGET_SIZE)
         if args.setups == parser.get_default("setups"):
-            args.setups = "direct,sealed"
+            args.setups = SMOKE_SETUPS
         args.seconds, args.h2load_seconds, args.rate = 0.3, 0.3, 100.0
     return args
 
@@ -110,10 +127,12 @@ def check(runner: Runner, setups: dict[str, Setup], payloads: Sequence[int]) -> 
 def rewrite_report(args: argparse.Namespace) -> int:
     """Recomputes summary and targets from the raw measurements of an earlier run."""
     document = json.loads(args.report_only.read_text())
-    measurements = [Measurement(**raw) for raw in document["measurements"]]
+    measurements = report.load_measurements(document)
     use_h2load = any(m.tool == "h2load" for m in measurements)
     document["summary"] = report.summarize(measurements)
-    document["targets"] = report.targets(measurements, use_h2load)
+    # targets no longer computable here (a merged run) keep their earlier entry and batch
+    document["targets"] = {**document.get("targets", {}),
+                           **report.targets(measurements, use_h2load)}
     args.report_only.write_text(json.dumps(document, indent=1) + "\n")
     summary = report.markdown(document)
     if args.markdown:
@@ -134,11 +153,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     durations = Durations(args.seconds, args.h2load_seconds, args.rate,
                           min_h2load_calls=20 if args.smoke else 40)
     started_at = datetime.datetime.now(datetime.UTC)
+    batch = started_at.isoformat(timespec="seconds")
     measurements: list[Measurement] = []
     setups: dict[str, Setup] = {}
     idle_rss: dict[str, dict[str, int]] = {}
     with tempfile.TemporaryDirectory(prefix="fastproxy-bench-") as tmp:
-        topology = Topology(names, Path(tmp))
+        topology = Topology(names, Path(tmp),
+                            bsp_delay_ms=SMOKE_BSP_DELAY_MS if args.smoke else None)
         try:
             setups = topology.start()
             idle_rss = {name: {label: tree_peak_rss_kib(spawned.pid, "VmRSS")[0]
@@ -153,7 +174,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             for run in range(1, args.runs + 1):
                 for scenario in plan:
                     for setup in live:
+                        if scenario.tool == "h2load" and setup.python_client_only:
+                            continue
                         result = runner.measure(run, setup, scenario)
+                        result.batch = batch
                         measurements.append(result)
                         print(report.progress_line(result), flush=True)
         finally:
@@ -161,6 +185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     document = report.document(args, sys.argv, started_at, setups, measurements, use_h2load,
                                idle_rss)
     if args.json:
+        if args.merge and args.json.exists():
+            document = report.merge(json.loads(args.json.read_text()), document, ALL_SETUPS)
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(document, indent=1) + "\n")
     summary = report.markdown(document)

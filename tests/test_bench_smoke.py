@@ -1,6 +1,8 @@
 """The data-plane benchmark harness still works: `bench/dataplane.py --smoke` starts the real
-processes, checks every reply and measures each setup, and its h2load check refuses a run whose
-replies are not all echoes (h2load counts a gRPC error inside HTTP 200 as a success)."""
+processes, checks every reply and measures each setup (direct, sealed, the SDK in embedded mode
+straight to an in-proxy, and nginx when installed), and its h2load check refuses a run whose
+replies are not all echoes (h2load counts a gRPC error inside HTTP 200 as a success). A
+partial run merged into an earlier JSON file replaces only its own setups."""
 
 from __future__ import annotations
 
@@ -9,13 +11,15 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "bench"))
 
-from harness import h2load  # noqa: E402
+from harness import h2load, report  # noqa: E402
+from harness.measure import Measurement  # noqa: E402
 
 HAS_NGINX = shutil.which("nginx") is not None
 HAS_H2LOAD = shutil.which("h2load") is not None
@@ -48,7 +52,7 @@ def test_grpc_frame_is_flag_length_message(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
-    setups = ["direct", "sealed"] + (["nginx"] if HAS_NGINX else [])
+    setups = ["direct", "sealed", "embedded"] + (["nginx"] if HAS_NGINX else [])
     out = tmp_path / "smoke.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "dataplane.py"), "--smoke",
@@ -61,6 +65,15 @@ def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
     assert all(m["valid"] and m["calls"] > 0 for m in measurements)
     tools = {m["tool"] for m in measurements}
     assert tools == ({"h2load", "py"} if HAS_H2LOAD else {"py"})
+    # the Python client reports its own CPU; embedded is driven by it alone (h2load cannot
+    # seal), and its client does the sealing an out-proxy does elsewhere
+    assert all(m["cpu_s"]["client"] > 0 for m in measurements if m["tool"] == "py")
+    embedded = [m for m in measurements if m["setup"] == "embedded"]
+    assert embedded and {m["tool"] for m in embedded} == {"py"}
+    for m in embedded:
+        assert set(m["cpu_s_per_1000"]) >= {"in-proxy", "upstream", "client"}
+        assert "out-proxy" not in m["cpu_s_per_1000"]
+    assert sum(m["cpu_s"]["in-proxy"] for m in embedded) > 0
     sealed = [m for m in measurements if m["setup"] == "sealed"]
     for m in sealed:
         assert set(m["cpu_s_per_1000"]) >= {"out-proxy", "in-proxy", "upstream"}
@@ -73,3 +86,44 @@ def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
     assert "added_p50_ms.sealed" in targets
     if HAS_NGINX and HAS_H2LOAD:
         assert "cpu_ratio.sealed" in targets
+    assert "### Client CPU per call" in report.markdown(doc)
+
+
+def measurement(setup: str, run: int, batch: str, out_cpu: float) -> dict[str, Any]:
+    cpu = {"out-proxy": out_cpu, "in-proxy": out_cpu, "upstream": 0.5}
+    return Measurement(run, setup, "unary 1 KiB py single", "unary", 1024, "py", "single",
+                       calls=100, valid=True, p50_ms=1.0, p90_ms=1.0, p99_ms=1.0,
+                       cpu_s=cpu, cpu_s_per_1000=cpu, batch=batch).to_json()
+
+
+def bench_doc(date: str, measurements: list[dict[str, Any]]) -> dict[str, Any]:
+    setups = sorted({str(m["setup"]) for m in measurements})
+    return {"date": date, "command": f"run {date}", "machine": {}, "versions": {},
+            "batches": [{"date": date, "command": f"run {date}", "setups": setups,
+                         "machine": {}, "versions": {}}],
+            "setups": {name: {"skipped": "", "processes": [], "batch": date}
+                       for name in setups},
+            "targets": {}, "measurements": measurements}
+
+
+def test_merge_replaces_only_the_new_run_setups_and_pairs_ratios_within_a_run() -> None:
+    earlier = bench_doc("2026-01-01", [measurement("sealed", 1, "2026-01-01", 1.0),
+                                       measurement("observed", 1, "2026-01-01", 1.0),
+                                       measurement("direct", 1, "2026-01-01", 0.0)])
+    earlier["targets"] = report.targets(report.load_measurements(earlier), False)
+    assert earlier["targets"]["observed_cpu_ratio.single"]["median"] == pytest.approx(1.0)
+    # a partial run of observed alone: its ratio to sealed needs a sealed of the same run
+    new = bench_doc("2026-02-02", [measurement("observed", 1, "2026-02-02", 3.0)])
+    merged = report.merge(earlier, new, ["direct", "sealed", "observed"])
+    assert {(m["setup"], m["batch"]) for m in merged["measurements"]} == {
+        ("sealed", "2026-01-01"), ("direct", "2026-01-01"), ("observed", "2026-02-02")}
+    assert list(merged["setups"]) == ["direct", "sealed", "observed"]
+    ratio = merged["targets"]["observed_cpu_ratio.single"]
+    assert ratio["median"] == pytest.approx(1.0) and ratio["batch"] == "2026-01-01"
+    # with sealed measured again in the same run, the ratio comes from that run
+    newer = bench_doc("2026-03-03", [measurement("observed", 1, "2026-03-03", 3.0),
+                                     measurement("sealed", 1, "2026-03-03", 2.0)])
+    merged = report.merge(merged, newer, ["direct", "sealed", "observed"])
+    ratio = merged["targets"]["observed_cpu_ratio.single"]
+    assert ratio["median"] == pytest.approx(1.5) and ratio["batch"] == "2026-03-03"
+    assert not ratio["met"]

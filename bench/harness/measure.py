@@ -1,5 +1,7 @@
 """One measurement: a load (h2load or the Python client) against one setup, with the CPU
-seconds of each of the setup's processes over exactly the measured window."""
+seconds of each of the setup's processes over exactly the measured window, and (Python
+client) the load client's own CPU over its load, as `client`. For the observed setup the
+window ends once the receiver holds the window's spans (`telemetry_probe.py`)."""
 
 from __future__ import annotations
 
@@ -16,8 +18,10 @@ from harness import h2load
 from harness.procstat import TreeSample, tree_peak_rss_kib
 from harness.pyload import payload
 from harness.setups import Setup
+from harness.telemetry_probe import TelemetryProbe
 
 PYLOAD = Path(__file__).resolve().parent / "pyload.py"
+CHECK_CALLS = 4  # pyload's check: three unary calls and one bidi stream
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +64,11 @@ class Measurement:
     cpu_s: dict[str, float] = field(default_factory=dict)
     cpu_s_per_1000: dict[str, float] = field(default_factory=dict)
     peak_rss_kib: dict[str, int] = field(default_factory=dict)
+    # observed setup: spans received, spans expected, Prometheus call counts (telemetry_probe)
+    telemetry: dict[str, Any] = field(default_factory=dict)
+    # the invocation of dataplane.py that measured this (its start date); ratios pair only
+    # measurements of the same batch and run
+    batch: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,10 +99,14 @@ class Runner:
         result = Measurement(run, setup.name, scenario.name, scenario.kind, scenario.size,
                              scenario.tool, scenario.mode)
         roots = {label: spawned.pid for label, spawned in setup.processes.items()}
+        telemetry = TelemetryProbe(setup)
         if scenario.tool == "h2load":
-            self._h2load(setup, scenario, result, roots)
+            self._h2load(setup, scenario, result, roots, telemetry)
         else:
-            self._pyload(setup, scenario, result, roots)
+            self._pyload(setup, scenario, result, roots, telemetry)
+        result.telemetry, problem = telemetry.finish()
+        if problem and result.valid:
+            result.valid, result.problem = False, problem
         for label, pid in roots.items():
             result.peak_rss_kib[label] = tree_peak_rss_kib(pid)[0]
         if result.calls:
@@ -118,7 +131,7 @@ class Runner:
         return 4, 16
 
     def _h2load(self, setup: Setup, scenario: Scenario, result: Measurement,
-                roots: dict[str, int]) -> None:
+                roots: dict[str, int], telemetry: TelemetryProbe) -> None:
         url = f"http://{setup.entry}{setup.unary_method}"
         frame = self._frame(scenario.size)
         clients, streams = self._h2load_shape(scenario.size)
@@ -132,15 +145,17 @@ class Runner:
         calls = int(self._estimates[key] * self.durations.h2load_seconds)
         calls = max(self.durations.min_h2load_calls, calls)
         calls += -calls % clients
+        telemetry.start()
         before = self._sample(roots)
         run = h2load.run(url, frame, scenario.size, calls, clients, streams)
+        telemetry.settle(run.calls)
         result.cpu_s = self._cpu(before, self._sample(roots))
         self._estimates[key] = run.throughput or self._estimates[key]
         result.calls, result.elapsed_s, result.throughput = run.calls, run.elapsed_s, run.throughput
         result.valid, result.problem = run.valid, run.problem
 
     def _pyload(self, setup: Setup, scenario: Scenario, result: Measurement,
-                roots: dict[str, int]) -> None:
+                roots: dict[str, int], telemetry: TelemetryProbe) -> None:
         concurrency = 4 if scenario.size >= 64 * 1024 else 32
         if scenario.mode == "bidi":
             concurrency = 2 if scenario.size >= 1 << 20 else 8
@@ -149,6 +164,8 @@ class Runner:
                 "--size", str(scenario.size), "--mode", scenario.mode,
                 "--seconds", str(self.durations.seconds),
                 "--concurrency", str(concurrency), "--rate", str(self.durations.rate)]
+        if setup.embedded_service:
+            argv += ["--embedded-service", setup.embedded_service, "--center", setup.center]
         process = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=subprocess.PIPE, text=True)
         try:
@@ -156,11 +173,16 @@ class Runner:
             if ready != "ready":
                 result.problem = f"client did not start: {ready!r} {_stderr(process)}"
                 return
+            telemetry.start()
             before = self._sample(roots)
             assert process.stdin is not None
             process.stdin.write("go\n")
             process.stdin.flush()
             line = _read_line(process, self.durations.seconds * 4 + 120)
+            figures = _figures(line)
+            if figures is not None:  # units: calls, bidi streams; check: 3 unary + 1 bidi
+                telemetry.settle(CHECK_CALLS if scenario.mode == "check" else
+                             concurrency if scenario.kind == "bidi" else int(figures["calls"]))
             result.cpu_s = self._cpu(before, self._sample(roots))
         finally:
             if process.poll() is None:
@@ -169,11 +191,10 @@ class Runner:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
-        try:
-            figures = json.loads(line)
-        except json.JSONDecodeError:
+        if figures is None:
             result.problem = f"client output {line!r} {_stderr(process)}"
             return
+        result.cpu_s["client"] = figures["cpu_s"]
         result.calls = figures["calls"]
         result.elapsed_s = figures["elapsed_s"]
         result.throughput = figures["throughput"]
@@ -184,6 +205,14 @@ class Runner:
                               f"{figures['calls']} calls: {figures['first_error']}")
         else:
             result.valid = True
+
+
+def _figures(line: str) -> dict[str, Any] | None:
+    try:
+        figures = json.loads(line)
+    except json.JSONDecodeError:
+        return None
+    return figures if isinstance(figures, dict) else None
 
 
 def _read_line(process: subprocess.Popen[str], timeout_s: float) -> str:

@@ -55,12 +55,19 @@ class Spawned:
                              f"{self.log_tail()}")
 
 
+def base_env() -> dict[str, str]:
+    """This process's environment without any `OTEL_*` variable: a process of the harness
+    exports telemetry only when its setup says so (`observed`)."""
+    return {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
+
+
 def spawn(name: str, argv: list[str], address: str, log_dir: Path,
           env: dict[str, str] | None = None) -> Spawned:
+    """Starts `argv` with `base_env()` plus `env`, output to `log_dir/NAME.log`."""
     log_path = log_dir / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, env={**os.environ, **(env or {})})
+                                   stdin=subprocess.DEVNULL, env={**base_env(), **(env or {})})
     return Spawned(name, process, address, log_path)
 
 

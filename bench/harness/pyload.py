@@ -2,11 +2,19 @@
 
     python bench/harness/pyload.py --target HOST:PORT --method /svc/Unary --size N
         --mode check|saturate|rate|single|bidi [--seconds S] [--concurrency C] [--rate R]
+        [--embedded-service NAME --center HOST:PORT]
 
 It connects and warms up (calls not counted), prints `ready`, waits for one line on stdin
 (the harness reads every server's CPU counters in between), runs the measured load, and
 prints one JSON line: calls, errors, wrong replies, elapsed seconds, throughput, latency
-percentiles in ms. Every reply is compared with the request it echoes.
+percentiles in ms, and its own CPU seconds over the measured load (`cpu_s`: user+system of all
+its threads, `time.process_time`). Every reply is compared with the request it echoes.
+
+With `--embedded-service NAME --center ADDR` the channel carries the SDK's interceptors in
+embedded mode (`fastproxy.aio_client_interceptors(service=NAME, center=ADDR,
+embedded=True)`): the client itself routes, signs, seals each request and opens each
+response, and `--target` is the callee's in-proxy. The first policy is awaited before the
+warm-up.
 
 - check: a few unary calls and one bidi stream of 3 messages, each reply compared;
 - saturate: C workers making unary calls back to back for S seconds;
@@ -26,8 +34,9 @@ import math
 import random
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import grpc
 
@@ -69,8 +78,10 @@ def percentile(sorted_values: Sequence[float], fraction: float) -> float:
 
 
 class Load:
-    def __init__(self, target: str, method: str, size: int) -> None:
-        self.channel = grpc.aio.insecure_channel(target, options=OPTIONS)
+    def __init__(self, target: str, method: str, size: int,
+                 interceptors: Sequence[grpc.aio.ClientInterceptor] | None = None) -> None:
+        self.channel = grpc.aio.insecure_channel(target, options=OPTIONS,
+                                                 interceptors=interceptors)
         self.unary = self.channel.unary_unary(method)
         self.bidi_method = self.channel.stream_stream(method.rsplit("/", 1)[0] + "/Bidi")
         self.request = payload(size)
@@ -99,13 +110,22 @@ class Load:
 
     async def one_stream(self, tally: Tally, messages: int | None,
                          until: float | None = None) -> None:
-        call = self.bidi_method(timeout=300)
+        # Requests go through an iterator, not `call.write()`: the SDK's aio interceptors
+        # return a call without the `_done_writing_flag` grpc.aio's write() reads (bug
+        # reported), and one API style for every setup keeps the client's work the same.
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[bytes]:
+            while (message := await outbox.get()) is not None:
+                yield message
+
+        call = self.bidi_method(requests(), timeout=300)
         try:
             sent = 0
             while (messages is None or sent < messages) and (
                     until is None or time.perf_counter() < until):
                 start = time.perf_counter()
-                await call.write(self.request)
+                outbox.put_nowait(self.request)
                 reply = await call.read()
                 sent += 1
                 if reply is grpc.aio.EOF:
@@ -115,7 +135,7 @@ class Load:
                 tally.calls += 1
                 if reply != self.request:
                     tally.wrong += 1
-            await call.done_writing()
+            outbox.put_nowait(None)
             if await call.read() is not grpc.aio.EOF:
                 tally.wrong += 1
             if await call.code() != grpc.StatusCode.OK:
@@ -161,14 +181,28 @@ class Load:
         await asyncio.gather(*(self.one_stream(tally, None, until) for _ in range(concurrency)))
 
 
+def embedded_interceptors(service: str, center: str) -> Any:
+    """The SDK's aio interceptors in embedded mode, once the first policy is in."""
+    import fastproxy
+
+    made = fastproxy.aio_client_interceptors(service=service, center=center, embedded=True)
+    if not made.wait_for_policy(30.0):
+        made.close()
+        raise SystemExit(f"embedded SDK: no policy from {center} within 30 s")
+    return made
+
+
 async def run(args: argparse.Namespace) -> dict[str, object]:
-    load = Load(args.target, args.method, args.size)
+    interceptors = (embedded_interceptors(args.embedded_service, args.center)
+                    if args.embedded_service else None)
+    load = Load(args.target, args.method, args.size, interceptors)
     tally = Tally()
     try:
         if args.mode != "check":
             await load.warm_up(args.mode)
         print("ready", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+        cpu_started = time.process_time()
         started = time.perf_counter()
         if args.mode == "check":
             await load.check(tally)
@@ -181,8 +215,11 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         else:
             await load.bidi(tally, args.seconds, args.concurrency)
         elapsed = time.perf_counter() - started
+        cpu_s = time.process_time() - cpu_started
     finally:
         await load.channel.close()
+        if interceptors is not None:
+            interceptors.close()
     latencies = sorted(tally.latencies_s)
     return {
         "calls": tally.calls, "errors": tally.errors, "wrong": tally.wrong,
@@ -191,6 +228,7 @@ async def run(args: argparse.Namespace) -> dict[str, object]:
         "p50_ms": percentile(latencies, 0.50) * 1000,
         "p90_ms": percentile(latencies, 0.90) * 1000,
         "p99_ms": percentile(latencies, 0.99) * 1000,
+        "cpu_s": cpu_s,
     }
 
 
@@ -204,6 +242,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--embedded-service", default="",
+                        help="caller service of the SDK in embedded mode (needs --center)")
+    parser.add_argument("--center", default="", help="the Center, for --embedded-service")
     result = asyncio.run(run(parser.parse_args(argv)))
     print(json.dumps(result), flush=True)
 

@@ -21,7 +21,24 @@ BEGIN = "<!-- dataplane:begin (written by bench/dataplane.py; edits here are ove
 END = "<!-- dataplane:end -->"
 TARGET_SCENARIO_SIZE = 1024
 PROXIES = ("out-proxy", "in-proxy")
+OBSERVED_MAX = 1.10  # observability issue: tracing and metrics on cost < 10% more proxy CPU
 Json = dict[str, Any]
+
+
+OBSERVED_NOTE = (
+    "both are the same chain (out-proxy + in-proxy, AES-256-GCM, HMAC, authz, rate limit); "
+    "`observed` runs with the standard `OTEL_*` variables (OTLP/gRPC export of traces and "
+    "metrics to a real receiver in its own process, `bench/harness/otlp_receiver.py`, sampler "
+    "`parentbased_always_on`, the SDK's default span batching, metrics every 10 s) and "
+    "`--metrics-port` on both proxies; `sealed` runs with no `OTEL_*` variable. The ratio is "
+    "the two proxies' CPU per call, within each run. A window of `observed` ends once the "
+    "receiver holds its spans (export work inside the window); a window in which the receiver "
+    "got no span from either proxy, or the Prometheus call counter did not move, is invalid.")
+CLIENT_NOTE = (
+    "CPU seconds per 1,000 calls (ms per call) of the Python load client itself "
+    "(`time.process_time` over its load) and of the setup's proxies. In `embedded` the "
+    "client runs the SDK in embedded mode and does the out-proxy's work (route, sign, seal, "
+    "open) itself, so compare its client + proxies with `sealed`'s.")
 
 
 def progress_line(m: Measurement) -> str:
@@ -86,19 +103,35 @@ def summarize(measurements: Sequence[Measurement]) -> Json:
                 figures[name] = spread(values)
         for label in ms[0].cpu_s_per_1000:
             figures[f"cpu_s_per_1000.{label}"] = spread([m.cpu_s_per_1000[label] for m in ms])
+        if "client" in ms[0].cpu_s_per_1000:
+            figures["cpu_s_per_1000.proxies"] = spread([_proxies_cpu(m) for m in ms])
+            figures["cpu_s_per_1000.client+proxies"] = spread(
+                [_proxies_cpu(m) + m.cpu_s_per_1000["client"] for m in ms])
+        spans = [sum(m.telemetry["spans"].values()) / m.telemetry["units"]
+                 for m in ms if m.telemetry.get("units")]
+        if spans:
+            figures["otlp_spans_per_unit"] = spread(spans)
         for label in ms[0].peak_rss_kib:
             figures[f"peak_rss_mib.{label}"] = spread([m.peak_rss_kib[label] / 1024 for m in ms])
         out.setdefault(setup, {})[scenario] = figures
     return out
 
 
+def _proxies_cpu(m: Measurement) -> float:
+    """CPU seconds per 1,000 calls of all the proxies of the measurement's setup."""
+    return sum(value for label, value in m.cpu_s_per_1000.items() if label.endswith("proxy"))
+
+
 def _per_run(measurements: Sequence[Measurement], scenario: str, numerator: str,
              denominator: str, figure: Callable[[Measurement, Measurement], float | None]
              ) -> list[float]:
-    by_key = {(m.run, m.setup): m for m in measurements if m.valid and m.scenario == scenario}
+    """`figure(numerator's measurement, denominator's)` for every run of every batch that
+    measured both."""
+    by_key = {(m.batch, m.run, m.setup): m for m in measurements
+              if m.valid and m.scenario == scenario}
     values = []
-    for (run, setup), m in by_key.items():
-        other = by_key.get((run, denominator))
+    for (batch, run, setup), m in by_key.items():
+        other = by_key.get((batch, run, denominator))
         if setup == numerator and other is not None:
             value = figure(m, other)
             if value is not None:
@@ -111,7 +144,20 @@ def _hop_cpu(m: Measurement) -> float:
 
 
 def targets(measurements: Sequence[Measurement], use_h2load: bool) -> Json:
-    """The issue's ratios, computed within each run, then the median over runs."""
+    """The issue's ratios, computed within each run of one batch (one invocation of the
+    harness), then the median over runs. When the measurements come from several batches (a
+    partial run merged into an earlier one), each target comes from the newest batch that
+    measured both of its setups, and its entry names that batch."""
+    batches = sorted({m.batch for m in measurements})
+    out: Json = {}
+    for batch in batches:
+        found = _batch_targets([m for m in measurements if m.batch == batch], use_h2load)
+        for key, entry in found.items():
+            out[key] = {**entry, "batch": batch} if isinstance(entry, dict) else entry
+    return out
+
+
+def _batch_targets(measurements: Sequence[Measurement], use_h2load: bool) -> Json:
     one_kib = size_label(TARGET_SCENARIO_SIZE)
     saturate = f"unary {one_kib} {'h2load' if use_h2load else 'py'} saturate"
     single = f"unary {one_kib} py single"
@@ -153,6 +199,16 @@ def targets(measurements: Sequence[Measurement], use_h2load: bool) -> Json:
         out["proxy_peak_rss_mib.up_to_1KiB"] = {"max": max(small), "target_max": 40,
                                                 "met": max(small) <= 40}
 
+    def observed_ratio(m: Measurement, sealed: Measurement) -> float:
+        return _hop_cpu(m) / _hop_cpu(sealed)
+
+    for key, scenario in (("saturate", saturate), ("single", single)):
+        values = _per_run(measurements, scenario, "observed", "sealed", observed_ratio)
+        if values:
+            out[f"observed_cpu_ratio.{key}"] = {
+                **spread(values), "scenario": scenario, "target_max": OBSERVED_MAX,
+                "met": statistics.median(values) <= OBSERVED_MAX}
+
     def throughput_ratio(m: Measurement, one: Measurement) -> float:
         return m.throughput / one.throughput
 
@@ -167,14 +223,18 @@ def targets(measurements: Sequence[Measurement], use_h2load: bool) -> Json:
 def document(args: argparse.Namespace, argv: Sequence[str], started_at: datetime.datetime,
              setups: dict[str, Setup], measurements: Sequence[Measurement],
              use_h2load: bool, idle_rss_kib: dict[str, dict[str, int]]) -> Json:
+    date = started_at.isoformat(timespec="seconds")
+    batch = {"date": date, "command": "python bench/dataplane.py " + " ".join(argv[1:]),
+             "setups": list(setups), "machine": machine(), "versions": versions()}
     return {
-        "date": started_at.isoformat(timespec="seconds"),
-        "command": "python bench/dataplane.py " + " ".join(argv[1:]),
+        "date": date,
+        "command": batch["command"],
         "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
-        "machine": machine(),
-        "versions": versions(),
+        "machine": batch["machine"],
+        "versions": batch["versions"],
+        "batches": [batch],
         "setups": {name: {"skipped": s.skipped, "processes": sorted(s.processes),
-                          "entry_method": s.unary_method,
+                          "entry_method": s.unary_method, "batch": date,
                           "idle_rss_mib": {label: kib / 1024 for label, kib
                                            in idle_rss_kib.get(name, {}).items()}}
                    for name, s in setups.items()},
@@ -182,6 +242,44 @@ def document(args: argparse.Namespace, argv: Sequence[str], started_at: datetime
         "targets": targets(measurements, use_h2load),
         "measurements": [m.to_json() for m in measurements],
     }
+
+
+def load_measurements(doc: Json) -> list[Measurement]:
+    """The raw measurements of a document; those written before batches existed get the
+    document's date as their batch."""
+    measurements = [Measurement(**raw) for raw in doc["measurements"]]
+    for m in measurements:
+        m.batch = m.batch or doc["date"]
+    return measurements
+
+
+def _batches(doc: Json) -> list[Json]:
+    return list(doc.get("batches") or [{
+        "date": doc["date"], "command": doc["command"], "setups": list(doc["setups"]),
+        "machine": doc["machine"], "versions": doc["versions"]}])
+
+
+def merge(earlier: Json, new: Json, order: Sequence[str]) -> Json:
+    """`earlier` with the setups measured in `new` replaced by `new`'s (measurements,
+    setups, summary); targets recomputed, those that need a setup only `earlier` measured
+    alongside a replaced one are kept from `earlier` with their batch named. `order`: the
+    order of setups in the result."""
+    replaced = set(new["setups"])
+    kept = [m for m in load_measurements(earlier) if m.setup not in replaced]
+    measurements = kept + load_measurements(new)
+    setups = {**{name: {**s, "batch": s.get("batch", earlier["date"])}
+                 for name, s in earlier["setups"].items()}, **new["setups"]}
+    setups = {name: setups[name] for name in sorted(
+        setups, key=lambda n: order.index(n) if n in order else len(order))}
+    batches = [b for b in _batches(earlier) if set(b["setups"]) - replaced] + new["batches"]
+    use_h2load = any(m.tool == "h2load" for m in measurements)
+    earlier_targets = {key: ({**entry, "batch": entry.get("batch", earlier["date"])}
+                             if isinstance(entry, dict) else entry)
+                       for key, entry in earlier.get("targets", {}).items()}
+    return {**new, "batches": batches, "setups": setups,
+            "summary": summarize(measurements),
+            "targets": {**earlier_targets, **targets(measurements, use_h2load)},
+            "measurements": [m.to_json() for m in measurements]}
 
 
 def _fmt(figure: Json | None, digits: int = 2) -> str:
@@ -211,7 +309,7 @@ def _target_rows(t: Json) -> list[str]:
                         f"({t['scenario_latency']}) | <= {entry['target_max']:.1f} ms "
                         f"| {_fmt(entry)} ms | {verdict(entry)} |")
     for key, what in (("proxy_peak_rss_mib.up_to_1KiB", "payloads <= 1 KiB"),
-                      ("proxy_peak_rss_mib.all_payloads", "all payloads, up to 1 MiB")):
+                      ("proxy_peak_rss_mib.all_payloads", "all payloads of the run")):
         entry = t.get(key)
         if entry:
             rows.append(f"| proxy peak RSS under load ({what}) | <= 40 MB "
@@ -220,22 +318,91 @@ def _target_rows(t: Json) -> list[str]:
     if entry:
         rows.append(f"| `--workers 2` / 1 throughput ({t['scenario_cpu']}) | >= 1.7x "
                     f"| {_fmt(entry)}x | {verdict(entry)} |")
+    for key in ("saturate", "single"):
+        entry = t.get(f"observed_cpu_ratio.{key}")
+        if entry:
+            rows.append(f"| proxy CPU per call, tracing and metrics on / off: observed / "
+                        f"sealed ({entry['scenario']}) | <= {entry['target_max']:.2f}x "
+                        f"| {_fmt(entry, 3)}x | {verdict(entry)} |")
+    if len({entry["batch"] for entry in t.values()
+            if isinstance(entry, dict) and "batch" in entry}) > 1:
+        rows = [rows[0].replace(" | |", " | | run |"), rows[1] + " --- |"] + [
+            row + f" {_batch_of(t, row)} |" for row in rows[2:]]
     return rows
 
 
+def _batch_of(t: Json, row: str) -> str:
+    """The batch (run date) of the target a row of `_target_rows` shows."""
+    keys = [key for key, entry in t.items() if isinstance(entry, dict) and _row_matches(key, row)]
+    return str(t[keys[0]].get("batch", "")) if keys else ""
+
+
+def _row_matches(key: str, row: str) -> bool:
+    name, _, setup = key.partition(".")
+    if name == "cpu_ratio":
+        return f"one {setup} hop" in row
+    if name.startswith("added_"):
+        return f"added {name.split('_')[1]}," in row
+    if name == "proxy_peak_rss_mib":
+        return ("<= 1 KiB" in row) == (setup == "up_to_1KiB") and "peak RSS" in row
+    if name == "workers2_throughput_ratio":
+        return "--workers 2" in row
+    if name == "observed_cpu_ratio":
+        return "observed / sealed" in row and (
+            ("single" in row) == (setup == "single"))
+    return False
+
+
+def _client_rows(doc: Json) -> list[str]:
+    """Client CPU per call next to the proxies', for every setup the Python client drove."""
+    rows = ["| scenario | setup | CPU client | CPU proxies | CPU client + proxies |",
+            "| --- | --- | --- | --- | --- |"]
+    scenarios: list[str] = []
+    for figures in doc["summary"].values():
+        scenarios += [name for name in figures if name not in scenarios
+                      and "cpu_s_per_1000.client" in figures[name]]
+    for scenario in scenarios:
+        for name in doc["setups"]:
+            figures = doc["summary"].get(name, {}).get(scenario)
+            if figures and "cpu_s_per_1000.client" in figures:
+                rows.append(f"| {scenario} | {name} "
+                            f"| {_fmt(figures['cpu_s_per_1000.client'], 3)} "
+                            f"| {_fmt(figures['cpu_s_per_1000.proxies'], 3)} "
+                            f"| {_fmt(figures['cpu_s_per_1000.client+proxies'], 3)} |")
+    return rows if len(rows) > 2 else []
+
+
+def _batch_lines(doc: Json) -> list[str]:
+    batches = _batches(doc)
+    lines: list[str] = []
+    for batch in batches:
+        m, v = batch["machine"], batch["versions"]
+        if len(batches) > 1:
+            measured = [name for name, s in doc["setups"].items()
+                        if s.get("batch", doc["date"]) == batch["date"]]
+            lines += [f"Run of {batch['date']} (setups {', '.join(measured)}):", ""]
+        lines += [
+            f"Command: `{batch['command']}`",
+            "",
+            f"Machine: {m['cpu_model']}, {m['cores']} cores (shared with other work), "
+            f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; "
+            f"grpcio {v['grpcio']}, protobuf {v['protobuf']}, cryptography "
+            f"{v['cryptography']}, nginx {v['nginx']}, {v['h2load']}; {batch['date']}.",
+            ""]
+    if len(batches) > 1:
+        lines += ["Runs were merged with `--merge`: each setup's figures come from the run "
+                  "named above; every ratio pairs setups of the same run (the Targets table "
+                  "names the run of each).", ""]
+    return lines
+
+
 def markdown(doc: Json) -> str:
-    m, v, t = doc["machine"], doc["versions"], doc["targets"]
+    t = doc["targets"]
     lines = [
         BEGIN,
         "## Data plane: setups side by side",
         "",
-        f"Command: `{doc['command']}`",
-        "",
-        f"Machine: {m['cpu_model']}, {m['cores']} cores (shared with other work), "
-        f"{m['memory_gib']} GiB, Linux {m['kernel']}, Python {m['python']}; "
-        f"grpcio {v['grpcio']}, protobuf {v['protobuf']}, cryptography {v['cryptography']}, "
-        f"nginx {v['nginx']}, {v['h2load']}; {doc['date']}.",
-        "",
+        *_batch_lines(doc),
         "Each figure is the median over the runs, with min-max in brackets. CPU is seconds "
         "per 1,000 calls (= ms per call) of each process over the measured window only. "
         "One sealed hop = mean of the out-proxy's and the in-proxy's CPU per call (each "
@@ -250,6 +417,12 @@ def markdown(doc: Json) -> str:
     ]
     if "workers2_throughput_ratio" in t:
         lines += [f"`sealed-workers2`: {t['workers2_throughput_ratio']['scaled']}", ""]
+    if any(key.startswith("observed_cpu_ratio") for key in t):
+        lines += [f"`observed` / `sealed`: {OBSERVED_NOTE}", ""]
+    client = _client_rows(doc)
+    if client:
+        lines += ["### Client CPU per call (Python load client)", "", CLIENT_NOTE, "",
+                  *client, ""]
     for name, setup in doc["setups"].items():
         lines.append(f"### {name}")
         lines.append("")
@@ -257,7 +430,9 @@ def markdown(doc: Json) -> str:
             lines += [f"Not measured: {setup['skipped']}.", ""]
             continue
         scenarios = doc["summary"].get(name, {})
-        labels = setup["processes"]
+        labels = list(setup["processes"])
+        if any("cpu_s_per_1000.client" in f for f in scenarios.values()):
+            labels.append("client")
         header = ["scenario", "calls/s", "p50 ms", "p90 ms", "p99 ms",
                   *(f"CPU {label}" for label in labels)]
         lines.append("| " + " | ".join(header) + " |")
@@ -276,6 +451,11 @@ def markdown(doc: Json) -> str:
         idle = ", ".join(f"{label} {mib:.1f} MiB" for label, mib in setup["idle_rss_mib"].items())
         lines += ["", "Peak RSS (VmHWM, largest process of each): " + ", ".join(peaks)
                   + f". RSS at start, before any load: {idle}.", ""]
+        spans = [f"{scenario} {_fmt(f['otlp_spans_per_unit'])}"
+                 for scenario, f in scenarios.items() if "otlp_spans_per_unit" in f]
+        if spans:
+            lines += ["Spans the OTLP receiver got per call (bidi: per stream; 2 = one "
+                      "SERVER span from each proxy): " + "; ".join(spans) + ".", ""]
     lines.append(END)
     return "\n".join(lines)
 

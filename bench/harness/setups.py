@@ -11,7 +11,14 @@ one setup only, and all setups stay up during the whole run (the idle ones cost 
   (high enough never to refuse); policy from the Center.
 - sealed+gzip: the same with gzip for messages of 512 bytes or more.
 - sealed-workers2: the same as sealed with the OUT-proxy at `--workers 2` (see WORKERS_NOTE).
-- embedded, observed: slots, skipped until the SDK's embedded mode and observability exist.
+- embedded: the load client itself carries the SDK in embedded mode
+  (`fastproxy.aio_client_interceptors(service=bench_client, center=..., embedded=True)`) and
+  calls the in-proxy (`echo_embedded`) directly: the out-proxy's work (route, sign, seal,
+  open) moves into the client process. Python client only (h2load cannot seal).
+- observed: the sealed chain (`echo_observed`) with tracing and metrics on: both proxies get
+  the standard `OTEL_*` variables (OTLP/gRPC export of traces and metrics to the harness's
+  counting receiver, `otlp_receiver.py`, sampler `parentbased_always_on`) and serve Prometheus
+  metrics on `--metrics-port`. Every other proxy runs with no `OTEL_*` variable at all.
 """
 
 from __future__ import annotations
@@ -24,6 +31,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.processes import Spawned, free_port, spawn, stop, wait_listening, wait_serving
+
+# The OTLP variables of the observed proxies, besides the endpoint and the service name.
+# Batching (OTEL_BSP_*) keeps the SDK's defaults unless `Topology(bsp_delay_ms=...)` (smoke).
+# Metrics are exported every 10 s (the SDK's default is 60 s) so a short run sees some.
+OBSERVED_ENV = {
+    "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+    "OTEL_METRIC_EXPORT_INTERVAL": "10000",
+}
+# Each observed proxy's spans carry its own service.name; the receiver counts per name.
+OBSERVED_SERVICE_NAMES = {"out-proxy": "bench-observed-out-proxy",
+                          "in-proxy": "bench-observed-in-proxy"}
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = BENCH_DIR / "nginx" / "grpc_pass.conf.template"
@@ -48,6 +67,10 @@ SEALED: dict[str, SealedSpec] = {
     "sealed+gzip": SealedSpec("bench.v1.Gzip", "echo_gzip", gzip=True),
     "sealed-workers2": SealedSpec("bench.v1.Workers2", "echo_workers2", out_workers=2),
 }
+EMBEDDED = SealedSpec("bench.v1.Embedded", "echo_embedded")
+OBSERVED = SealedSpec("bench.v1.Observed", "echo_observed")
+# every callee of the bench policy, by the setup that calls it
+CALLEES: dict[str, SealedSpec] = {**SEALED, "embedded": EMBEDDED, "observed": OBSERVED}
 ALL_SETUPS = ("direct", "nginx", *SEALED, "embedded", "observed")
 
 
@@ -61,6 +84,17 @@ class Setup:
     unary_method: str = "/bench.v1.Direct/Unary"
     processes: dict[str, Spawned] = field(default_factory=dict)
     skipped: str = ""
+    # embedded: the load client runs the SDK in embedded mode as this caller, policy from
+    # `center`; such a setup cannot be driven by h2load
+    embedded_service: str = ""
+    center: str = ""
+    # observed: the OTLP receiver's address and each proxy's Prometheus port (label -> port)
+    otlp_receiver: str = ""
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def python_client_only(self) -> bool:
+        return bool(self.embedded_service)
 
 
 def _secret() -> str:
@@ -68,14 +102,15 @@ def _secret() -> str:
 
 
 def policy_yaml(in_ports: dict[str, int]) -> str:
-    """The bench policy: one callee service per sealed setup, all callable by `bench_client`."""
+    """The bench policy: one callee service per sealed, embedded and observed setup, all
+    callable by `bench_client`."""
     lines = ["version: 1", "keys:",
              f"  bench-enc: {{type: aes-256-gcm, secret: \"{_secret()}\"}}",
              f"  bench-client-id: {{type: hmac-sha256, secret: \"{_secret()}\"}}",
              f"  bench-echo-id: {{type: hmac-sha256, secret: \"{_secret()}\"}}",
              "services:",
              f"  {CALLER}:", "    identity: {key: bench-client-id}"]
-    for name, spec in SEALED.items():
+    for name, spec in CALLEES.items():
         lines += [f"  {spec.callee}:",
                   f"    grpc_services: [{spec.grpc_service}]",
                   f"    endpoints: [\"127.0.0.1:{in_ports[name]}\"]",
@@ -108,24 +143,43 @@ def embedded_available() -> bool:
         import fastproxy
     except ImportError:
         return False
-    return hasattr(fastproxy, "client_interceptors")
+    return hasattr(fastproxy, "aio_client_interceptors")
 
 
 class Topology:
-    """Starts the upstream, the Center, nginx and the proxies of the chosen setups."""
+    """Starts the upstream, the Center, nginx, the OTLP receiver and the proxies of the chosen
+    setups. `bsp_delay_ms` sets OTEL_BSP_SCHEDULE_DELAY of the observed proxies (None: the
+    SDK's default, 5 s; the smoke run uses a short one so its small batches leave soon)."""
 
-    def __init__(self, names: list[str], work_dir: Path) -> None:
+    def __init__(self, names: list[str], work_dir: Path,
+                 bsp_delay_ms: int | None = None) -> None:
         self.names = names
         self.work_dir = work_dir
+        self.bsp_delay_ms = bsp_delay_ms
         self.log_dir = work_dir / "logs"
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.started: list[Spawned] = []
         self.setups: dict[str, Setup] = {}
 
-    def _spawn(self, name: str, argv: list[str], address: str) -> Spawned:
-        spawned = spawn(name, argv, address, self.log_dir)
+    def _spawn(self, name: str, argv: list[str], address: str,
+               env: dict[str, str] | None = None) -> Spawned:
+        spawned = spawn(name, argv, address, self.log_dir, env)
         self.started.append(spawned)
         return spawned
+
+    def _proxy(self, role: str, tag: str, service: str, listen: str, center: Spawned,
+               extra: list[str], env: dict[str, str] | None = None) -> Spawned:
+        return self._spawn(f"{role}-proxy-{tag}", [
+            sys.executable, "-m", "proxy_svc", "--role", role, "--service", service,
+            "--listen", listen, "--center", center.address, "--log-level", "warning",
+            *extra], listen, env)
+
+    def _observed_env(self, label: str, receiver: Spawned) -> dict[str, str]:
+        env = {**OBSERVED_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{receiver.address}",
+               "OTEL_SERVICE_NAME": OBSERVED_SERVICE_NAMES[label]}
+        if self.bsp_delay_ms is not None:
+            env["OTEL_BSP_SCHEDULE_DELAY"] = str(self.bsp_delay_ms)
+        return env
 
     def start(self) -> dict[str, Setup]:
         py = sys.executable
@@ -133,13 +187,13 @@ class Topology:
         upstream = self._spawn("upstream", [
             py, str(BENCH_DIR / "harness" / "echo_upstream.py"),
             "--port", upstream_addr.rpartition(":")[2]], upstream_addr)
-        sealed = [name for name in self.names if name in SEALED]
+        sealed = [name for name in self.names if name in CALLEES]
         in_ports = {name: free_port() for name in sealed}
         out_ports = {name: free_port() for name in sealed}
         center: Spawned | None = None
         if sealed:
             policy = self.work_dir / "policy.yaml"
-            policy.write_text(policy_yaml({**{n: 1 for n in SEALED}, **in_ports}))
+            policy.write_text(policy_yaml({**{n: 1 for n in CALLEES}, **in_ports}))
             center_addr = f"127.0.0.1:{free_port()}"
             center = self._spawn("center", [py, "-m", "center_svc", "--listen", center_addr,
                                             "--store", "memory://", "--policy", str(policy)],
@@ -168,33 +222,50 @@ class Topology:
                 assert center is not None
                 spec = SEALED[name]
                 tag = name.replace("+", "-")
-                in_proxy = self._spawn(f"in-proxy-{tag}", [
-                    py, "-m", "proxy_svc", "--role", "in", "--service", spec.callee,
-                    "--listen", f"127.0.0.1:{in_ports[name]}", "--upstream", upstream_addr,
-                    "--center", center.address, "--log-level", "warning"],
-                    f"127.0.0.1:{in_ports[name]}")
-                out_proxy = self._spawn(f"out-proxy-{tag}", [
-                    py, "-m", "proxy_svc", "--role", "out", "--service", CALLER,
-                    "--listen", f"127.0.0.1:{out_ports[name]}", "--center", center.address,
-                    "--workers", str(spec.out_workers), "--log-level", "warning"],
-                    f"127.0.0.1:{out_ports[name]}")
+                in_proxy = self._proxy("in", tag, spec.callee, f"127.0.0.1:{in_ports[name]}",
+                                       center, ["--upstream", upstream_addr])
+                out_proxy = self._proxy("out", tag, CALLER, f"127.0.0.1:{out_ports[name]}",
+                                        center, ["--workers", str(spec.out_workers)])
                 setup.entry = out_proxy.address
                 setup.unary_method = f"/{spec.grpc_service}/Unary"
                 setup.processes = {"out-proxy": out_proxy, "in-proxy": in_proxy,
                                    "upstream": upstream, "center": center}
             elif name == "embedded":
-                # TODO(embedded): when `fastproxy.client_interceptors(service=..., center=...,
-                # embedded=True)` exists, run pyload with those interceptors straight at an
-                # in-proxy (h2load cannot seal, so Python client figures only).
-                setup.skipped = ("the SDK's embedded mode is not in the tree yet"
-                                 if not embedded_available() else
-                                 "the SDK's embedded mode (`fastproxy.aio_client_interceptors("
-                                 "..., embedded=True)`) arrived after this harness; driving "
-                                 "it from the Python client is still to do")
+                assert center is not None
+                if not embedded_available():
+                    setup.skipped = "the SDK's embedded mode is not in the tree"
+                    continue
+                in_proxy = self._proxy("in", name, EMBEDDED.callee,
+                                       f"127.0.0.1:{in_ports[name]}", center,
+                                       ["--upstream", upstream_addr])
+                setup.entry = in_proxy.address
+                setup.unary_method = f"/{EMBEDDED.grpc_service}/Unary"
+                setup.embedded_service, setup.center = CALLER, center.address
+                setup.processes = {"in-proxy": in_proxy, "upstream": upstream,
+                                   "center": center}
             elif name == "observed":
-                # TODO(observed): the sealed chain with tracing and metrics exported, once the
-                # observability issue adds the flags; same processes as `sealed`.
-                setup.skipped = "tracing and metrics do not exist yet (observability issue)"
+                assert center is not None
+                receiver_addr = f"127.0.0.1:{free_port()}"
+                receiver = self._spawn("otlp-receiver", [
+                    py, str(BENCH_DIR / "harness" / "otlp_receiver.py"),
+                    "--port", receiver_addr.rpartition(":")[2]], receiver_addr)
+                wait_listening(receiver)
+                setup.metrics_ports = {"out-proxy": free_port(), "in-proxy": free_port()}
+                in_proxy = self._proxy(
+                    "in", name, OBSERVED.callee, f"127.0.0.1:{in_ports[name]}", center,
+                    ["--upstream", upstream_addr,
+                     "--metrics-port", str(setup.metrics_ports["in-proxy"])],
+                    self._observed_env("in-proxy", receiver))
+                out_proxy = self._proxy(
+                    "out", name, CALLER, f"127.0.0.1:{out_ports[name]}", center,
+                    ["--metrics-port", str(setup.metrics_ports["out-proxy"])],
+                    self._observed_env("out-proxy", receiver))
+                setup.entry = out_proxy.address
+                setup.unary_method = f"/{OBSERVED.grpc_service}/Unary"
+                setup.otlp_receiver = receiver.address
+                setup.processes = {"out-proxy": out_proxy, "in-proxy": in_proxy,
+                                   "upstream": upstream, "center": center,
+                                   "otlp-receiver": receiver}
             else:
                 raise ValueError(f"unknown setup {name!r}; known: {', '.join(ALL_SETUPS)}")
         for setup in self.setups.values():
