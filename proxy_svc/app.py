@@ -19,6 +19,7 @@ from fastproxy.v1 import policy_pb2 as pb
 from fastproxy.watch import NodeIdentity, PolicyHolder
 from proxy_svc.config import ProxyConfig
 from proxy_svc.forward import ForwardingHandler, InboundRole, OutboundRole, start_proxy_server
+from proxy_svc.kinds import MethodKinds, ReflectionLearner
 from proxy_svc.observe import CallObserver
 from proxy_svc.upstream import UpstreamPool
 
@@ -95,7 +96,13 @@ async def serve(config: ProxyConfig) -> None:
     pool = UpstreamPool(config.max_message_bytes, _upstream_credentials(config))
     role = (InboundRole(holder, config.upstream or "", NodeState()) if config.role == "in"
             else OutboundRole(holder))
-    handler = ForwardingHandler(role, pool, observer=observer)
+    # Unary methods take the fast path once known: the in-proxy asks its upstream's
+    # reflection, the out-proxy hears it from the in-proxy (proxy_svc.kinds).
+    kinds = MethodKinds()
+    upstream = config.upstream or ""
+    learner = (ReflectionLearner(kinds, lambda: pool.channel(upstream))
+               if config.role == "in" else None)
+    handler = ForwardingHandler(role, pool, observer=observer, kinds=kinds, learner=learner)
     health_servicer = health.aio.HealthServicer()
 
     def add_health(server: grpc.aio.Server) -> None:
@@ -136,5 +143,7 @@ async def serve(config: ProxyConfig) -> None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if learner is not None:
+            await learner.close()
         await pool.close()
         log.info("stopped")

@@ -1,0 +1,154 @@
+"""Which methods are unary: learned, never guessed, so the proxy can serve them on its fast path.
+
+Why: grpc.aio chooses the handler type when a call arrives, from the method name alone. A
+method served as stream-stream (the only safe choice for an unknown method) costs a generator
+on each side, a separate write and half-close towards the upstream and a separate read; a
+unary handler and a `unary_unary` upstream call send message and half-close in one batch. The
+kind must be known before the first message, and serving a streaming method as unary would
+silently drop its extra messages, so a kind comes only from a source that knows it:
+
+- the in-proxy asks its upstream's server reflection (`grpc.reflection.v1alpha`, then `v1`),
+  once per gRPC service, in the background, after a call to that service was admitted (so an
+  unauthenticated client cannot make it ask about anything). Until the answer is in, and for
+  an upstream without reflection, calls take the stream path.
+- the in-proxy tells the out-proxy in a response trailer of ours (`KIND_KEY`); the out-proxy
+  learns a method from it and forgets it when a fast-path answer comes back without it. The
+  out-proxy strips the entry, so the app never sees it.
+- a fast-path call that fails in a way that can mean the kind was wrong (INTERNAL,
+  UNIMPLEMENTED) drops the method; the next call takes the stream path and learns again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import grpc
+
+_log = logging.getLogger("fastproxy.proxy")
+
+KIND_KEY = "fastproxy-kind"
+UNARY_KIND = "unary"
+# The reflection services, newest-but-rare last: grpcio-reflection serves v1alpha.
+REFLECTION_METHODS = (
+    "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+    "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+)
+REFLECTION_TIMEOUT_S = 3.0
+# Services asked about, at most (each answer is kept for the process's life).
+MAX_SERVICES = 1024
+
+
+def grpc_service_of(method: str) -> str:
+    """`/pkg.Service/Method` -> `pkg.Service`; "" for anything else."""
+    cut = method.rfind("/")
+    return method[1:cut] if method.startswith("/") and cut > 1 else ""
+
+
+class MethodKinds:
+    """The methods known to be unary (`unary`, read on every call) and to stream."""
+
+    def __init__(self, unary: Iterable[str] = ()) -> None:
+        self.unary: set[str] = set(unary)
+        self.streaming: set[str] = set()
+        self.learned = 0
+        self.forgotten = 0
+
+    def learn(self, method: str, is_unary: bool, source: str) -> None:
+        if is_unary:
+            if method not in self.unary:
+                self.unary.add(method)
+                self.learned += 1
+                _log.info("method %s is unary (from %s): fast path", method, source)
+        else:
+            self.unary.discard(method)
+            self.streaming.add(method)
+
+    def forget(self, method: str, why: str) -> None:
+        if method in self.unary:
+            self.unary.discard(method)
+            self.forgotten += 1
+            _log.info("method %s left the fast path: %s", method, why)
+
+
+class ReflectionLearner:
+    """Asks the upstream's server reflection about each gRPC service once, in the background."""
+
+    def __init__(self, kinds: MethodKinds, channel: Callable[[], grpc.aio.Channel],
+                 timeout_s: float = REFLECTION_TIMEOUT_S) -> None:
+        self._kinds = kinds
+        self._channel = channel
+        self._timeout_s = timeout_s
+        self._asked: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def consider(self, method: str) -> None:
+        """Called for an admitted call on the stream path; starts at most one lookup per
+        gRPC service."""
+        if method in self._kinds.streaming:
+            return
+        service = grpc_service_of(method)
+        if not service or service in self._asked or len(self._asked) >= MAX_SERVICES:
+            return
+        self._asked.add(service)
+        task = asyncio.get_running_loop().create_task(self._ask(service))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def ask_again(self, method: str) -> None:
+        """After `method` left the fast path: the next call to its service asks again."""
+        self._asked.discard(grpc_service_of(method))
+
+    async def _ask(self, service: str) -> None:
+        try:
+            kinds = await self.lookup(service)
+        except Exception as exc:  # any failure keeps the stream path
+            _log.debug("reflection lookup of %s failed: %s", service, exc)
+            return
+        for method, is_unary in kinds.items():
+            self._kinds.learn(method, is_unary, "upstream reflection")
+
+    async def lookup(self, service: str) -> dict[str, bool]:
+        """Method path -> is unary, for every method of `service` the upstream describes;
+        {} when it has no reflection or does not know the service."""
+        from google.protobuf import descriptor_pb2
+        from grpc_reflection.v1alpha import reflection_pb2 as rpb
+
+        request = rpb.ServerReflectionRequest(file_containing_symbol=service)
+        for path in REFLECTION_METHODS:
+            stub = self._channel().stream_stream(
+                path, request_serializer=rpb.ServerReflectionRequest.SerializeToString,
+                response_deserializer=rpb.ServerReflectionResponse.FromString)
+            try:
+                call = stub(iter((request,)), timeout=self._timeout_s)
+                response = await call.read()
+                call.cancel()
+            except grpc.aio.AioRpcError as err:
+                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    continue
+                raise
+            if response is grpc.aio.EOF or not response.HasField("file_descriptor_response"):
+                return {}
+            return _methods_of(service, response.file_descriptor_response.file_descriptor_proto,
+                               descriptor_pb2.FileDescriptorProto.FromString)
+        return {}
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+
+
+def _methods_of(service: str, files: Iterable[bytes],
+                parse: Callable[[bytes], Any]) -> dict[str, bool]:
+    for raw in files:
+        file = parse(raw)
+        prefix = f"{file.package}." if file.package else ""
+        for declared in file.service:
+            if prefix + declared.name != service:
+                continue
+            return {f"/{service}/{method.name}":
+                    not (method.client_streaming or method.server_streaming)
+                    for method in declared.method}
+    return {}
