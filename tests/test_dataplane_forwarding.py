@@ -11,7 +11,9 @@ from pathlib import Path
 import grpc
 import pytest
 from dataplane import (
+    CALLER,
     KINDS,
+    DataplanePolicy,
     FileStack,
     MiB,
     Proxies,
@@ -23,7 +25,10 @@ from dataplane import (
 )
 from upstream_app import SERVER_STREAM, UpstreamProcess
 
-TIMEOUT_MS = 4000
+# Large payloads get a generous service timeout (the box may be busy); the deadline tests
+# run through a second pair of proxies whose service timeout is short.
+LONG_TIMEOUT_MS = 60_000
+TIMEOUT_MS = 1500
 
 
 @pytest.fixture(scope="module")
@@ -33,21 +38,34 @@ def upstream() -> Iterator[UpstreamProcess]:
 
 
 @pytest.fixture(scope="module")
-def stack(upstream: UpstreamProcess, tmp_path_factory: pytest.TempPathFactory
-          ) -> Iterator[FileStack]:
-    directory: Path = tmp_path_factory.mktemp("forwarding")
-    proxies = Proxies(directory)
+def proxies(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Proxies]:
+    proxies = Proxies(tmp_path_factory.mktemp("forwarding"))
     try:
-        from dataplane import DataplanePolicy
-        yield start_file_stack(proxies, upstream.address, directory,
-                               policy=DataplanePolicy(timeout_ms=TIMEOUT_MS))
+        yield proxies
     finally:
         proxies.stop_all()
 
 
-@pytest.fixture
-def out_address(stack: FileStack) -> str:
-    return stack.outproxies["chat_service"].address
+def stack_with_timeout(proxies: Proxies, upstream: UpstreamProcess, timeout_ms: int,
+                       name: str) -> FileStack:
+    directory: Path = proxies.log_dir / name
+    directory.mkdir()
+    return start_file_stack(proxies, upstream.address, directory,
+                            policy=DataplanePolicy(timeout_ms=timeout_ms))
+
+
+@pytest.fixture(scope="module")
+def out_address(proxies: Proxies, upstream: UpstreamProcess) -> str:
+    """The out-proxy of chat_service; song_service's timeout is long."""
+    stack = stack_with_timeout(proxies, upstream, LONG_TIMEOUT_MS, "long")
+    return stack.outproxies[CALLER].address
+
+
+@pytest.fixture(scope="module")
+def short_out_address(proxies: Proxies, upstream: UpstreamProcess) -> str:
+    """The out-proxy of chat_service; song_service's timeout is TIMEOUT_MS."""
+    stack = stack_with_timeout(proxies, upstream, TIMEOUT_MS, "short")
+    return stack.outproxies[CALLER].address
 
 
 def new_id() -> str:
@@ -61,7 +79,7 @@ def test_payload_arrives_byte_for_byte(out_address: str, upstream: UpstreamProce
     payload = random_payload(size, seed=size)
     call_id = new_id()
     with channel(out_address) as ch:
-        responses, call = call_kind(ch, kind, payload, (("x-test-id", call_id),), timeout=30)
+        responses, call = call_kind(ch, kind, payload, (("x-test-id", call_id),), timeout=60)
     expected = {
         "unary": [payload],
         "client_stream": [payload + payload],
@@ -121,20 +139,21 @@ def at_most(limit_s: float) -> float:
 
 
 def test_upstream_sees_a_deadline_within_the_clients_and_the_services(
-        out_address: str, upstream: UpstreamProcess) -> None:
+        short_out_address: str, upstream: UpstreamProcess) -> None:
     long_id, short_id, unset_id = new_id(), new_id(), new_id()
-    with channel(out_address) as ch:
+    with channel(short_out_address) as ch:
         call_kind(ch, "unary", b"x", (("x-test-id", long_id),), timeout=60)
-        call_kind(ch, "unary", b"x", (("x-test-id", short_id),), timeout=1.5)
+        call_kind(ch, "unary", b"x", (("x-test-id", short_id),), timeout=1.0)
         call_kind(ch, "unary", b"x", (("x-test-id", unset_id),), timeout=None)
-    for call_id, limit_s in ((long_id, TIMEOUT_MS / 1000), (short_id, 1.5),
+    for call_id, limit_s in ((long_id, TIMEOUT_MS / 1000), (short_id, 1.0),
                              (unset_id, TIMEOUT_MS / 1000)):
         remaining = upstream.record(call_id)["deadline_remaining_s"]
         assert remaining is not None and 0 < remaining <= at_most(limit_s), (limit_s, remaining)
 
 
-def test_slow_upstream_gives_deadline_exceeded_with_reason_deadline(out_address: str) -> None:
-    with channel(out_address) as ch, pytest.raises(grpc.RpcError) as raised:
+def test_slow_upstream_gives_deadline_exceeded_with_reason_deadline(
+        short_out_address: str) -> None:
+    with channel(short_out_address) as ch, pytest.raises(grpc.RpcError) as raised:
         call_kind(ch, "unary", b"x", (("x-test-stall-ms", str(TIMEOUT_MS + 3000)),),
                   timeout=None)
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
