@@ -2,14 +2,42 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import subprocess
-import sys
+import ctypes
+import os
 
-from fastproxy.telemetry.logs import configure_logging
-from proxy_svc.app import StartupError, serve
-from proxy_svc.config import PROG, ProxyConfig, parse_config
+M_ARENA_MAX = -8  # glibc's mallopt parameter
+MALLOC_ARENAS = 2
+
+
+def cap_malloc_arenas(arenas: int = MALLOC_ARENAS) -> bool:
+    """Caps glibc's malloc arenas, before grpc starts its threads.
+
+    Why: glibc gives a thread that allocates while another holds the arena a new arena, up to
+    8 per core, each keeping its freed memory; grpc's poller and executor threads each end up
+    with one, which shows as resident memory that grows under load and is never returned.
+    Two arenas (the event loop's and one for grpc's threads) keep the proxy's peak smaller at
+    no measurable CPU cost. `MALLOC_ARENA_MAX` in the environment, if set, wins (glibc reads
+    it itself). False where there is no glibc `mallopt` (e.g. musl)."""
+    if "MALLOC_ARENA_MAX" in os.environ:
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(M_ARENA_MAX, arenas))
+
+
+if __name__ == "__main__":
+    cap_malloc_arenas()
+
+import asyncio  # noqa: E402  (after the arena cap: nothing below may start a thread first)
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+from fastproxy.telemetry.logs import configure_logging  # noqa: E402
+from proxy_svc.app import StartupError, serve  # noqa: E402
+from proxy_svc.config import PROG, ProxyConfig, parse_config  # noqa: E402
 
 
 def run_workers(config: ProxyConfig, argv: list[str]) -> int:
