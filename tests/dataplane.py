@@ -39,6 +39,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
 
 from fastproxy.v1 import center_pb2, center_pb2_grpc
+from proxy_svc.forward import _StatusLog
 
 MiB = 1024 * 1024
 KINDS = ("unary", "client_stream", "server_stream", "bidi")
@@ -438,12 +439,15 @@ class RecordingRelay:
 
         call = self._channel.stream_stream(method)(recorded(), metadata=forwarded,
                                                     timeout=context.time_remaining())
+        # the relay is a grpc.aio client too: keep the in-proxy's real status (grpc#36066)
+        statuses = _StatusLog(call)
         try:
             async for reply in call:
                 record.responses.append(reply)
                 yield flipped(reply) if self.flip_responses else reply
             record.trailers = list(await call.trailing_metadata() or ())
-        except grpc.aio.AioRpcError as err:
+        except grpc.aio.AioRpcError as failed:
+            err = await statuses.settled(failed)
             record.trailers = list(err.trailing_metadata() or ())
             await context.abort(err.code(), err.details() or "", tuple(record.trailers))
 
