@@ -238,6 +238,34 @@ def test_aio_every_kind_with_the_call_interface(stack: tuple[str, Path]) -> None
     asyncio.run(scenario())
 
 
+def test_aio_bidi_and_client_stream_with_write_and_done_writing(
+        stack: tuple[str, Path]) -> None:
+    async def scenario() -> None:
+        made = fastproxy.aio_client_interceptors(service=CALLER, embedded=True,
+                                                 policy_file=str(stack[1]))
+        try:
+            async with grpc.aio.insecure_channel(stack[0], interceptors=made,
+                                                 options=OPTIONS) as channel:
+                echo = demo_pb2_grpc.EchoStub(channel)
+                bidi = echo.Bidi(timeout=10)
+                for text in ("p", "q"):
+                    await bidi.write(request(text))
+                    assert (await bidi.read()).text == text
+                await bidi.done_writing()
+                assert await bidi.read() is grpc.aio.EOF
+                assert await bidi.code() == grpc.StatusCode.OK
+
+                joined = echo.ClientStream(timeout=10)
+                await joined.write(request("one"))
+                await joined.write(request("two"))
+                await joined.done_writing()
+                assert (await joined).text == "one two"
+        finally:
+            made.close()
+
+    asyncio.run(scenario())
+
+
 def test_aio_calls_wait_for_the_first_policy_then_fail_unavailable(
         stack: tuple[str, Path]) -> None:
     async def scenario() -> None:

@@ -66,22 +66,39 @@ class _Delegating:
     async def write(self, request: Any) -> None:
         await self._call.write(request)
 
+    @property
+    def _done_writing_flag(self) -> bool:
+        # grpc.aio's intercepted stream call reads this private flag on whatever the
+        # interceptor returned before each write() (grpc/aio/_interceptor.py); its own
+        # wrappers delegate it to the underlying call, and so do we.
+        return bool(getattr(self._call, "_done_writing_flag", False))
+
     async def done_writing(self) -> None:
         await self._call.done_writing()
 
 
 class AioUnaryCall(_Delegating, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):
-    """A finished unary-response call holding its opened response."""
+    """A unary-response call returned as soon as its first attempt started, so that grpc.aio
+    can feed it `write()`s; awaiting it runs `finish` once (retries, opening the response)
+    and remembers the outcome. `_call` is always the current attempt's call."""
 
-    def __init__(self, call: Any, response: Any) -> None:
+    def __init__(self, call: Any, finish: Callable[[AioUnaryCall], Awaitable[Any]]) -> None:
         self._call = call
-        self._response = response
+        self._finish = finish
+        self._outcome: asyncio.Future[Any] | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._get().__await__()
 
     async def _get(self) -> Any:
-        return self._response
+        if self._outcome is None:
+            self._outcome = asyncio.ensure_future(self._finish(self))
+        return await asyncio.shield(self._outcome)
+
+    def refuse(self, refused: FastProxyError) -> grpc.aio.AioRpcError:
+        """The SDK's own refusal becomes this call's status, and the error to raise."""
+        self._refusal = aio_refusal(refused)
+        return self._refusal
 
 
 class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):

@@ -57,31 +57,41 @@ class _AioInterceptor:
                               details: grpc.aio.ClientCallDetails,
                               request_for: Callable[[Attempt], Any],
                               requests: AioRequestLog | None) -> Any:
+        """Starts the first attempt and returns at once (grpc.aio feeds `write()`s through
+        the request iterator only once the interceptor returned); awaiting the returned call
+        retries what the policy allows and opens the response."""
         core = self._core
         plan, attempt = await self._begin(details)
-        while True:
-            call = await continuation(_details_for(details, attempt), request_for(attempt))
-            retryable = core.may_retry(plan) and (requests is None or requests.replayable)
-            if not retryable and not core.config.embedded:
-                return call
-            try:
-                raw = await call
-            except grpc.aio.AioRpcError as err:
-                if requests is not None and requests.error is not None:
-                    raise aio_refusal(requests.error) from None
-                delay = core.retry_delay(plan, err.code(), err.trailing_metadata(),
-                                         responded=False) if retryable else None
-                if delay is None:
-                    return call
-                await asyncio.sleep(delay)
-                attempt = self._next_attempt(plan)
-                continue
-            if not core.config.embedded:
-                return call
-            try:
-                return AioUnaryCall(call, attempt.messages.response(raw))
-            except FastProxyError as refused:
-                raise aio_refusal(refused) from None
+        first = await continuation(_details_for(details, attempt), request_for(attempt))
+        retryable = core.may_retry(plan) and (requests is None or requests.replayable)
+        if not retryable and not core.config.embedded:
+            return first
+
+        async def finish(unary: AioUnaryCall) -> Any:
+            nonlocal attempt
+            while True:
+                try:
+                    raw = await unary._call
+                except grpc.aio.AioRpcError as err:
+                    if requests is not None and requests.error is not None:
+                        raise unary.refuse(requests.error) from None
+                    delay = core.retry_delay(plan, err.code(), err.trailing_metadata(),
+                                             responded=False) if retryable else None
+                    if delay is None:
+                        raise
+                    await asyncio.sleep(delay)
+                    attempt = self._next_attempt(plan)
+                    unary._call = await continuation(_details_for(details, attempt),
+                                                     request_for(attempt))
+                    continue
+                if not core.config.embedded:
+                    return raw
+                try:
+                    return attempt.messages.response(raw)
+                except FastProxyError as refused:
+                    raise unary.refuse(refused) from None
+
+        return AioUnaryCall(first, finish)
 
     async def _stream_response(self, continuation: Continuation,
                                details: grpc.aio.ClientCallDetails,
