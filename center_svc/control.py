@@ -102,6 +102,12 @@ class PolicyControl:
         for session in self.nodes:
             session.changed.set()
 
+    def restore_registry(self) -> None:
+        """Takes back the endpoints registered before a restart (see NodeTable.inherit)."""
+        self.nodes.inherit(self.store.registrations())
+        self.book.set_registered(self.nodes.registered())
+
     def _registry_changed(self, registered: dict[str, list[str]]) -> None:
         self.book.set_registered(registered)
+        self.store.save_registrations(registered)
         self.notify_all()

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from fastproxy.v1 import center_pb2, policy_pb2
 
+DEFAULT_LEASE_S = 15
 MIN_LEASE_S = 1
 MAX_LEASE_S = 300
 
@@ -56,6 +57,10 @@ class NodeTable:
     def __init__(self, on_registry_change: Callable[[dict[str, list[str]]], None],
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._sessions: set[NodeSession] = set()
+        # (service, address) -> monotonic expiry: endpoints registered before a restart,
+        # kept until their in-proxy registers again or a lease's time has passed, so the
+        # routes pushed to callers do not lose them while in-proxies reconnect.
+        self._inherited: dict[tuple[str, str], float] = {}
         self._on_registry_change = on_registry_change
         self._clock = clock
 
@@ -74,16 +79,29 @@ class NodeTable:
             session.leases.clear()
             self._publish()
 
+    def inherit(self, registered: dict[str, list[str]], lease_s: float = DEFAULT_LEASE_S
+                ) -> None:
+        """Endpoints registered before this Center started (from its store)."""
+        expiry = self._clock() + lease_s
+        self._inherited = {(service, address): expiry
+                           for service, addresses in registered.items()
+                           for address in addresses}
+
     def register(self, session: NodeSession, address: str, lease_seconds: int) -> None:
-        lease = min(max(lease_seconds or 15, MIN_LEASE_S), MAX_LEASE_S)
+        lease = min(max(lease_seconds or DEFAULT_LEASE_S, MIN_LEASE_S), MAX_LEASE_S)
         is_new = address not in session.leases
         session.leases[address] = self._clock() + lease
-        if is_new:
+        was_inherited = self._inherited.pop((session.service, address), None) is not None
+        if is_new and not was_inherited:
             self._publish()
 
     def expire_leases(self) -> None:
         now = self._clock()
         expired = False
+        for key, expiry in list(self._inherited.items()):
+            if expiry <= now:
+                del self._inherited[key]
+                expired = True
         for session in self._sessions:
             for address, expiry in list(session.leases.items()):
                 if expiry <= now:
@@ -94,6 +112,8 @@ class NodeTable:
 
     def registered(self) -> dict[str, list[str]]:
         endpoints: dict[str, list[str]] = {}
+        for service, address in self._inherited:
+            endpoints.setdefault(service, []).append(address)
         for session in self._sessions:
             if session.role != policy_pb2.ROLE_IN:
                 continue

@@ -41,6 +41,7 @@ async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> Non
     control = PolicyControl(store, SnapshotBook(key))
     try:
         control.load_latest()
+        control.restore_registry()
     except ValueError as exc:
         raise StartupError(f"stored policy no longer validates: {exc}") from None
     watcher = None

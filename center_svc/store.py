@@ -23,7 +23,8 @@ what and the outcome, never policy YAML: a refused policy may hold secrets, its 
 never do.
 
 Schema versions (`PRAGMA user_version`): 1 revisions and the signing key; 2 adds
-`audit_events`. Opening a file of an older version migrates it in one transaction.
+`audit_events`; 3 adds `registrations` (the in-proxy endpoints, kept across a restart). Opening
+a file of an older version migrates it in one transaction.
 
 The database also holds the Center's Ed25519 key seed (so pinned nodes keep verifying snapshots
 across restarts); the file is therefore created with mode 0600.
@@ -36,7 +37,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -92,8 +93,16 @@ CREATE TABLE IF NOT EXISTS audit_events (
 );
 """
 
+_SCHEMA_V3_REGISTRY = """
+CREATE TABLE IF NOT EXISTS registrations (
+    service TEXT NOT NULL,
+    address TEXT NOT NULL,
+    PRIMARY KEY (service, address)
+);
+"""
+
 # _MIGRATIONS[v] takes a database from schema version v to v + 1 (0: a new file).
-_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2_AUDIT)
+_MIGRATIONS = (_SCHEMA_V1, _SCHEMA_V2_AUDIT, _SCHEMA_V3_REGISTRY)
 SCHEMA_VERSION = len(_MIGRATIONS)
 
 _COLUMNS = "revision, created_unix, author, comment, content_hash, yaml, rolled_back_from"
@@ -162,6 +171,8 @@ class PolicyStore(Protocol):
     ) -> AuditEvent: ...
     def audit_events(self, limit: int | None = None) -> list[AuditEvent]: ...
     def signing_key_seed(self) -> bytes: ...
+    def registrations(self) -> dict[str, list[str]]: ...
+    def save_registrations(self, registered: Mapping[str, Sequence[str]]) -> None: ...
     def close(self) -> None: ...
 
 
@@ -397,6 +408,27 @@ class SqliteStore:
                         )
             self._seed = seed
             return seed
+
+    def registrations(self) -> dict[str, list[str]]:
+        """The in-proxy endpoints registered when the set last changed (before a restart,
+        for a restarted Center), service -> sorted addresses."""
+        with self._locked():
+            rows = self._db.execute(
+                "SELECT service, address FROM registrations ORDER BY service, address"
+            ).fetchall()
+        registered: dict[str, list[str]] = {}
+        for service, address in rows:
+            registered.setdefault(str(service), []).append(str(address))
+        return registered
+
+    def save_registrations(self, registered: Mapping[str, Sequence[str]]) -> None:
+        """Replaces the saved set; called when it changes (not on lease renewals)."""
+        with self._locked(), self._write_transaction():
+            self._db.execute("DELETE FROM registrations")
+            self._db.executemany(
+                "INSERT INTO registrations (service, address) VALUES (?, ?)",
+                [(service, address) for service, addresses in registered.items()
+                 for address in addresses])
 
     def close(self) -> None:
         with self._lock:

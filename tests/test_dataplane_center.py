@@ -299,10 +299,6 @@ def test_a_second_center_outage_is_bridged_as_fast_as_the_first(serving: CenterS
     assert time.monotonic() - back <= 4.0
 
 
-@pytest.mark.xfail(reason="center_svc: a restarted Center knows no registration until the "
-                          "in-proxies re-register, and meanwhile sends out-nodes snapshots "
-                          "without their endpoints (calls fail with unavailable)",
-                   strict=False)
 def test_calls_keep_working_while_the_center_restarts(serving: CenterStack) -> None:
     assert serving.center is not None
     serving.center.kill()

@@ -622,7 +622,7 @@ def test_a_version_1_file_is_migrated_keeping_revisions_and_key(tmp_path: Path) 
     assert result.revision.revision == 3
     assert [(e.actor, e.revision) for e in store.audit_events()] == [("admin:new", 3)]
     store.close()
-    assert user_version(path) == store_module.SCHEMA_VERSION == 2
+    assert user_version(path) == store_module.SCHEMA_VERSION == 3
     reopened = open_store(file_url(path))  # opening a migrated file again changes nothing
     assert len(reopened.audit_events()) == 1
     reopened.close()
@@ -632,7 +632,19 @@ def test_a_newer_schema_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "future.db"
     make_v1_store(path)
     db = sqlite3.connect(path)
-    db.execute("PRAGMA user_version = 3")
+    db.execute("PRAGMA user_version = 4")
     db.close()
-    with pytest.raises(StoreError, match="schema version 3"):
+    with pytest.raises(StoreError, match="schema version 4"):
         open_store(file_url(path))
+
+
+def test_registrations_are_replaced_whole_and_survive_a_reopen(tmp_path: Path) -> None:
+    path = tmp_path / "center.db"
+    store = open_store(file_url(path))
+    assert store.registrations() == {}
+    store.save_registrations({"song": ["10.0.0.2:9101", "10.0.0.1:9101"], "chat": ["c:1"]})
+    store.save_registrations({"song": ["10.0.0.2:9101", "10.0.0.1:9101"]})
+    store.close()
+    reopened = open_store(file_url(path))
+    assert reopened.registrations() == {"song": ["10.0.0.1:9101", "10.0.0.2:9101"]}
+    reopened.close()
