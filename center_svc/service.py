@@ -202,9 +202,15 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         session.changed.set()
         while True:
             waiter = asyncio.ensure_future(session.changed.wait())
-            done, _ = await asyncio.wait({waiter, reader}, return_when=asyncio.FIRST_COMPLETED)
+            try:
+                done, _ = await asyncio.wait({waiter, reader},
+                                             return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                # the stream may end (or be cancelled) while waiting: never leave the
+                # waiter pending ("Task was destroyed but it is pending")
+                if not waiter.done():
+                    waiter.cancel()
             if reader in done:
-                waiter.cancel()
                 return
             session.changed.clear()
             if session.closing:
