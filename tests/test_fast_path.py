@@ -233,3 +233,55 @@ def test_a_method_wrongly_thought_unary_is_forgotten(upstream: UpstreamProcess,
     assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert SERVER_STREAM not in proxy.handler.kinds.unary
     assert list(ch.unary_stream(SERVER_STREAM)(b"x", timeout=10)) == [b"x", b"x"]
+
+
+class KindInjectingApp:
+    """An app that claims every method is unary in its trailers (what it must not decide)."""
+
+    def __init__(self) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
+        self.address = ""
+
+    def __enter__(self) -> KindInjectingApp:
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        async def stream(request: bytes, context: grpc.aio.ServicerContext[Any, Any]
+                         ) -> Any:
+            context.set_trailing_metadata(((KIND_KEY, "unary"), ("x-app", "kept")))
+            yield request
+            yield request
+
+        class Handler(grpc.GenericRpcHandler):
+            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+                return grpc.unary_stream_rpc_method_handler(stream)
+
+        self._server = grpc.aio.server()
+        self._server.add_generic_rpc_handlers((Handler(),))
+        port = self._server.add_insecure_port("127.0.0.1:0")
+        await self._server.start()
+        self.address = f"127.0.0.1:{port}"
+
+    def __exit__(self, *exc: object) -> None:
+        asyncio.run_coroutine_threadsafe(self._server.stop(0), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+
+
+def test_an_app_cannot_declare_its_method_unary(start_proxy: Any) -> None:
+    with KindInjectingApp() as app:
+        inproxy: FastProxyThread = start_proxy(PassThroughRole("in", [app.address]))
+        outproxy: FastProxyThread = start_proxy(PassThroughRole("out", [inproxy.address]))
+        for _ in range(3):
+            call = channel(outproxy.address).unary_stream(SERVER_STREAM)(b"m", timeout=10)
+            assert list(call) == [b"m", b"m"]
+            trailers = dict(call.trailing_metadata() or ())
+            assert trailers == {"x-app": "kept"}
+        # The in-proxy replaced the app's claim (it knows nothing of this method), so the
+        # out-proxy learned nothing and every call took the stream path.
+        assert SERVER_STREAM not in outproxy.handler.kinds.unary
+        assert outproxy.handler.fast_calls == inproxy.handler.fast_calls == 0
