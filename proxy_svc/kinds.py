@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -39,6 +40,9 @@ REFLECTION_METHODS = (
 REFLECTION_TIMEOUT_S = 3.0
 # Services asked about, at most (each answer is kept for the process's life).
 MAX_SERVICES = 1024
+# After a method left the fast path, its service is asked again no sooner than this: an app
+# that keeps failing a unary method must not turn each failure into a reflection call.
+ASK_AGAIN_AFTER_S = 30.0
 
 
 def grpc_service_of(method: str) -> str:
@@ -82,6 +86,7 @@ class ReflectionLearner:
         self._channel = channel
         self._timeout_s = timeout_s
         self._asked: set[str] = set()
+        self._ask_again_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def consider(self, method: str) -> None:
@@ -90,16 +95,26 @@ class ReflectionLearner:
         if method in self._kinds.streaming:
             return
         service = grpc_service_of(method)
-        if not service or service in self._asked or len(self._asked) >= MAX_SERVICES:
+        if not service:
+            return
+        if service in self._asked:
+            again_at = self._ask_again_at.get(service)
+            if again_at is None or time.monotonic() < again_at:
+                return
+            del self._ask_again_at[service]
+        elif len(self._asked) >= MAX_SERVICES:
             return
         self._asked.add(service)
         task = asyncio.get_running_loop().create_task(self._ask(service))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def ask_again(self, method: str) -> None:
-        """After `method` left the fast path: the next call to its service asks again."""
-        self._asked.discard(grpc_service_of(method))
+    def ask_again(self, method: str, after_s: float = ASK_AGAIN_AFTER_S) -> None:
+        """After `method` left the fast path: a call to its service `after_s` from now or
+        later asks again."""
+        service = grpc_service_of(method)
+        if service in self._asked and service not in self._ask_again_at:
+            self._ask_again_at[service] = time.monotonic() + after_s
 
     async def _ask(self, service: str) -> None:
         try:

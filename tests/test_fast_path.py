@@ -285,3 +285,34 @@ def test_an_app_cannot_declare_its_method_unary(start_proxy: Any) -> None:
         # out-proxy learned nothing and every call took the stream path.
         assert SERVER_STREAM not in outproxy.handler.kinds.unary
         assert outproxy.handler.fast_calls == inproxy.handler.fast_calls == 0
+
+
+def test_a_forgotten_service_is_asked_again_only_after_a_pause(
+        upstream: UpstreamProcess) -> None:
+    with ReflectingFront(upstream.address) as front:
+        async def scenario() -> None:
+            async with grpc.aio.insecure_channel(front.address) as ch:
+                kinds = MethodKinds()
+                learner = ReflectionLearner(kinds, lambda: ch)
+
+                async def learned_within(seconds: float) -> bool:
+                    deadline = asyncio.get_running_loop().time() + seconds
+                    while UNARY not in kinds.unary:
+                        if asyncio.get_running_loop().time() > deadline:
+                            return False
+                        await asyncio.sleep(0.01)
+                    return True
+
+                learner.consider(BIDI)
+                assert await learned_within(5)
+                assert BIDI in kinds.streaming
+                kinds.forget(UNARY, "a test")
+                learner.ask_again(UNARY, after_s=0.5)
+                learner.consider(UNARY)  # too soon: not asked
+                assert not await learned_within(0.3)
+                await asyncio.sleep(0.3)
+                learner.consider(UNARY)
+                assert await learned_within(5)
+                await learner.close()
+
+        asyncio.run(scenario())
