@@ -14,8 +14,9 @@ silently drop its extra messages, so a kind comes only from a source that knows 
 - the in-proxy tells the out-proxy in a response trailer of ours (`KIND_KEY`); the out-proxy
   learns a method from it and forgets it when a fast-path answer comes back without it. The
   out-proxy strips the entry, so the app never sees it.
-- a fast-path call that fails in a way that can mean the kind was wrong (INTERNAL,
-  UNIMPLEMENTED) drops the method; the next call takes the stream path and learns again.
+- a fast-path call that fails in a way that can mean the kind was wrong (DEADLINE_EXCEEDED,
+  INTERNAL, UNIMPLEMENTED) drops the method; later calls take the stream path, and the
+  in-proxy asks its upstream again after `ASK_AGAIN_AFTER_S`.
 """
 
 from __future__ import annotations
