@@ -53,6 +53,9 @@ _log = logging.getLogger("fastproxy.proxy")
 _NO_DEADLINE_ABOVE_S = 1e8
 # The deadline timer fires at or after the deadline we computed; allow for clock granularity.
 _DEADLINE_SLACK_S = 0.002
+# A cancelled call this close to its deadline was ended by it (the client's timer fires and
+# resets the stream a little before ours would: the deadline crossed the wire).
+_DEADLINE_NEAR_S = 0.05
 # Before refusing, read what the client already sent, for at most this long (see `_drain`).
 REFUSAL_DRAIN_S = 0.1
 
@@ -487,7 +490,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             # Our client went away (cancel or its deadline): so does the upstream call.
             call.cancel()
             remaining = context.time_remaining()
-            if remaining is not None and remaining <= _DEADLINE_SLACK_S:
+            if remaining is not None and remaining <= _DEADLINE_NEAR_S:
                 self._forget(method, "the client's deadline ran out")
             raise
         self._pool.health.record_success(endpoint)
