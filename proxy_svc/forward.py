@@ -38,7 +38,7 @@ from typing import Any, Generic, Protocol, TypeVar
 import grpc
 
 from fastproxy.errors import FastProxyError, Reason
-from proxy_svc.kinds import KIND_KEY, UNARY_KIND, MethodKinds, ReflectionLearner
+from proxy_svc.kinds import ASK_KIND, KIND_KEY, UNARY_KIND, MethodKinds, ReflectionLearner
 from proxy_svc.metadata import (
     Metadata,
     forwarded_request_metadata,
@@ -377,6 +377,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self._learner = learner
         self._tells_kind = role.name == "in"
         self._listens_kind = role.name == "out"
+        # The out-proxy asks for the kind; the in-proxy answers only calls that asked, so an
+        # embedded SDK or any other direct caller never sees our trailer.
+        self._ask: Metadata = ((KIND_KEY, ASK_KIND),) if self._listens_kind else ()
         # Audit lines always; spans and metrics only when `observer.active` (decided once
         # here, so with telemetry off a call does no telemetry work at all).
         self._observer = observer or CallObserver(role.name, "")
@@ -398,14 +401,14 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         return grpc.stream_stream_rpc_method_handler(
             functools.partial(self._handle, method))
 
-    def _trailers(self, method: str, trailers: Metadata, fast: bool) -> Metadata:
+    def _trailers(self, method: str, trailers: Metadata, fast: bool, asked: bool) -> Metadata:
         """The upstream's trailers of a call that ended OK, with our kind entry handled: the
-        in-proxy replaces any with its own knowledge, the out-proxy learns from it and strips
-        it."""
+        in-proxy replaces any with its own knowledge (told only to a caller that `asked`),
+        the out-proxy learns from it and strips it."""
         if self._tells_kind:
             if trailers and any(key == KIND_KEY for key, _ in trailers):
                 trailers = tuple(entry for entry in trailers if entry[0] != KIND_KEY)
-            if method in self.kinds.unary:
+            if asked and method in self.kinds.unary:
                 trailers = (*trailers, (KIND_KEY, UNARY_KIND))
             return trailers
         if self._listens_kind:
@@ -453,6 +456,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         """The fast path: the same stages as `_forward`, one message each way."""
         self.fast_calls += 1
         metadata: Metadata = tuple(context.invocation_metadata() or ())
+        asked = self._tells_kind and (KIND_KEY, ASK_KIND) in metadata
         try:
             plan = self._role.begin(method, metadata, self._clock())
             endpoint = self._pool.health.pick(plan.endpoints, time.monotonic())
@@ -471,8 +475,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             upstream = self._pool.channel(endpoint).unary_unary(method, None, None)
             self._unary_callables[key] = upstream
         started = time.monotonic()
-        call = upstream(message, timeout=timeout,
-                        metadata=forwarded_request_metadata(metadata, plan.added_metadata))
+        call = upstream(message, timeout=timeout, metadata=forwarded_request_metadata(
+            metadata, plan.added_metadata + self._ask))
         try:
             response = await call
             initial = forwarded_response_metadata(await call.initial_metadata())
@@ -501,7 +505,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         except FastProxyError as err:
             await self._refuse(context, method, err, record)
             return None
-        trailers = self._trailers(method, trailers, fast=True)
+        trailers = self._trailers(method, trailers, fast=True, asked=asked)
         if trailers:
             context.set_trailing_metadata(trailers)
         if record is not None:
@@ -512,6 +516,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                        context: grpc.aio.ServicerContext,
                        record: CallRecord | None = None) -> AsyncIterator[bytes]:
         metadata: Metadata = tuple(context.invocation_metadata() or ())
+        asked = self._tells_kind and (KIND_KEY, ASK_KIND) in metadata
         try:
             plan = self._role.begin(method, metadata, self._clock())
             endpoint = self._pool.health.pick(plan.endpoints, time.monotonic())
@@ -530,7 +535,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         started = time.monotonic()
         call = self._pool.channel(endpoint).stream_stream(method, None, None)(
             pump.messages(), timeout=timeout,
-            metadata=forwarded_request_metadata(metadata, plan.added_metadata))
+            metadata=forwarded_request_metadata(metadata, plan.added_metadata + self._ask))
         statuses = _StatusLog(call)
         try:
             initial = forwarded_response_metadata(await call.initial_metadata())
@@ -541,7 +546,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             # The stream ended OK: the status is in.
             self._pool.health.record_success(endpoint)
             trailers = self._trailers(
-                method, forwarded_response_metadata(await call.trailing_metadata()), fast=False)
+                method, forwarded_response_metadata(await call.trailing_metadata()),
+                fast=False, asked=asked)
             if trailers:
                 context.set_trailing_metadata(trailers)
             if record is not None:

@@ -11,9 +11,11 @@ silently drop its extra messages, so a kind comes only from a source that knows 
   once per gRPC service, in the background, after a call to that service was admitted (so an
   unauthenticated client cannot make it ask about anything). Until the answer is in, and for
   an upstream without reflection, calls take the stream path.
-- the in-proxy tells the out-proxy in a response trailer of ours (`KIND_KEY`); the out-proxy
-  learns a method from it and forgets it when a fast-path answer comes back without it. The
-  out-proxy strips the entry, so the app never sees it.
+- the in-proxy tells the out-proxy in a response trailer of ours (`KIND_KEY`), only on calls
+  that asked (the out-proxy sends `KIND_KEY: ASK_KIND`; a direct caller such as the embedded
+  SDK never sees the trailer); the out-proxy learns a method from it and forgets it when a
+  fast-path answer comes back without it. The out-proxy strips the entry, so the app never
+  sees it.
 - a fast-path call that fails in a way that can mean the kind was wrong (DEADLINE_EXCEEDED,
   INTERNAL, UNIMPLEMENTED) drops the method; later calls take the stream path, and the
   in-proxy asks its upstream again after `ASK_AGAIN_AFTER_S`.
@@ -33,6 +35,7 @@ _log = logging.getLogger("fastproxy.proxy")
 
 KIND_KEY = "fastproxy-kind"
 UNARY_KIND = "unary"
+ASK_KIND = "?"  # request entry of the out-proxy: tell me this method's kind
 # The reflection services, newest-but-rare last: grpcio-reflection serves v1alpha.
 REFLECTION_METHODS = (
     "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",

@@ -43,7 +43,7 @@ from proxy_svc.forward import (
     Role,
     start_proxy_server,
 )
-from proxy_svc.kinds import KIND_KEY, MethodKinds, ReflectionLearner
+from proxy_svc.kinds import ASK_KIND, KIND_KEY, MethodKinds, ReflectionLearner
 from proxy_svc.upstream import UpstreamPool
 
 # --- 1. the contract tests of test_forwarding, on the fast path -------------------------
@@ -286,6 +286,18 @@ def test_an_app_cannot_declare_its_method_unary(start_proxy: Any) -> None:
         # out-proxy learned nothing and every call took the stream path.
         assert SERVER_STREAM not in outproxy.handler.kinds.unary
         assert outproxy.handler.fast_calls == inproxy.handler.fast_calls == 0
+
+
+def test_the_in_proxy_tells_the_kind_only_to_a_caller_that_asks(
+        upstream: UpstreamProcess, start_proxy: Any) -> None:
+    inproxy: FastProxyThread = start_proxy(PassThroughRole("in", [upstream.address]))
+    unary = channel(inproxy.address).unary_unary(UNARY)
+    # A direct caller (the embedded SDK, say) sees only the app's trailers.
+    _, call = unary.with_call(b"direct", timeout=10)
+    assert KIND_KEY not in dict(call.trailing_metadata() or ())
+    # An out-proxy asks, and is told.
+    _, call = unary.with_call(b"asked", metadata=((KIND_KEY, ASK_KIND),), timeout=10)
+    assert dict(call.trailing_metadata() or ())[KIND_KEY] == "unary"
 
 
 def test_a_forgotten_service_is_asked_again_only_after_a_pause(
