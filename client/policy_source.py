@@ -17,7 +17,6 @@ from typing import Any, TypeVar
 
 from fastproxy.center_credentials import CenterCredentials
 from fastproxy.node_policy import NodePolicyError
-from fastproxy.policy import PolicyError
 from fastproxy.watch import CenterWatcher, Compile, FileWatcher, NodeIdentity, PolicyHolder
 
 log = logging.getLogger("fastproxy.policy_source")
@@ -45,6 +44,8 @@ def open_policy_source(node: NodeIdentity, compile_snapshot: Compile[T],
         return CenterWatcher(center, node, compile_snapshot, holder, credentials=credentials,
                              pinned_key=pinned_key, cache_dir=cache_dir)
     assert policy_file is not None
+    from fastproxy.policy.schema import PolicyError  # YAML only where a file is used
+
     source = FileWatcher(policy_file, node, compile_snapshot, holder, file_poll_s)
     try:
         source.load()

@@ -22,7 +22,6 @@ from typing import Generic, TypeVar
 import grpc
 
 from fastproxy.center_credentials import CenterCredentials
-from fastproxy.policy import PolicyError, load_policy
 from fastproxy.policy.scope import content_hash, scope_snapshot
 from fastproxy.snapshot import SnapshotError, verify_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc
@@ -252,6 +251,8 @@ class FileWatcher(Generic[T]):
 
     def load(self) -> None:
         """Loads the file now; raises PolicyError/ValueError/OSError if it is not usable."""
+        from fastproxy.policy.schema import load_policy  # YAML only where a file is used
+
         data = self.path.read_bytes()
         digest = hashlib.sha256(data).hexdigest()
         if digest == self._seen:
@@ -265,6 +266,8 @@ class FileWatcher(Generic[T]):
         log.info("policy file %s loaded as local revision %d", self.path, self._revision)
 
     async def run(self) -> None:
+        from fastproxy.policy.schema import PolicyError
+
         while True:
             await asyncio.sleep(self.interval_s)
             try:
