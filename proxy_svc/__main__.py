@@ -37,7 +37,7 @@ import sys  # noqa: E402
 from collections.abc import Coroutine  # noqa: E402
 from typing import Any  # noqa: E402
 
-from fastproxy.telemetry.logs import configure_logging  # noqa: E402
+from fastproxy.service_main import run_service  # noqa: E402
 from proxy_svc.app import StartupError, serve  # noqa: E402
 from proxy_svc.config import PROG, ProxyConfig, parse_config  # noqa: E402
 
@@ -81,13 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(args)
     if config.workers > 1:
         return run_workers(config, _without_flags(args, ("--workers", "--node-id")))
-    configure_logging(config.log_level, config.log_format)
-    try:
-        run_event_loop(serve(config))
-    except StartupError as exc:
-        sys.stderr.write(f"{PROG}: error: {exc}\n")
-        return 1
-    return 0
+    return run_service(PROG, log_level=config.log_level, log_format=config.log_format,
+                       serve=lambda: serve(config), startup_errors=(StartupError,),
+                       run=run_event_loop)
 
 
 def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:
