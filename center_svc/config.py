@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from center_svc.auth import TokenFileError, load_token_file
 from center_svc.store import DEFAULT_STORE_URL
-from fastproxy.commandline import OneLineArgumentParser, fail, host_port, is_loopback
+from fastproxy.commandline import (
+    OneLineArgumentParser,
+    fail,
+    host_port,
+    is_loopback,
+    read_flag_file,
+)
 from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
 
 PROG = "center_svc"
@@ -61,23 +68,8 @@ def build_parser() -> OneLineArgumentParser:
     add_logging_flags(parser)
     add_metrics_flag(parser)
     parser.add_argument("--policy-poll", type=float, default=1.0, metavar="SECONDS",
-                        help=argparse_suppress())
+                        help=argparse.SUPPRESS)
     return parser
-
-
-def argparse_suppress() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
-
-
-def _read(path: str | None, flag: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        fail(PROG, f"{flag} {path}: cannot be read ({exc.strerror})")
 
 
 def _tokens(path: str | None) -> dict[str, str]:
@@ -99,9 +91,9 @@ def parse_config(argv: Sequence[str] | None = None) -> CenterConfig:
         listen=args.listen,
         store=args.store,
         policy_file=args.policy,
-        tls_cert=_read(args.tls_cert, "--tls-cert"),
-        tls_key=_read(args.tls_key, "--tls-key"),
-        client_ca=_read(args.client_ca, "--client-ca"),
+        tls_cert=read_flag_file(PROG, args.tls_cert, "--tls-cert"),
+        tls_key=read_flag_file(PROG, args.tls_key, "--tls-key"),
+        client_ca=read_flag_file(PROG, args.client_ca, "--client-ca"),
         node_tokens=_tokens(args.node_tokens),
         admin_tokens=_tokens(args.admin_tokens),
         grace_s=args.grace,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import sys
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -19,6 +20,17 @@ def fail(prog: str, message: str, status: int = 2) -> NoReturn:
     """Ends a command with one clear line on stderr."""
     sys.stderr.write(f"{prog}: error: {message}\n")
     raise SystemExit(status)
+
+
+def read_flag_file(prog: str, path: str | None, flag: str) -> bytes | None:
+    """The bytes of the file a flag names (None without the flag); ends the command with one
+    line when it cannot be read."""
+    if path is None:
+        return None
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        fail(prog, f"{flag} {path}: cannot be read ({exc.strerror})")
 
 
 def host_port(value: str) -> str:

@@ -6,6 +6,8 @@ whether it came over the wire or from the node's on-disk cache.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 
 from cryptography.exceptions import InvalidSignature
@@ -64,6 +66,18 @@ def verify_snapshot(signed: pb.SignedSnapshot,
     if content_hash(snapshot) != signed.content_hash:
         raise SnapshotError("snapshot content hash does not match")
     return snapshot
+
+
+def parse_center_public_key(raw: bytes) -> bytes | None:
+    """A pinned Center key as operators write it: 32 raw bytes, or base64 text (optionally
+    `base64:`-prefixed); None if it is neither."""
+    if len(raw) == 32:
+        return raw
+    try:
+        decoded = base64.b64decode(raw.strip().removeprefix(b"base64:"), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return decoded if len(decoded) == 32 else None
 
 
 def snapshot_digest(body: bytes) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 from collections.abc import Sequence
@@ -9,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastproxy.center_credentials import CenterCredentials, CredentialError
-from fastproxy.commandline import OneLineArgumentParser, fail, host_port
+from fastproxy.commandline import OneLineArgumentParser, fail, host_port, read_flag_file
 from fastproxy.pipeline import DEFAULT_MAX_MESSAGE_BYTES
+from fastproxy.snapshot import parse_center_public_key
 from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
 from fastproxy.v1 import policy_pb2 as pb
 
@@ -92,42 +94,19 @@ def build_parser() -> OneLineArgumentParser:
                              "then per process")
     add_logging_flags(parser)
     add_metrics_flag(parser)
-    parser.add_argument("--policy-poll", type=float, default=1.0, help=_suppressed())
+    parser.add_argument("--policy-poll", type=float, default=1.0, help=argparse.SUPPRESS)
     return parser
 
 
-def _suppressed() -> str:
-    import argparse
-
-    return argparse.SUPPRESS
-
-
-def _read(path: str | None, flag: str) -> bytes | None:
-    if path is None:
-        return None
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        fail(PROG, f"{flag} {path}: cannot be read ({exc.strerror})")
-
-
 def _public_key(path: str | None) -> bytes | None:
-    raw = _read(path, "--center-public-key")
+    raw = read_flag_file(PROG, path, "--center-public-key")
     if raw is None:
         return None
-    if len(raw) == 32:
-        return raw
-    import base64
-    import binascii
-
-    try:
-        decoded = base64.b64decode(raw.strip().removeprefix(b"base64:"), validate=True)
-    except (binascii.Error, ValueError):
-        decoded = b""
-    if len(decoded) != 32:
+    key = parse_center_public_key(raw)
+    if key is None:
         fail(PROG, f"--center-public-key {path}: not an Ed25519 public key "
                    "(32 raw bytes or base64)")
-    return decoded
+    return key
 
 
 def parse_config(argv: Sequence[str] | None = None) -> ProxyConfig:

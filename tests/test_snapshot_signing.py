@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -100,3 +102,15 @@ def test_a_malformed_public_key_is_refused(center_key: Ed25519PrivateKey) -> Non
     signed.center_public_key = b"short"
     with pytest.raises(SnapshotError):
         verify_snapshot(signed)
+
+
+def test_a_pinned_center_key_is_read_as_raw_bytes_or_base64() -> None:
+    from fastproxy.snapshot import parse_center_public_key
+
+    key = bytes(range(32))
+    encoded = base64.b64encode(key)
+    assert parse_center_public_key(key) == key
+    assert parse_center_public_key(encoded + b"\n") == key
+    assert parse_center_public_key(b"base64:" + encoded) == key
+    assert parse_center_public_key(b"not a key") is None
+    assert parse_center_public_key(base64.b64encode(bytes(31))) is None

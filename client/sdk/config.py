@@ -3,14 +3,13 @@ so one app runs unchanged in every environment."""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from fastproxy.center_credentials import CenterCredentials
+from fastproxy.snapshot import parse_center_public_key
 
 ENV_PREFIX = "FASTPROXY_"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
@@ -114,11 +113,8 @@ def _public_key(value: str | bytes | None) -> bytes | None:
         if len(raw) == 32:
             return raw
         text = raw.decode(errors="replace")
-    try:
-        decoded = base64.b64decode(text.strip().removeprefix("base64:"), validate=True)
-    except (binascii.Error, ValueError):
-        decoded = b""
-    if len(decoded) != 32:
+    key = parse_center_public_key(text.encode())
+    if key is None:
         raise SdkConfigError("center_public_key: not an Ed25519 public key "
                              "(32 raw bytes, base64, or a file of either)")
-    return decoded
+    return key
