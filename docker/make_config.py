@@ -1,5 +1,6 @@
-"""Writes the configuration docker/compose.yaml mounts: a policy whose secrets are files,
-the key files, a CA with certificates for the Center, node and admin tokens.
+"""Writes the configuration docker/compose.yaml mounts: the sample policy (the one
+`fastproxy demo` runs) with its secrets in key files, a CA with certificates for the Center,
+node and admin tokens.
 
     python docker/make_config.py docker/config
 
@@ -13,7 +14,6 @@ import argparse
 import base64
 import datetime
 import ipaddress
-import os
 import secrets
 import sys
 from pathlib import Path
@@ -21,34 +21,11 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.x509.oid import NameOID
 
-MOUNT = "/etc/fastproxy"  # where compose.yaml mounts the folder
+from fastproxy.demo.sample_policy import KEY_TEMPLATES, new_secret, sample_policy
 
-POLICY = """\
-version: 1
-keys:
-  song-enc-v1: {{type: aes-256-gcm, secret: "file:{mount}/keys/song-enc-v1.key"}}
-  song-id-v1: {{type: ed25519, private: "file:{mount}/keys/song-id-v1.pem"}}
-  chat-id-v1: {{type: hmac-sha256, secret: "file:{mount}/keys/chat-id-v1.key"}}
-services:
-  song_service:
-    grpc_services: [demo.v1.Echo, demo.v1.Catalog]
-    identity: {{key: song-id-v1}}
-    encrypt: {{key: song-enc-v1}}
-    compress: {{algorithm: gzip, min_bytes: 1024}}
-    timeout_ms: 2000
-    allow:
-      - caller: "*"
-        methods: ["/demo.v1.Catalog/Count"]
-        rate_limit: {{rps: 1, burst: 1}}
-      - caller: chat_service
-        methods: ["/demo.v1.Echo/*", "/demo.v1.Catalog/GetItem", "/demo.v1.Catalog/ListItems"]
-        rate_limit: {{rps: 500, burst: 100}}
-  chat_service:
-    identity: {{key: chat-id-v1}}
-"""
+MOUNT = "/etc/fastproxy"  # where compose.yaml mounts the folder
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -83,12 +60,10 @@ def _certificate(common_name: str, key: ec.EllipticCurvePrivateKey, issuer: x509
 
 def make_config(out: Path, mount: str = MOUNT) -> None:
     """Writes the folder `out`, which the processes will see at `mount`."""
-    _write(out / "policy.yaml", POLICY.format(mount=mount).encode(), 0o644)
-    _write(out / "keys/song-enc-v1.key", base64.b64encode(os.urandom(32)) + b"\n")
-    _write(out / "keys/chat-id-v1.key", base64.b64encode(os.urandom(32)) + b"\n")
-    _write(out / "keys/song-id-v1.pem", Ed25519PrivateKey.generate().private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption()))
+    refs = {name: f"file:{mount}/keys/{name}.key" for name in KEY_TEMPLATES}
+    _write(out / "policy.yaml", sample_policy(refs).encode(), 0o644)
+    for name in KEY_TEMPLATES:
+        _write(out / f"keys/{name}.key", base64.b64encode(new_secret(name)) + b"\n")
 
     ca_key = ec.generate_private_key(ec.SECP256R1())
     ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fastproxy-demo-ca")])
