@@ -12,7 +12,6 @@ cost) on every call even with no exporter configured. Here, with no exporter and
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,7 +20,7 @@ import grpc
 from opentelemetry.trace import Span, SpanKind
 
 from fastproxy.errors import FastProxyError
-from fastproxy.telemetry.logs import log_event
+from fastproxy.telemetry.logs import audit_refused_call
 from fastproxy.telemetry.metrics import ProxyMetrics
 from fastproxy.telemetry.tracing import (
     CallSpans,
@@ -33,8 +32,6 @@ from fastproxy.telemetry.tracing import (
 )
 
 Metadata = tuple[tuple[str, str | bytes], ...]
-
-audit_log = logging.getLogger("fastproxy.audit")
 
 
 class CallRecord:
@@ -189,13 +186,9 @@ class CallObserver:
             caller, callee = err.caller or (record.caller if record else ""), self.service
         else:
             caller, callee = self.service, record.callee if record else ""
-        fields: dict[str, Any] = {
-            "event": "refused", "proxy": self.proxy, "caller": caller, "callee": callee,
-            "method": method, "reason": err.reason.value, "revision": self.revision(),
-            "peer": peer or "", "detail": err.detail,
-        }
+        trace_id = None
         if record is not None and record.span is not None:
             trace_id = trace_id_of(record.span)
-            if trace_id:
-                fields["trace_id"] = trace_id
-        log_event(audit_log, logging.WARNING, "call refused", **fields)
+        audit_refused_call(proxy=self.proxy, caller=caller, callee=callee, method=method,
+                           reason=err.reason.value, revision=self.revision(), peer=peer or "",
+                           detail=err.detail, trace_id=trace_id)

@@ -40,6 +40,7 @@ from fastproxy.errors import FastProxyError, Reason
 from fastproxy.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline import DEFAULT_MAX_MESSAGE_BYTES, InboundCall
 from fastproxy.policy_source import PolicyThread, open_policy_source
+from fastproxy.telemetry.logs import audit_refused_call
 from fastproxy.v1 import policy_pb2 as pb
 from fastproxy.watch import NodeIdentity, PolicyHolder
 
@@ -135,6 +136,22 @@ class _Refused:
         self.error = error
 
 
+class _CallAudit:
+    """Writes the audit line of one call if it is refused (as the in-proxy does)."""
+
+    __slots__ = ("_method", "_policy")
+
+    def __init__(self, policy: EmbeddedPolicy, method: str) -> None:
+        self._policy = policy
+        self._method = method
+
+    def refused(self, error: FastProxyError, peer: str | None) -> None:
+        audit_refused_call(proxy=PROXY_NAME, caller=error.caller, callee=self._policy.service,
+                           method=self._method, reason=error.reason.value,
+                           revision=self._policy.revision, peer=peer or "",
+                           detail=error.detail)
+
+
 class SealedCall:
     """One admitted call's message transforms, and the first refusal met while opening."""
 
@@ -221,24 +238,26 @@ def _drain(requests: Iterator[Any] | None, limit_s: float = REFUSAL_DRAIN_S) -> 
     reader.join(limit_s)
 
 
-def _abort(context: grpc.ServicerContext, error: FastProxyError,
+def _abort(context: grpc.ServicerContext, error: FastProxyError, audit: _CallAudit,
            unread: Iterator[Any] | None = None) -> NoReturn:
+    audit.refused(error, context.peer())
     _drain(unread)
     context.set_trailing_metadata(error.trailers(PROXY_NAME))
     context.abort(error.status, error.detail)
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler | None,
-                      error: FastProxyError) -> grpc.RpcMethodHandler:
+def _refusing_handler(handler: grpc.RpcMethodHandler | None, error: FastProxyError,
+                      audit: _CallAudit) -> grpc.RpcMethodHandler:
     streaming = handler is None or handler.request_streaming
 
     def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-        _abort(context, error, request if streaming else None)
+        _abort(context, error, audit, request if streaming else None)
     return _rebuild(handler, refuse, None, None)
 
 
-def _sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall) -> grpc.RpcMethodHandler:
+def _sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall,
+                    audit: _CallAudit) -> grpc.RpcMethodHandler:
     behavior = _behavior(handler)
 
     def run(produce: Callable[[], Any], context: grpc.ServicerContext,
@@ -247,10 +266,10 @@ def _sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall) -> grpc.
             result = produce()
         except Exception:
             if sealed.error is not None:
-                _abort(context, sealed.error, unread)
+                _abort(context, sealed.error, audit, unread)
             raise
         if sealed.error is not None:  # the app swallowed the refusal
-            _abort(context, sealed.error, unread)
+            _abort(context, sealed.error, audit, unread)
         return result
 
     def stream(produce: Callable[[], Iterator[Any]], context: grpc.ServicerContext,
@@ -259,10 +278,10 @@ def _sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall) -> grpc.
             yield from produce()
         except Exception:
             if sealed.error is not None:
-                _abort(context, sealed.error, unread)
+                _abort(context, sealed.error, audit, unread)
             raise
         if sealed.error is not None:
-            _abort(context, sealed.error, unread)
+            _abort(context, sealed.error, audit, unread)
 
     def wrapped_streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         opened = sealed.requests(requests)
@@ -272,7 +291,7 @@ def _sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall) -> grpc.
 
     def wrapped_unary(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Refused):
-            _abort(context, request.error)
+            _abort(context, request.error, audit)
         if handler.response_streaming:
             return stream(lambda: behavior(request, context), context, None)
         return behavior(request, context)
@@ -294,15 +313,16 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
                           handler_call_details: grpc.HandlerCallDetails
                           ) -> grpc.RpcMethodHandler | None:
         details: Any = handler_call_details
+        audit = _CallAudit(self.policy, details.method)
         try:
             call = self.policy.admit(details.method, details.invocation_metadata or ())
         except FastProxyError as error:
             # refused before anything else, so a refused caller learns no method names
-            return _refusing_handler(continuation(handler_call_details), error)
+            return _refusing_handler(continuation(handler_call_details), error, audit)
         handler = continuation(handler_call_details)
         if handler is None or call is None:
             return handler
-        return _sealed_handler(handler, self.policy.sealed_call(call))
+        return _sealed_handler(handler, self.policy.sealed_call(call), audit)
 
 
 # --- grpc.aio.server ------------------------------------------------------------------------
@@ -324,23 +344,24 @@ async def _aio_drain(requests: AsyncIterator[Any] | None,
 
 
 async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], error: FastProxyError,
-                     unread: AsyncIterator[Any] | None = None) -> NoReturn:
+                     audit: _CallAudit, unread: AsyncIterator[Any] | None = None) -> NoReturn:
+    audit.refused(error, context.peer())
     await _aio_drain(unread)
     await context.abort(error.status, error.detail, error.trailers(PROXY_NAME))
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
-def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None,
-                          error: FastProxyError) -> grpc.RpcMethodHandler:
+def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None, error: FastProxyError,
+                          audit: _CallAudit) -> grpc.RpcMethodHandler:
     streaming = handler is None or handler.request_streaming
 
     async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _aio_abort(context, error, request if streaming else None)
+        await _aio_abort(context, error, audit, request if streaming else None)
     return _rebuild(handler, refuse, None, None)
 
 
-def _aio_sealed_handler(handler: grpc.RpcMethodHandler,
-                        sealed: SealedCall) -> grpc.RpcMethodHandler:
+def _aio_sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall,
+                        audit: _CallAudit) -> grpc.RpcMethodHandler:
     behavior = _behavior(handler)
     takes_stream = handler.request_streaming
 
@@ -349,7 +370,7 @@ def _aio_sealed_handler(handler: grpc.RpcMethodHandler,
 
     async def settle(context: grpc.aio.ServicerContext[Any, Any], request: Any) -> None:
         if sealed.error is not None:
-            await _aio_abort(context, sealed.error, request if takes_stream else None)
+            await _aio_abort(context, sealed.error, audit, request if takes_stream else None)
 
     if handler.response_streaming and not inspect.iscoroutinefunction(behavior):
         async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -392,14 +413,16 @@ class AioSealingServerInterceptor(grpc.aio.ServerInterceptor):
                                 handler_call_details: grpc.HandlerCallDetails
                                 ) -> grpc.RpcMethodHandler:
         details: Any = handler_call_details
+        audit = _CallAudit(self.policy, details.method)
         try:
             call = self.policy.admit(details.method, details.invocation_metadata or ())
         except FastProxyError as error:
-            return _aio_refusing_handler(await continuation(handler_call_details), error)
+            return _aio_refusing_handler(await continuation(handler_call_details), error,
+                                         audit)
         handler = await continuation(handler_call_details)
         if handler is None or call is None:
             return handler
-        return _aio_sealed_handler(handler, self.policy.sealed_call(call))
+        return _aio_sealed_handler(handler, self.policy.sealed_call(call), audit)
 
 
 # --- public constructors --------------------------------------------------------------------

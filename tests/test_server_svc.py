@@ -9,6 +9,7 @@ the interceptors does the same inside this test process.
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import time
@@ -238,7 +239,8 @@ def test_out_proxy_reaches_an_embedded_server_registered_at_the_center(
 
 
 def test_sync_server_interceptors_open_and_seal_in_process(
-        processes: Processes, tmp_path: Path) -> None:
+        processes: Processes, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fastproxy.audit")
     port = free_port()
     policy = tmp_path / "policy.yaml"
     policy.write_text(demo_policy_yaml(song_endpoints=[f"127.0.0.1:{port}"],
@@ -274,6 +276,14 @@ def test_sync_server_interceptors_open_and_seal_in_process(
                                                         timeout=5)
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert trailer(refused.value, "fastproxy-error") == "unauthenticated"
+        # every refusal is one audit line, as the in-proxy writes them
+        audits = [record.fields for record in caplog.records  # type: ignore[attr-defined]
+                  if record.name == "fastproxy.audit"]
+        expected = {"event": "refused", "proxy": "in", "caller": CALLER, "callee": CALLEE,
+                    "method": "/demo.v1.Catalog/Count", "reason": "denied", "revision": 1}
+        assert expected.items() <= audits[0].items()
+        assert audits[0]["peer"].startswith("ipv")
+        assert [a["reason"] for a in audits] == ["denied"] * 21 + ["unauthenticated"]
     finally:
         server.stop(0)
         for interceptor in interceptors:

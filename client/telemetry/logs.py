@@ -30,6 +30,25 @@ def log_event(logger: logging.Logger, level: int, message: str, **fields: Any) -
         logger.log(level, message, extra={"fields": fields})
 
 
+audit_log = logging.getLogger("fastproxy.audit")
+
+
+def audit_refused_call(*, proxy: str, caller: str, callee: str, method: str, reason: str,
+                       revision: int, peer: str, detail: str,
+                       trace_id: str | None = None) -> None:
+    """The one audit line of a refused call, wherever it was refused (proxy or embedded
+    host): who called whom, what, why, under which revision, from where. `detail` is what
+    the caller was told (never a secret)."""
+    fields: dict[str, Any] = {
+        "event": "refused", "proxy": proxy, "caller": caller, "callee": callee,
+        "method": method, "reason": reason, "revision": revision, "peer": peer,
+        "detail": detail,
+    }
+    if trace_id:
+        fields["trace_id"] = trace_id
+    log_event(audit_log, logging.WARNING, "call refused", **fields)
+
+
 def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
     fields: Mapping[str, Any] = getattr(record, "fields", None) or {}
     if "trace_id" in fields:
