@@ -285,6 +285,15 @@ def read_signed_call_header(raw: bytes) -> epb.SignedCallHeader:
     return signed
 
 
+def claimed_caller(signed: epb.SignedCallHeader) -> str:
+    """The caller a call header names, NOT verified ("" if unreadable): only to tell a
+    caller that no rule admits from one whose signature is wrong."""
+    try:
+        return str(epb.CallHeader.FromString(signed.header).caller)
+    except DecodeError:
+        return ""
+
+
 def verify_call_header(signed: epb.SignedCallHeader, keys: dict[str, VerifyKey]) -> (
         epb.CallHeader):
     """Checks the signature over the header bytes as received, then parses them."""

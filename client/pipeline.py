@@ -38,6 +38,7 @@ from fastproxy.envelope import (
     VerifyKey,
     aad_for,
     aad_prefix,
+    claimed_caller,
     frame_envelope,
     message_method_prefix,
     message_signed_parts,
@@ -457,6 +458,14 @@ class AuthenticateCaller:
 
     def admit(self, call: InboundAdmission) -> None:
         signed = read_signed_call_header(_call_header_value(call.metadata))
+        if signed.sig_key_id.decode(errors="replace") not in call.side.caller_keys:
+            # A caller that no rule names (for example, one whose rule was just removed and
+            # whose route is not yet gone) is denied, whatever its signature; any other
+            # unknown key is a failed authentication below.
+            claimed = claimed_caller(signed)
+            if claimed and claimed not in call.side.callers:
+                raise FastProxyError(Reason.DENIED, f"no allow rule of {call.side.service!r} "
+                                                    f"names caller {claimed!r}")
         header = verify_call_header(signed, call.side.caller_keys)
         caller = call.side.callers.get(header.caller)
         if caller is None or signed.sig_key_id.decode(errors="replace") not in caller.verifiers:
