@@ -147,7 +147,7 @@ class NodePolicy:
 
     def outbound(self, method: str, now: float) -> OutboundCall:
         """A call to `method` ("/pkg.Service/Method"): NO_ROUTE when no destination serves
-        its gRPC service, UNAVAILABLE when that destination has no endpoint."""
+        its gRPC service. `endpoints` may be empty: picking one is the host's part."""
         if self._caller is None:
             raise FastProxyError(Reason.NO_ROUTE, f"node of {self.service!r} makes no calls")
         return OutboundCall.admit(self._caller, method, now)

@@ -3,7 +3,7 @@
 Two kinds of stages:
 
 - call stages run once per call, before any message: on the caller side `Route`,
-  `PickEndpoints`, `SignCallHeader`; on the callee side `AuthenticateCaller`, `RejectReplay`,
+  `SignCallHeader`; on the callee side `AuthenticateCaller`, `RejectReplay`,
   `Authorize`, `SpendRateLimit`. Each takes the call's admission record and fills it in or
   raises `FastProxyError`.
 - message stages run once per message: `Position` (sequence numbers, timestamps, binding to
@@ -335,14 +335,6 @@ class Route:
         call.destination = destination
 
 
-class PickEndpoints:
-    def admit(self, call: OutboundAdmission) -> None:
-        assert call.destination is not None
-        if not call.destination.endpoints:
-            raise FastProxyError(Reason.UNAVAILABLE,
-                                 f"service {call.destination.name!r} has no endpoint")
-
-
 class SignCallHeader:
     """The caller's signed statement of who calls what, sent before any message."""
 
@@ -360,7 +352,10 @@ class SignCallHeader:
         call.metadata = ((CALL_METADATA_KEY, sign_call_header(header, signer)),)
 
 
-OUTBOUND_STAGES: tuple[OutboundStage, ...] = (Route(), PickEndpoints(), SignCallHeader())
+# No endpoint stage: which endpoint a call goes to is the host's choice (the out-proxy picks
+# among the destination's endpoints and refuses `unavailable` when there is none; the
+# embedded SDK's channel already names its target).
+OUTBOUND_STAGES: tuple[OutboundStage, ...] = (Route(), SignCallHeader())
 
 
 class OutboundCall:

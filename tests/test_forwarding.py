@@ -189,6 +189,12 @@ def test_request_metadata_drops_transport_and_our_own_entries_only() -> None:
     )
 
 
+def test_no_endpoint_to_pick_is_unavailable() -> None:
+    with pytest.raises(FastProxyError) as refused:
+        EndpointHealth().pick((), now=0.0)
+    assert refused.value.reason is Reason.UNAVAILABLE
+
+
 def test_round_robin_alternates_between_endpoints() -> None:
     health = EndpointHealth()
     picks = [health.pick(("a", "b"), now=0.0) for _ in range(6)]

@@ -75,6 +75,19 @@ def test_unary_call_is_sealed_and_opened_with_unchanged_stubs(
     assert trailer(call, "x-echo-count") == "1"
 
 
+def test_the_channel_target_is_enough_when_the_policy_lists_no_endpoint(
+        stack: tuple[str, Path], tmp_path: Path) -> None:
+    text = stack[1].read_text()
+    no_endpoints = tmp_path / "policy.yaml"
+    no_endpoints.write_text(text.replace(f'endpoints: ["{stack[0]}"]', "endpoints: []"))
+    assert no_endpoints.read_text() != text
+    with fastproxy.client_interceptors(service=CALLER, embedded=True,
+                                       policy_file=str(no_endpoints)) as made, \
+            grpc.insecure_channel(stack[0], options=OPTIONS) as plain:
+        echo = demo_pb2_grpc.EchoStub(grpc.intercept_channel(plain, *made))
+        assert echo.Unary(request("no endpoint listed"), timeout=10).text == "no endpoint listed"
+
+
 def test_client_stream_call(echo: demo_pb2_grpc.EchoStub) -> None:
     response = echo.ClientStream(iter([request("a", b"1"), request("b", b"2"),
                                        request("c", b"3")]), timeout=10)
