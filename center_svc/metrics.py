@@ -38,7 +38,7 @@ APPLY_TO_LAST_ACK_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
                              30.0, 60.0, 120.0, 300.0]
 
 ROLE_LABELS = {policy_pb2.ROLE_IN: "in", policy_pb2.ROLE_OUT: "out",
-               policy_pb2.ROLE_CLIENT: "client"}
+               policy_pb2.ROLE_CLIENT: "client", policy_pb2.ROLE_APP: "app"}
 
 
 @dataclass(slots=True, eq=False)

@@ -18,7 +18,7 @@ from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 log = logging.getLogger("center_svc.watch")
 
-ROLES = (policy_pb2.ROLE_IN, policy_pb2.ROLE_OUT, policy_pb2.ROLE_CLIENT)
+ROLES = (policy_pb2.ROLE_IN, policy_pb2.ROLE_OUT, policy_pb2.ROLE_CLIENT, policy_pb2.ROLE_APP)
 HELLO_TIMEOUT_S = 10.0
 
 
@@ -164,7 +164,8 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "the first message must be a hello with node_id and service")
         if hello.role not in ROLES:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "role must be in, out or client")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                "role must be in, out, client or app")
         if not principal.may_watch_as(hello.service):
             log.warning("%s refused: may not watch as service %s", principal.label, hello.service)
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,

@@ -21,7 +21,8 @@ Audience = tuple[int, str]
 
 
 def audience_of(role: int, service: str) -> Audience:
-    return (pb.ROLE_IN if role == pb.ROLE_IN else pb.ROLE_OUT, service)
+    """Out- and client-nodes see the same; in- and app-nodes each see their own."""
+    return (pb.ROLE_OUT if role == pb.ROLE_CLIENT else role, service)
 
 
 @dataclass(frozen=True, slots=True)

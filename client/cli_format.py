@@ -22,6 +22,7 @@ ROLE_NAMES = {
     policy_pb2.ROLE_IN: "in",
     policy_pb2.ROLE_OUT: "out",
     policy_pb2.ROLE_CLIENT: "client",
+    policy_pb2.ROLE_APP: "app",
 }
 
 

@@ -113,7 +113,7 @@ def services_of(snapshot: pb.PolicySnapshot) -> dict[str, pb.Service]:
 # --- nodes no rule concerns -------------------------------------------------------------
 
 
-@pytest.mark.parametrize("role", [pb.ROLE_IN, pb.ROLE_OUT, pb.ROLE_CLIENT])
+@pytest.mark.parametrize("role", [pb.ROLE_IN, pb.ROLE_OUT, pb.ROLE_CLIENT, pb.ROLE_APP])
 def test_node_of_a_service_no_rule_mentions_gets_an_empty_policy(
     policy: Policy, role: pb.Role.ValueType
 ) -> None:
@@ -207,6 +207,21 @@ def test_out_node_gets_destination_routes_endpoints_and_encryption_key(
     assert song.timeout_ms == 2000 and song.retry.max_attempts == 2
     assert list(song.allow) == []  # the callee's rules are the in-node's business
     assert "audit_service" not in services and "lonely_service" not in services
+
+
+def test_app_node_gets_routes_timeouts_and_retry_but_no_key_and_no_endpoint(
+        policy: Policy) -> None:
+    # the client SDK sending through an out-proxy: it only sets deadlines and retries
+    snapshot = scope_snapshot(policy, pb.ROLE_APP, "chat_service")
+    assert secrets_found_in(wire(snapshot)) == set()
+    assert list(snapshot.keys) == []
+    services = services_of(snapshot)
+    assert set(services) == {"song_service"}
+    song = services["song_service"]
+    assert list(song.grpc_services) == ["demo.v1.Echo"]
+    assert song.timeout_ms == 2000 and song.retry.max_attempts == 2
+    assert list(song.endpoints) == [] and not song.HasField("encrypt")
+    assert not song.HasField("identity") and list(song.allow) == []
 
 
 def test_out_node_of_a_middle_service_gets_its_seed_but_no_other_seed(policy: Policy) -> None:

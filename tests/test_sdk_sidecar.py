@@ -6,10 +6,13 @@ destination's `retry` policy allows (UNAVAILABLE only, before any response, boun
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -27,6 +30,8 @@ from sdk_stack import (
 
 import fastproxy
 from fastproxy.sdk import InterceptorSet
+from fastproxy.v1 import center_pb2
+from fastproxy.v1 import policy_pb2 as pb
 
 pytestmark = pytest.mark.timeout(60)
 MAX_ATTEMPTS = 3
@@ -87,6 +92,30 @@ def test_a_call_without_deadline_gets_the_destination_timeout(
     assert remaining is not None and 15 < remaining <= 20  # timeout_ms: 20000
     seen = stack.upstream.flaky.records[ident].time_remaining
     assert seen is not None and seen <= 20.2
+
+
+def test_from_a_center_the_sdk_watches_as_an_app_node_and_is_sent_no_key(
+        stack: Stack, start_center: Any) -> None:
+    center = start_center("--policy", str(stack.policy))
+    with fastproxy.client_interceptors(service=CALLER, center=center.address) as made, \
+            grpc.insecure_channel(stack.out_address, options=OPTIONS) as plain:
+        assert made.wait_for_policy(10)
+        channel = grpc.intercept_channel(plain, *made)
+        future = channel.unary_unary(FLAKY_UNARY).future(b"hi")
+        remaining = future.time_remaining()
+        assert future.result(10) == b"hi"
+        assert remaining is not None and 15 < remaining <= 20  # the Center's timeout_ms
+        nodes = center.stub().ListNodes(center_pb2.ListNodesRequest(), timeout=5).nodes
+        assert [(n.role, n.service) for n in nodes] == [(pb.ROLE_APP, CALLER)]
+    # what such a node is sent, byte for byte: routes, timeouts, retry; no key material
+    watch = center.watch().hello("probe", pb.ROLE_APP, CALLER)
+    signed = watch.next_snapshot()
+    snapshot = pb.PolicySnapshot.FromString(signed.snapshot)
+    assert list(snapshot.keys) == []
+    assert [s.name for s in snapshot.services] == [CALLEE]
+    for secret in re.findall(r'base64:([A-Za-z0-9+/=]+)', stack.policy.read_text()):
+        assert base64.b64decode(secret) not in signed.SerializeToString()
+    watch.close()
 
 
 def test_the_sdk_timeout_applies_where_the_policy_gives_none(stack: Stack) -> None:

@@ -6,6 +6,8 @@
 - An out- or client-node of service C gets C's own identity key, and for each service D
   with a rule admitting C: D's routes, endpoints, encryption keys, identity key (public half
   for ed25519), compression, timeout and retry policy.
+- An app-node of service C (the client SDK sending through an out-proxy) gets, for each
+  service C may call, only its routes, timeout and retry policy: no key, no endpoint.
 - A node of a service no rule concerns gets an empty snapshot and no secret.
 """
 
@@ -65,6 +67,16 @@ def scope_snapshot(
             snapshot.services.append(entry)
             keys.add(spec.encrypt, private=True)
             keys.add(spec.identity, private=name == service)
+    elif role == pb.ROLE_APP:
+        for name in policy.callees_of(service):
+            spec = policy.services[name]
+            entry = pb.Service(name=name, grpc_services=spec.grpc_services,
+                               timeout_ms=spec.timeout_ms)
+            if spec.retry is not None:
+                entry.retry.max_attempts = spec.retry.max_attempts
+                entry.retry.initial_backoff_ms = spec.retry.initial_backoff_ms
+                entry.retry.max_backoff_ms = spec.retry.max_backoff_ms
+            snapshot.services.append(entry)
     else:
         raise ValueError(f"unknown role {role}")
     snapshot.keys.extend(keys.collected())

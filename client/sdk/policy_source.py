@@ -30,8 +30,10 @@ class BackgroundPolicy(Generic[T]):
     def __init__(self, config: SdkConfig, compile_snapshot: Callable[[pb.PolicySnapshot], T]
                  ) -> None:
         self.holder: PolicyHolder[T] = PolicyHolder()
-        node = NodeIdentity(f"{config.node_id}-{next(_serial)}", pb.ROLE_CLIENT,
-                            config.service)
+        # embedded: the out-proxy's whole view (keys included); through an out-proxy the SDK
+        # only needs routes, timeouts and retry policies, and is sent no key at all
+        role = pb.ROLE_CLIENT if config.embedded else pb.ROLE_APP
+        node = NodeIdentity(f"{config.node_id}-{next(_serial)}", role, config.service)
         # a bad policy file fails here, in the app's hands, with the reason
         source = open_policy_source(node, compile_snapshot, self.holder, center=config.center,
                                     policy_file=None if config.center else config.policy_file,

@@ -21,6 +21,7 @@ class Role(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ROLE_IN: _ClassVar[Role]
     ROLE_OUT: _ClassVar[Role]
     ROLE_CLIENT: _ClassVar[Role]
+    ROLE_APP: _ClassVar[Role]
 KEY_TYPE_UNSPECIFIED: KeyType
 KEY_TYPE_AES_256_GCM: KeyType
 KEY_TYPE_CHACHA20_POLY1305: KeyType
@@ -30,6 +31,7 @@ ROLE_UNSPECIFIED: Role
 ROLE_IN: Role
 ROLE_OUT: Role
 ROLE_CLIENT: Role
+ROLE_APP: Role
 
 class Key(_message.Message):
     __slots__ = ("name", "type", "secret", "public_key")
