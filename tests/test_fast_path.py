@@ -22,10 +22,10 @@ from typing import Any
 import grpc
 import pytest
 import test_forwarding
-from dataplane import Proxies, poll, start_file_stack
+from dataplane import Proxies, call_kind, poll, start_file_stack
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection
-from test_forwarding import KINDS, ProxyThread, call_kind, channel, new_id
+from test_forwarding import KINDS, ProxyThread, channel, new_id
 from upstream_app import (
     BIDI,
     CLIENT_STREAM,
@@ -53,23 +53,13 @@ for _name, _value in vars(test_forwarding).items():
         globals()[_name] = _value
 
 
-class FastProxyThread(ProxyThread):
-    """`ProxyThread` with `Unary` known to be unary."""
-
-    async def _start(self) -> None:
-        self.pool = UpstreamPool(self._max, rule=self._rule)
-        self.handler = ForwardingHandler(self._role, self.pool, kinds=MethodKinds([UNARY]))
-        self.server, port = await start_proxy_server("127.0.0.1:0", self.handler, self._max)
-        self.address = f"127.0.0.1:{port}"
-
-
 @pytest.fixture
 def start_proxy() -> Iterator[Any]:
-    started: list[FastProxyThread] = []
+    """Proxies with `Unary` known to be unary."""
+    started: list[ProxyThread] = []
 
-    def start(role: Role, **kwargs: Any) -> FastProxyThread:
-        proxy = FastProxyThread(role, **kwargs)
-        proxy.start()
+    def start(role: Role, **kwargs: Any) -> ProxyThread:
+        proxy = ProxyThread(role, unary=[UNARY], **kwargs).start()
         started.append(proxy)
         return proxy
 
@@ -79,13 +69,13 @@ def start_proxy() -> Iterator[Any]:
 
 
 @pytest.fixture
-def proxy(upstream: UpstreamProcess, start_proxy: Any) -> FastProxyThread:
+def proxy(upstream: UpstreamProcess, start_proxy: Any) -> ProxyThread:
     # Not "out": an out-proxy forgets a method no in-proxy confirms as unary.
-    proxy: FastProxyThread = start_proxy(PassThroughRole("hop", [upstream.address]))
+    proxy: ProxyThread = start_proxy(PassThroughRole("hop", [upstream.address]))
     return proxy
 
 
-def test_only_a_known_unary_method_takes_the_fast_path(proxy: FastProxyThread) -> None:
+def test_only_a_known_unary_method_takes_the_fast_path(proxy: ProxyThread) -> None:
     ch = channel(proxy.address)
     for kind in KINDS:
         responses, _ = call_kind(ch, kind, b"x" * 100)
@@ -223,7 +213,7 @@ def test_without_reflection_upstream_every_kind_still_works(
 
 def test_a_method_wrongly_thought_unary_is_forgotten(upstream: UpstreamProcess,
                                                      start_proxy: Any) -> None:
-    proxy: FastProxyThread = start_proxy(PassThroughRole("in", [upstream.address]))
+    proxy: ProxyThread = start_proxy(PassThroughRole("in", [upstream.address]))
     proxy.handler.kinds.learn(SERVER_STREAM, True, "a test")
     ch = channel(proxy.address)
     # A unary call to a server-streaming upstream waits for the end of a stream that grpc
@@ -275,8 +265,8 @@ class KindInjectingApp:
 
 def test_an_app_cannot_declare_its_method_unary(start_proxy: Any) -> None:
     with KindInjectingApp() as app:
-        inproxy: FastProxyThread = start_proxy(PassThroughRole("in", [app.address]))
-        outproxy: FastProxyThread = start_proxy(PassThroughRole("out", [inproxy.address]))
+        inproxy: ProxyThread = start_proxy(PassThroughRole("in", [app.address]))
+        outproxy: ProxyThread = start_proxy(PassThroughRole("out", [inproxy.address]))
         for _ in range(3):
             call = channel(outproxy.address).unary_stream(SERVER_STREAM)(b"m", timeout=10)
             assert list(call) == [b"m", b"m"]
@@ -290,7 +280,7 @@ def test_an_app_cannot_declare_its_method_unary(start_proxy: Any) -> None:
 
 def test_the_in_proxy_tells_the_kind_only_to_a_caller_that_asks(
         upstream: UpstreamProcess, start_proxy: Any) -> None:
-    inproxy: FastProxyThread = start_proxy(PassThroughRole("in", [upstream.address]))
+    inproxy: ProxyThread = start_proxy(PassThroughRole("in", [upstream.address]))
     unary = channel(inproxy.address).unary_unary(UNARY)
     # A direct caller (the embedded SDK, say) sees only the app's trailers.
     _, call = unary.with_call(b"direct", timeout=10)

@@ -18,9 +18,9 @@ from typing import Any
 
 import grpc
 import pytest
+from dataplane import call_kind
 from upstream_app import (
     BIDI,
-    CLIENT_STREAM,
     SERVER_STREAM,
     UNARY,
     UpstreamProcess,
@@ -38,6 +38,7 @@ from proxy_svc.forward import (
     call_timeout,
     start_proxy_server,
 )
+from proxy_svc.kinds import MethodKinds
 from proxy_svc.metadata import Metadata, forwarded_request_metadata
 from proxy_svc.upstream import EjectionRule, EndpointHealth, UpstreamPool
 
@@ -56,8 +57,9 @@ class ProxyThread:
     """The forwarding server on its own event loop in a thread of the test process."""
 
     def __init__(self, role: Role, rule: EjectionRule | None = None,
-                 max_message_bytes: int = 64 * MiB) -> None:
+                 max_message_bytes: int = 64 * MiB, unary: Sequence[str] = ()) -> None:
         self._role = role
+        self._unary = unary
         self._rule = rule or EjectionRule()
         self._max = max_message_bytes
         self._loop = asyncio.new_event_loop()
@@ -71,8 +73,8 @@ class ProxyThread:
 
     async def _start(self) -> None:
         self.pool = UpstreamPool(self._max, rule=self._rule)
-        self.server, port = await start_proxy_server(
-            "127.0.0.1:0", ForwardingHandler(self._role, self.pool), self._max)
+        self.handler = ForwardingHandler(self._role, self.pool, kinds=MethodKinds(self._unary))
+        self.server, port = await start_proxy_server("127.0.0.1:0", self.handler, self._max)
         self.address = f"127.0.0.1:{port}"
 
     async def _stop(self) -> None:
@@ -130,26 +132,6 @@ def free_port_nobody_listens_on() -> str:
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-def call_kind(ch: grpc.Channel, kind: str, payload: bytes, metadata: Metadata = (),
-              timeout: float | None = 10.0) -> tuple[list[bytes], Any]:
-    """Makes one call of `kind` sending `payload` (twice for client streams); returns the
-    responses and the call object (for metadata and status)."""
-    if kind == "unary":
-        response, call = ch.unary_unary(UNARY).with_call(payload, metadata=metadata,
-                                                         timeout=timeout)
-        return [response], call
-    if kind == "client_stream":
-        response, call = ch.stream_unary(CLIENT_STREAM).with_call(
-            iter([payload, payload]), metadata=metadata, timeout=timeout)
-        return [response], call
-    if kind == "server_stream":
-        stream = ch.unary_stream(SERVER_STREAM)(payload, metadata=metadata, timeout=timeout)
-    else:
-        stream = ch.stream_stream(BIDI)(iter([payload, payload]), metadata=metadata,
-                                        timeout=timeout)
-    return list(stream), stream
 
 
 def failure_of(ch: grpc.Channel, kind: str, metadata: Metadata,
