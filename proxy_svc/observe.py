@@ -87,27 +87,21 @@ class TimedPlan:
         return self._plan.added_metadata  # type: ignore[no-any-return]
 
     def request(self, message: bytes, now: float) -> bytes:
-        record = self._record
-        started = time.perf_counter()
-        out: bytes = self._plan.request(message, now)
-        spent = time.perf_counter() - started
-        if self._seals_requests:
-            record.sealed_s += spent
-        else:
-            record.opened_s += spent
-        record.received += len(message)
-        record.sent += len(out)
-        return out
+        return self._timed(self._plan.request, message, now, sealing=self._seals_requests)
 
     def response(self, message: bytes, now: float) -> bytes:
+        return self._timed(self._plan.response, message, now, sealing=not self._seals_requests)
+
+    def _timed(self, transform: Callable[[bytes, float], bytes], message: bytes, now: float,
+               *, sealing: bool) -> bytes:
         record = self._record
         started = time.perf_counter()
-        out: bytes = self._plan.response(message, now)
+        out = transform(message, now)
         spent = time.perf_counter() - started
-        if self._seals_requests:
-            record.opened_s += spent
-        else:
+        if sealing:
             record.sealed_s += spent
+        else:
+            record.opened_s += spent
         record.received += len(message)
         record.sent += len(out)
         return out
