@@ -156,10 +156,16 @@ class CallObserver:
 
     def end(self, record: CallRecord, method: str) -> None:
         code = record.code or grpc.StatusCode.CANCELLED
-        if record.span is not None:
-            end_call_span(record.span, code, caller=record.caller, callee=record.callee,
-                          reason=record.reason, revision=self.revision(),
-                          detail=record.detail)
+        span = record.span
+        if span is not None and span.is_recording():
+            # The span started with this host's own service (callee of an in-proxy, caller of
+            # an out-proxy): it learns the other party here. Nothing is built for a span the
+            # sampler dropped.
+            known = bool(self.service)
+            end_call_span(span, code,
+                          caller=record.caller if self.proxy == "in" or not known else "",
+                          callee=record.callee if self.proxy != "in" or not known else "",
+                          reason=record.reason, revision=self.revision(), detail=record.detail)
         metrics = self.metrics
         if metrics is not None:
             metrics.active -= 1

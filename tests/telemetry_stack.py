@@ -1,10 +1,16 @@
-"""Helpers for the telemetry tests: an OTLP gRPC receiver in the test process, and a real
+"""Helpers for the telemetry tests: an OTLP receiver in the test process, and a real
 server_svc, in-proxy and out-proxy (each its own process, each exporting to the receiver).
 
 - `OtlpReceiver`: `TraceService` and `MetricsService` of opentelemetry-proto on a grpc server;
   keeps every span (with its resource's `service.name`) and every metric name it receives.
+- `HttpOtlpReceiver`: the same over OTLP/HTTP (http.server; POST `/v1/traces` and
+  `/v1/metrics` carrying the protobuf `Export...ServiceRequest`).
 - `TelemetryStack`: chat_service (the test) -> out-proxy -> in-proxy -> server_svc for
-  song_service. The policy allows `/demo.v1.Echo/*`, rate-limits `/demo.v1.Catalog/Count`
+  song_service; with `relay=True` a `RecordingRelay` (tests/dataplane.py) sits between the
+  proxies and records what the out-proxy forwards. The processes run with no
+  `OTEL_TRACES_SAMPLER`, i.e. FastProxy's default sampler (parent-based, 1% of root calls):
+  a call the test's client sampled is traced at every hop, which the trace tests check.
+  The policy allows `/demo.v1.Echo/*`, rate-limits `/demo.v1.Catalog/Count`
   to one call (burst 1, one token per 100 s) and allows nothing else of Catalog (denied).
   Both proxies serve Prometheus metrics; the in-proxy logs JSON lines.
 """
@@ -13,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import http.server
 import os
 import signal
 import subprocess
@@ -27,7 +34,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from dataplane import SERVING, free_address, health_status
+from dataplane import SERVING, RecordingRelay, free_address, health_status
+from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
     metrics_service_pb2_grpc,
@@ -73,43 +81,27 @@ def _service_name(resource: Any) -> str:
     return ""
 
 
-class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer,
-                   metrics_service_pb2_grpc.MetricsServiceServicer):
-    """A real OTLP/gRPC endpoint (insecure, loopback)."""
+class _Received:
+    """What an OTLP receiver got: spans by trace, metric names by service."""
 
     def __init__(self) -> None:
         self.spans: list[ReceivedSpan] = []
         self.metric_names: dict[str, set[str]] = {}  # service.name -> metric names
+        self.protocol = "grpc"
         self._lock = threading.Lock()
-        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(self, self._server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(self, self._server)
-        self.port = self._server.add_insecure_port("127.0.0.1:0")
 
-    @property
-    def endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def keep_spans(self, request: trace_service_pb2.ExportTraceServiceRequest) -> None:
+        received = [ReceivedSpan(_service_name(rs.resource), span)
+                    for rs in request.resource_spans
+                    for ss in rs.scope_spans for span in ss.spans]
+        with self._lock:
+            self.spans.extend(received)
 
-    def start(self) -> OtlpReceiver:
-        self._server.start()
-        return self
-
-    def stop(self) -> None:
-        self._server.stop(0)
-
-    def Export(self, request: Any, context: Any) -> Any:
-        if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
-            received = [ReceivedSpan(_service_name(rs.resource), span)
-                        for rs in request.resource_spans
-                        for ss in rs.scope_spans for span in ss.spans]
-            with self._lock:
-                self.spans.extend(received)
-            return trace_service_pb2.ExportTraceServiceResponse()
+    def keep_metrics(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
         with self._lock:
             for rm in request.resource_metrics:
                 names = self.metric_names.setdefault(_service_name(rm.resource), set())
                 names.update(m.name for sm in rm.scope_metrics for m in sm.metrics)
-        return metrics_service_pb2.ExportMetricsServiceResponse()
 
     def trace(self, trace_id: str) -> list[ReceivedSpan]:
         with self._lock:
@@ -130,11 +122,110 @@ class OtlpReceiver(trace_service_pb2_grpc.TraceServiceServicer,
             time.sleep(0.05)
 
 
-def otel_env(receiver: OtlpReceiver, service_name: str) -> dict[str, str]:
+class OtlpReceiver(_Received, trace_service_pb2_grpc.TraceServiceServicer,
+                   metrics_service_pb2_grpc.MetricsServiceServicer):
+    """A real OTLP/gRPC endpoint (insecure, loopback)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self, self._server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(  # type: ignore[no-untyped-call]
+            self, self._server)
+        self.port = self._server.add_insecure_port("127.0.0.1:0")
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> OtlpReceiver:
+        self._server.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.stop(0)
+
+    def Export(self, request: Any, context: Any) -> Any:
+        if isinstance(request, trace_service_pb2.ExportTraceServiceRequest):
+            self.keep_spans(request)
+            return trace_service_pb2.ExportTraceServiceResponse()
+        self.keep_metrics(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
+class HttpOtlpReceiver(_Received):
+    """A real OTLP/HTTP endpoint (binary protobuf, loopback), on its own thread. A body
+    that is not the path's request fails the export with 400 (and the test with it: the
+    spans never arrive); `posts` counts the requests by path."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol = "http/protobuf"
+        self.posts: dict[str, int] = {}
+        self.content_types: set[str] = set()
+        received = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                with received._lock:
+                    received.posts[self.path] = received.posts.get(self.path, 0) + 1
+                    received.content_types.add(self.headers.get("Content-Type", ""))
+                answer: Message
+                try:
+                    if self.path == "/v1/traces":
+                        received.keep_spans(
+                            trace_service_pb2.ExportTraceServiceRequest.FromString(body))
+                        answer = trace_service_pb2.ExportTraceServiceResponse()
+                    elif self.path == "/v1/metrics":
+                        received.keep_metrics(
+                            metrics_service_pb2.ExportMetricsServiceRequest.FromString(body))
+                        answer = metrics_service_pb2.ExportMetricsServiceResponse()
+                    else:
+                        self.send_error(404)
+                        return
+                except Exception:  # not the protobuf request the path takes
+                    self.send_error(400)
+                    return
+                payload = answer.SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> HttpOtlpReceiver:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(10)
+
+
+Receiver = OtlpReceiver | HttpOtlpReceiver
+
+
+def otel_env(receiver: Receiver, service_name: str) -> dict[str, str]:
+    """The process's environment with no `OTEL_*` variable of the test's but these (no
+    sampler: FastProxy's default)."""
     env = {key: value for key, value in os.environ.items() if not key.startswith("OTEL_")}
     env.update({
         "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.endpoint,
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": receiver.protocol,
         "OTEL_SERVICE_NAME": service_name,
         "OTEL_BSP_SCHEDULE_DELAY": "100",
         "OTEL_METRIC_EXPORT_INTERVAL": "500",
@@ -220,27 +311,34 @@ def free_port() -> int:
 
 @dataclass
 class TelemetryStack:
-    receiver: OtlpReceiver
+    receiver: Receiver
     server: Process
     inproxy: Process
     outproxy: Process
     in_metrics_port: int
     out_metrics_port: int
     processes: list[Process] = field(default_factory=list)
+    relay: RecordingRelay | None = None
 
     def stop(self) -> None:
         for process in reversed(self.processes):
             process.stop()
+        if self.relay is not None:
+            self.relay.stop()
         self.receiver.stop()
 
 
 @contextlib.contextmanager
-def telemetry_stack(directory: Path) -> Iterator[TelemetryStack]:
-    receiver = OtlpReceiver().start()
+def telemetry_stack(directory: Path, receiver: Receiver | None = None, *,
+                    relay: bool = False) -> Iterator[TelemetryStack]:
+    """The stack, exporting to `receiver` (default: a new `OtlpReceiver`), which it starts
+    and stops; `relay`: the out-proxy calls the in-proxy through a `RecordingRelay`."""
+    receiver = (receiver or OtlpReceiver()).start()
     server_address, in_address, out_address = free_address(), free_address(), free_address()
     in_port, out_port = free_port(), free_port()
+    recorder = RecordingRelay(in_address).start() if relay else None
     policy = directory / "policy.yaml"
-    policy.write_text(policy_yaml(in_address))
+    policy.write_text(policy_yaml(recorder.address if recorder is not None else in_address))
     server = Process("server_svc", ("--listen", server_address), server_address,
                      directory / "server.log", otel_env(receiver, "test-server"))
     inproxy = Process(
@@ -254,7 +352,7 @@ def telemetry_stack(directory: Path) -> Iterator[TelemetryStack]:
          str(policy), "--metrics-port", str(out_port)),
         out_address, directory / "outproxy.log", otel_env(receiver, "test-out-proxy"))
     stack = TelemetryStack(receiver, server, inproxy, outproxy, in_port, out_port,
-                           [server, inproxy, outproxy])
+                           [server, inproxy, outproxy], recorder)
     try:
         for process in stack.processes:
             process.start()

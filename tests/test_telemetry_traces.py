@@ -1,6 +1,11 @@
 """One call is one trace: the SDK's CLIENT span, the out-proxy's, the in-proxy's and the
 server's SERVER spans, each the parent of the next, received by a real OTLP receiver from
-real processes, through sealed calls."""
+real processes, through sealed calls.
+
+The processes run FastProxy's default sampler (no `OTEL_TRACES_SAMPLER`: parent-based, 1% of
+root calls): the test's client samples its calls, and every hop follows it; a call the
+client does not sample is traced nowhere, and its trace context still travels, flagged not
+sampled."""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExport
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from telemetry_stack import CALLEE, CALLER, ReceivedSpan, TelemetryStack, telemetry_stack
 
 import fastproxy
@@ -26,7 +32,7 @@ SPAN_KIND_CLIENT = 3
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TelemetryStack]:
-    with telemetry_stack(tmp_path_factory.mktemp("telemetry-traces")) as running:
+    with telemetry_stack(tmp_path_factory.mktemp("telemetry-traces"), relay=True) as running:
         yield running
 
 
@@ -131,3 +137,40 @@ def test_a_refused_call_has_its_reason_on_the_in_proxy_span(
     assert in_proxy.attribute("fastproxy.caller") == CALLER
     assert in_proxy.attribute("rpc.grpc.status_code") == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert in_proxy.span.status.code == 2  # ERROR
+
+
+def test_a_call_its_client_does_not_sample_is_traced_at_no_hop_but_carries_its_context(
+        stack: TelemetryStack, provider: TracerProvider,
+        echo: demo_pb2_grpc.EchoStub) -> None:
+    dropping = TracerProvider(sampler=ALWAYS_OFF)
+    interceptors = fastproxy.client_interceptors(service=CALLER, tracer_provider=dropping)
+    channel = grpc.intercept_channel(grpc.insecure_channel(stack.outproxy.address),
+                                     *interceptors)
+    assert stack.relay is not None
+    relayed = len(stack.relay.calls)
+    with dropping.get_tracer("test").start_as_current_span("test-root") as root:
+        reply = demo_pb2_grpc.EchoStub(channel).Unary(demo_pb2.EchoRequest(text="quiet"),
+                                                      timeout=10)
+    channel.close()
+    interceptors.close()
+    assert reply.text == "quiet"
+    assert not root.is_recording()
+    dropped_trace = format(root.get_span_context().trace_id, "032x")
+
+    # What the out-proxy forwarded to the in-proxy: the same trace, flagged not sampled
+    # (bit 0 clear; the SDK also sets the W3C level-2 "random trace id" bit, 02), with the
+    # out-proxy's (unrecorded) span as the parent.
+    forwarded = dict(stack.relay.calls[relayed].metadata)
+    version, trace_id, parent_id, flags = str(forwarded["traceparent"]).split("-")
+    assert (version, trace_id) == ("00", dropped_trace)
+    assert int(flags, 16) & 0x01 == 0, flags
+    assert parent_id != format(root.get_span_context().span_id, "016x")
+
+    # A sampled call after it: once its spans are in from every hop, so would be any of the
+    # earlier call's (each process exports its spans in the order they end).
+    tracer = provider.get_tracer("test")
+    with tracer.start_as_current_span("test-root") as sampled:
+        echo.Unary(demo_pb2.EchoRequest(text="traced"), timeout=10)
+    stack.receiver.wait_trace(format(sampled.get_span_context().trace_id, "032x"),
+                              set(HOPS[1:]))
+    assert stack.receiver.trace(dropped_trace) == []

@@ -8,7 +8,13 @@ What is read here (everything else is read by the SDK and exporters themselves):
   exporter configured, no tracer is installed and the hot path does no tracing work.
 - `OTEL_EXPORTER_OTLP_PROTOCOL` (or the signal's `..._TRACES_PROTOCOL` /
   `..._METRICS_PROTOCOL`): `grpc` (default) or `http/protobuf`.
-Read by the SDK: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`,
+- `OTEL_TRACES_SAMPLER` unset: the sampler is ours, like Istio's default, parent-based with
+  `DEFAULT_TRACE_SAMPLE_RATIO` (1%) of root calls, or the ratio `OTEL_TRACES_SAMPLER_ARG`
+  gives: a call whose caller sampled it (or did not) is traced (or not) at every hop, and
+  only calls that arrive without trace context are sampled by ratio. Set, the SDK builds the
+  sampler it names (e.g. `parentbased_always_on` to trace every call).
+Read by the SDK: `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER(_ARG)`
+when `OTEL_TRACES_SAMPLER` is set (from the process environment),
 `OTEL_BSP_*` (batching), `OTEL_METRIC_EXPORT_INTERVAL`, and by the exporters the endpoint,
 headers, timeout, compression and certificate variables.
 """
@@ -28,6 +34,10 @@ log = logging.getLogger("fastproxy.telemetry")
 
 GRPC = "grpc"
 HTTP_PROTOBUF = "http/protobuf"
+# The share of root calls (those that arrive with no trace context) traced when
+# OTEL_TRACES_SAMPLER is not set: Istio's default. A traced span costs tens of microseconds
+# of CPU to make and as much again to export, per hop (see docs/benchmarks.md).
+DEFAULT_TRACE_SAMPLE_RATIO = 0.01
 
 
 class TelemetryConfigError(ValueError):
@@ -93,6 +103,28 @@ def otlp_protocol(signal: str, env: Mapping[str, str]) -> str:
     return protocol
 
 
+def default_sampler(env: Mapping[str, str]) -> Any | None:
+    """`ParentBased(TraceIdRatioBased(ratio))` when `OTEL_TRACES_SAMPLER` is not set in
+    `env`, the ratio from `OTEL_TRACES_SAMPLER_ARG` (a number from 0 to 1) or else
+    `DEFAULT_TRACE_SAMPLE_RATIO`; None when it is set (the SDK then builds the sampler it
+    names). Raises `TelemetryConfigError` for a ratio that is not a number from 0 to 1."""
+    if env.get("OTEL_TRACES_SAMPLER", "").strip():
+        return None
+    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+
+    raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    ratio = DEFAULT_TRACE_SAMPLE_RATIO
+    if raw:
+        try:
+            ratio = float(raw)
+        except ValueError:
+            ratio = -1.0
+        if not 0.0 <= ratio <= 1.0:  # also NaN
+            raise TelemetryConfigError(
+                f"OTEL_TRACES_SAMPLER_ARG={raw}: the share of calls to trace, from 0 to 1")
+    return ParentBased(TraceIdRatioBased(ratio))
+
+
 def _span_exporter(name: str, env: Mapping[str, str]) -> Any:
     if name == "console":
         from opentelemetry.sdk.trace.export import ConsoleSpanExporter
@@ -153,8 +185,8 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        # The sampler comes from OTEL_TRACES_SAMPLER(_ARG); the batch from OTEL_BSP_*.
-        tracer_provider = TracerProvider(resource=resource)
+        # The sampler: ours unless OTEL_TRACES_SAMPLER names one; the batch from OTEL_BSP_*.
+        tracer_provider = TracerProvider(resource=resource, sampler=default_sampler(env))
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces, env)))
 
     meter_provider = None

@@ -101,11 +101,21 @@ def trace_id_of(span: Span) -> str | None:
     return format(context.trace_id, "032x") if context.is_valid else None
 
 
-class CallSpans:
-    """Starts and ends the span of one hop of a call (`kind` SERVER for a proxy, CLIENT for
-    the SDK). `proxy` is the `fastproxy.proxy` attribute: in, out or client."""
+SPAN_CACHE_LIMIT = 10_000  # methods (and peers) whose span name and attributes are kept
 
-    __slots__ = ("_base", "_kind", "_tracer")
+
+class CallSpans:
+    """Starts the span of one hop of a call (`kind` SERVER for a proxy, CLIENT for the SDK).
+    `proxy` is the `fastproxy.proxy` attribute: in, out or client; `service` the host's own
+    service, an attribute from the start (callee of an in-proxy, caller otherwise).
+
+    Per call this does no string work: the span name and the attributes known at the start
+    are made once per method (and the peer's per peer address) and given to `start_span` in
+    one dict, so the sampler sees them and a recorded span validates them once. A span the
+    sampler drops is a cheap `NonRecordingSpan` that still carries the trace context to the
+    next hop (not sampled, so every later hop's parent-based sampler drops it too)."""
+
+    __slots__ = ("_base", "_kind", "_methods", "_peers", "_tracer")
 
     def __init__(self, tracer: trace.Tracer, proxy: str, kind: SpanKind,
                  service: str = "") -> None:
@@ -114,23 +124,44 @@ class CallSpans:
         self._base: dict[str, Any] = {RPC_SYSTEM: "grpc", PROXY: proxy}
         if service:
             self._base[CALLER if proxy in ("out", "client") else CALLEE] = service
+        self._methods: dict[str, tuple[str, dict[str, Any]]] = {}
+        self._peers: dict[str, dict[str, Any]] = {}
+
+    def _of_method(self, method: str) -> tuple[str, dict[str, Any]]:
+        """(span name, start attributes) of `method`, made once."""
+        found = self._methods.get(method)
+        if found is None:
+            grpc_service, name = split_method(method)
+            found = (f"{grpc_service}/{name}",
+                     {**self._base, RPC_SERVICE: grpc_service, RPC_METHOD: name})
+            if len(self._methods) >= SPAN_CACHE_LIMIT:  # methods a scanner invents
+                self._methods.clear()
+            self._methods[method] = found
+        return found
+
+    def _of_peer(self, peer: str) -> dict[str, Any]:
+        found = self._peers.get(peer)
+        if found is None:
+            address, port = split_peer(peer)
+            found = {PEER_ADDRESS: address} if port is None else {
+                PEER_ADDRESS: address, PEER_PORT: port}
+            if len(self._peers) >= SPAN_CACHE_LIMIT:  # a new port per connection
+                self._peers.clear()
+            self._peers[peer] = found
+        return found
 
     def start(self, method: str, parent: Any = None, peer: str | None = None,
               server: str | None = None) -> Span:
-        grpc_service, name = split_method(method)
-        attributes = {**self._base, RPC_SERVICE: grpc_service, RPC_METHOD: name}
-        if peer:
-            address, port = split_peer(peer)
-            attributes[PEER_ADDRESS] = address
-            if port is not None:
-                attributes[PEER_PORT] = port
-        if server:
-            host, server_port = split_host_port(server)
-            attributes[SERVER_ADDRESS] = host
-            if server_port is not None:
-                attributes[SERVER_PORT] = server_port
-        return self._tracer.start_span(f"{grpc_service}/{name}", context=parent,
-                                       kind=self._kind, attributes=attributes)
+        name, attributes = self._of_method(method)
+        if peer or server:
+            attributes = {**attributes, **self._of_peer(peer)} if peer else dict(attributes)
+            if server:
+                host, server_port = split_host_port(server)
+                attributes[SERVER_ADDRESS] = host
+                if server_port is not None:
+                    attributes[SERVER_PORT] = server_port
+        return self._tracer.start_span(name, context=parent, kind=self._kind,
+                                       attributes=attributes)
 
 
 def end_call_span(span: Span, code: grpc.StatusCode, *, caller: str = "", callee: str = "",
@@ -138,7 +169,13 @@ def end_call_span(span: Span, code: grpc.StatusCode, *, caller: str = "", callee
                   detail: str = "") -> None:
     """Sets the outcome (`rpc.grpc.status_code`, ours) and ends `span`. Per the RPC
     conventions a SERVER span is an error for codes a server is to blame for; we mark every
-    refusal and every non-OK code as an error, with the code's name as description."""
+    refusal and every non-OK code as an error, with the code's name as description.
+
+    A span the sampler dropped (`is_recording()` false) is left alone: nothing is built for
+    it. Pass only what the span's start attributes do not hold yet (set once, validated
+    once by the SDK)."""
+    if not span.is_recording():
+        return
     attributes: dict[str, Any] = {RPC_STATUS: code.value[0]}
     if caller:
         attributes[CALLER] = caller
