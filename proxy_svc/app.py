@@ -21,6 +21,7 @@ from proxy_svc.config import ProxyConfig
 from proxy_svc.forward import ForwardingHandler, InboundRole, OutboundRole, start_proxy_server
 from proxy_svc.kinds import MethodKinds, ReflectionLearner
 from proxy_svc.observe import CallObserver
+from proxy_svc.tunnel import Tunnels, TunnelService, tunnel_channel_options
 from proxy_svc.upstream import UpstreamPool
 
 log = logging.getLogger("proxy_svc")
@@ -102,7 +103,16 @@ async def serve(config: ProxyConfig) -> None:
     upstream = config.upstream or ""
     learner = (ReflectionLearner(kinds, lambda: pool.channel(upstream))
                if config.role == "in" else None)
-    handler = ForwardingHandler(role, pool, observer=observer, kinds=kinds, learner=learner)
+    # The out-proxy carries fast-path calls over one stream per in-proxy (proxy_svc.tunnel),
+    # on connections of their own; the in-proxy serves those streams.
+    tunnels = None
+    if config.role == "out" and config.tunnel:
+        options = tunnel_channel_options(config.max_message_bytes)
+        tunnels = Tunnels(lambda endpoint: pool.separate_channel(endpoint, options))
+    handler = ForwardingHandler(role, pool, observer=observer, kinds=kinds, learner=learner,
+                                tunnels=tunnels)
+    tunnel_service = (TunnelService(handler.serve_carried)
+                      if config.role == "in" and config.tunnel else None)
     health_servicer = health.aio.HealthServicer()
 
     def add_health(server: grpc.aio.Server) -> None:
@@ -111,7 +121,8 @@ async def serve(config: ProxyConfig) -> None:
     try:
         server, port = await start_proxy_server(
             config.listen, handler, config.max_message_bytes,
-            credentials=_server_credentials(config), add_services=add_health)
+            credentials=_server_credentials(config), add_services=add_health,
+            services_first=() if tunnel_service is None else (tunnel_service,))
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
     if port == 0:
@@ -138,6 +149,8 @@ async def serve(config: ProxyConfig) -> None:
     finally:
         log.info("stopping: draining in-flight calls for up to %.1f s", config.grace_s)
         await health_servicer.enter_graceful_shutdown()
+        if tunnel_service is not None:
+            tunnel_service.go_away()
         await server.stop(config.grace_s)
         for task in tasks:
             task.cancel()
@@ -145,5 +158,7 @@ async def serve(config: ProxyConfig) -> None:
                 await task
         if learner is not None:
             await learner.close()
+        if tunnels is not None:
+            await tunnels.close()
         await pool.close()
         log.info("stopped")

@@ -43,6 +43,7 @@ class ProxyConfig:
     policy_poll_s: float
     log_format: str = "text"
     metrics_port: int | None = None
+    tunnel: bool = True
 
     @property
     def role_pb(self) -> int:
@@ -92,6 +93,10 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--workers", type=int, default=1,
                         help="processes sharing the port (SO_REUSEPORT); rate limits are "
                              "then per process")
+    parser.add_argument("--tunnel", choices=("on", "off"), default="on",
+                        help="out-proxy: carry calls to known-unary methods to each in-proxy "
+                             "over one long-lived stream (default on); in-proxy: accept such "
+                             "streams")
     add_logging_flags(parser)
     add_metrics_flag(parser)
     parser.add_argument("--policy-poll", type=float, default=1.0, help=argparse.SUPPRESS)
@@ -158,4 +163,5 @@ def parse_config(argv: Sequence[str] | None = None) -> ProxyConfig:
         policy_poll_s=args.policy_poll,
         log_format=args.log_format,
         metrics_port=args.metrics_port,
+        tunnel=args.tunnel == "on",
     )

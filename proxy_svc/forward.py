@@ -19,6 +19,10 @@ Measured on the 2-core box (pass-through, 100-byte unary calls, 32 in flight, CP
 process per call): stream path about 0.75 ms, unary path about 0.49 ms; sealed hop with
 h2load, 1 KiB: 1.20 -> 0.78 ms (docs/benchmarks.md).
 
+The tunnel: the out-proxy carries fast-path calls to an in-proxy over one long-lived stream
+(`proxy_svc.tunnel`) when it can, and the in-proxy serves each carried call through the same
+`_unary` (`serve_carried`), with a context that stands in for grpc's.
+
 Upstream failures: UNAVAILABLE while the channel is not READY is the transport's and becomes
 our `unavailable`; DEADLINE_EXCEEDED once the timeout we set has run out is our `deadline`;
 every other status (including an app's own UNAVAILABLE) passes through unchanged.
@@ -45,7 +49,8 @@ from proxy_svc.metadata import (
     forwarded_response_metadata,
 )
 from proxy_svc.observe import CallObserver, CallRecord
-from proxy_svc.upstream import DEFAULT_MAX_MESSAGE_BYTES, UpstreamPool, channel_options
+from proxy_svc.tunnel import FRAME_SLACK_BYTES, CarriedCallContext, TunnelBroken, Tunnels
+from proxy_svc.upstream import DEFAULT_MAX_MESSAGE_BYTES, UpstreamPool
 
 _log = logging.getLogger("fastproxy.proxy")
 
@@ -369,7 +374,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                  clock: Callable[[], float] = time.time,
                  observer: CallObserver | None = None,
                  kinds: MethodKinds | None = None,
-                 learner: ReflectionLearner | None = None) -> None:
+                 learner: ReflectionLearner | None = None,
+                 tunnels: Tunnels | None = None) -> None:
         self._role = role
         self._pool = pool
         self._clock = clock
@@ -387,7 +393,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self._handle_unary = self._unary_observed if self._observer.active else self._unary
         self._unary_handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._unary_callables: dict[tuple[str, str], Any] = {}
+        self._tunnels = tunnels
         self.fast_calls = 0  # calls served on the unary fast path (for tests and debugging)
+        self.tunnel_calls = 0  # of those, sent over a tunnel (out-proxy)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
@@ -451,9 +459,31 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         finally:
             self._observer.end(record, method)
 
+    async def serve_carried(self, method: str, request: bytes,
+                            context: CarriedCallContext) -> bytes | None:
+        """A call a tunnel carried to this in-proxy: the fast path, with the tunnel's context."""
+        return await self._handle_unary(method, request, context)
+
+    def _start_unary(self, endpoint: str, method: str, message: bytes,
+                     timeout: float | None, metadata: Metadata) -> Any:
+        """The upstream call of the fast path: on the endpoint's tunnel when one is open,
+        else a call of its own."""
+        if self._tunnels is not None:
+            carried = self._tunnels.call(endpoint, method, message, timeout, metadata)
+            if carried is not None:
+                self.tunnel_calls += 1
+                return carried
+        key = (endpoint, method)
+        upstream = self._unary_callables.get(key)
+        if upstream is None:
+            upstream = self._pool.channel(endpoint).unary_unary(method, None, None)
+            self._unary_callables[key] = upstream
+        return upstream(message, timeout=timeout, metadata=metadata)
+
     async def _unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext,
                      record: CallRecord | None = None) -> bytes | None:
-        """The fast path: the same stages as `_forward`, one message each way."""
+        """The fast path: the same stages as `_forward`, one message each way. `context` is
+        grpc's, or a `CarriedCallContext` for a call a tunnel carried."""
         self.fast_calls += 1
         metadata: Metadata = tuple(context.invocation_metadata() or ())
         asked = self._tells_kind and (KIND_KEY, ASK_KIND) in metadata
@@ -468,14 +498,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         except FastProxyError as err:
             await self._refuse(context, method, err, record)
             return None
+        if self._learner is not None and method not in self.kinds.unary:
+            self._learner.consider(method)  # a carried call's method this process never saw
         timeout = call_timeout(context.time_remaining(), plan.timeout_ms)
-        key = (endpoint, method)
-        upstream = self._unary_callables.get(key)
-        if upstream is None:
-            upstream = self._pool.channel(endpoint).unary_unary(method, None, None)
-            self._unary_callables[key] = upstream
         started = time.monotonic()
-        call = upstream(message, timeout=timeout, metadata=forwarded_request_metadata(
+        call = self._start_unary(endpoint, method, message, timeout, forwarded_request_metadata(
             metadata, plan.added_metadata + self._ask))
         try:
             response = await call
@@ -585,7 +612,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             await self._refuse(context, method, FastProxyError(
                 Reason.DEADLINE, f"upstream did not answer within {timeout:.3f}s"), record)
             return
-        if self._pool.is_transport_failure(endpoint, code):
+        if isinstance(failed, TunnelBroken) or self._pool.is_transport_failure(endpoint, code):
             self._pool.health.record_transport_failure(endpoint, time.monotonic())
             await self._refuse(context, method, FastProxyError(
                 Reason.UNAVAILABLE, f"upstream {endpoint} unreachable"), record)
@@ -606,7 +633,10 @@ class ForwardingHandler(grpc.GenericRpcHandler):
 
 
 def server_options(max_message_bytes: int) -> tuple[tuple[str, int], ...]:
-    return channel_options(max_message_bytes)
+    """Received messages as large as allowed; sent ones a little larger: a sealed response
+    adds its envelope, a tunnel reply its frame around a response of the largest size."""
+    return (("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes + FRAME_SLACK_BYTES))
 
 
 async def start_proxy_server(

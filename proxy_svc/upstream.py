@@ -90,16 +90,30 @@ class UpstreamPool:
         self._options = (*channel_options(max_message_bytes), *extra_options)
         self._credentials = credentials
         self._channels: dict[str, grpc.aio.Channel] = {}
+        self._separate: dict[tuple[str, tuple[tuple[str, str | int], ...]], grpc.aio.Channel] = {}
+
+    def _open(self, endpoint: str, options: Sequence[tuple[str, str | int]]
+              ) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(endpoint, options=options)
+        return grpc.aio.secure_channel(endpoint, self._credentials, options=options)
 
     def channel(self, endpoint: str) -> grpc.aio.Channel:
         channel = self._channels.get(endpoint)
         if channel is None:
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(endpoint, options=self._options)
-            else:
-                channel = grpc.aio.secure_channel(endpoint, self._credentials,
-                                                  options=self._options)
-            self._channels[endpoint] = channel
+            channel = self._channels[endpoint] = self._open(endpoint, self._options)
+        return channel
+
+    def separate_channel(self, endpoint: str,
+                         options: Sequence[tuple[str, str | int]]) -> grpc.aio.Channel:
+        """A channel to `endpoint` on a connection of its own (grpc shares a connection
+        between channels only when their options are equal: `grpc.use_local_subchannel_pool`
+        makes sure), with the pool's credentials and `options`; kept and closed with the pool."""
+        key = (endpoint, tuple(options))
+        channel = self._separate.get(key)
+        if channel is None:
+            channel = self._separate[key] = self._open(
+                endpoint, (*options, ("grpc.use_local_subchannel_pool", 1)))
         return channel
 
     def is_transport_failure(self, endpoint: str, code: grpc.StatusCode) -> bool:
@@ -113,6 +127,7 @@ class UpstreamPool:
         return bool(channel.get_state(try_to_connect=False) != grpc.ChannelConnectivity.READY)
 
     async def close(self) -> None:
-        channels, self._channels = self._channels, {}
-        for channel in channels.values():
+        channels = [*self._channels.values(), *self._separate.values()]
+        self._channels, self._separate = {}, {}
+        for channel in channels:
             await channel.close()
