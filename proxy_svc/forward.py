@@ -435,6 +435,15 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         if self._learner is not None:
             self._learner.ask_again(method)
 
+    def _ran_out_of_time(self, method: str, why: str) -> None:
+        """A fast-path call ended by a deadline: the out-proxy forgets the kind (the in-proxy
+        tells it again on the next call); the in-proxy, whose kinds come from reflection,
+        keeps it and asks again (see `proxy_svc.kinds`)."""
+        if self._learner is not None:
+            self._learner.verify(method)
+        else:
+            self.kinds.forget(method, why)
+
     def _without_kind(self, metadata: Metadata) -> Metadata:
         if metadata and any(key == KIND_KEY for key, _ in metadata):
             return tuple(entry for entry in metadata if entry[0] != KIND_KEY)
@@ -509,7 +518,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             initial = forwarded_response_metadata(await call.initial_metadata())
             trailers = forwarded_response_metadata(await call.trailing_metadata())
         except grpc.aio.AioRpcError as failed:
-            if failed.code() in _MAYBE_WRONG_KIND:
+            if failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                self._ran_out_of_time(method, "upstream answered DEADLINE_EXCEEDED")
+            elif failed.code() in _MAYBE_WRONG_KIND:
                 self._forget(method, f"upstream answered {failed.code().name}")
             initial = forwarded_response_metadata(failed.initial_metadata())
             if initial:
@@ -522,7 +533,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             call.cancel()
             remaining = context.time_remaining()
             if remaining is not None and remaining <= _DEADLINE_NEAR_S:
-                self._forget(method, "the client's deadline ran out")
+                self._ran_out_of_time(method, "the client's deadline ran out")
             raise
         self._pool.health.record_success(endpoint)
         if initial:

@@ -18,7 +18,10 @@ silently drop its extra messages, so a kind comes only from a source that knows 
   sees it.
 - a fast-path call that fails in a way that can mean the kind was wrong (DEADLINE_EXCEEDED,
   INTERNAL, UNIMPLEMENTED) drops the method; later calls take the stream path, and the
-  in-proxy asks its upstream again after `ASK_AGAIN_AFTER_S`.
+  in-proxy asks its upstream again after `ASK_AGAIN_AFTER_S`. Except a deadline in the
+  in-proxy: its kinds come from reflection, and a deadline there is almost always a slow app,
+  so the method stays and the upstream is asked again at once (`verify`, at most once per
+  `ASK_AGAIN_AFTER_S` per service); the answer corrects the kind if it did change.
 """
 
 from __future__ import annotations
@@ -91,6 +94,7 @@ class ReflectionLearner:
         self._timeout_s = timeout_s
         self._asked: set[str] = set()
         self._ask_again_at: dict[str, float] = {}
+        self._verified_at: dict[str, float] = {}
         self._tasks: set[asyncio.Task[None]] = set()
 
     def consider(self, method: str) -> None:
@@ -109,6 +113,20 @@ class ReflectionLearner:
         elif len(self._asked) >= MAX_SERVICES:
             return
         self._asked.add(service)
+        self._start_asking(service)
+
+    def verify(self, method: str, now: float | None = None) -> None:
+        """A fast-path call of `method` ran out of time: asks the upstream about its service
+        again now (at most once per `ASK_AGAIN_AFTER_S`); the kind stays until the answer."""
+        service = grpc_service_of(method)
+        now = time.monotonic() if now is None else now
+        last = self._verified_at.get(service)
+        if not service or (last is not None and now - last < ASK_AGAIN_AFTER_S):
+            return
+        self._verified_at[service] = now
+        self._start_asking(service)
+
+    def _start_asking(self, service: str) -> None:
         task = asyncio.get_running_loop().create_task(self._ask(service))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
