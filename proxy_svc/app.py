@@ -111,8 +111,8 @@ async def serve(config: ProxyConfig) -> None:
         tunnels = Tunnels(lambda endpoint: pool.separate_channel(endpoint, options))
     handler = ForwardingHandler(role, pool, observer=observer, kinds=kinds, learner=learner,
                                 tunnels=tunnels)
-    tunnel_service = (TunnelService(handler.serve_carried)
-                      if config.role == "in" and config.tunnel else None)
+    tunnel_service = (TunnelService(handler.serve_carried, accept=config.tunnel)
+                      if config.role == "in" else None)
     health_servicer = health.aio.HealthServicer()
 
     def add_health(server: grpc.aio.Server) -> None:

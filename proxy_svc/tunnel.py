@@ -22,16 +22,20 @@ itself grants nothing: anyone may open one, as anyone may open a call. mTLS betw
 proxies covers it as it covers calls (same credentials).
 
 Protocol (`protos/fastproxy/v1/tunnel.proto`): the out-proxy opens `Tunnel/Carry` to one
-in-proxy endpoint, on a connection of its own (bigger message limits: a reply carries a whole
-response), and waits for the in-proxy's headers before using it. Frames: `call` (out -> in, id
-chosen by the out-proxy), `reply` (in -> out: status, details, initial metadata, trailers,
-sealed response), `cancel` (out -> in: the caller gave up, e.g. its deadline), `goaway` (in ->
-out: draining; the out-proxy sends no new call there and half-closes once its calls are
-answered). A broken stream fails its calls in flight with UNAVAILABLE (`TunnelBroken`, counted
-as a transport failure of the endpoint, like a broken connection). While no stream is open
-(opening, reopening after `REOPEN_AFTER_S`, or an in-proxy without the tunnel, asked again
-after `UNSUPPORTED_RETRY_S`), calls go one stream each, as before: the tunnel never fails a
-call that could be made without it.
+in-proxy endpoint, on a connection of its own (bigger message limits: a reply carries a
+whole response), and uses it once the in-proxy's first, empty message arrives (a message,
+not only headers: an intermediary may hold headers back until one comes). Frames: `call`
+(out -> in, id chosen by the out-proxy), `reply` (in -> out: status, details, initial
+metadata, trailers, sealed response), `cancel` (out -> in: the caller gave up, e.g. its
+deadline), `goaway` (in -> out: draining; the out-proxy sends no new call there and
+half-closes once its calls are answered). A stream message that is not frames ends that
+stream with INVALID_ARGUMENT.
+
+Failures: a broken stream fails its calls in flight with UNAVAILABLE (`TunnelBroken`,
+counted as a transport failure of the endpoint, like a broken connection). While no stream
+is open (opening, reopening after `REOPEN_AFTER_S`, or an in-proxy without the tunnel, asked
+again after `UNSUPPORTED_RETRY_S`), calls go one stream each, as before: the tunnel never
+fails a call that could be made without it.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Itera
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from fastproxy.v1 import tunnel_pb2 as tpb
 from proxy_svc.metadata import Metadata
@@ -196,19 +201,24 @@ class _Session:
         self.calls: dict[int, asyncio.Task[None]] = {}
         self._reading = True
         self.carried = 0
+        self.malformed: str | None = None
 
-    async def read(self, requests: AsyncIterator[tpb.TunnelFrames]) -> None:
+    async def read(self, requests: AsyncIterator[bytes]) -> None:
         try:
             await self._read(requests)
+        except DecodeError as exc:
+            # A peer that sends what is not a frame loses its stream (and only it).
+            self.malformed = f"malformed tunnel frame: {exc}"
+            self.stop()
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
             _log.debug("tunnel from %s: read ended: %s", self._peer, exc)
         finally:
             self._reading = False
             self._end_if_idle()
 
-    async def _read(self, requests: AsyncIterator[tpb.TunnelFrames]) -> None:
-        async for batch in requests:
-            for frame in batch.frames:
+    async def _read(self, requests: AsyncIterator[bytes]) -> None:
+        async for message in requests:
+            for frame in tpb.TunnelFrames.FromString(message).frames:
                 body = frame.WhichOneof("body")
                 if body == "call":
                     self._start(frame.id, frame.call)
@@ -260,14 +270,16 @@ class _Session:
 
 class TunnelService(grpc.GenericRpcHandler):
     """The in-proxy's end: serves `Tunnel/Carry`, each carried call through `serve` (the
-    forwarding handler's unary path). Register it before the forwarding handler."""
+    forwarding handler's unary path). Register it before the forwarding handler. With
+    `accept=False` it answers UNIMPLEMENTED (the out-proxy then sends calls one stream each),
+    so the method never reaches the forwarding handler as an app's call."""
 
-    def __init__(self, serve: ServeCarried) -> None:
+    def __init__(self, serve: ServeCarried, accept: bool = True) -> None:
         self._serve = serve
         self._sessions: set[_Session] = set()
         self._draining = False
         self._handler = grpc.stream_stream_rpc_method_handler(
-            self._carry, request_deserializer=tpb.TunnelFrames.FromString)
+            self._carry if accept else self._refuse)
 
     @property
     def open_streams(self) -> int:
@@ -284,10 +296,16 @@ class TunnelService(grpc.GenericRpcHandler):
         for session in self._sessions:
             session.go_away()
 
-    async def _carry(self, requests: AsyncIterator[tpb.TunnelFrames],
+    async def _refuse(self, requests: AsyncIterator[bytes],
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "tunnel turned off (--tunnel off)")
+        yield b""  # pragma: no cover - abort raises; this makes it a generator
+
+    async def _carry(self, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        # Headers at once: the out-proxy uses the stream only once it has them.
-        await context.send_initial_metadata(())
+        # A first, empty message at once: the out-proxy uses the stream only once it has it.
+        # (A message, not just headers: an intermediary may hold headers until one comes.)
+        yield b""
         session = _Session(self._serve, context.peer())
         self._sessions.add(session)
         if self._draining:
@@ -296,6 +314,8 @@ class TunnelService(grpc.GenericRpcHandler):
         try:
             while (batch := await session.outbox.next_batch()) is not None:
                 yield batch
+            if session.malformed is not None:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session.malformed)
         finally:
             self._sessions.discard(session)
             reader.cancel()
@@ -429,20 +449,23 @@ class TunnelLink:
         stream = self._channel().stream_stream(
             CARRY_METHOD, None, tpb.TunnelFrames.FromString)()
         try:
-            await asyncio.wait_for(stream.initial_metadata(), OPEN_TIMEOUT_S)
+            hello = await asyncio.wait_for(stream.read(), OPEN_TIMEOUT_S)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
             stream.cancel()
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-            if code == grpc.StatusCode.UNIMPLEMENTED:
-                _log.info("in-proxy %s has no tunnel: unary calls go one stream each",
-                          self.endpoint)
-                self._retry_at = self._clock() + UNSUPPORTED_RETRY_S
-            else:
+            code = (exc.code() if isinstance(exc, grpc.aio.AioRpcError)
+                    else grpc.StatusCode.DEADLINE_EXCEEDED)
+            _log.debug("tunnel to %s not opened: %s", self.endpoint, exc)
+            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
                 self._retry_at = self._clock() + REOPEN_AFTER_S
+            else:
+                # UNIMPLEMENTED from an in-proxy with the tunnel off; an in-proxy of a version
+                # without it takes the method for an app's and refuses it (no call header).
+                _log.info("in-proxy %s offers no tunnel (%s): unary calls go one stream each",
+                          self.endpoint, code.name)
+                self._retry_at = self._clock() + UNSUPPORTED_RETRY_S
             self.state = _IDLE
             return
-        if stream.done():
-            # grpc.aio sets the headers' future when the call ends without any.
+        if hello is grpc.aio.EOF:
             self._retry_at = self._clock() + REOPEN_AFTER_S
             self.state = _IDLE
             return
@@ -453,7 +476,7 @@ class TunnelLink:
         writer = asyncio.ensure_future(self._write(stream, outbox))
         why = "the in-proxy ended it"
         try:
-            async for batch in stream:
+            while (batch := await stream.read()) is not grpc.aio.EOF:
                 for frame in batch.frames:
                     body = frame.WhichOneof("body")
                     if body == "reply":

@@ -386,9 +386,16 @@ def flipped(message: bytes) -> bytes:
     return message[:-1] + bytes([message[-1] ^ 0x01])
 
 
+def _relayable(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
+    return tuple((key, value) for key, value in metadata or ()
+                 if not key.startswith(":") and key not in ("content-type", "grpc-status",
+                                                            "grpc-message"))
+
+
 class RecordingRelay:
     """A grpc.aio server on its own loop in a thread: records every call's raw messages and
-    metadata, and relays it to `target` (the real in-proxy)."""
+    metadata, and relays it to `target` (the real in-proxy), initial metadata and trailers
+    included."""
 
     def __init__(self, target: str) -> None:
         self.target = target
@@ -442,10 +449,14 @@ class RecordingRelay:
         # the relay is a grpc.aio client too: keep the in-proxy's real status (grpc#36066)
         statuses = _StatusLog(call)
         try:
+            initial = _relayable(await call.initial_metadata())
+            if initial:
+                await context.send_initial_metadata(initial)
             async for reply in call:
                 record.responses.append(reply)
                 yield flipped(reply) if self.flip_responses else reply
             record.trailers = list(await call.trailing_metadata() or ())
+            context.set_trailing_metadata(_relayable(record.trailers))
         except grpc.aio.AioRpcError as failed:
             err = await statuses.settled(failed)
             record.trailers = list(err.trailing_metadata() or ())

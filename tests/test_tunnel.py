@@ -1,0 +1,548 @@
+"""The tunnel between the proxies: fast-path unary calls ride one long-lived `Tunnel/Carry`
+stream from the out-proxy to the in-proxy, with every contract and security property of a
+call of their own.
+
+1. Real processes: the out-proxy and in-proxy of `test_fast_path` (an upstream serving
+   reflection, so `Unary` is learned unary), with a `RecordingRelay` at song_service's endpoint
+   that shows what travels between the proxies: one Carry stream, sealed frames only. Payloads,
+   metadata, errors with details, deadlines, cancellation and rate limits as without it.
+2. Crafted frames straight to the in-proxy, sealed here by the sans-IO core from chat_service's
+   own snapshot: a carried call is checked exactly as a call of its own (tampered, replayed,
+   moved, unsigned: `unauthenticated`; outside its rule: `denied`), with an audit line.
+3. Lifecycle: an in-proxy killed under calls (`unavailable`, then a new tunnel once it is
+   back), a draining in-proxy finishing its carried calls, `--tunnel off` on either side.
+4. The framing itself: batches are plain joins of frames, capped in size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future
+from pathlib import Path
+
+import grpc
+import pytest
+from dataplane import (
+    CALLER,
+    METERED,
+    NARROW,
+    FileStack,
+    Proxies,
+    ProxyProcess,
+    RecordingRelay,
+    channel,
+    free_address,
+    poll,
+    reason_of,
+    start_file_stack,
+)
+from test_fast_path import ReflectingFront
+from upstream_app import (
+    CONTROL_ECHO,
+    CONTROL_FAIL_CODE,
+    CONTROL_FAIL_DETAILS,
+    CONTROL_FAIL_STATUS_BIN,
+    CONTROL_ID,
+    CONTROL_STALL_MS,
+    UNARY,
+    UpstreamProcess,
+)
+
+from fastproxy.node_policy import NodePolicy
+from fastproxy.pipeline import OutboundCall
+from fastproxy.policy import load_policy
+from fastproxy.policy.scope import scope_snapshot
+from fastproxy.v1 import policy_pb2 as pb
+from fastproxy.v1 import tunnel_pb2 as tpb
+from proxy_svc.tunnel import (
+    CARRY_METHOD,
+    MAX_BATCH_BYTES,
+    Outbox,
+    encoded_frame,
+    metadata_entries,
+    metadata_of,
+)
+
+MARKER = b"PLAINTEXT-MARKER-5c1d"
+OTHER_METHOD = "/test.v1.Echo/ClientStream"
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[UpstreamProcess]:
+    with UpstreamProcess(name="song") as process:
+        yield process
+
+
+@pytest.fixture(scope="module")
+def front(upstream: UpstreamProcess) -> Iterator[ReflectingFront]:
+    with ReflectingFront(upstream.address) as reflecting:
+        yield reflecting
+
+
+@pytest.fixture(scope="module")
+def relay_and_stack(front: ReflectingFront, tmp_path_factory: pytest.TempPathFactory
+                    ) -> Iterator[tuple[RecordingRelay, FileStack]]:
+    directory: Path = tmp_path_factory.mktemp("tunnel")
+    in_address = free_address()
+    relay = RecordingRelay(in_address).start()
+    proxies = Proxies(directory)
+    try:
+        yield relay, start_file_stack(proxies, front.address, directory,
+                                      callers=(CALLER, METERED, NARROW),
+                                      endpoint=relay.address, in_address=in_address)
+    finally:
+        proxies.stop_all()
+        relay.stop()
+
+
+@pytest.fixture(scope="module")
+def relay(relay_and_stack: tuple[RecordingRelay, FileStack]) -> RecordingRelay:
+    return relay_and_stack[0]
+
+
+@pytest.fixture(scope="module")
+def stack(relay_and_stack: tuple[RecordingRelay, FileStack]) -> FileStack:
+    return relay_and_stack[1]
+
+
+def tunnel_open(out: ProxyProcess, endpoint: str) -> None:
+    """Calls `Unary` through `out` until the out-proxy has learned it and opened its tunnel
+    to `endpoint` (the first calls take a stream of their own while that happens)."""
+    ch = channel(out.address)
+    method = ch.unary_unary(UNARY)
+
+    def opened() -> bool:
+        assert method(b"warm up", timeout=10) == b"warm up"
+        return f"tunnel to {endpoint} open" in out.log()
+
+    poll(opened, 15, f"the out-proxy opening its tunnel to {endpoint}", interval=0.1)
+    ch.close()
+
+
+def carried_frames(relayed: bytes) -> list[tpb.TunnelFrame]:
+    return list(tpb.TunnelFrames.FromString(relayed).frames)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+# --- 1. through real proxies ----------------------------------------------------------
+
+
+def test_unary_calls_ride_one_sealed_stream_between_the_proxies(
+        stack: FileStack, relay: RecordingRelay, upstream: UpstreamProcess) -> None:
+    out = stack.outproxies[CALLER]
+    tunnel_open(out, relay.address)
+    before = len(relay.calls)
+    ids = [new_id() for _ in range(40)]
+    with channel(out.address) as ch:
+        method = ch.unary_unary(UNARY)
+        # one at a time, then all at once (frames then share stream messages)
+        for call_id in ids[:10]:
+            assert method(MARKER + call_id.encode(), metadata=((CONTROL_ID, call_id),),
+                          timeout=10) == MARKER + call_id.encode()
+        futures = [method.future(MARKER + call_id.encode(), metadata=((CONTROL_ID, call_id),),
+                                 timeout=10) for call_id in ids[10:]]
+        assert [future.result() for future in futures] == [
+            MARKER + call_id.encode() for call_id in ids[10:]]
+    # No call of its own went between the proxies: all rode the Carry stream opened before.
+    assert not relay.calls[before:]
+    carry = [call for call in relay.calls if call.method == CARRY_METHOD]
+    assert len(carry) == 1
+    frames = [frame for message in carry[0].requests for frame in carried_frames(message)]
+    calls = [frame.call for frame in frames if frame.HasField("call")]
+    assert {call.method for call in calls} == {UNARY}
+    assert len(calls) >= len(ids)
+    for call in calls:
+        assert any(entry.key == "fastproxy-call-bin" for entry in call.metadata)
+    # Sealed: no plaintext in what travelled, either way.
+    for message in (*carry[0].requests, *carry[0].responses):
+        assert MARKER not in message
+    # The upstream got each call once, whole, with a deadline.
+    for call_id in ids:
+        record = upstream.record(call_id)
+        assert (record["method"], record["messages_received"]) == (UNARY, 1)
+        assert 0 < record["deadline_remaining_s"] <= 10.5
+
+
+def test_metadata_and_an_apps_error_with_details_pass_unchanged(
+        stack: FileStack, relay: RecordingRelay) -> None:
+    out = stack.outproxies[CALLER]
+    tunnel_open(out, relay.address)
+    before = len(relay.calls)
+    status_bin = b"\x08\x05\x12\x0cno such song"
+    with channel(out.address) as ch:
+        response, call = ch.unary_unary(UNARY).with_call(
+            b"hello", timeout=10, metadata=((CONTROL_ECHO, "1"), ("x-echo-text", "a b"),
+                                            ("x-echo-raw-bin", b"\x00\xff\x01")))
+        assert response == b"hello"
+        initial = dict(call.initial_metadata())
+        trailers = dict(call.trailing_metadata())
+        with pytest.raises(grpc.RpcError) as raised:
+            ch.unary_unary(UNARY)(b"x", timeout=10, metadata=(
+                (CONTROL_FAIL_CODE, "NOT_FOUND"), (CONTROL_FAIL_DETAILS, "no such song"),
+                (CONTROL_FAIL_STATUS_BIN, status_bin), (CONTROL_ECHO, "1"),
+                ("x-echo-why-bin", b"\x00\x01")))
+    assert not relay.calls[before:]  # both carried
+    for seen in (initial, trailers):
+        assert seen["x-echo-text"] == "a b"
+        assert seen["x-echo-raw-bin"] == b"\x00\xff\x01"
+        assert not [key for key in seen if key.startswith("fastproxy-")]
+    error = raised.value
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    assert error.details() == "no such song"
+    error_trailers = tuple(error.trailing_metadata())
+    assert ("grpc-status-details-bin", status_bin) in error_trailers
+    assert ("x-echo-why-bin", b"\x00\x01") in error_trailers
+    assert not [key for key, _ in error_trailers if key.startswith("fastproxy-")]
+
+
+def test_a_carried_call_keeps_the_clients_deadline(
+        stack: FileStack, relay: RecordingRelay, upstream: UpstreamProcess) -> None:
+    """(A deadline of the service's `timeout_ms` ending a carried call with our `deadline`
+    reason: `test_a_carried_calls_timeout_caps_the_upstream_deadline` below.)"""
+    out = stack.outproxies[CALLER]
+    tunnel_open(out, relay.address)
+    before = len(relay.calls)
+    short_id = new_id()
+    with channel(out.address) as ch:
+        ch.unary_unary(UNARY)(b"x", timeout=1.0, metadata=((CONTROL_ID, short_id),))
+        with pytest.raises(grpc.RpcError) as raised:
+            ch.unary_unary(UNARY)(b"x", timeout=0.5, metadata=((CONTROL_STALL_MS, "3000"),))
+    assert not relay.calls[before:]
+    remaining = upstream.record(short_id)["deadline_remaining_s"]
+    assert 0 < remaining <= 1.05
+    assert raised.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_a_client_cancel_reaches_the_upstream_through_the_tunnel(
+        stack: FileStack, relay: RecordingRelay, upstream: UpstreamProcess) -> None:
+    out = stack.outproxies[CALLER]
+    tunnel_open(out, relay.address)
+    call_id = new_id()
+    with channel(out.address) as ch:
+        future = ch.unary_unary(UNARY).future(
+            b"x", timeout=30, metadata=((CONTROL_ID, call_id), (CONTROL_STALL_MS, "20000")))
+        poll(lambda: bool(upstream.record(call_id)), 5, "the call reaching the upstream")
+        future.cancel()
+    record = upstream.wait_record(call_id, "cancelled", timeout_s=5)
+    assert record["cancelled"] is True
+
+
+def test_rate_limit_holds_for_carried_calls(stack: FileStack, relay: RecordingRelay) -> None:
+    """metered_service: 10 rps, burst 5 (the same check as without the tunnel)."""
+    out = stack.outproxies[METERED]
+    time.sleep(1.0)  # let the bucket refill after the warm-up below
+    tunnel_open(out, relay.address)
+    time.sleep(1.0)
+    before = len(relay.calls)
+    calls = 30
+    with channel(out.address) as ch:
+        method = ch.unary_unary(UNARY)
+        start = time.monotonic()
+        futures: list[Future[bytes]] = []
+        for index in range(calls):
+            time.sleep(max(0.0, start + index / 60 - time.monotonic()))
+            futures.append(method.future(b"x", timeout=10))
+        outcomes = []
+        for future in futures:
+            try:
+                future.result()
+                outcomes.append("ok")
+            except grpc.RpcError as err:
+                assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+                outcomes.append(str(reason_of(err)))
+    assert not relay.calls[before:]
+    passed = outcomes.count("ok")
+    assert 5 <= passed <= 15, outcomes
+    assert outcomes.count("rate_limited") == calls - passed
+
+
+# --- 2. crafted frames straight to the in-proxy ----------------------------------------
+
+
+def out_node(yaml_text: str, caller: str = CALLER) -> NodePolicy:
+    return NodePolicy.from_snapshot(scope_snapshot(load_policy(yaml_text), pb.ROLE_OUT, caller))
+
+
+@pytest.fixture(scope="module")
+def chat(stack: FileStack) -> NodePolicy:
+    return out_node(stack.policy.yaml_text())
+
+
+def new_call(node: NodePolicy, method: str = UNARY) -> OutboundCall:
+    return node.outbound(method, time.time())
+
+
+def call_frame(call_id: int, method: str, metadata: Sequence[tuple[str, str | bytes]],
+               message: bytes, timeout_s: float = 5.0) -> tpb.TunnelFrame:
+    return tpb.TunnelFrame(id=call_id, call=tpb.TunnelCall(
+        method=method, metadata=metadata_entries(metadata),
+        timeout_us=int(timeout_s * 1e6), message=message))
+
+
+def carry(address: str, messages: Sequence[tpb.TunnelFrames | bytes],
+          timeout_s: float = 10.0) -> dict[int, tpb.TunnelReply]:
+    """One Carry stream to `address`: sends `messages`, half-closes, returns the replies."""
+    with channel(address) as ch:
+        stream = ch.stream_stream(CARRY_METHOD, response_deserializer=tpb.TunnelFrames.FromString)
+        requests = iter([m if isinstance(m, bytes) else m.SerializeToString() for m in messages])
+        return {frame.id: frame.reply for batch in stream(requests, timeout=timeout_s)
+                for frame in batch.frames if frame.HasField("reply")}
+
+
+def reply_reason(reply: tpb.TunnelReply) -> str | None:
+    trailers = dict(metadata_of(reply.trailing_metadata))
+    reason = trailers.get("fastproxy-error")
+    return None if reason is None else str(reason)
+
+
+def test_a_correctly_sealed_carried_call_is_answered(stack: FileStack, chat: NodePolicy) -> None:
+    call = new_call(chat)
+    replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[call_frame(
+        7, UNARY, call.request_metadata(), call.seal_request(b"crafted", time.time()))])])
+    assert list(replies) == [7]
+    assert replies[7].code == grpc.StatusCode.OK.value[0]
+    assert call.open_response(replies[7].message, time.time()) == b"crafted"
+
+
+def test_tampered_replayed_moved_or_unsigned_carried_calls_are_unauthenticated(
+        stack: FileStack, chat: NodePolicy) -> None:
+    now = time.time
+    flipped_call = new_call(chat)
+    sealed = bytearray(flipped_call.seal_request(b"tampered " * 50, now()))
+    sealed[len(sealed) // 2] ^= 0x01
+    replayed_call = new_call(chat)
+    replayed = call_frame(2, UNARY, replayed_call.request_metadata(),
+                          replayed_call.seal_request(b"once", now()))
+    replayed_again = tpb.TunnelFrame()
+    replayed_again.CopyFrom(replayed)
+    replayed_again.id = 3
+    moved_call = new_call(chat, UNARY)
+    unsigned_call = new_call(chat)
+    frames = [
+        call_frame(1, UNARY, flipped_call.request_metadata(), bytes(sealed)),
+        replayed, replayed_again,
+        call_frame(4, OTHER_METHOD, moved_call.request_metadata(),
+                   moved_call.seal_request(b"m", now())),
+        call_frame(5, UNARY, (), unsigned_call.seal_request(b"m", now())),
+    ]
+    replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=frames)])
+    assert replies[2].code == grpc.StatusCode.OK.value[0]
+    for call_id in (1, 3, 4, 5):
+        assert replies[call_id].code == grpc.StatusCode.UNAUTHENTICATED.value[0], call_id
+        assert reply_reason(replies[call_id]) == "unauthenticated", call_id
+        assert dict(metadata_of(replies[call_id].trailing_metadata))["fastproxy-proxy"] == "in"
+    # The same frame on another stream is a replay too.
+    again = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[replayed])])
+    assert reply_reason(again[2]) == "unauthenticated"
+
+
+def test_a_carried_call_outside_its_rule_is_denied(stack: FileStack) -> None:
+    """narrow_service may call Unary only; its out-proxy routes by service, so a call to
+    another method of song_service is signed and sealed, and the in-proxy denies it."""
+    narrow = out_node(stack.policy.yaml_text(), NARROW)
+    allowed = narrow.outbound(UNARY, time.time())
+    other = narrow.outbound(OTHER_METHOD, time.time())
+    replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[
+        call_frame(1, UNARY, allowed.request_metadata(),
+                   allowed.seal_request(b"ok", time.time())),
+        call_frame(2, OTHER_METHOD, other.request_metadata(),
+                   other.seal_request(b"no", time.time()))])])
+    assert replies[1].code == grpc.StatusCode.OK.value[0]
+    assert replies[2].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
+    assert reply_reason(replies[2]) == "denied"
+
+
+def test_a_refused_carried_call_is_one_audit_line_naming_the_tunnels_peer(
+        stack: FileStack, chat: NodePolicy) -> None:
+    call = new_call(chat)
+    marker_method = f"/test.v1.Echo/Audited{uuid.uuid4().hex[:8]}"
+    carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[call_frame(
+        1, marker_method, call.request_metadata(), call.seal_request(b"m", time.time()))])])
+    poll(lambda: marker_method in stack.inproxy.log(), 5, "the audit line")
+    lines = [line for line in stack.inproxy.log().splitlines() if marker_method in line]
+    assert len(lines) == 1
+    assert "call refused" in lines[0]
+    assert "unauthenticated" in lines[0]
+    assert "127.0.0.1" in lines[0]
+
+
+def test_a_cancel_frame_ends_the_upstream_call_and_gets_no_reply(
+        stack: FileStack, chat: NodePolicy, upstream: UpstreamProcess) -> None:
+    call = new_call(chat)
+    call_id = new_id()
+    metadata = (*call.request_metadata(), (CONTROL_ID, call_id), (CONTROL_STALL_MS, "20000"))
+    frame = call_frame(9, UNARY, metadata, call.seal_request(b"x", time.time()), timeout_s=30)
+    sent = threading.Event()
+
+    def messages() -> Iterator[bytes]:
+        yield tpb.TunnelFrames(frames=[frame]).SerializeToString()
+        poll(lambda: bool(upstream.record(call_id)), 5, "the call reaching the upstream")
+        yield tpb.TunnelFrames(frames=[tpb.TunnelFrame(id=9, cancel=True)]).SerializeToString()
+        sent.set()
+
+    with channel(stack.inproxy.address) as ch:
+        stream = ch.stream_stream(CARRY_METHOD, response_deserializer=tpb.TunnelFrames.FromString)
+        replies = list(stream(messages(), timeout=10))
+    assert sent.is_set()
+    assert not [frame for batch in replies for frame in batch.frames if frame.HasField("reply")]
+    assert upstream.wait_record(call_id, "cancelled", timeout_s=5)["cancelled"] is True
+
+
+def test_a_carried_calls_timeout_caps_the_upstream_deadline(
+        stack: FileStack, chat: NodePolicy, upstream: UpstreamProcess) -> None:
+    call, slow = new_call(chat), new_call(chat)
+    call_id = new_id()
+    replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[
+        call_frame(1, UNARY, (*call.request_metadata(), (CONTROL_ID, call_id)),
+                   call.seal_request(b"x", time.time()), timeout_s=0.8),
+        call_frame(2, UNARY, (*slow.request_metadata(), (CONTROL_STALL_MS, "3000")),
+                   slow.seal_request(b"x", time.time()), timeout_s=0.3),
+    ])])
+    assert replies[1].code == grpc.StatusCode.OK.value[0]
+    assert 0 < upstream.record(call_id)["deadline_remaining_s"] <= 0.85
+    assert replies[2].code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
+    assert reply_reason(replies[2]) == "deadline"
+    # A slow app is not a changed kind: the in-proxy keeps Unary on its fast path.
+    assert f"method {UNARY} left the fast path" not in stack.inproxy.log()
+
+
+def test_garbage_on_a_carry_stream_ends_that_stream_only(stack: FileStack,
+                                                        chat: NodePolicy) -> None:
+    with pytest.raises(grpc.RpcError):
+        carry(stack.inproxy.address, [b"\xff\xff\xff not a frame"])
+    test_a_correctly_sealed_carried_call_is_answered(stack, chat)
+
+
+# --- 3. lifecycle ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def direct_stack(front: ReflectingFront, tmp_path: Path) -> Iterator[tuple[Proxies, FileStack]]:
+    proxies = Proxies(tmp_path)
+    try:
+        yield proxies, start_file_stack(proxies, front.address, tmp_path)
+    finally:
+        for proxy in proxies.started:
+            proxy.kill()
+
+
+def test_an_in_proxy_killed_under_carried_calls_gives_unavailable_then_a_new_tunnel(
+        direct_stack: tuple[Proxies, FileStack], front: ReflectingFront) -> None:
+    proxies, stack = direct_stack
+    out, inproxy = stack.outproxies[CALLER], stack.inproxy
+    tunnel_open(out, inproxy.address)
+    with channel(out.address) as ch:
+        method = ch.unary_unary(UNARY)
+        in_flight = [method.future(b"x", timeout=10, metadata=((CONTROL_STALL_MS, "5000"),))
+                     for _ in range(5)]
+        time.sleep(0.5)
+        inproxy.kill()
+        for future in in_flight:
+            with pytest.raises(grpc.RpcError) as raised:
+                future.result()
+            assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert reason_of(raised.value) == "unavailable"
+            assert dict(raised.value.trailing_metadata())["fastproxy-proxy"] == "out"
+        assert "closed" in out.log()
+        # Back on the same address: calls work again, on a new tunnel.
+        restarted = proxies.start("in", "song_service", inproxy.address,
+                                  policy=stack.policy_path, upstream=front.address)
+
+        def answered() -> bool:
+            try:
+                return bool(method(b"back", timeout=5) == b"back")
+            except grpc.RpcError:
+                return False
+
+        poll(answered, 15, "calls answered again after the in-proxy restarted")
+        poll(lambda: method(b"again", timeout=5) == b"again"
+             and out.log().count(f"tunnel to {inproxy.address} open") >= 2, 15,
+             "a second tunnel")
+        assert restarted.running()
+
+
+def test_a_draining_in_proxy_finishes_its_carried_calls(
+        direct_stack: tuple[Proxies, FileStack]) -> None:
+    _, stack = direct_stack
+    out, inproxy = stack.outproxies[CALLER], stack.inproxy
+    tunnel_open(out, inproxy.address)
+    with channel(out.address) as ch:
+        method = ch.unary_unary(UNARY)
+        slow = [method.future(b"slow", timeout=20, metadata=((CONTROL_STALL_MS, "1500"),))
+                for _ in range(3)]
+        time.sleep(0.3)
+        assert inproxy.terminate() == 0
+        assert [future.result() for future in slow] == [b"slow"] * 3
+    assert "tunnel to" in out.log()
+
+
+@pytest.mark.parametrize("side", ["out", "in"])
+def test_tunnel_off_on_either_side_sends_calls_one_stream_each(
+        front: ReflectingFront, tmp_path: Path, side: str) -> None:
+    in_address = free_address()
+    relay = RecordingRelay(in_address).start()
+    proxies = Proxies(tmp_path)
+    try:
+        path = tmp_path / "policy.yaml"
+        stack = start_file_stack(proxies, front.address, tmp_path, endpoint=relay.address,
+                                 in_address=in_address)
+        stack.outproxies[CALLER].kill()
+        stack.inproxy.kill()
+        inproxy = proxies.start("in", "song_service", in_address, policy=path,
+                                upstream=front.address,
+                                extra=("--tunnel", "off") if side == "in" else ())
+        out = proxies.start("out", CALLER, free_address(), policy=path,
+                            extra=("--tunnel", "off") if side == "out" else ())
+        with channel(out.address) as ch:
+            method = ch.unary_unary(UNARY)
+            for _ in range(20):
+                assert method(b"x", timeout=10) == b"x"
+                time.sleep(0.05)
+        assert "is unary (from the in-proxy's trailer)" in out.log()
+        assert "tunnel to" not in out.log().replace("offers no tunnel", "")
+        assert sum(call.method == UNARY for call in relay.calls) == 20
+        if side == "in":
+            poll(lambda: "offers no tunnel (UNIMPLEMENTED)" in out.log(), 5, "the fallback")
+            assert "call refused" not in inproxy.log()
+    finally:
+        for proxy in proxies.started:
+            proxy.kill()
+        relay.stop()
+
+
+# --- 4. the framing -------------------------------------------------------------------
+
+
+def test_metadata_entries_round_trip_text_and_binary() -> None:
+    metadata = (("x-text", "a b"), ("x-raw-bin", b"\x00\xff"), ("traceparent", "00-ab-cd-01"))
+    assert metadata_of(metadata_entries(metadata)) == metadata
+
+
+def test_a_batch_is_the_frames_joined_in_order_and_capped_in_size() -> None:
+    async def batches() -> list[bytes]:
+        outbox = Outbox()
+        for index in range(1, 6):
+            outbox.put(encoded_frame(tpb.TunnelFrame(id=index, cancel=True)))
+        big = encoded_frame(tpb.TunnelFrame(id=6, reply=tpb.TunnelReply(
+            message=b"b" * MAX_BATCH_BYTES)))
+        first = await outbox.next_batch()
+        outbox.put(big)
+        outbox.put(encoded_frame(tpb.TunnelFrame(id=7, goaway=True)))
+        outbox.close()
+        rest = [await outbox.next_batch(), await outbox.next_batch(), await outbox.next_batch()]
+        assert first is not None
+        return [first, *[batch for batch in rest if batch is not None]] + (
+            [b"<end>"] if rest[-1] is None else [])
+
+    first, big, last, end = asyncio.run(batches())
+    assert [frame.id for frame in carried_frames(first)] == [1, 2, 3, 4, 5]
+    assert [frame.id for frame in carried_frames(big)] == [6]  # alone: over the cap
+    assert [frame.id for frame in carried_frames(last)] == [7]
+    assert end == b"<end>"
