@@ -496,6 +496,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self.fast_calls += 1
         metadata: Metadata = tuple(context.invocation_metadata() or ())
         asked = self._tells_kind and (KIND_KEY, ASK_KIND) in metadata
+        plan: CallPlan | None = None
         try:
             plan = self._role.begin(method, metadata, self._clock())
             endpoint = self._pool.health.pick(plan.endpoints, time.monotonic())
@@ -505,7 +506,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                     metadata = record.forward_metadata
             message = plan.request(request, self._clock())
         except FastProxyError as err:
-            await self._refuse(context, method, err, record)
+            await self._refuse(context, method, err, record, plan)
             return None
         if self._learner is not None and method not in self.kinds.unary:
             self._learner.consider(method)  # a carried call's method this process never saw
@@ -526,7 +527,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             if initial:
                 await context.send_initial_metadata(initial)
             await self._pass_failure(context, method, endpoint, failed, timeout, started,
-                                     record)
+                                     record, plan)
             return None
         except asyncio.CancelledError:
             # Our client went away (cancel or its deadline): so does the upstream call.
@@ -541,7 +542,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         try:
             answer = plan.response(response, self._clock())
         except FastProxyError as err:
-            await self._refuse(context, method, err, record)
+            await self._refuse(context, method, err, record, plan)
             return None
         trailers = self._trailers(method, trailers, fast=True, asked=asked)
         if trailers:
@@ -593,18 +594,18 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         except grpc.aio.AioRpcError as failed:
             if pump.error is not None:
                 await _drain(requests)
-                await self._refuse(context, method, pump.error, record)
+                await self._refuse(context, method, pump.error, record, plan)
             else:
                 failed = await statuses.settled(failed)
                 await self._pass_failure(context, method, endpoint, failed, timeout, started,
-                                         record)
+                                         record, plan)
         except FastProxyError as err:
             call.cancel()
-            await self._refuse(context, method, err, record)
+            await self._refuse(context, method, err, record, plan)
         except asyncio.CancelledError:
             if pump.error is not None:
                 # grpc cancelled the upstream call when our request transform raised.
-                await self._refuse(context, method, pump.error, record)
+                await self._refuse(context, method, pump.error, record, plan)
             # Our client went away (cancel or its deadline): so does the upstream call.
             call.cancel()
             raise
@@ -616,17 +617,18 @@ class ForwardingHandler(grpc.GenericRpcHandler):
     async def _pass_failure(self, context: grpc.aio.ServicerContext, method: str,
                             endpoint: str, failed: grpc.aio.AioRpcError,
                             timeout: float | None, started: float,
-                            record: CallRecord | None) -> None:
+                            record: CallRecord | None, plan: CallPlan) -> None:
         code = failed.code()
         if (code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout is not None
                 and time.monotonic() - started >= timeout - _DEADLINE_SLACK_S):
             await self._refuse(context, method, FastProxyError(
-                Reason.DEADLINE, f"upstream did not answer within {timeout:.3f}s"), record)
+                Reason.DEADLINE, f"upstream did not answer within {timeout:.3f}s"), record,
+                plan)
             return
         if isinstance(failed, TunnelBroken) or self._pool.is_transport_failure(endpoint, code):
             self._pool.health.record_transport_failure(endpoint, time.monotonic())
             await self._refuse(context, method, FastProxyError(
-                Reason.UNAVAILABLE, f"upstream {endpoint} unreachable"), record)
+                Reason.UNAVAILABLE, f"upstream {endpoint} unreachable"), record, plan)
             return
         self._pool.health.record_success(endpoint)
         if record is not None:
@@ -636,8 +638,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             forwarded_response_metadata(failed.trailing_metadata())))
 
     async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
-                      err: FastProxyError, record: CallRecord | None = None) -> None:
-        self._observer.audit_refusal(method, err, context.peer(), record)
+                      err: FastProxyError, record: CallRecord | None = None,
+                      plan: CallPlan | None = None) -> None:
+        """Ends the call with our status and trailers, after its audit line (`plan`, when
+        the call got that far, names the parties when no `record` does)."""
+        self._observer.audit_refusal(method, err, context.peer(), record, plan)
         if record is not None:
             record.refused(err)
         await context.abort(err.status, err.detail, err.trailers(self._role.name))

@@ -179,13 +179,21 @@ class CallObserver:
     # --- refusals, always --------------------------------------------------------------
 
     def audit_refusal(self, method: str, err: FastProxyError, peer: str | None,
-                      record: CallRecord | None) -> None:
+                      record: CallRecord | None, plan: Any = None) -> None:
         """One audit line per refused call: who called whom, what, why, under which
-        revision, from where. The detail is the one the caller is told (no secrets)."""
-        if self.proxy == "in":
-            caller, callee = err.caller or (record.caller if record else ""), self.service
+        revision, from where. The detail is the one the caller is told (no secrets).
+        The parties come from `record` (telemetry on) or else from `plan` (the call was
+        admitted before it was refused, e.g. its upstream was unreachable)."""
+        if record is not None:
+            known_caller, known_callee = record.caller, record.callee
+        elif plan is not None:
+            known_caller, known_callee = _parties(plan, self.proxy, self.service)
         else:
-            caller, callee = self.service, record.callee if record else ""
+            known_caller, known_callee = "", ""
+        if self.proxy == "in":
+            caller, callee = err.caller or known_caller, self.service
+        else:
+            caller, callee = self.service, known_callee
         trace_id = None
         if record is not None and record.span is not None:
             trace_id = trace_id_of(record.span)

@@ -451,6 +451,12 @@ def test_an_in_proxy_killed_under_carried_calls_gives_unavailable_then_a_new_tun
             assert reason_of(raised.value) == "unavailable"
             assert dict(raised.value.trailing_metadata())["fastproxy-proxy"] == "out"
         assert "closed" in out.log()
+        # Each refusal is one audit line naming both parties (no telemetry needed for that).
+        audit = [line for line in out.log().splitlines()
+                 if "call refused" in line and "reason=unavailable" in line]
+        assert len(audit) == len(in_flight)
+        assert all("caller=chat_service" in line and "callee=song_service" in line
+                   for line in audit), audit
         # Back on the same address: calls work again, on a new tunnel.
         restarted = proxies.start("in", "song_service", inproxy.address,
                                   policy=stack.policy_path, upstream=front.address)
