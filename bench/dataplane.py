@@ -6,10 +6,12 @@
 
 Starts real processes on 127.0.0.1: a lean grpc.aio echo upstream, the Center (memory store,
 policy from a generated file), an out-proxy and an in-proxy per sealed setup, and nginx
-(`grpc_pass`, one worker), and for `observed` a counting OTLP/gRPC receiver. Setups: direct,
-nginx, sealed, sealed+gzip, sealed-workers2, embedded (the SDK in embedded mode in the load
-client, straight to an in-proxy; Python client only) and observed (the sealed chain with
-tracing and metrics on); see `harness/setups.py`. Load: h2load (unary, gRPC frames via -d)
+(`grpc_pass`, one worker), and for each observed setup a counting OTLP/gRPC receiver. Setups:
+direct, nginx, sealed, sealed-no-tunnel (sealed with `--tunnel off` on the out-proxy),
+sealed+gzip, sealed-workers2, embedded (the SDK in embedded mode in the load client, straight
+to an in-proxy; Python client only), observed (the sealed chain with tracing of every call
+and metrics on) and observed-sampled (the same with the proxies' default 1% sampler); see
+`harness/setups.py`. Load: h2load (unary, gRPC frames via -d)
 and a Python grpc.aio client (`harness/pyload.py`: unary at saturation, at a fixed rate, one
 call in flight; bidi).
 Every setup is checked with real calls (each reply compared) before anything is timed; an
@@ -26,8 +28,8 @@ existing JSON file and the generated block of `--markdown`; the other setups kee
 each ratio pairs setups of the same run.
 
 `--smoke`: one run, 1 KiB unary (h2load saturation and one call in flight), setups direct,
-sealed and embedded, short durations; exits non-zero if any check or measurement fails. Exit
-status 0 means every measurement was valid.
+sealed, sealed-no-tunnel and embedded, short durations; exits non-zero if any check or
+measurement fails. Exit status 0 means every measurement was valid.
 """
 
 from __future__ import annotations
@@ -49,11 +51,11 @@ from harness.measure import Durations, Measurement, Runner, Scenario  # noqa: E4
 from harness.procstat import tree_peak_rss_kib  # noqa: E402
 from harness.setups import ALL_SETUPS, Setup, Topology  # noqa: E402
 
-SMOKE_SETUPS = "direct,sealed,embedded"
+SMOKE_SETUPS = "direct,sealed,sealed-no-tunnel,embedded"
 SMOKE_BSP_DELAY_MS = 200  # observed in a smoke run: its few spans leave in 0.2 s, not 5 s
 
-DEFAULT_SETUPS = ("direct", "nginx", "sealed", "sealed+gzip", "sealed-workers2", "embedded",
-                  "observed")
+DEFAULT_SETUPS = ("direct", "nginx", "sealed", "sealed-no-tunnel", "sealed+gzip",
+                  "sealed-workers2", "embedded", "observed", "observed-sampled")
 DEFAULT_PAYLOADS = (100, 1024, 64 * 1024, 1024 * 1024)
 TARGET_SIZE = 1024
 

@@ -9,7 +9,10 @@ one setup only, and all setups stay up during the whole run (the idle ones cost 
 - sealed: client -> out-proxy (caller `bench_client`) -> in-proxy (`echo_sealed`) -> upstream;
   AES-256-GCM payloads, HMAC-SHA256 identities both ways, an allow rule and a rate limit
   (high enough never to refuse); policy from the Center.
-- sealed+gzip: the same with gzip for messages of 512 bytes or more.
+- sealed-no-tunnel: exactly sealed (its own service, `echo_no_tunnel`) with `--tunnel off` on
+  the out-proxy: each call its own HTTP/2 stream to the in-proxy (the design before the
+  tunnel), where `sealed` carries fast-path unary calls over one long-lived stream.
+- sealed+gzip: the same as sealed with gzip for messages of 512 bytes or more.
 - sealed-workers2: the same as sealed with the OUT-proxy at `--workers 2` (see WORKERS_NOTE).
 - embedded: the load client itself carries the SDK in embedded mode
   (`fastproxy.aio_client_interceptors(service=bench_client, center=..., embedded=True)`) and
@@ -19,6 +22,13 @@ one setup only, and all setups stay up during the whole run (the idle ones cost 
   the standard `OTEL_*` variables (OTLP/gRPC export of traces and metrics to the harness's
   counting receiver, `otlp_receiver.py`, sampler `parentbased_always_on`) and serve Prometheus
   metrics on `--metrics-port`. Every other proxy runs with no `OTEL_*` variable at all.
+- observed-sampled: the same as observed (`echo_observed_sampled`, its own receiver and
+  service names) but with the proxies' DEFAULT sampler (no `OTEL_TRACES_SAMPLER`:
+  parent-based, `DEFAULT_TRACE_SAMPLE_RATIO` = 1% of root calls) and
+  `OTEL_BSP_SCHEDULE_DELAY=200` (ms) always, so the harness can tell when the window's spans
+  have left (`telemetry_probe.py`: span counts stable for 2 x that delay). A shorter export
+  schedule costs at least as much CPU as the default 5 s (smaller, more frequent batches),
+  so its figure is conservative.
 """
 
 from __future__ import annotations
@@ -30,19 +40,24 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fastproxy.telemetry.setup import DEFAULT_TRACE_SAMPLE_RATIO
 from harness.processes import Spawned, free_port, spawn, stop, wait_listening, wait_serving
 
 # The OTLP variables of the observed proxies, besides the endpoint and the service name.
-# Batching (OTEL_BSP_*) keeps the SDK's defaults unless `Topology(bsp_delay_ms=...)` (smoke).
+# observed: batching (OTEL_BSP_*) keeps the SDK's defaults unless `Topology(bsp_delay_ms=...)`
+# (smoke); observed-sampled always exports every SAMPLED_BSP_DELAY_MS.
 # Metrics are exported every 10 s (the SDK's default is 60 s) so a short run sees some.
 OBSERVED_ENV = {
     "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",
-    "OTEL_TRACES_SAMPLER": "parentbased_always_on",
     "OTEL_METRIC_EXPORT_INTERVAL": "10000",
 }
+EVERY_CALL_SAMPLER = {"OTEL_TRACES_SAMPLER": "parentbased_always_on"}
+SAMPLED_BSP_DELAY_MS = 200
 # Each observed proxy's spans carry its own service.name; the receiver counts per name.
 OBSERVED_SERVICE_NAMES = {"out-proxy": "bench-observed-out-proxy",
                           "in-proxy": "bench-observed-in-proxy"}
+OBSERVED_SAMPLED_SERVICE_NAMES = {"out-proxy": "bench-observed-sampled-out-proxy",
+                                  "in-proxy": "bench-observed-sampled-in-proxy"}
 
 BENCH_DIR = Path(__file__).resolve().parent.parent
 NGINX_TEMPLATE = BENCH_DIR / "nginx" / "grpc_pass.conf.template"
@@ -60,18 +75,43 @@ class SealedSpec:
     callee: str
     gzip: bool = False
     out_workers: int = 1
+    tunnel: bool = True  # the out-proxy's --tunnel
 
 
 SEALED: dict[str, SealedSpec] = {
     "sealed": SealedSpec("bench.v1.Sealed", "echo_sealed"),
+    "sealed-no-tunnel": SealedSpec("bench.v1.NoTunnel", "echo_no_tunnel", tunnel=False),
     "sealed+gzip": SealedSpec("bench.v1.Gzip", "echo_gzip", gzip=True),
     "sealed-workers2": SealedSpec("bench.v1.Workers2", "echo_workers2", out_workers=2),
 }
 EMBEDDED = SealedSpec("bench.v1.Embedded", "echo_embedded")
-OBSERVED = SealedSpec("bench.v1.Observed", "echo_observed")
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedSpec:
+    """A sealed chain with telemetry on. `sample_ratio`: the share of calls traced (1.0:
+    every call, `EVERY_CALL_SAMPLER`; else the proxies' default sampler, no
+    OTEL_TRACES_SAMPLER); `bsp_delay_ms`: OTEL_BSP_SCHEDULE_DELAY (None: the SDK's 5 s, or
+    the Topology's)."""
+
+    sealed: SealedSpec
+    service_names: dict[str, str]
+    sample_ratio: float
+    bsp_delay_ms: int | None = None
+
+
+OBSERVED_SETUPS: dict[str, ObservedSpec] = {
+    "observed": ObservedSpec(SealedSpec("bench.v1.Observed", "echo_observed"),
+                             OBSERVED_SERVICE_NAMES, 1.0),
+    "observed-sampled": ObservedSpec(
+        SealedSpec("bench.v1.ObservedSampled", "echo_observed_sampled"),
+        OBSERVED_SAMPLED_SERVICE_NAMES, DEFAULT_TRACE_SAMPLE_RATIO, SAMPLED_BSP_DELAY_MS),
+}
 # every callee of the bench policy, by the setup that calls it
-CALLEES: dict[str, SealedSpec] = {**SEALED, "embedded": EMBEDDED, "observed": OBSERVED}
-ALL_SETUPS = ("direct", "nginx", *SEALED, "embedded", "observed")
+CALLEES: dict[str, SealedSpec] = {
+    **SEALED, "embedded": EMBEDDED,
+    **{name: spec.sealed for name, spec in OBSERVED_SETUPS.items()}}
+ALL_SETUPS = ("direct", "nginx", *SEALED, "embedded", *OBSERVED_SETUPS)
 
 
 @dataclass
@@ -88,9 +128,13 @@ class Setup:
     # `center`; such a setup cannot be driven by h2load
     embedded_service: str = ""
     center: str = ""
-    # observed: the OTLP receiver's address and each proxy's Prometheus port (label -> port)
+    # observed setups: the OTLP receiver's address, each proxy's Prometheus port and
+    # service.name (label -> port, name), the share of calls traced, OTEL_BSP_SCHEDULE_DELAY
     otlp_receiver: str = ""
     metrics_ports: dict[str, int] = field(default_factory=dict)
+    otlp_service_names: dict[str, str] = field(default_factory=dict)
+    trace_sample_ratio: float = 1.0
+    bsp_delay_ms: int | None = None
 
     @property
     def python_client_only(self) -> bool:
@@ -148,8 +192,9 @@ def embedded_available() -> bool:
 
 class Topology:
     """Starts the upstream, the Center, nginx, the OTLP receiver and the proxies of the chosen
-    setups. `bsp_delay_ms` sets OTEL_BSP_SCHEDULE_DELAY of the observed proxies (None: the
-    SDK's default, 5 s; the smoke run uses a short one so its small batches leave soon)."""
+    setups. `bsp_delay_ms` sets OTEL_BSP_SCHEDULE_DELAY of the `observed` proxies (None: the
+    SDK's default, 5 s; the smoke run uses a short one so its small batches leave soon);
+    `observed-sampled` always uses its own (`SAMPLED_BSP_DELAY_MS`)."""
 
     def __init__(self, names: list[str], work_dir: Path,
                  bsp_delay_ms: int | None = None) -> None:
@@ -174,12 +219,19 @@ class Topology:
             "--listen", listen, "--center", center.address, "--log-level", "warning",
             *extra], listen, env)
 
-    def _observed_env(self, label: str, receiver: Spawned) -> dict[str, str]:
+    def _observed_env(self, spec: ObservedSpec, label: str,
+                      receiver: Spawned) -> dict[str, str]:
         env = {**OBSERVED_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{receiver.address}",
-               "OTEL_SERVICE_NAME": OBSERVED_SERVICE_NAMES[label]}
-        if self.bsp_delay_ms is not None:
-            env["OTEL_BSP_SCHEDULE_DELAY"] = str(self.bsp_delay_ms)
+               "OTEL_SERVICE_NAME": spec.service_names[label]}
+        if spec.sample_ratio >= 1.0:
+            env.update(EVERY_CALL_SAMPLER)
+        delay = self._bsp_delay_ms(spec)
+        if delay is not None:
+            env["OTEL_BSP_SCHEDULE_DELAY"] = str(delay)
         return env
+
+    def _bsp_delay_ms(self, spec: ObservedSpec) -> int | None:
+        return spec.bsp_delay_ms if spec.bsp_delay_ms is not None else self.bsp_delay_ms
 
     def start(self) -> dict[str, Setup]:
         py = sys.executable
@@ -225,7 +277,8 @@ class Topology:
                 in_proxy = self._proxy("in", tag, spec.callee, f"127.0.0.1:{in_ports[name]}",
                                        center, ["--upstream", upstream_addr])
                 out_proxy = self._proxy("out", tag, CALLER, f"127.0.0.1:{out_ports[name]}",
-                                        center, ["--workers", str(spec.out_workers)])
+                                        center, ["--workers", str(spec.out_workers),
+                                                 "--tunnel", "on" if spec.tunnel else "off"])
                 setup.entry = out_proxy.address
                 setup.unary_method = f"/{spec.grpc_service}/Unary"
                 setup.processes = {"out-proxy": out_proxy, "in-proxy": in_proxy,
@@ -243,26 +296,30 @@ class Topology:
                 setup.embedded_service, setup.center = CALLER, center.address
                 setup.processes = {"in-proxy": in_proxy, "upstream": upstream,
                                    "center": center}
-            elif name == "observed":
+            elif name in OBSERVED_SETUPS:
                 assert center is not None
+                observed = OBSERVED_SETUPS[name]
                 receiver_addr = f"127.0.0.1:{free_port()}"
-                receiver = self._spawn("otlp-receiver", [
+                receiver = self._spawn(f"otlp-receiver-{name}", [
                     py, str(BENCH_DIR / "harness" / "otlp_receiver.py"),
                     "--port", receiver_addr.rpartition(":")[2]], receiver_addr)
                 wait_listening(receiver)
                 setup.metrics_ports = {"out-proxy": free_port(), "in-proxy": free_port()}
                 in_proxy = self._proxy(
-                    "in", name, OBSERVED.callee, f"127.0.0.1:{in_ports[name]}", center,
+                    "in", name, observed.sealed.callee, f"127.0.0.1:{in_ports[name]}", center,
                     ["--upstream", upstream_addr,
                      "--metrics-port", str(setup.metrics_ports["in-proxy"])],
-                    self._observed_env("in-proxy", receiver))
+                    self._observed_env(observed, "in-proxy", receiver))
                 out_proxy = self._proxy(
                     "out", name, CALLER, f"127.0.0.1:{out_ports[name]}", center,
                     ["--metrics-port", str(setup.metrics_ports["out-proxy"])],
-                    self._observed_env("out-proxy", receiver))
+                    self._observed_env(observed, "out-proxy", receiver))
                 setup.entry = out_proxy.address
-                setup.unary_method = f"/{OBSERVED.grpc_service}/Unary"
+                setup.unary_method = f"/{observed.sealed.grpc_service}/Unary"
                 setup.otlp_receiver = receiver.address
+                setup.otlp_service_names = dict(observed.service_names)
+                setup.trace_sample_ratio = observed.sample_ratio
+                setup.bsp_delay_ms = self._bsp_delay_ms(observed)
                 setup.processes = {"out-proxy": out_proxy, "in-proxy": in_proxy,
                                    "upstream": upstream, "center": center,
                                    "otlp-receiver": receiver}
