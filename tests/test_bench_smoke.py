@@ -1,8 +1,10 @@
 """The data-plane benchmark harness still works: `bench/dataplane.py --smoke` starts the real
-processes, checks every reply and measures each setup (direct, sealed, the SDK in embedded mode
-straight to an in-proxy, and nginx when installed), and its h2load check refuses a run whose
+processes, checks every reply and measures each setup (direct, sealed, sealed without the
+tunnel, the SDK in embedded mode straight to an in-proxy, the sealed chain with telemetry at the
+default 1% sampling, and nginx when installed), and its h2load check refuses a run whose
 replies are not all echoes (h2load counts a gRPC error inside HTTP 200 as a success). A
-partial run merged into an earlier JSON file replaces only its own setups."""
+partial run merged into an earlier JSON file replaces only its own setups. The report pairs
+sealed with sealed-no-tunnel and observed-sampled with sealed within each run."""
 
 from __future__ import annotations
 
@@ -52,7 +54,8 @@ def test_grpc_frame_is_flag_length_message(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(90)
 def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
-    setups = ["direct", "sealed", "embedded"] + (["nginx"] if HAS_NGINX else [])
+    setups = ["direct", "sealed", "sealed-no-tunnel", "embedded", "observed-sampled"] + (
+        ["nginx"] if HAS_NGINX else [])
     out = tmp_path / "smoke.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "dataplane.py"), "--smoke",
@@ -82,11 +85,32 @@ def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
     assert sum(m["cpu_s"]["out-proxy"] + m["cpu_s"]["in-proxy"] for m in sealed) > 0
     single = [m for m in sealed if m["mode"] == "single"]
     assert single and single[0]["p50_ms"] > 0
+    # the tunnel off is the same chain, each call its own stream: still every reply right
+    assert sum(m["cpu_s"]["out-proxy"] for m in measurements
+               if m["setup"] == "sealed-no-tunnel") > 0
+    # default sampling: the proxies counted every call of the window; spans are not required
+    # from so few calls (1% of a few hundred)
+    sampled = [m for m in measurements if m["setup"] == "observed-sampled"]
+    assert sampled
+    for m in sampled:
+        assert m["telemetry"]["sample_ratio"] == pytest.approx(0.01)
+        assert m["telemetry"]["prometheus_calls"] == {"out-proxy": m["calls"],
+                                                      "in-proxy": m["calls"]}
+        assert m["cpu_s"]["otlp-receiver"] >= 0
     targets = doc["targets"]
     assert "added_p50_ms.sealed" in targets
+    assert "added_p50_ms.sealed-no-tunnel" in targets
+    assert "tunnel_cpu_ratio.single" in targets
+    assert "observed_sampled_cpu_ratio.single" in targets
     if HAS_NGINX and HAS_H2LOAD:
         assert "cpu_ratio.sealed" in targets
-    assert "### Client CPU per call" in report.markdown(doc)
+        assert "met" not in targets["cpu_ratio.sealed-no-tunnel"]  # informational
+    text = report.markdown(doc)
+    assert "### Client CPU per call" in text
+    assert "tunnel: sealed / sealed-no-tunnel CPU per hop ratio: unary 1 KiB " in text
+    if HAS_H2LOAD:  # h2load saturation first, then one call in flight
+        assert "h2load saturate" in text.split("tunnel: ")[1].split("; unary 1 KiB py single")[0]
+    assert "(default sampling, 1%) and metrics on / off: observed-sampled / sealed" in text
 
 
 def measurement(setup: str, run: int, batch: str, out_cpu: float) -> dict[str, Any]:
@@ -127,3 +151,34 @@ def test_merge_replaces_only_the_new_run_setups_and_pairs_ratios_within_a_run() 
     ratio = merged["targets"]["observed_cpu_ratio.single"]
     assert ratio["median"] == pytest.approx(1.5) and ratio["batch"] == "2026-03-03"
     assert not ratio["met"]
+
+
+def test_report_rows_pair_tunnel_and_sampling_setups_within_a_run() -> None:
+    doc = bench_doc("2026-04-04", [measurement("sealed", 1, "2026-04-04", 1.0),
+                                   measurement("sealed-no-tunnel", 1, "2026-04-04", 1.25),
+                                   measurement("observed", 1, "2026-04-04", 1.5),
+                                   measurement("observed-sampled", 1, "2026-04-04", 1.05),
+                                   measurement("direct", 1, "2026-04-04", 0.0)])
+    t = report.targets(report.load_measurements(doc), False)
+    assert t["tunnel_cpu_ratio.single"]["median"] == pytest.approx(0.8)
+    assert t["observed_sampled_cpu_ratio.single"]["median"] == pytest.approx(1.05)
+    assert t["observed_sampled_cpu_ratio.single"]["met"]
+    assert not t["observed_cpu_ratio.single"]["met"]
+    doc["targets"] = t
+    rows = report._target_rows(t)
+    assert any("(every call traced) and metrics on / off: observed / sealed" in row
+               and "1.500x" in row for row in rows)
+    assert any("(default sampling, 1%) and metrics on / off: observed-sampled / sealed" in row
+               and "1.050x" in row and "**met**" in row for row in rows)
+    doc["summary"] = report.summarize(report.load_measurements(doc))
+    doc["batches"][0].update(machine={"cpu_model": "x", "cores": 2, "memory_gib": 1,
+                                      "kernel": "k", "python": "3"},
+                             versions=dict.fromkeys(
+                                 ("grpcio", "protobuf", "cryptography", "nginx", "h2load"),
+                                 "v"))
+    for setup in doc["setups"].values():
+        setup["idle_rss_mib"] = {}
+    text = report.markdown(doc)
+    assert ("tunnel: sealed / sealed-no-tunnel CPU per hop ratio: unary 1 KiB py single "
+            "0.800x. Added p50 / p99 (unary 1 KiB py single, vs direct): sealed 0.00 / 0.00 "
+            "ms, sealed-no-tunnel 0.00 / 0.00 ms.") in text
