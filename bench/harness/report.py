@@ -508,7 +508,7 @@ def markdown(doc: Json) -> str:
         idle = ", ".join(f"{label} {mib:.1f} MiB" for label, mib in setup["idle_rss_mib"].items())
         lines += ["", "Peak RSS (VmHWM, largest process of each): " + ", ".join(peaks)
                   + f". RSS at start, before any load: {idle}.", ""]
-        spans = [f"{scenario} {_fmt(f['otlp_spans_per_unit'])}"
+        spans = [f"{scenario} {_fmt(f['otlp_spans_per_unit'], 3)}"
                  for scenario, f in scenarios.items() if "otlp_spans_per_unit" in f]
         if spans:
             lines += ["Spans the OTLP receiver got per call (bidi: per stream; 2 = one "
