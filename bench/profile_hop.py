@@ -102,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--python-only", action="store_true",
                         help="Python frames only (no --native); files end in -python")
+    parser.add_argument("--setup", default="sealed",
+                        help="a harness setup with both proxies (sealed, sealed-no-tunnel, "
+                             "observed, observed-sampled, ...); files of setups other than "
+                             "sealed are named after it")
     args = parser.parse_args(argv)
     py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(py_spy).exists():
@@ -109,10 +113,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="fastproxy-profile-") as tmp:
-        topology = Topology(["sealed"], Path(tmp))
+        topology = Topology([args.setup], Path(tmp))
         load: subprocess.Popen[bytes] | None = None
         try:
-            setup = topology.start()["sealed"]
+            setup = topology.start()[args.setup]
             frame = h2load.write_frame(Path(tmp) / "frame.bin", payload(args.size))
             load = subprocess.Popen(
                 h2load.command(f"http://{setup.entry}{setup.unary_method}", frame,
@@ -121,7 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             recorders = {}
             for label in ("out-proxy", "in-proxy"):
                 suffix = "-python" if args.python_only else ""
-                folded = args.out / f"profile-{label}{suffix}.folded"
+                tag = "" if args.setup == "sealed" else f"-{args.setup.replace('+', '-')}"
+                folded = args.out / f"profile-{label}{tag}{suffix}.folded"
                 recorders[label] = (folded, subprocess.Popen(
                     [py_spy, "record", "--pid", str(setup.processes[label].pid),
                      *(() if args.python_only else ("--native",)),
@@ -134,7 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print(f"py-spy on {label} failed: {err[-500:]}", file=sys.stderr)
                     return 1
                 text = summarize(folded.read_text(), f"{label}, {args.size} B unary under "
-                                 "h2load -c 4 -m 16 (sealed setup)", args.seconds)
+                                 f"h2load -c 4 -m 16 ({args.setup} setup)", args.seconds)
                 (args.out / folded.name.replace(".folded", ".txt")).write_text(text)
                 print(text)
         finally:

@@ -204,11 +204,17 @@ def main(argv: list[str] | None = None) -> None:
                              "every call)")
     parser.add_argument("--no-traces", action="store_true",
                         help="on: metrics only (OTEL_TRACES_EXPORTER=none)")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="one more variable for the 'on' proxies (repeatable), e.g. "
+                             "OTEL_METRICS_EXPORTER=none for Prometheus-only metrics")
     args = parser.parse_args(argv)
     extra_env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
                  "OTEL_TRACES_SAMPLER_ARG": str(args.sample_ratio)}
     if args.no_traces:
         extra_env["OTEL_TRACES_EXPORTER"] = "none"
+    for assignment in args.env:
+        name, _, value = assignment.partition("=")
+        extra_env[name] = value
     receiver = CountingReceiver()
     in_ports = {"off": free_port(), "on": free_port()}
     with tempfile.TemporaryDirectory(prefix="fastproxy-telemetry-bench-") as tmp:
