@@ -27,15 +27,19 @@ from pathlib import Path
 import grpc
 import pytest
 from dataplane import (
+    CALLEE,
     CALLER,
     METERED,
     NARROW,
+    SERVING,
+    DataplanePolicy,
     FileStack,
     Proxies,
     ProxyProcess,
     RecordingRelay,
     channel,
     free_address,
+    make_pki,
     poll,
     reason_of,
     start_file_stack,
@@ -487,6 +491,40 @@ def test_a_draining_in_proxy_finishes_its_carried_calls(
         assert inproxy.terminate() == 0
         assert [future.result() for future in slow] == [b"slow"] * 3
     assert "tunnel to" in out.log()
+
+
+def test_the_tunnel_runs_over_mutual_tls_between_the_proxies(
+        front: ReflectingFront, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path, (CALLEE, CALLER, "chat_app"))
+    in_address, out_address = free_address(), free_address()
+    path = tmp_path / "policy.yaml"
+    path.write_text(DataplanePolicy(song_endpoints=(in_address,)).yaml_text())
+    proxies = Proxies(tmp_path)
+    try:
+        inproxy = proxies.start("in", CALLEE, in_address, wait=False, policy=path,
+                                upstream=front.address, extra=pki.flags(CALLEE))
+        out = proxies.start("out", CALLER, out_address, wait=False, policy=path,
+                            extra=pki.flags(CALLER))
+        app = pki.client_credentials("chat_app")
+        inproxy.wait_status(SERVING, credentials=app)
+        out.wait_status(SERVING, credentials=app)
+        with channel(out_address, app) as ch:
+            method = ch.unary_unary(UNARY)
+
+            def opened() -> bool:
+                assert method(b"over mTLS", timeout=10) == b"over mTLS"
+                return f"tunnel to {in_address} open" in out.log()
+
+            poll(opened, 15, "the tunnel over mTLS", interval=0.1)
+            assert [method(b"carried", timeout=10) for _ in range(5)] == [b"carried"] * 5
+        # Without a client certificate no stream, tunnel or not, reaches the in-proxy.
+        with channel(in_address, pki.client_credentials(None)) as ch, \
+                pytest.raises(grpc.RpcError) as raised:
+            list(ch.stream_stream(CARRY_METHOD)(iter([b""]), timeout=5))
+        assert raised.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        for proxy in proxies.started:
+            proxy.kill()
 
 
 @pytest.mark.parametrize("side", ["out", "in"])
