@@ -38,7 +38,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
 
+from fastproxy.node_policy import NodePolicy
+from fastproxy.pipeline import OutboundCall
+from fastproxy.policy import load_policy
+from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc
+from fastproxy.v1 import policy_pb2 as pb
 from proxy_svc.forward import _StatusLog
 
 MiB = 1024 * 1024
@@ -286,6 +291,52 @@ def start_file_stack(proxies: Proxies, upstream: str, directory: Path,
     for proxy in (inproxy, *outs.values()):
         proxy.wait_status(SERVING)
     return FileStack(policy, path, inproxy, outs)
+
+
+@contextlib.contextmanager
+def relayed_file_stack(upstream: str, directory: Path, callers: Sequence[str]
+                       ) -> Iterator[tuple[RecordingRelay, FileStack]]:
+    """A file stack whose policy lists a `RecordingRelay` as song_service's endpoint, in
+    front of the real in-proxy; everything stopped on exit."""
+    in_address = free_address()
+    relay = RecordingRelay(in_address).start()
+    proxies = Proxies(directory)
+    try:
+        yield relay, start_file_stack(proxies, upstream, directory, callers=callers,
+                                      endpoint=relay.address, in_address=in_address)
+    finally:
+        proxies.stop_all()
+        relay.stop()
+
+
+def start_tls_pair(proxies: Proxies, pki: Pki, upstream: str, directory: Path
+                   ) -> tuple[ProxyProcess, ProxyProcess, grpc.ChannelCredentials]:
+    """song_service's in-proxy and chat_service's out-proxy with certificates of their own
+    (mutual TLS between them), SERVING; and the credentials of an app (`chat_app`) to call
+    them. `pki` must hold certificates for CALLEE, CALLER and "chat_app"."""
+    in_address, out_address = free_address(), free_address()
+    path = directory / "policy.yaml"
+    path.write_text(DataplanePolicy(song_endpoints=(in_address,)).yaml_text())
+    inproxy = proxies.start("in", CALLEE, in_address, wait=False, policy=path,
+                            upstream=upstream, extra=pki.flags(CALLEE))
+    out = proxies.start("out", CALLER, out_address, wait=False, policy=path,
+                        extra=pki.flags(CALLER))
+    app = pki.client_credentials("chat_app")
+    inproxy.wait_status(SERVING, credentials=app)
+    out.wait_status(SERVING, credentials=app)
+    return inproxy, out, app
+
+
+# --- crafted calls: the sans-IO core in the test --------------------------------------
+
+
+def out_node(yaml_text: str, caller: str = CALLER) -> NodePolicy:
+    """`caller`'s out-node policy, compiled here as its out-proxy compiles it."""
+    return NodePolicy.from_snapshot(scope_snapshot(load_policy(yaml_text), pb.ROLE_OUT, caller))
+
+
+def new_call(node: NodePolicy, method: str = UNARY) -> OutboundCall:
+    return node.outbound(method, time.time())
 
 
 # --- calls ----------------------------------------------------------------------------

@@ -34,6 +34,7 @@ from dataplane import (
     reason_of,
     refused_with,
     start_file_stack,
+    start_tls_pair,
     succeeds,
     unary,
 )
@@ -202,17 +203,9 @@ def test_two_workers_share_the_port_and_both_serve_calls(
 def test_tls_between_the_proxies_and_no_call_without_a_client_certificate(
         proxies: Proxies, upstream: UpstreamProcess, tmp_path: Path) -> None:
     pki = make_pki(tmp_path, (CALLEE, CALLER, "chat_app"))
-    in_address, out_address = free_address(), free_address()
-    path = tmp_path / "policy.yaml"
-    path.write_text(DataplanePolicy(song_endpoints=(in_address,)).yaml_text())
-    inproxy = proxies.start("in", CALLEE, in_address, wait=False, policy=path,
-                            upstream=upstream.address, extra=pki.flags(CALLEE))
-    out = proxies.start("out", CALLER, out_address, wait=False, policy=path,
-                        extra=pki.flags(CALLER))
-    app = pki.client_credentials("chat_app")
-    inproxy.wait_status(SERVING, credentials=app)
-    out.wait_status(SERVING, credentials=app)
-    with channel(out_address, app) as ch:
+    inproxy, out, app = start_tls_pair(proxies, pki, upstream.address, tmp_path)
+    in_address = inproxy.address
+    with channel(out.address, app) as ch:
         assert ch.unary_unary(UNARY)(b"over mTLS", timeout=10) == b"over mTLS"
     with channel(in_address, pki.client_credentials(None)) as ch, \
             pytest.raises(grpc.RpcError) as raised:

@@ -15,7 +15,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import Future
-from pathlib import Path
 
 import grpc
 import pytest
@@ -26,22 +25,18 @@ from dataplane import (
     NARROW,
     STRANGER,
     FileStack,
-    Proxies,
     RecordingRelay,
     call_kind,
     channel,
-    free_address,
+    new_call,
+    out_node,
     random_payload,
     reason_of,
-    start_file_stack,
+    relayed_file_stack,
 )
 from upstream_app import BIDI, CLIENT_STREAM, UNARY, UpstreamProcess
 
 from fastproxy.node_policy import NodePolicy
-from fastproxy.pipeline import OutboundCall
-from fastproxy.policy import load_policy
-from fastproxy.policy.scope import scope_snapshot
-from fastproxy.v1 import policy_pb2 as pb
 
 MARKER = b"PLAINTEXT-MARKER-7f3a"
 
@@ -55,17 +50,9 @@ def upstream() -> Iterator[UpstreamProcess]:
 @pytest.fixture(scope="module")
 def relay_and_stack(upstream: UpstreamProcess, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[tuple[RecordingRelay, FileStack]]:
-    directory: Path = tmp_path_factory.mktemp("security")
-    in_address = free_address()
-    relay = RecordingRelay(in_address).start()
-    proxies = Proxies(directory)
-    try:
-        yield relay, start_file_stack(proxies, upstream.address, directory,
-                                      callers=(CALLER, METERED, NARROW, STRANGER),
-                                      endpoint=relay.address, in_address=in_address)
-    finally:
-        proxies.stop_all()
-        relay.stop()
+    with relayed_file_stack(upstream.address, tmp_path_factory.mktemp("security"),
+                            (CALLER, METERED, NARROW, STRANGER)) as relay_and_stack:
+        yield relay_and_stack
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +63,6 @@ def relay(relay_and_stack: tuple[RecordingRelay, FileStack]) -> RecordingRelay:
 @pytest.fixture(scope="module")
 def stack(relay_and_stack: tuple[RecordingRelay, FileStack]) -> FileStack:
     return relay_and_stack[1]
-
-
-def out_node(yaml_text: str) -> NodePolicy:
-    """chat_service's out-node policy, compiled here as its out-proxy compiles it."""
-    return NodePolicy.from_snapshot(scope_snapshot(load_policy(yaml_text), pb.ROLE_OUT, CALLER))
 
 
 @pytest.fixture(scope="module")
@@ -100,10 +82,6 @@ def crafted_refusal(in_address: str, method: str, metadata: tuple[tuple[str, byt
     with pytest.raises(grpc.RpcError) as raised:
         crafted_call(in_address, method, metadata, messages)
     return reason_of(raised.value)
-
-
-def new_call(chat: NodePolicy, method: str = UNARY) -> OutboundCall:
-    return chat.outbound(method, time.time())
 
 
 # --- what travels between the proxies -------------------------------------------------

@@ -31,8 +31,6 @@ from dataplane import (
     CALLER,
     METERED,
     NARROW,
-    SERVING,
-    DataplanePolicy,
     FileStack,
     Proxies,
     ProxyProcess,
@@ -40,9 +38,13 @@ from dataplane import (
     channel,
     free_address,
     make_pki,
+    new_call,
+    out_node,
     poll,
     reason_of,
+    relayed_file_stack,
     start_file_stack,
+    start_tls_pair,
 )
 from test_fast_path import ReflectingFront
 from upstream_app import (
@@ -57,10 +59,6 @@ from upstream_app import (
 )
 
 from fastproxy.node_policy import NodePolicy
-from fastproxy.pipeline import OutboundCall
-from fastproxy.policy import load_policy
-from fastproxy.policy.scope import scope_snapshot
-from fastproxy.v1 import policy_pb2 as pb
 from fastproxy.v1 import tunnel_pb2 as tpb
 from proxy_svc.tunnel import (
     CARRY_METHOD,
@@ -90,17 +88,9 @@ def front(upstream: UpstreamProcess) -> Iterator[ReflectingFront]:
 @pytest.fixture(scope="module")
 def relay_and_stack(front: ReflectingFront, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[tuple[RecordingRelay, FileStack]]:
-    directory: Path = tmp_path_factory.mktemp("tunnel")
-    in_address = free_address()
-    relay = RecordingRelay(in_address).start()
-    proxies = Proxies(directory)
-    try:
-        yield relay, start_file_stack(proxies, front.address, directory,
-                                      callers=(CALLER, METERED, NARROW),
-                                      endpoint=relay.address, in_address=in_address)
-    finally:
-        proxies.stop_all()
-        relay.stop()
+    with relayed_file_stack(front.address, tmp_path_factory.mktemp("tunnel"),
+                            (CALLER, METERED, NARROW)) as relay_and_stack:
+        yield relay_and_stack
 
 
 @pytest.fixture(scope="module")
@@ -270,17 +260,9 @@ def test_rate_limit_holds_for_carried_calls(stack: FileStack, relay: RecordingRe
 # --- 2. crafted frames straight to the in-proxy ----------------------------------------
 
 
-def out_node(yaml_text: str, caller: str = CALLER) -> NodePolicy:
-    return NodePolicy.from_snapshot(scope_snapshot(load_policy(yaml_text), pb.ROLE_OUT, caller))
-
-
 @pytest.fixture(scope="module")
 def chat(stack: FileStack) -> NodePolicy:
     return out_node(stack.policy.yaml_text())
-
-
-def new_call(node: NodePolicy, method: str = UNARY) -> OutboundCall:
-    return node.outbound(method, time.time())
 
 
 def call_frame(call_id: int, method: str, metadata: Sequence[tuple[str, str | bytes]],
@@ -496,19 +478,11 @@ def test_a_draining_in_proxy_finishes_its_carried_calls(
 def test_the_tunnel_runs_over_mutual_tls_between_the_proxies(
         front: ReflectingFront, tmp_path: Path) -> None:
     pki = make_pki(tmp_path, (CALLEE, CALLER, "chat_app"))
-    in_address, out_address = free_address(), free_address()
-    path = tmp_path / "policy.yaml"
-    path.write_text(DataplanePolicy(song_endpoints=(in_address,)).yaml_text())
     proxies = Proxies(tmp_path)
     try:
-        inproxy = proxies.start("in", CALLEE, in_address, wait=False, policy=path,
-                                upstream=front.address, extra=pki.flags(CALLEE))
-        out = proxies.start("out", CALLER, out_address, wait=False, policy=path,
-                            extra=pki.flags(CALLER))
-        app = pki.client_credentials("chat_app")
-        inproxy.wait_status(SERVING, credentials=app)
-        out.wait_status(SERVING, credentials=app)
-        with channel(out_address, app) as ch:
+        inproxy, out, app = start_tls_pair(proxies, pki, front.address, tmp_path)
+        in_address = inproxy.address
+        with channel(out.address, app) as ch:
             method = ch.unary_unary(UNARY)
 
             def opened() -> bool:
