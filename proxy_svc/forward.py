@@ -395,7 +395,6 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self._unary_callables: dict[tuple[str, str], Any] = {}
         self._tunnels = tunnels
         self.fast_calls = 0  # calls served on the unary fast path (for tests and debugging)
-        self.tunnel_calls = 0  # of those, sent over a tunnel (out-proxy)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
         method: str = handler_call_details.method
@@ -480,7 +479,6 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         if self._tunnels is not None:
             carried = self._tunnels.call(endpoint, method, message, timeout, metadata)
             if carried is not None:
-                self.tunnel_calls += 1
                 return carried
         key = (endpoint, method)
         upstream = self._unary_callables.get(key)

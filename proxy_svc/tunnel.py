@@ -67,9 +67,10 @@ MAX_PENDING = 1024
 FRAME_SLACK_BYTES = 1 << 20
 # After a stream ended, the next is opened no sooner than this.
 REOPEN_AFTER_S = 1.0
-# An in-proxy that answered UNIMPLEMENTED (an older version) is asked again after this.
+# An in-proxy that refused the stream (UNIMPLEMENTED with `--tunnel off`; a version without
+# the tunnel takes it for an app's call and refuses it) is asked again after this.
 UNSUPPORTED_RETRY_S = 60.0
-# The in-proxy's headers must arrive within this, or the stream is given up.
+# The in-proxy's first, empty message must arrive within this, or the stream is given up.
 OPEN_TIMEOUT_S = 5.0
 
 _CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
@@ -200,7 +201,6 @@ class _Session:
         self.outbox = Outbox()
         self.calls: dict[int, asyncio.Task[None]] = {}
         self._reading = True
-        self.carried = 0
         self.malformed: str | None = None
 
     async def read(self, requests: AsyncIterator[bytes]) -> None:
@@ -234,7 +234,6 @@ class _Session:
         if call_id in self.calls:
             _log.warning("tunnel from %s: call id %d reused; ignored", self._peer, call_id)
             return
-        self.carried += 1
         context = CarriedCallContext(call, self._peer, time.monotonic())
         self.calls[call_id] = asyncio.ensure_future(
             self._serve_one(call_id, call.method, call.message, context))
@@ -280,10 +279,6 @@ class TunnelService(grpc.GenericRpcHandler):
         self._draining = False
         self._handler = grpc.stream_stream_rpc_method_handler(
             self._carry if accept else self._refuse)
-
-    @property
-    def open_streams(self) -> int:
-        return len(self._sessions)
 
     def service(self, handler_call_details: grpc.HandlerCallDetails
                 ) -> grpc.RpcMethodHandler | None:
@@ -412,7 +407,6 @@ class TunnelLink:
         self._next_id = 1
         self._outbox = Outbox()
         self._task: asyncio.Task[None] | None = None
-        self.opened = 0  # streams opened, for tests and debugging
 
     def call(self, method: str, message: bytes, timeout: float | None,
              metadata: Metadata) -> TunnelCall | None:
@@ -469,7 +463,6 @@ class TunnelLink:
             self._retry_at = self._clock() + REOPEN_AFTER_S
             self.state = _IDLE
             return
-        self.opened += 1
         self._outbox = outbox = Outbox()
         self.state = _OPEN
         _log.info("tunnel to %s open", self.endpoint)
