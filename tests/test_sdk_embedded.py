@@ -6,8 +6,10 @@ unchanged generated demo stubs, sync and aio."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -142,8 +144,15 @@ def test_future_unary_call(echo: demo_pb2_grpc.EchoStub) -> None:
     assert done == [future]
 
 
+def audit_lines(caplog: pytest.LogCaptureFixture) -> list[dict[str, Any]]:
+    return [record.fields for record in caplog.records  # type: ignore[attr-defined]
+            if record.name == "fastproxy.audit"]
+
+
 def test_a_method_no_service_serves_fails_with_no_route(
-        stack: tuple[str, Path], interceptors: InterceptorSet) -> None:
+        stack: tuple[str, Path], interceptors: InterceptorSet,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fastproxy.audit")
     with grpc.insecure_channel(stack[0]) as plain:
         channel = grpc.intercept_channel(plain, *interceptors)
         with pytest.raises(grpc.RpcError) as caught:
@@ -157,10 +166,19 @@ def test_a_method_no_service_serves_fails_with_no_route(
     assert trailer(error, "fastproxy-proxy") == "client"
     assert stream.code() == grpc.StatusCode.UNIMPLEMENTED
     assert trailer(stream, "fastproxy-error") == "no_route"
+    # Each refusal of the SDK is one audit line, as an out-proxy writes for its own.
+    audits = audit_lines(caplog)
+    assert [(a["method"], a["reason"]) for a in audits] == [
+        ("/other.v1.Nowhere/Call", "no_route"), ("/other.v1.Nowhere/Stream", "no_route")]
+    for audit in audits:
+        assert (audit["event"], audit["proxy"], audit["caller"]) == ("refused", "client", CALLER)
+        assert audit["revision"] >= 1
 
 
 def test_a_response_from_a_plain_server_is_refused_as_unauthenticated(
-        stack: tuple[str, Path], interceptors: InterceptorSet) -> None:
+        stack: tuple[str, Path], interceptors: InterceptorSet,
+        caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fastproxy.audit")
     upstream = UpstreamServer().start()  # answers in plaintext: no envelope to open
     try:
         with grpc.insecure_channel(upstream.address) as plain:
@@ -172,6 +190,10 @@ def test_a_response_from_a_plain_server_is_refused_as_unauthenticated(
     assert caught.value.code() in (grpc.StatusCode.INVALID_ARGUMENT,
                                    grpc.StatusCode.UNAUTHENTICATED)
     assert trailer(caught.value, "fastproxy-proxy") == "client"
+    [audit] = audit_lines(caplog)
+    assert (audit["caller"], audit["callee"], audit["method"]) == (
+        CALLER, CALLEE, "/demo.v1.Echo/Unary")
+    assert audit["reason"] == trailer(caught.value, "fastproxy-error")
 
 
 def test_calls_wait_for_the_first_policy_then_fail_unavailable(
@@ -299,3 +321,28 @@ def test_aio_calls_wait_for_the_first_policy_then_fail_unavailable(
             made.close()
 
     asyncio.run(scenario())
+
+
+def test_aio_refusals_are_audit_lines_too(stack: tuple[str, Path],
+                                          caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.WARNING, logger="fastproxy.audit")
+
+    async def scenario() -> None:
+        made = fastproxy.aio_client_interceptors(service=CALLER, embedded=True,
+                                                 policy_file=str(stack[1]))
+        try:
+            async with grpc.aio.insecure_channel(stack[0], interceptors=made) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await channel.unary_unary("/other.v1.Nowhere/Call")(b"x", timeout=5)
+                assert caught.value.code() == grpc.StatusCode.UNIMPLEMENTED
+                stream = channel.unary_stream("/other.v1.Nowhere/Stream")(b"x", timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError):
+                    await stream.read()
+        finally:
+            made.close()
+
+    asyncio.run(scenario())
+    audits = audit_lines(caplog)
+    assert [(a["method"], a["reason"], a["proxy"], a["caller"]) for a in audits] == [
+        ("/other.v1.Nowhere/Call", "no_route", "client", CALLER),
+        ("/other.v1.Nowhere/Stream", "no_route", "client", CALLER)]

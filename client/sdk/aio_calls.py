@@ -150,13 +150,16 @@ class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStream
             return self._attempt.messages.response(raw)
         except FastProxyError as refused:
             self._call.cancel()
-            self._refusal = aio_refusal(refused)
+            self._refusal = aio_refusal(self._audited(refused))
             raise self._refusal from None
+
+    def _audited(self, refused: FastProxyError) -> FastProxyError:
+        return self._core.refused(refused, self._plan, self._attempt)
 
     async def _after_failure(self, err: grpc.aio.AioRpcError) -> None:
         requests = self._requests
         if requests is not None and requests.error is not None:
-            self._refusal = aio_refusal(requests.error)
+            self._refusal = aio_refusal(self._audited(requests.error))
             raise self._refusal from None
         replayable = requests is None or requests.replayable
         delay = None if self._cancelled or not replayable else self._core.retry_delay(
@@ -167,6 +170,6 @@ class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStream
         try:
             self._attempt = self._core.next_attempt(self._plan)
         except FastProxyError as refused:
-            self._refusal = aio_refusal(refused)
+            self._refusal = aio_refusal(self._core.refused(refused, self._plan))
             raise self._refusal from None
         self._call = await self._start(self._attempt)

@@ -45,13 +45,13 @@ class _AioInterceptor:
                     await asyncio.sleep(POLICY_POLL_S)
             return plan, core.next_attempt(plan)
         except FastProxyError as refused:
-            raise aio_refusal(refused) from None
+            raise aio_refusal(core.refused(refused, plan)) from None
 
     def _next_attempt(self, plan: CallPlan) -> Attempt:
         try:
             return self._core.next_attempt(plan)
         except FastProxyError as refused:
-            raise aio_refusal(refused) from None
+            raise aio_refusal(self._core.refused(refused, plan)) from None
 
     async def _unary_response(self, continuation: Continuation,
                               details: grpc.aio.ClientCallDetails,
@@ -74,7 +74,7 @@ class _AioInterceptor:
                     raw = await unary._call
                 except grpc.aio.AioRpcError as err:
                     if requests is not None and requests.error is not None:
-                        raise unary.refuse(requests.error) from None
+                        raise unary.refuse(core.refused(requests.error, plan, attempt)) from None
                     delay = core.retry_delay(plan, err.code(), err.trailing_metadata(),
                                              responded=False) if retryable else None
                     if delay is None:
@@ -89,7 +89,7 @@ class _AioInterceptor:
                 try:
                     return attempt.messages.response(raw)
                 except FastProxyError as refused:
-                    raise unary.refuse(refused) from None
+                    raise unary.refuse(core.refused(refused, plan, attempt)) from None
 
         return AioUnaryCall(first, finish)
 

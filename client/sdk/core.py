@@ -20,6 +20,7 @@ import grpc
 from fastproxy.errors import FastProxyError, Reason
 from fastproxy.node_policy import NodePolicy
 from fastproxy.policy.model import RetryPolicy
+from fastproxy.telemetry.logs import audit_refused_call
 
 from .call_defaults import CallDefaultsTable
 from .config import SdkConfig
@@ -142,6 +143,19 @@ class SdkCore:
 
     def may_retry(self, plan: CallPlan) -> bool:
         return plan.retry is not None and plan.attempts_made < plan.retry.max_attempts
+
+    def refused(self, error: FastProxyError, plan: CallPlan | None,
+                attempt: Attempt | None = None) -> FastProxyError:
+        """The one audit line of a call this SDK refuses (as the out-proxy writes for its
+        own, with `proxy=client`); returns `error` for the caller to raise. Every refusal of
+        the four interceptors goes through here once."""
+        audit_refused_call(
+            proxy=PROXY_NAME, caller=self.config.service,
+            callee=attempt.messages.callee if attempt is not None else "",
+            method=plan.method if plan is not None else "", reason=error.reason.value,
+            revision=self.source.holder.revision if self.source is not None else 0,
+            peer="", detail=error.detail)
+        return error
 
     def close(self) -> None:
         if self.source is not None:

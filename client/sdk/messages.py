@@ -19,7 +19,11 @@ from fastproxy.pipeline import OutboundCall
 
 
 class MessageCodec(Protocol):
-    """What one attempt does to each message on its way out and in."""
+    """What one attempt does to each message on its way out and in; `callee` is the
+    service the policy routed the call to ("" when the SDK does not route)."""
+
+    @property
+    def callee(self) -> str: ...
 
     def request(self, message: Any) -> Any: ...
 
@@ -28,6 +32,8 @@ class MessageCodec(Protocol):
 
 class PassThrough:
     """Sidecar mode: the out-proxy seals and opens."""
+
+    callee = ""
 
     def request(self, message: Any) -> Any:
         return message
@@ -46,6 +52,10 @@ class SealedMessages:
 
     def __init__(self, call: OutboundCall) -> None:
         self._call = call
+
+    @property
+    def callee(self) -> str:
+        return self._call.destination
 
     def request(self, message: Any) -> Any:
         if isinstance(message, bytes):

@@ -25,7 +25,10 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
     """A unary-response outcome whose response is opened on first access."""
 
     def __init__(self, outcome: Any, messages: MessageCodec,
-                 requests: RequestLog | None = None) -> None:
+                 requests: RequestLog | None = None,
+                 refused: Callable[[FastProxyError], FastProxyError] = lambda err: err) -> None:
+        """`refused` audits a refusal of the SDK's own (`SdkCore.refused`)."""
+        self._refused = refused
         self._outcome = outcome
         self._messages = messages
         self._requests = requests
@@ -41,12 +44,12 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
                 raw = self._outcome.result(timeout)
             except grpc.RpcError:
                 if self._requests is not None and self._requests.error is not None:
-                    self._refusal = Refusal(self._requests.error)
+                    self._refusal = Refusal(self._refused(self._requests.error))
                 return
             try:
                 self._opened = self._messages.response(raw)
             except FastProxyError as err:
-                self._refusal = Refusal(err)
+                self._refusal = Refusal(self._refused(err))
 
     def _settle_quietly(self) -> None:
         try:
@@ -154,14 +157,17 @@ class SyncStreamCall(grpc.Call, grpc.Future):
                 return self._attempt.messages.response(raw)
             except FastProxyError as refused:
                 self._call.cancel()
-                self._refusal = Refusal(refused)
+                self._refusal = Refusal(self._audited(refused))
                 raise self._refusal from None
+
+    def _audited(self, refused: FastProxyError) -> FastProxyError:
+        return self._core.refused(refused, self._plan, self._attempt)
 
     def _after_failure(self, err: grpc.RpcError) -> None:
         """Starts the next attempt, or raises the failure as final."""
         requests = self._requests
         if requests is not None and requests.error is not None:
-            self._refusal = Refusal(requests.error)
+            self._refusal = Refusal(self._audited(requests.error))
             raise self._refusal from None
         replayable = requests is None or requests.replayable
         delay = None if self._cancelled or not replayable else self._core.retry_delay(
@@ -172,7 +178,7 @@ class SyncStreamCall(grpc.Call, grpc.Future):
         try:
             self._attempt = self._core.next_attempt(self._plan)
         except FastProxyError as refused:
-            self._refusal = Refusal(refused)
+            self._refusal = Refusal(self._core.refused(refused, self._plan))
             raise self._refusal from None
         self._call = self._start(self._attempt)
 

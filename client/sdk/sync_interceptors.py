@@ -3,6 +3,7 @@ the shared `SdkCore` (the aio twin is `aio_interceptors`)."""
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import namedtuple
 from collections.abc import Callable, Iterator
@@ -39,24 +40,27 @@ class _SyncInterceptor:
     def __init__(self, core: SdkCore) -> None:
         self._core = core
 
-    def _begin(self, details: grpc.ClientCallDetails) -> tuple[CallPlan, Attempt]:
+    def _begin(self, details: grpc.ClientCallDetails) -> tuple[CallPlan, Attempt | Refusal]:
+        """The call's plan and its first attempt, or the SDK's refusal of it."""
         core = self._core
         plan = core.plan(details.method, details.timeout, details.metadata)
-        if core.needs_policy():
-            waited = core.policy_wait_s(plan)
-            assert core.source is not None
-            if core.source.wait(waited) is None:
-                raise core.no_policy(waited)
-        return plan, core.next_attempt(plan)
+        try:
+            if core.needs_policy():
+                waited = core.policy_wait_s(plan)
+                assert core.source is not None
+                if core.source.wait(waited) is None:
+                    raise core.no_policy(waited)
+            return plan, core.next_attempt(plan)
+        except FastProxyError as refused:
+            return plan, Refusal(core.refused(refused, plan))
 
     def _unary_response(self, continuation: Continuation, details: grpc.ClientCallDetails,
                         request_for: Callable[[Attempt], Any],
                         requests: RequestLog | None) -> Any:
         core = self._core
-        try:
-            plan, attempt = self._begin(details)
-        except FastProxyError as refused:
-            return Refusal(refused)
+        plan, attempt = self._begin(details)
+        if isinstance(attempt, Refusal):
+            return attempt
         while True:
             outcome = continuation(_details_for(details, attempt), request_for(attempt))
             if core.may_retry(plan) and (requests is None or requests.replayable):
@@ -69,19 +73,19 @@ class _SyncInterceptor:
                         try:
                             attempt = core.next_attempt(plan)
                         except FastProxyError as refused:
-                            return Refusal(refused)
+                            return Refusal(core.refused(refused, plan))
                         continue
             if not core.config.embedded:
                 return outcome
-            return SyncUnaryCall(outcome, attempt.messages, requests)
+            return SyncUnaryCall(outcome, attempt.messages, requests,
+                                 functools.partial(core.refused, plan=plan, attempt=attempt))
 
     def _stream_response(self, continuation: Continuation, details: grpc.ClientCallDetails,
                          request_for: Callable[[Attempt], Any],
                          requests: RequestLog | None) -> Any:
-        try:
-            plan, attempt = self._begin(details)
-        except FastProxyError as refused:
-            return Refusal(refused)
+        plan, attempt = self._begin(details)
+        if isinstance(attempt, Refusal):
+            return attempt
 
         def start(next_attempt: Attempt) -> Any:
             return continuation(_details_for(details, next_attempt), request_for(next_attempt))
