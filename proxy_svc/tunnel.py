@@ -60,8 +60,12 @@ CARRY_METHOD = "/fastproxy.v1.Tunnel/Carry"
 MAX_REQUEST_BYTES = 256 * 1024
 # The writer packs ready frames into one stream message up to this size (at least one frame).
 MAX_BATCH_BYTES = 256 * 1024
-# Calls in flight on one stream, at most; more take calls of their own.
+# Calls in flight on one stream, at most: more take calls of their own at the out-proxy, and
+# the in-proxy reads no further frame from a stream that has this many running (HTTP/2 flow
+# control then holds the sender back, as it would for calls of their own).
 MAX_PENDING = 1024
+# Bytes waiting for a stream's writer, at most, on either side (the same two effects).
+MAX_QUEUED_BYTES = 8 * 1024 * 1024
 # The tunnel connection's message limits exceed the proxy's by this: room for a reply's
 # metadata and framing around a response of the largest allowed size.
 FRAME_SLACK_BYTES = 1 << 20
@@ -98,15 +102,17 @@ def encoded_frame(frame: tpb.TunnelFrame) -> bytes:
 class Outbox:
     """Frames waiting for the stream's writer; `next_batch` joins every frame ready."""
 
-    __slots__ = ("_chunks", "_closed", "_ready")
+    __slots__ = ("_chunks", "_closed", "_ready", "size")
 
     def __init__(self) -> None:
         self._chunks: list[bytes] = []
         self._ready = asyncio.Event()
         self._closed = False
+        self.size = 0  # bytes waiting
 
     def put(self, chunk: bytes) -> None:
         self._chunks.append(chunk)
+        self.size += len(chunk)
         self._ready.set()
 
     def close(self) -> None:
@@ -121,14 +127,16 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         chunks = self._chunks
-        if len(chunks) == 1 or sum(map(len, chunks)) <= MAX_BATCH_BYTES:
+        if len(chunks) == 1 or self.size <= MAX_BATCH_BYTES:
             self._chunks = []
+            self.size = 0
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         size = taken = 0
         while taken < len(chunks) and (taken == 0 or size + len(chunks[taken]) <= MAX_BATCH_BYTES):
             size += len(chunks[taken])
             taken += 1
         self._chunks = chunks[taken:]
+        self.size -= size
         return b"".join(chunks[:taken])
 
 
@@ -201,6 +209,8 @@ class _Session:
         self.outbox = Outbox()
         self.calls: dict[int, asyncio.Task[None]] = {}
         self._reading = True
+        self._room = asyncio.Event()  # set while the stream may start more calls
+        self._room.set()
         self.malformed: str | None = None
 
     async def read(self, requests: AsyncIterator[bytes]) -> None:
@@ -226,6 +236,17 @@ class _Session:
                     task = self.calls.pop(frame.id, None)
                     if task is not None:
                         task.cancel()
+            self.check_room()
+            await self._room.wait()
+
+    def check_room(self) -> None:
+        """Reading goes on only while fewer than MAX_PENDING calls run and fewer than
+        MAX_QUEUED_BYTES of replies wait: a peer that sends faster than its calls end, or
+        reads no reply, is held back by flow control instead of growing our memory."""
+        if len(self.calls) < MAX_PENDING and self.outbox.size < MAX_QUEUED_BYTES:
+            self._room.set()
+        else:
+            self._room.clear()
 
     def go_away(self) -> None:
         self.outbox.put(encoded_frame(tpb.TunnelFrame(goaway=True)))
@@ -255,6 +276,7 @@ class _Session:
             del self.calls[call_id]
         if answered:
             self.outbox.put(context.reply(call_id, response))
+        self.check_room()
         self._end_if_idle()
 
     def _end_if_idle(self) -> None:
@@ -308,6 +330,7 @@ class TunnelService(grpc.GenericRpcHandler):
         reader = asyncio.ensure_future(session.read(requests))
         try:
             while (batch := await session.outbox.next_batch()) is not None:
+                session.check_room()
                 yield batch
             if session.malformed is not None:
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session.malformed)
@@ -415,7 +438,7 @@ class TunnelLink:
                 self.state = _OPENING
                 self._task = asyncio.ensure_future(self._run())
             return None
-        if len(self._pending) >= MAX_PENDING:
+        if len(self._pending) >= MAX_PENDING or self._outbox.size >= MAX_QUEUED_BYTES:
             return None
         call_id = self._next_id
         self._next_id += 1

@@ -58,12 +58,15 @@ from upstream_app import (
     UpstreamProcess,
 )
 
+import proxy_svc.tunnel as tunnel_module
 from fastproxy.node_policy import NodePolicy
 from fastproxy.v1 import tunnel_pb2 as tpb
 from proxy_svc.tunnel import (
     CARRY_METHOD,
     MAX_BATCH_BYTES,
+    CarriedCallContext,
     Outbox,
+    TunnelService,
     encoded_frame,
     metadata_entries,
     metadata_of,
@@ -550,7 +553,9 @@ def test_a_batch_is_the_frames_joined_in_order_and_capped_in_size() -> None:
             outbox.put(encoded_frame(tpb.TunnelFrame(id=index, cancel=True)))
         big = encoded_frame(tpb.TunnelFrame(id=6, reply=tpb.TunnelReply(
             message=b"b" * MAX_BATCH_BYTES)))
+        assert outbox.size == 5 * len(encoded_frame(tpb.TunnelFrame(id=1, cancel=True)))
         first = await outbox.next_batch()
+        assert outbox.size == 0
         outbox.put(big)
         outbox.put(encoded_frame(tpb.TunnelFrame(id=7, goaway=True)))
         outbox.close()
@@ -564,3 +569,51 @@ def test_a_batch_is_the_frames_joined_in_order_and_capped_in_size() -> None:
     assert [frame.id for frame in carried_frames(big)] == [6]  # alone: over the cap
     assert [frame.id for frame in carried_frames(last)] == [7]
     assert end == b"<end>"
+
+
+def test_an_in_proxy_starts_no_more_carried_calls_than_its_limit_at_once(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A peer sending calls faster than they end is held back: the in-proxy stops reading
+    its stream at MAX_PENDING running calls (8 here) and goes on as they end."""
+    monkeypatch.setattr(tunnel_module, "MAX_PENDING", 8)
+    sent_calls = 20
+
+    async def scenario() -> tuple[int, int, int]:
+        running = started = 0
+        most = 0
+        release = asyncio.Event()
+
+        async def serve(method: str, message: bytes, context: CarriedCallContext) -> bytes:
+            nonlocal running, started, most
+            started += 1
+            running += 1
+            most = max(most, running)
+            await release.wait()
+            running -= 1
+            return message
+
+        server = grpc.aio.server()
+        server.add_generic_rpc_handlers((TunnelService(serve),))
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+                stream = ch.stream_stream(CARRY_METHOD, None, tpb.TunnelFrames.FromString)()
+                assert not (await stream.read()).frames  # the in-proxy's first, empty message
+                for call_id in range(1, sent_calls + 1):
+                    await stream.write(encoded_frame(call_frame(call_id, UNARY, (), b"m")))
+                await asyncio.sleep(0.5)
+                started_before_release = started
+                release.set()
+                await stream.done_writing()
+                replies = 0
+                while (batch := await stream.read()) is not grpc.aio.EOF:
+                    replies += sum(frame.HasField("reply") for frame in batch.frames)
+                return started_before_release, most, replies
+        finally:
+            await server.stop(0)
+
+    started_before_release, most, replies = asyncio.run(scenario())
+    assert started_before_release == 8
+    assert most == 8
+    assert replies == sent_calls
