@@ -453,7 +453,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         metadata: Metadata = tuple(context.invocation_metadata() or ())
         record = self._observer.begin(method, metadata, context.peer())
         try:
-            async for message in self._forward(method, requests, context, record):
+            async for message in self._forward(method, requests, context, record, metadata):
                 yield message
         finally:
             self._observer.end(record, method)
@@ -463,7 +463,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         metadata: Metadata = tuple(context.invocation_metadata() or ())
         record = self._observer.begin(method, metadata, context.peer())
         try:
-            return await self._unary(method, request, context, record)
+            return await self._unary(method, request, context, record, metadata)
         finally:
             self._observer.end(record, method)
 
@@ -488,11 +488,14 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         return upstream(message, timeout=timeout, metadata=metadata)
 
     async def _unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext,
-                     record: CallRecord | None = None) -> bytes | None:
+                     record: CallRecord | None = None,
+                     metadata: Metadata | None = None) -> bytes | None:
         """The fast path: the same stages as `_forward`, one message each way. `context` is
-        grpc's, or a `CarriedCallContext` for a call a tunnel carried."""
+        grpc's, or a `CarriedCallContext` for a call a tunnel carried; `metadata` its
+        invocation metadata when the caller already read it."""
         self.fast_calls += 1
-        metadata: Metadata = tuple(context.invocation_metadata() or ())
+        if metadata is None:
+            metadata = tuple(context.invocation_metadata() or ())
         asked = self._tells_kind and (KIND_KEY, ASK_KIND) in metadata
         plan: CallPlan | None = None
         try:
@@ -551,8 +554,10 @@ class ForwardingHandler(grpc.GenericRpcHandler):
 
     async def _forward(self, method: str, requests: AsyncIterator[bytes],
                        context: grpc.aio.ServicerContext,
-                       record: CallRecord | None = None) -> AsyncIterator[bytes]:
-        metadata: Metadata = tuple(context.invocation_metadata() or ())
+                       record: CallRecord | None = None,
+                       metadata: Metadata | None = None) -> AsyncIterator[bytes]:
+        if metadata is None:
+            metadata = tuple(context.invocation_metadata() or ())
         asked = self._tells_kind and (KIND_KEY, ASK_KIND) in metadata
         try:
             plan = self._role.begin(method, metadata, self._clock())
