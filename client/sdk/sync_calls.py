@@ -24,9 +24,8 @@ StartAttempt = Callable[[Attempt], Any]
 class SyncUnaryCall(grpc.Call, grpc.Future):
     """A unary-response outcome whose response is opened on first access."""
 
-    def __init__(self, outcome: Any, messages: MessageCodec,
-                 requests: RequestLog | None = None,
-                 refused: Callable[[FastProxyError], FastProxyError] = lambda err: err) -> None:
+    def __init__(self, outcome: Any, messages: MessageCodec, requests: RequestLog | None,
+                 refused: Callable[[FastProxyError], FastProxyError]) -> None:
         """`refused` audits a refusal of the SDK's own (`SdkCore.refused`)."""
         self._refused = refused
         self._outcome = outcome
