@@ -31,7 +31,6 @@ every other status (including an app's own UNAVAILABLE) passes through unchanged
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import logging
 import time
@@ -41,6 +40,7 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
+from fastproxy.aio_calls import drain, value_now
 from fastproxy.errors import FastProxyError, Reason
 from proxy_svc.kinds import ASK_KIND, KIND_KEY, UNARY_KIND, MethodKinds, ReflectionLearner
 from proxy_svc.metadata import (
@@ -61,8 +61,6 @@ _DEADLINE_SLACK_S = 0.002
 # A cancelled call this close to its deadline was ended by it (the client's timer fires and
 # resets the stream a little before ours would: the deadline crossed the wire).
 _DEADLINE_NEAR_S = 0.05
-# Before refusing, read what the client already sent, for at most this long (see `_drain`).
-REFUSAL_DRAIN_S = 0.1
 
 
 # --- what the security pipeline offers (implemented in fastproxy's pipeline) ------------
@@ -272,25 +270,6 @@ class _RequestPump:
             raise
 
 
-async def _drain(requests: AsyncIterator[bytes], limit_s: float = REFUSAL_DRAIN_S) -> None:
-    """Reads and drops the client's request messages until it half-closes, for at most
-    `limit_s`, so that a refusal does not end the stream under a write in flight.
-
-    Why: a grpc.aio client whose write fails because the server already ended the stream
-    reports INTERNAL "Internal error from Core" instead of the status the server sent
-    (grpc/grpc#36066, grpcio 1.85; measured: 62 of 200 refused calls from an aio client).
-    The out-proxy's hop to the in-proxy is such a client, so without this a `denied` or
-    `rate_limited` of the in-proxy reached the app as INTERNAL, without our trailers.
-    """
-    async def read_all() -> None:
-        async for _ in requests:
-            pass
-
-    with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError, StopAsyncIteration,
-                             asyncio.InvalidStateError):
-        await asyncio.wait_for(read_all(), limit_s)
-
-
 _CORE_WRITE_FAILURE = "Internal error from Core"
 # How a unary call to a method that streams ends (grpc.aio 1.85): a streaming upstream's second
 # message leaves the call waiting for its deadline; an upstream that no longer has the method
@@ -299,17 +278,6 @@ _MAYBE_WRONG_KIND = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCod
                                grpc.StatusCode.UNIMPLEMENTED})
 # How long to wait for the status a peer really sent, once grpc has reported the above.
 SETTLE_STATUS_S = 0.5
-
-
-def _value_now(coroutine: Any) -> Any:
-    """The result of a grpc.aio call accessor that already has it (the call is done), read
-    without an event loop turn; None if it would have to wait."""
-    try:
-        coroutine.send(None)
-    except StopIteration as finished:
-        return finished.value
-    coroutine.close()
-    return None
 
 
 class _StatusLog:
@@ -331,10 +299,10 @@ class _StatusLog:
         call.add_done_callback(self._record)
 
     def _record(self, call: Any) -> None:
-        code = _value_now(call.code())
+        code = value_now(call.code())
         if code is not None:
-            self.seen.append((code, _value_now(call.details()) or "",
-                              _value_now(call.trailing_metadata())))
+            self.seen.append((code, value_now(call.details()) or "",
+                              value_now(call.trailing_metadata())))
 
     def _real(self) -> tuple[grpc.StatusCode, str, Any] | None:
         for code, details, trailers in self.seen:
@@ -563,7 +531,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             plan = self._role.begin(method, metadata, self._clock())
             endpoint = self._pool.health.pick(plan.endpoints, time.monotonic())
         except FastProxyError as err:
-            await _drain(requests)
+            await drain(requests)
             await self._refuse(context, method, err, record)
             return
         if record is not None:
@@ -596,7 +564,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                 record.code = grpc.StatusCode.OK
         except grpc.aio.AioRpcError as failed:
             if pump.error is not None:
-                await _drain(requests)
+                await drain(requests)
                 await self._refuse(context, method, pump.error, record, plan)
             else:
                 failed = await statuses.settled(failed)

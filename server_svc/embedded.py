@@ -23,7 +23,6 @@ imposed on the app's handler (grpc gives a server no way to shorten a call's dea
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import inspect
 import os
@@ -35,6 +34,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from fastproxy.aio_calls import REFUSAL_DRAIN_S, drain
 from fastproxy.center_credentials import CenterCredentials
 from fastproxy.errors import FastProxyError, Reason
 from fastproxy.node_policy import NodePolicy, NodeState
@@ -47,8 +47,6 @@ from fastproxy.watch import NodeIdentity, PolicyHolder
 PROXY_NAME = "in"  # the `fastproxy-proxy` trailer: this server stands in for the in-proxy
 # Reachable without a sealed call: orchestrators' health checks speak plain grpc.health.v1.
 DEFAULT_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
-# Before refusing a streaming call, read what the client already sent, at most this long.
-REFUSAL_DRAIN_S = 0.1
 
 Metadata = Sequence[tuple[str, str | bytes]]
 Serializer = Callable[[Any], bytes]
@@ -328,25 +326,11 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
 # --- grpc.aio.server ------------------------------------------------------------------------
 
 
-async def _aio_drain(requests: AsyncIterator[Any] | None,
-                     limit_s: float = REFUSAL_DRAIN_S) -> None:
-    """The aio twin of `_drain`."""
-    if requests is None:
-        return
-
-    async def read_all() -> None:
-        async for _ in requests:
-            pass
-
-    with contextlib.suppress(asyncio.TimeoutError, grpc.RpcError, StopAsyncIteration,
-                             asyncio.InvalidStateError):
-        await asyncio.wait_for(read_all(), limit_s)
-
-
 async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], error: FastProxyError,
                      audit: _CallAudit, unread: AsyncIterator[Any] | None = None) -> NoReturn:
     audit.refused(error, context.peer())
-    await _aio_drain(unread)
+    if unread is not None:
+        await drain(unread)
     await context.abort(error.status, error.detail, error.trailers(PROXY_NAME))
     raise AssertionError("context.abort returned")  # pragma: no cover
 

@@ -18,6 +18,7 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
+from fastproxy.aio_calls import value_now
 from fastproxy.errors import ERROR_TRAILER
 from fastproxy.telemetry.tracing import CallSpans, end_call_span
 
@@ -34,16 +35,6 @@ def client_spans(tracer_provider: Any | None, service: str) -> CallSpans | None:
                      service)
 
 
-def _now(coroutine: Any) -> Any:
-    """The value of a finished grpc.aio call's accessor, read without an event loop turn."""
-    try:
-        coroutine.send(None)
-    except StopIteration as finished:
-        return finished.value
-    coroutine.close()
-    return None
-
-
 def _reason(trailers: Any) -> str | None:
     for key, value in trailers or ():
         if key == ERROR_TRAILER:
@@ -54,7 +45,7 @@ def _reason(trailers: Any) -> str | None:
 def _end_from_call(span: Span, call: Any, aio: bool) -> None:
     try:
         if aio:
-            code, trailers = _now(call.code()), _now(call.trailing_metadata())
+            code, trailers = value_now(call.code()), value_now(call.trailing_metadata())
         else:
             code, trailers = call.code(), call.trailing_metadata()
     except Exception:  # a call that failed before it had a status
