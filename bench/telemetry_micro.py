@@ -8,7 +8,12 @@ What it times, each with the proxy's own code (`proxy_svc.observe.CallObserver`)
   sampler's answer for 99% of root calls): no span recorded, the context still forwarded;
 - `metrics`: the call's metrics only (no tracer);
 - `otlp encode`: turning one ended span into OTLP protobuf bytes, as the batch thread does
-  before sending (`opentelemetry-exporter-otlp-proto-common`).
+  before sending (`opentelemetry-exporter-otlp-proto-common`);
+- `default, out-proxy root` / `default, in-proxy unsampled`: what a proxy pays per call in
+  the configuration the load benchmark's `observed-sampled` proxies run (the default sampler,
+  parent-based 1%, and two metric readers, OTLP and Prometheus), one request and one response
+  through the timed plan: the out-proxy gets a call with no trace context (a root, dropped
+  99 times in 100), the in-proxy the out-proxy's unsampled `traceparent`.
 
 Run: `python bench/telemetry_micro.py [--calls 20000]` (a few seconds; one core).
 """
@@ -35,7 +40,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
+from fastproxy.telemetry.aggregated import AggregatedMetrics
 from fastproxy.telemetry.metrics import ProxyMetrics
+from fastproxy.telemetry.setup import DEFAULT_TRACE_SAMPLE_RATIO, default_sampler
 from proxy_svc.observe import CallObserver
 
 METHOD = "/demo.v1.Echo/Unary"
@@ -57,6 +64,12 @@ class _Call:
 class _Plan:
     call = _Call()
 
+    def request(self, message: bytes, now: float) -> bytes:
+        return message
+
+    def response(self, message: bytes, now: float) -> bytes:
+        return message
+
 
 def _observer(with_tracer: bool, with_metrics: bool) -> tuple[CallObserver, Any]:
     provider = None
@@ -68,18 +81,38 @@ def _observer(with_tracer: bool, with_metrics: bool) -> tuple[CallObserver, Any]
     metrics = None
     if with_metrics:
         meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
-        metrics = ProxyMetrics("in", meter, revision=lambda: 7)
+        metrics = ProxyMetrics("in", meter, AggregatedMetrics(), revision=lambda: 7)
     tracer = None if provider is None else provider.get_tracer("fastproxy.proxy")
     return CallObserver.with_tracer("in", "song_service", lambda: 7, tracer, metrics), provider
 
 
-def _one_call(observer: CallObserver, metadata: tuple[tuple[str, str | bytes], ...]
-              ) -> Callable[[], None]:
+def _default_observer(proxy: str) -> tuple[CallObserver, Any]:
+    """A proxy's observer as `configure_telemetry` builds it with no OTEL_TRACES_SAMPLER and
+    both an OTLP and a Prometheus reader (two in-memory readers here)."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "bench"}),
+                              sampler=default_sampler({}))
+    provider.add_span_processor(BatchSpanProcessor(
+        _Discard(), max_queue_size=1 << 20, schedule_delay_millis=100))
+    meter = MeterProvider(metric_readers=[InMemoryMetricReader(), InMemoryMetricReader()]
+                          ).get_meter("bench")
+    metrics = ProxyMetrics(proxy, meter, AggregatedMetrics(), revision=lambda: 7)
+    observer = CallObserver.with_tracer(proxy, "song_service" if proxy == "in" else "chat",
+                                        lambda: 7, provider.get_tracer("fastproxy.proxy"),
+                                        metrics)
+    return observer, provider
+
+
+def _one_call(observer: CallObserver, metadata: tuple[tuple[str, str | bytes], ...],
+              messages: bool = False) -> Callable[[], None]:
     plan = _Plan()
+    message = b"x" * 1024
 
     def call() -> None:
         record = observer.begin(METHOD, metadata, PEER)
-        observer.admitted(record, plan)
+        timed = observer.admitted(record, plan)
+        if messages:
+            timed.request(message, 0.0)
+            timed.response(message, 0.0)
         record.code = grpc.StatusCode.OK
         observer.end(record, METHOD)
     return call
@@ -108,6 +141,13 @@ def measure(calls: int) -> dict[str, float]:
             _one_call(observer, (*base, ("traceparent", parent))), calls)
         if provider is not None:
             provider.shutdown()
+    assert DEFAULT_TRACE_SAMPLE_RATIO == 0.01
+    for label, proxy, parent in (("default, out-proxy root", "out", None),
+                                 ("default, in-proxy unsampled", "in", UNSAMPLED)):
+        observer, provider = _default_observer(proxy)
+        metadata = base if parent is None else (*base, ("traceparent", parent))
+        figures[label] = _us_per_call(_one_call(observer, metadata, messages=True), calls)
+        provider.shutdown()
     # One ended span as the in-proxy makes it, encoded as the OTLP exporter does.
     kept = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))

@@ -66,10 +66,10 @@ def _call_observer(config: ProxyConfig, holder: PolicyHolder[NodePolicy],
 
     metrics = None
     meter = telemetry.meter("fastproxy.proxy")
-    if meter is not None:
+    if meter is not None and telemetry.aggregated is not None:
         reconnects = getattr(source, "reconnects", None)
         metrics = ProxyMetrics(
-            config.role, meter, revision=revision,
+            config.role, meter, telemetry.aggregated, revision=revision,
             reconnects=(lambda: int(getattr(source, "reconnects", 0)))
             if reconnects is not None else None)
     return CallObserver.with_tracer(config.role, config.service, revision,

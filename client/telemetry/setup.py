@@ -25,10 +25,13 @@ import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
+
+if TYPE_CHECKING:  # imported when metrics are configured (it loads the exporters)
+    from fastproxy.telemetry.aggregated import AggregatedMetrics
 
 log = logging.getLogger("fastproxy.telemetry")
 
@@ -52,6 +55,9 @@ class Telemetry:
     tracer_provider: Any | None
     meter_provider: Any | None
     metrics_port: int | None = None
+    # Histograms aggregated by FastProxy's code, exported by `meter_provider`'s readers
+    # (`fastproxy.telemetry.aggregated`); None when metrics are off.
+    aggregated: AggregatedMetrics | None = None
 
     @property
     def tracing(self) -> bool:
@@ -190,26 +196,35 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces, env)))
 
     meter_provider = None
+    aggregated: AggregatedMetrics | None = None
     readers: list[Any] = []
-    if metrics != "none":
-        from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
+    if metrics != "none" or metrics_port is not None:
+        from fastproxy.telemetry.aggregated import (
+            AggregatedMetrics,
+            PeriodicReader,
+            PrometheusReader,
+            delta_preferred,
+        )
 
-        readers.append(PeriodicExportingMetricReader(_metric_exporter(metrics, env)))
-    if metrics_port is not None:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
+        aggregated = AggregatedMetrics(resource)
+        if metrics != "none":
+            readers.append(PeriodicReader(_metric_exporter(metrics, env), aggregated,
+                                          delta=delta_preferred(env)))
+        if metrics_port is not None:
+            from prometheus_client import start_http_server
 
-        # The reader registers with prometheus_client's default registry, which the HTTP
-        # server serves. Resource attributes go to target_info only.
-        readers.append(PrometheusMetricReader())
-        start_http_server(metrics_port, addr=metrics_host)
-        log.info("metrics for Prometheus on http://%s:%d/metrics", metrics_host, metrics_port)
+            # The reader registers with prometheus_client's default registry, which the
+            # HTTP server serves. Resource attributes go to target_info only.
+            readers.append(PrometheusReader(aggregated))
+            start_http_server(metrics_port, addr=metrics_host)
+            log.info("metrics for Prometheus on http://%s:%d/metrics", metrics_host,
+                     metrics_port)
     if readers:
         from opentelemetry.sdk.metrics import MeterProvider
 
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
 
-    installed = Telemetry(tracer_provider, meter_provider, metrics_port)
+    installed = Telemetry(tracer_provider, meter_provider, metrics_port, aggregated)
     if install_global and _installed is None:
         if tracer_provider is not None:
             trace.set_tracer_provider(tracer_provider)
