@@ -42,6 +42,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
 from fastproxy.telemetry.aggregated import AggregatedMetrics
 from fastproxy.telemetry.metrics import ProxyMetrics
+from fastproxy.telemetry.sampling import PresetTraceIds, SamplingShortcut
 from fastproxy.telemetry.setup import DEFAULT_TRACE_SAMPLE_RATIO, default_sampler
 from proxy_svc.observe import CallObserver
 
@@ -87,10 +88,12 @@ def _observer(with_tracer: bool, with_metrics: bool) -> tuple[CallObserver, Any]
 
 
 def _default_observer(proxy: str) -> tuple[CallObserver, Any]:
-    """A proxy's observer as `configure_telemetry` builds it with no OTEL_TRACES_SAMPLER and
-    both an OTLP and a Prometheus reader (two in-memory readers here)."""
+    """A proxy's observer as `configure_telemetry` builds it with no OTEL_TRACES_SAMPLER (and
+    so the sampling shortcut) and both an OTLP and a Prometheus reader (two in-memory readers
+    here)."""
+    ids = PresetTraceIds()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}),
-                              sampler=default_sampler({}))
+                              sampler=default_sampler({}), id_generator=ids)
     provider.add_span_processor(BatchSpanProcessor(
         _Discard(), max_queue_size=1 << 20, schedule_delay_millis=100))
     meter = MeterProvider(metric_readers=[InMemoryMetricReader(), InMemoryMetricReader()]
@@ -98,7 +101,7 @@ def _default_observer(proxy: str) -> tuple[CallObserver, Any]:
     metrics = ProxyMetrics(proxy, meter, AggregatedMetrics(), revision=lambda: 7)
     observer = CallObserver.with_tracer(proxy, "song_service" if proxy == "in" else "chat",
                                         lambda: 7, provider.get_tracer("fastproxy.proxy"),
-                                        metrics)
+                                        metrics, SamplingShortcut(DEFAULT_TRACE_SAMPLE_RATIO, ids))
     return observer, provider
 
 

@@ -73,7 +73,8 @@ def _call_observer(config: ProxyConfig, holder: PolicyHolder[NodePolicy],
             reconnects=(lambda: int(getattr(source, "reconnects", 0)))
             if reconnects is not None else None)
     return CallObserver.with_tracer(config.role, config.service, revision,
-                                    telemetry.tracer("fastproxy.proxy"), metrics)
+                                    telemetry.tracer("fastproxy.proxy"), metrics,
+                                    telemetry.shortcut)
 
 
 async def serve(config: ProxyConfig) -> None:

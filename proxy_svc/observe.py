@@ -22,9 +22,9 @@ from opentelemetry.trace import Span, SpanKind
 from fastproxy.errors import FastProxyError
 from fastproxy.telemetry.logs import audit_refused_call
 from fastproxy.telemetry.metrics import ProxyMetrics
+from fastproxy.telemetry.sampling import SamplingShortcut, Unsampled
 from fastproxy.telemetry.tracing import (
     CallSpans,
-    context_from_metadata,
     end_call_span,
     trace_id_of,
     trace_metadata_of,
@@ -38,11 +38,14 @@ class CallRecord:
     """One call through the proxy, as telemetry sees it."""
 
     __slots__ = ("callee", "caller", "code", "detail", "forward_metadata", "opened_s",
-                 "reason", "received", "sealed_s", "sent", "span", "started")
+                 "reason", "received", "sealed_s", "sent", "span", "started", "trace_id")
 
-    def __init__(self, span: Span | None, forward_metadata: Metadata | None) -> None:
+    def __init__(self, span: Span | None, forward_metadata: Metadata | None,
+                 trace_id: str | None = None) -> None:
         self.span = span
         self.forward_metadata = forward_metadata
+        # The trace of a call no span was started for (the sampling shortcut's).
+        self.trace_id = trace_id
         self.started = time.perf_counter()
         self.caller = ""
         self.callee = ""
@@ -131,22 +134,24 @@ class CallObserver:
 
     @classmethod
     def with_tracer(cls, proxy: str, service: str, revision: Callable[[], int],
-                    tracer: Any | None, metrics: ProxyMetrics | None) -> CallObserver:
-        spans = None if tracer is None else CallSpans(tracer, proxy, SpanKind.SERVER, service)
+                    tracer: Any | None, metrics: ProxyMetrics | None,
+                    shortcut: SamplingShortcut | None = None) -> CallObserver:
+        spans = None if tracer is None else CallSpans(tracer, proxy, SpanKind.SERVER, service,
+                                                      shortcut)
         return cls(proxy, service, revision, spans, metrics)
 
     # --- per call, only when active ---------------------------------------------------
 
     def begin(self, method: str, metadata: Metadata, peer: str | None) -> CallRecord:
-        span = None
-        forward = None
-        if self.spans is not None:
-            span = self.spans.start(method, context_from_metadata(metadata), peer)
-            # The next hop's parent is this span: replace the incoming trace context.
-            forward = without_trace_context(metadata) + trace_metadata_of(span)
         if self.metrics is not None:
             self.metrics.active += 1
-        return CallRecord(span, forward)
+        if self.spans is None:
+            return CallRecord(None, None)
+        started = self.spans.start_from(method, metadata, peer)
+        if isinstance(started, Unsampled):
+            return CallRecord(None, started.forward, started.trace_id)
+        # The next hop's parent is this span: replace the incoming trace context.
+        return CallRecord(started, without_trace_context(metadata) + trace_metadata_of(started))
 
     def admitted(self, record: CallRecord, plan: Any) -> Any:
         record.caller, record.callee = _parties(plan, self.proxy, self.service)
@@ -195,8 +200,10 @@ class CallObserver:
         else:
             caller, callee = self.service, known_callee
         trace_id = None
-        if record is not None and record.span is not None:
-            trace_id = trace_id_of(record.span)
+        if record is not None:
+            trace_id = record.trace_id
+            if record.span is not None:
+                trace_id = trace_id_of(record.span)
         audit_refused_call(proxy=self.proxy, caller=caller, callee=callee, method=method,
                            reason=err.reason.value, revision=self.revision(), peer=peer or "",
                            detail=err.detail, trace_id=trace_id)

@@ -42,9 +42,10 @@ from fastproxy.node_policy import NodePolicy
 from fastproxy.pipeline import OutboundCall
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
-from fastproxy.v1 import center_pb2, center_pb2_grpc
+from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
 from proxy_svc.forward import _StatusLog
+from proxy_svc.tunnel import CARRY_METHOD
 
 MiB = 1024 * 1024
 KINDS = ("unary", "client_stream", "server_stream", "bidi")
@@ -512,6 +513,22 @@ class RecordingRelay:
             err = await statuses.settled(failed)
             record.trailers = list(err.trailing_metadata() or ())
             await context.abort(err.code(), err.details() or "", tuple(record.trailers))
+
+    def forwarded_metadata(self, method: str) -> list[dict[str, str]]:
+        """The text metadata of every `method` call the relay passed so far, whether on a
+        stream of its own or carried in a tunnel (`Tunnel/Carry` frames)."""
+        found = [{key: value for key, value in call.metadata if isinstance(value, str)}
+                 for call in list(self.calls) if call.method == method]
+        for call in list(self.calls):
+            if call.method != CARRY_METHOD:
+                continue
+            for message in list(call.requests):
+                for frame in tunnel_pb2.TunnelFrames.FromString(message).frames:
+                    if frame.HasField("call") and frame.call.method == method:
+                        found.append({entry.key: entry.value.decode()
+                                      for entry in frame.call.metadata
+                                      if not entry.key.endswith("-bin")})
+        return found
 
     def stop(self) -> None:
         async def stop() -> None:

@@ -159,7 +159,8 @@ def test_a_call_its_client_does_not_sample_is_traced_at_no_hop_but_carries_its_c
 
     # What the out-proxy forwarded to the in-proxy: the same trace, flagged not sampled
     # (bit 0 clear; the SDK also sets the W3C level-2 "random trace id" bit, 02), with the
-    # out-proxy's (unrecorded) span as the parent.
+    # SDK client's (unrecorded) span as the parent: a hop that records nothing forwards
+    # the context as it came.
     forwarded = dict(stack.relay.calls[relayed].metadata)
     version, trace_id, parent_id, flags = str(forwarded["traceparent"]).split("-")
     assert (version, trace_id) == ("00", dropped_trace)
@@ -174,3 +175,41 @@ def test_a_call_its_client_does_not_sample_is_traced_at_no_hop_but_carries_its_c
     stack.receiver.wait_trace(format(sampled.get_span_context().trace_id, "032x"),
                               set(HOPS[1:]))
     assert stack.receiver.trace(dropped_trace) == []
+
+
+def test_calls_with_no_trace_context_are_sampled_once_at_the_out_proxy_and_followed(
+        stack: TelemetryStack, provider: TracerProvider,
+        echo: demo_pb2_grpc.EchoStub) -> None:
+    """A client with no telemetry: the out-proxy starts each trace (1% sampled), and the
+    in-proxy follows its decision. Whatever the ratio picked, a trace the out-proxy flagged
+    sampled is received from both proxies, and one flagged not sampled from neither."""
+    relay = stack.relay
+    assert relay is not None
+    unary = "/demo.v1.Echo/Unary"
+    before = {metadata.get("traceparent") for metadata in relay.forwarded_metadata(unary)}
+    with grpc.insecure_channel(stack.outproxy.address) as channel:
+        plain = demo_pb2_grpc.EchoStub(channel)
+        for index in range(20):
+            plain.Unary(demo_pb2.EchoRequest(text=f"root {index}"), timeout=10)
+    forwarded = [metadata for metadata in relay.forwarded_metadata(unary)
+                 if metadata.get("traceparent") not in before]
+    assert len(forwarded) == 20, forwarded
+    started = {}
+    for metadata in forwarded:
+        version, trace_id, parent_id, flags = metadata["traceparent"].split("-")
+        assert version == "00" and len(trace_id) == 32 and len(parent_id) == 16
+        assert int(flags, 16) & 0x02, flags  # random trace id, as the SDK draws them
+        started[trace_id] = bool(int(flags, 16) & 0x01)
+    assert len(started) == 20  # one trace each
+
+    # Every earlier span is exported once this later, sampled call's are in.
+    with provider.get_tracer("test").start_as_current_span("test-root") as sampled:
+        echo.Unary(demo_pb2.EchoRequest(text="traced"), timeout=10)
+    stack.receiver.wait_trace(format(sampled.get_span_context().trace_id, "032x"),
+                              set(HOPS[1:]))
+    for trace_id, was_sampled in started.items():
+        services = {span.service for span in stack.receiver.trace(trace_id)}
+        if was_sampled:
+            assert {"test-out-proxy", "test-in-proxy"} <= services, trace_id
+        else:
+            assert services == set(), trace_id

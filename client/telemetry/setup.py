@@ -30,8 +30,9 @@ from typing import TYPE_CHECKING, Any
 from opentelemetry import metrics as otel_metrics
 from opentelemetry import trace
 
-if TYPE_CHECKING:  # imported when metrics are configured (it loads the exporters)
+if TYPE_CHECKING:  # imported when telemetry is configured (they load the SDK, exporters)
     from fastproxy.telemetry.aggregated import AggregatedMetrics
+    from fastproxy.telemetry.sampling import SamplingShortcut
 
 log = logging.getLogger("fastproxy.telemetry")
 
@@ -55,6 +56,9 @@ class Telemetry:
     tracer_provider: Any | None
     meter_provider: Any | None
     metrics_port: int | None = None
+    # Decides the default sampler's unsampled calls without the SDK
+    # (`fastproxy.telemetry.sampling`); None when the sampler or propagation is not ours.
+    shortcut: SamplingShortcut | None = None
     # Histograms aggregated by FastProxy's code, exported by `meter_provider`'s readers
     # (`fastproxy.telemetry.aggregated`); None when metrics are off.
     aggregated: AggregatedMetrics | None = None
@@ -109,25 +113,34 @@ def otlp_protocol(signal: str, env: Mapping[str, str]) -> str:
     return protocol
 
 
-def default_sampler(env: Mapping[str, str]) -> Any | None:
-    """`ParentBased(TraceIdRatioBased(ratio))` when `OTEL_TRACES_SAMPLER` is not set in
-    `env`, the ratio from `OTEL_TRACES_SAMPLER_ARG` (a number from 0 to 1) or else
-    `DEFAULT_TRACE_SAMPLE_RATIO`; None when it is set (the SDK then builds the sampler it
-    names). Raises `TelemetryConfigError` for a ratio that is not a number from 0 to 1."""
+def default_sample_ratio(env: Mapping[str, str]) -> float | None:
+    """The default sampler's share of root calls: `OTEL_TRACES_SAMPLER_ARG` (a number from
+    0 to 1) or else `DEFAULT_TRACE_SAMPLE_RATIO`; None when `OTEL_TRACES_SAMPLER` is set in
+    `env` (the SDK then builds the sampler it names). Raises `TelemetryConfigError` for a
+    ratio that is not a number from 0 to 1."""
     if env.get("OTEL_TRACES_SAMPLER", "").strip():
+        return None
+    raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
+    if not raw:
+        return DEFAULT_TRACE_SAMPLE_RATIO
+    try:
+        ratio = float(raw)
+    except ValueError:
+        ratio = -1.0
+    if not 0.0 <= ratio <= 1.0:  # also NaN
+        raise TelemetryConfigError(
+            f"OTEL_TRACES_SAMPLER_ARG={raw}: the share of calls to trace, from 0 to 1")
+    return ratio
+
+
+def default_sampler(env: Mapping[str, str]) -> Any | None:
+    """`ParentBased(TraceIdRatioBased(default_sample_ratio(env)))`, or None when
+    `OTEL_TRACES_SAMPLER` is set."""
+    ratio = default_sample_ratio(env)
+    if ratio is None:
         return None
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 
-    raw = env.get("OTEL_TRACES_SAMPLER_ARG", "").strip()
-    ratio = DEFAULT_TRACE_SAMPLE_RATIO
-    if raw:
-        try:
-            ratio = float(raw)
-        except ValueError:
-            ratio = -1.0
-        if not 0.0 <= ratio <= 1.0:  # also NaN
-            raise TelemetryConfigError(
-                f"OTEL_TRACES_SAMPLER_ARG={raw}: the share of calls to trace, from 0 to 1")
     return ParentBased(TraceIdRatioBased(ratio))
 
 
@@ -187,13 +200,25 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
     resource = _resource(service_name, env)
 
     tracer_provider = None
+    shortcut = None
     if traces != "none":
         from opentelemetry.sdk.trace import TracerProvider
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+        from fastproxy.telemetry.sampling import (
+            PresetTraceIds,
+            SamplingShortcut,
+            w3c_propagation,
+        )
+
         # The sampler: ours unless OTEL_TRACES_SAMPLER names one; the batch from OTEL_BSP_*.
-        tracer_provider = TracerProvider(resource=resource, sampler=default_sampler(env))
+        ratio = default_sample_ratio(env)
+        ids = PresetTraceIds()
+        tracer_provider = TracerProvider(resource=resource, sampler=default_sampler(env),
+                                         id_generator=ids)
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces, env)))
+        if ratio is not None and w3c_propagation():
+            shortcut = SamplingShortcut(ratio, ids)
 
     meter_provider = None
     aggregated: AggregatedMetrics | None = None
@@ -224,7 +249,7 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
 
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
 
-    installed = Telemetry(tracer_provider, meter_provider, metrics_port, aggregated)
+    installed = Telemetry(tracer_provider, meter_provider, metrics_port, shortcut, aggregated)
     if install_global and _installed is None:
         if tracer_provider is not None:
             trace.set_tracer_provider(tracer_provider)

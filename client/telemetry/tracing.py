@@ -13,12 +13,15 @@ These helpers are only reached when a tracer was configured: hosts hold `None` i
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+
+if TYPE_CHECKING:
+    from fastproxy.telemetry.sampling import SamplingShortcut, Unsampled
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -113,14 +116,17 @@ class CallSpans:
     are made once per method (and the peer's per peer address) and given to `start_span` in
     one dict, so the sampler sees them and a recorded span validates them once. A span the
     sampler drops is a cheap `NonRecordingSpan` that still carries the trace context to the
-    next hop (not sampled, so every later hop's parent-based sampler drops it too)."""
+    next hop (not sampled, so every later hop's parent-based sampler drops it too).
+    With a `shortcut` (`fastproxy.telemetry.sampling`), `start_from` does not even ask the
+    SDK about calls whose span the sampler would drop."""
 
-    __slots__ = ("_base", "_kind", "_methods", "_peers", "_tracer")
+    __slots__ = ("_base", "_kind", "_methods", "_peers", "_shortcut", "_tracer")
 
     def __init__(self, tracer: trace.Tracer, proxy: str, kind: SpanKind,
-                 service: str = "") -> None:
+                 service: str = "", shortcut: SamplingShortcut | None = None) -> None:
         self._tracer = tracer
         self._kind = kind
+        self._shortcut = shortcut
         self._base: dict[str, Any] = {RPC_SYSTEM: "grpc", PROXY: proxy}
         if service:
             self._base[CALLER if proxy in ("out", "client") else CALLEE] = service
@@ -162,6 +168,21 @@ class CallSpans:
                     attributes[SERVER_PORT] = server_port
         return self._tracer.start_span(name, context=parent, kind=self._kind,
                                        attributes=attributes)
+
+    def start_from(self, method: str, metadata: Metadata, peer: str | None
+                   ) -> Span | Unsampled:
+        """The span of a call that arrived with `metadata` (its W3C context as parent), or,
+        when the shortcut knows the sampler would drop it, what to forward instead."""
+        shortcut = self._shortcut
+        if shortcut is None:
+            return self.start(method, context_from_metadata(metadata), peer)
+        decided = shortcut.decide(metadata)
+        if decided is not None:
+            return decided
+        try:
+            return self.start(method, context_from_metadata(metadata), peer)
+        finally:
+            shortcut.clear()
 
 
 def end_call_span(span: Span, code: grpc.StatusCode, *, caller: str = "", callee: str = "",
