@@ -6,8 +6,9 @@ telemetry off and on, under the same steady load, runs interleaved A B A B.
 Two identical sealed stacks (echo upstream, in-proxy, out-proxy) run side by side:
 - off: no OTEL_* variables, no --metrics-port (no span, no metric: the handler's plain path);
 - on: traces and metrics exported over OTLP/gRPC to a receiver in this process (batched,
-  OTEL_BSP_SCHEDULE_DELAY=100, every call sampled) and a Prometheus endpoint on each proxy,
-  scraped once per round.
+  OTEL_BSP_SCHEDULE_DELAY=100; every call sampled, or `--sample-ratio` of them, with
+  `--default-sampler` by the proxies' default sampler) and a Prometheus endpoint on each
+  proxy, scraped once per round.
 Each round sends `--calls` unary calls of `--size` bytes from a grpc.aio client with
 `--in-flight` calls outstanding, through the out-proxy, and reads the proxies' CPU time
 (utime+stime from /proc/PID/stat) before and after. The client carries no trace context,
@@ -202,14 +203,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sample-ratio", type=float, default=1.0,
                         help="traces: parentbased_traceidratio with this ratio (default 1: "
                              "every call)")
+    parser.add_argument("--default-sampler", action="store_true",
+                        help="traces: FastProxy's default sampler (OTEL_TRACES_SAMPLER unset: "
+                             "parent-based, --sample-ratio of root calls, with the sampling "
+                             "shortcut), as a proxy runs out of the box")
     parser.add_argument("--no-traces", action="store_true",
                         help="on: metrics only (OTEL_TRACES_EXPORTER=none)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="one more variable for the 'on' proxies (repeatable), e.g. "
                              "OTEL_METRICS_EXPORTER=none for Prometheus-only metrics")
     args = parser.parse_args(argv)
-    extra_env = {"OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
-                 "OTEL_TRACES_SAMPLER_ARG": str(args.sample_ratio)}
+    extra_env = {"OTEL_TRACES_SAMPLER_ARG": str(args.sample_ratio)}
+    if not args.default_sampler:
+        extra_env["OTEL_TRACES_SAMPLER"] = "parentbased_traceidratio"
     if args.no_traces:
         extra_env["OTEL_TRACES_EXPORTER"] = "none"
     for assignment in args.env:
