@@ -34,6 +34,9 @@ from fastproxy.telemetry.tracing import (
 Metadata = tuple[tuple[str, str | bytes], ...]
 
 
+_CODE_NAMES = {code: code.name for code in grpc.StatusCode}
+
+
 class CallRecord:
     """One call through the proxy, as telemetry sees it."""
 
@@ -89,22 +92,27 @@ class TimedPlan:
     def added_metadata(self) -> Metadata:
         return self._plan.added_metadata  # type: ignore[no-any-return]
 
+    # Each transform timed inline (no shared helper): this runs twice per call.
     def request(self, message: bytes, now: float) -> bytes:
-        return self._timed(self._plan.request, message, now, sealing=self._seals_requests)
-
-    def response(self, message: bytes, now: float) -> bytes:
-        return self._timed(self._plan.response, message, now, sealing=not self._seals_requests)
-
-    def _timed(self, transform: Callable[[bytes, float], bytes], message: bytes, now: float,
-               *, sealing: bool) -> bytes:
         record = self._record
         started = time.perf_counter()
-        out = transform(message, now)
-        spent = time.perf_counter() - started
-        if sealing:
-            record.sealed_s += spent
+        out: bytes = self._plan.request(message, now)
+        if self._seals_requests:
+            record.sealed_s += time.perf_counter() - started
         else:
-            record.opened_s += spent
+            record.opened_s += time.perf_counter() - started
+        record.received += len(message)
+        record.sent += len(out)
+        return out
+
+    def response(self, message: bytes, now: float) -> bytes:
+        record = self._record
+        started = time.perf_counter()
+        out: bytes = self._plan.response(message, now)
+        if self._seals_requests:
+            record.opened_s += time.perf_counter() - started
+        else:
+            record.sealed_s += time.perf_counter() - started
         record.received += len(message)
         record.sent += len(out)
         return out
@@ -174,7 +182,7 @@ class CallObserver:
         metrics = self.metrics
         if metrics is not None:
             metrics.active -= 1
-            metrics.record_call(record.caller, record.callee, method, code.name,
+            metrics.record_call(record.caller, record.callee, method, _CODE_NAMES[code],
                                 time.perf_counter() - record.started, record.reason)
             metrics.received_bytes += record.received
             metrics.sent_bytes += record.sent
