@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 from opentelemetry.trace import Span, SpanKind
@@ -22,14 +22,17 @@ from opentelemetry.trace import Span, SpanKind
 from fastproxy.errors import FastProxyError
 from fastproxy.telemetry.logs import audit_refused_call
 from fastproxy.telemetry.metrics import ProxyMetrics
-from fastproxy.telemetry.sampling import SamplingShortcut, Unsampled
 from fastproxy.telemetry.tracing import (
     CallSpans,
+    Unsampled,
     end_call_span,
     trace_id_of,
     trace_metadata_of,
     without_trace_context,
 )
+
+if TYPE_CHECKING:  # it loads the SDK: only once tracing is configured
+    from fastproxy.telemetry.sampling import SamplingShortcut
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 

@@ -84,6 +84,19 @@ def test_a_proxy_without_telemetry_forwards_without_the_observed_path() -> None:
     assert observed._handle == observed._forward_observed
 
 
+def test_the_services_load_no_opentelemetry_sdk_until_telemetry_is_configured() -> None:
+    """Telemetry off costs no memory either: the SDK, its exporters and prometheus_client
+    (about 4 MiB of RSS in a proxy) are imported only by `configure_telemetry`."""
+    import subprocess
+    import sys
+
+    code = ("import sys, proxy_svc.app, server_svc.app, center_svc.server; "
+            "loaded = [m for m in ('opentelemetry.sdk', 'opentelemetry.exporter', "
+            "'prometheus_client') if any(n == m or n.startswith(m + '.') for n in sys.modules)]; "
+            "assert not loaded, loaded")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
 def test_the_sdk_adds_no_tracing_interceptor_without_a_tracer_provider() -> None:
     with fastproxy.client_interceptors(service="chat_service") as plain:
         assert len(plain) == 4

@@ -23,10 +23,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 from opentelemetry import metrics as otel_metrics
 
-from fastproxy.telemetry.aggregated import AggregatedMetrics, HistogramSeries
+if TYPE_CHECKING:  # it loads the SDK and exporters: only once metrics are configured
+    from fastproxy.telemetry.aggregated import AggregatedMetrics, HistogramSeries
 
 ATTRIBUTE_CACHE_LIMIT = 10_000
 # fastproxy.call.duration's buckets (s): from a loopback hop (~0.5 ms) to a slow upstream.

@@ -27,11 +27,12 @@ from __future__ import annotations
 import random
 import re
 import threading
-from typing import NamedTuple
 
 from opentelemetry import propagate
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
+
+from fastproxy.telemetry.tracing import Unsampled
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -40,14 +41,6 @@ W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = "0" * 32
 _ZERO_SPAN = "0" * 16
-
-
-class Unsampled(NamedTuple):
-    """A call no span is recorded for: the metadata to forward (None: as it came) and the
-    trace id, for its audit line. (A named tuple: one is made per call, cheaply.)"""
-
-    forward: Metadata | None
-    trace_id: str
 
 
 class PresetTraceIds(RandomIdGenerator):

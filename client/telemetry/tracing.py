@@ -13,7 +13,7 @@ These helpers are only reached when a tracer was configured: hosts hold `None` i
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import grpc
 from opentelemetry import propagate, trace
@@ -21,7 +21,7 @@ from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 if TYPE_CHECKING:
-    from fastproxy.telemetry.sampling import SamplingShortcut, Unsampled
+    from fastproxy.telemetry.sampling import SamplingShortcut
 
 Metadata = tuple[tuple[str, str | bytes], ...]
 
@@ -40,6 +40,15 @@ REASON = "fastproxy.reason"
 REVISION = "fastproxy.policy.revision"
 
 TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
+
+
+class Unsampled(NamedTuple):
+    """A call no span is recorded for, as the sampling shortcut settled it
+    (`fastproxy.telemetry.sampling`): the metadata to forward (None: as it came) and the
+    trace id, for its audit line. (A named tuple: one is made per call, cheaply.)"""
+
+    forward: Metadata | None
+    trace_id: str
 
 
 class _DictGetter(Getter[Mapping[str, str]]):
