@@ -32,11 +32,8 @@ from opentelemetry import propagate
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-from fastproxy.telemetry.tracing import Unsampled
+from fastproxy.telemetry.tracing import TRACE_KEYS, Metadata, Unsampled
 
-Metadata = tuple[tuple[str, str | bytes], ...]
-
-W3C_FIELDS = frozenset({"traceparent", "tracestate", "baggage"})
 # Version 00 exactly, as the W3C header's version 00 defines it (no trailing fields).
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
 _ZERO_TRACE = "0" * 32
@@ -67,7 +64,7 @@ def w3c_propagation() -> bool:
     """Whether the process propagates trace context as W3C `traceparent` (and `tracestate`,
     `baggage`) only, as OpenTelemetry does with `OTEL_PROPAGATORS` unset."""
     fields = set(propagate.get_global_textmap().fields)
-    return "traceparent" in fields and fields <= W3C_FIELDS
+    return "traceparent" in fields and fields <= TRACE_KEYS
 
 
 class SamplingShortcut:

@@ -136,7 +136,10 @@ def default_sample_ratio(env: Mapping[str, str]) -> float | None:
 def default_sampler(env: Mapping[str, str]) -> Any | None:
     """`ParentBased(TraceIdRatioBased(default_sample_ratio(env)))`, or None when
     `OTEL_TRACES_SAMPLER` is set."""
-    ratio = default_sample_ratio(env)
+    return _ratio_sampler(default_sample_ratio(env))
+
+
+def _ratio_sampler(ratio: float | None) -> Any | None:
     if ratio is None:
         return None
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -212,12 +215,14 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
         )
 
         # The sampler: ours unless OTEL_TRACES_SAMPLER names one; the batch from OTEL_BSP_*.
+        # Under ours with W3C propagation, the sampling shortcut, whose sampled roots' ids
+        # the provider takes from `ids`.
         ratio = default_sample_ratio(env)
-        ids = PresetTraceIds()
-        tracer_provider = TracerProvider(resource=resource, sampler=default_sampler(env),
+        ids = PresetTraceIds() if ratio is not None and w3c_propagation() else None
+        tracer_provider = TracerProvider(resource=resource, sampler=_ratio_sampler(ratio),
                                          id_generator=ids)
         tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces, env)))
-        if ratio is not None and w3c_propagation():
+        if ratio is not None and ids is not None:
             shortcut = SamplingShortcut(ratio, ids)
 
     meter_provider = None
