@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -23,11 +24,38 @@ class StartError(RuntimeError):
     pass
 
 
+# Ports are picked below the kernel's ephemeral range: a port the kernel hands out itself
+# (bind to port 0) is free now, but may go to one of the many outgoing connections the
+# harness's processes open before the process meant to listen on it binds it (seen in CI:
+# a proxy's --metrics-port, "Address already in use").
+PORT_FLOOR = 10_000
+
+
+def _ephemeral_floor() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+            return int(ports.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32_768
+
+
 def free_port() -> int:
+    """A port on 127.0.0.1 nothing is bound to, outside the ephemeral range when there is room
+    below it."""
+    floor = _ephemeral_floor()
+    tries = 100 if floor > PORT_FLOOR else 0
+    for _ in range(tries):
+        port = random.randrange(PORT_FLOOR, floor)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+        bound: int = sock.getsockname()[1]
+        return bound
 
 
 @dataclass
