@@ -14,7 +14,7 @@ import time
 
 import yaml
 
-from fastproxy.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import policy_pb2 as pb

@@ -34,9 +34,7 @@ _LINE = re.compile(r":\d+\)$")
 # a sample counts for a category when any frame of its stack contains one of the strings
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "security pipeline (fastproxy core: seal/open, sign, authz, rate limit, policy)": (
-        "client/pipeline.py", "client/envelope.py", "client/node_policy.py",
-        "client/authz.py", "client/ratelimit.py", "client/replay.py",
-        "client/compression.py", "hmac.py"),
+        "client/pipeline/", "hmac.py"),
     "new upstream call object (MultiCallable.__call__, StreamStreamCall init/_prepare_rpc)": (
         "_prepare_rpc", "StreamStreamCall.__init__", "MultiCallable.__call__"),
     "upstream request writes (_write, _done_writing, request iterator)": (
@@ -44,7 +42,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
     "upstream response reads (_read)": ("_StreamResponseMixin._read",),
     "grpc poller thread (C-core polling, Thread.run)": ("Thread.run",),
     "asyncio selector wait (EpollSelector.select)": ("EpollSelector.select",),
-    "metadata conversion (proxy_svc/metadata.py)": ("proxy_svc/metadata.py",),
+    "metadata conversion (client/pipeline/metadata.py)": ("client/pipeline/metadata.py",),
     "logging": ("logging/",),
 }
 

@@ -6,7 +6,7 @@ import sys
 
 from center_svc.config import PROG, parse_config
 from center_svc.server import StartupError, serve
-from fastproxy.service_main import run_service
+from fastproxy.hosting.service_main import run_service
 from fastproxy.telemetry.setup import configure_telemetry
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from center_svc.auth import TokenFileError, load_token_file
 from center_svc.store import DEFAULT_STORE_URL
-from fastproxy.commandline import (
+from fastproxy.hosting.commandline import (
     OneLineArgumentParser,
     fail,
     host_port,

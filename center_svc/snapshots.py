@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fastproxy.policy.model import Policy
 from fastproxy.policy.scope import content_hash, scope_snapshot
-from fastproxy.snapshot import public_bytes, sign_snapshot
+from fastproxy.policy.signing import public_bytes, sign_snapshot
 from fastproxy.v1 import policy_pb2 as pb
 
 Audience = tuple[int, str]

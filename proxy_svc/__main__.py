@@ -37,7 +37,7 @@ import sys  # noqa: E402
 from collections.abc import Coroutine  # noqa: E402
 from typing import Any  # noqa: E402
 
-from fastproxy.service_main import run_service  # noqa: E402
+from fastproxy.hosting.service_main import run_service  # noqa: E402
 from proxy_svc.app import StartupError, serve  # noqa: E402
 from proxy_svc.config import PROG, ProxyConfig, parse_config  # noqa: E402
 

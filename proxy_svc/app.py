@@ -11,12 +11,12 @@ import signal
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-from fastproxy.node_policy import NodePolicy, NodeState
-from fastproxy.policy_source import PolicySourceError, open_policy_source
+from fastproxy.node.source import PolicySourceError, open_policy_source
+from fastproxy.node.watch import NodeIdentity, PolicyHolder
+from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.telemetry.metrics import ProxyMetrics
 from fastproxy.telemetry.setup import TelemetryConfigError, configure_telemetry
 from fastproxy.v1 import policy_pb2 as pb
-from fastproxy.watch import NodeIdentity, PolicyHolder
 from proxy_svc.config import ProxyConfig
 from proxy_svc.forward import ForwardingHandler, InboundRole, OutboundRole, start_proxy_server
 from proxy_svc.kinds import MethodKinds, ReflectionLearner

@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastproxy.center_credentials import CenterCredentials, CredentialError
-from fastproxy.commandline import OneLineArgumentParser, fail, host_port, read_flag_file
-from fastproxy.pipeline import DEFAULT_MAX_MESSAGE_BYTES
-from fastproxy.snapshot import parse_center_public_key
+from fastproxy.hosting.commandline import OneLineArgumentParser, fail, host_port, read_flag_file
+from fastproxy.node.credentials import CenterCredentials, CredentialError
+from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES
+from fastproxy.policy.signing import parse_center_public_key
 from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
 from fastproxy.v1 import policy_pb2 as pb
 

@@ -40,14 +40,14 @@ from typing import Any, Generic, Protocol, TypeVar
 
 import grpc
 
-from fastproxy.aio_calls import drain, value_now
-from fastproxy.errors import FastProxyError, Reason
-from proxy_svc.kinds import ASK_KIND, KIND_KEY, UNARY_KIND, MethodKinds, ReflectionLearner
-from proxy_svc.metadata import (
+from fastproxy.hosting.grpc_aio import drain, value_now
+from fastproxy.pipeline.metadata import (
     Metadata,
     forwarded_request_metadata,
     forwarded_response_metadata,
 )
+from fastproxy.pipeline.reasons import FastProxyError, Reason
+from proxy_svc.kinds import ASK_KIND, KIND_KEY, UNARY_KIND, MethodKinds, ReflectionLearner
 from proxy_svc.observe import CallObserver, CallRecord
 from proxy_svc.tunnel import FRAME_SLACK_BYTES, CarriedCallContext, TunnelBroken, Tunnels
 from proxy_svc.upstream import DEFAULT_MAX_MESSAGE_BYTES, UpstreamPool

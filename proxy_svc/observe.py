@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import grpc
 from opentelemetry.trace import Span, SpanKind
 
-from fastproxy.errors import FastProxyError
+from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.telemetry.logs import audit_refused_call
 from fastproxy.telemetry.metrics import ProxyMetrics
 from fastproxy.telemetry.tracing import (

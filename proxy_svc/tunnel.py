@@ -50,8 +50,8 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from fastproxy.pipeline.metadata import Metadata
 from fastproxy.v1 import tunnel_pb2 as tpb
-from proxy_svc.metadata import Metadata
 
 _log = logging.getLogger("fastproxy.proxy")
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import grpc
 
-from fastproxy.errors import FastProxyError, Reason
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 

@@ -1,10 +1,10 @@
 """FastProxy server: the demo services host (`python -m server_svc`) and embedded mode.
 
 `server_interceptors(...)` / `aio_server_interceptors(...)` let any app's own gRPC server
-open and check sealed calls in-process, with the in-proxy's stages (see server_svc.embedded).
+open and check sealed calls in-process, with the in-proxy's stages (see fastproxy.server.embedded).
 """
 
-from server_svc.embedded import (
+from fastproxy.server import (
     AioSealingServerInterceptor,
     EmbeddedPolicy,
     SealingServerInterceptor,

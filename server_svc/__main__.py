@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from fastproxy.service_main import run_service
+from fastproxy.hosting.service_main import run_service
 from fastproxy.telemetry.setup import configure_telemetry
 from server_svc.app import StartupError, serve
 from server_svc.config import PROG, parse_config

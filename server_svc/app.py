@@ -11,12 +11,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fastproxy.node_policy import NodePolicy
-from fastproxy.policy_source import PolicySourceError
+from fastproxy.node.source import PolicySourceError
+from fastproxy.pipeline.node_policy import NodePolicy
+from fastproxy.server.embedded import AioSealingServerInterceptor, EmbeddedPolicy
 from fastproxy.telemetry.setup import installed_telemetry
 from server_svc.config import ServerConfig
 from server_svc.demo import DEMO_SERVICE_NAMES, add_demo_services
-from server_svc.embedded import AioSealingServerInterceptor, EmbeddedPolicy
 
 log = logging.getLogger("server_svc")
 

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastproxy.center_credentials import CenterCredentials, CredentialError
-from fastproxy.commandline import OneLineArgumentParser, fail, host_port
-from fastproxy.pipeline import DEFAULT_MAX_MESSAGE_BYTES
+from fastproxy.hosting.commandline import OneLineArgumentParser, fail, host_port
+from fastproxy.node.credentials import CenterCredentials, CredentialError
+from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES
 from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
 
 PROG = "server_svc"

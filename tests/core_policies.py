@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from fastproxy.node_policy import NodePolicy, NodeState
-from fastproxy.pipeline import InboundCall, OutboundCall
+from fastproxy.pipeline.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline.stages import InboundCall, OutboundCall
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import policy_pb2 as pb

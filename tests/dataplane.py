@@ -38,8 +38,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
 
-from fastproxy.node_policy import NodePolicy
-from fastproxy.pipeline import OutboundCall
+from fastproxy.pipeline.node_policy import NodePolicy
+from fastproxy.pipeline.stages import OutboundCall
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2

@@ -13,7 +13,8 @@ import pytest
 from center_policy import PolicyKeys, policy_yaml
 from conftest import CenterProcess, StartCenter, wait_until
 
-from fastproxy import cli, cli_format
+from fastproxy.cli import commands as cli
+from fastproxy.cli import format as cli_format
 
 ADMIN_TOKEN = "alice-admin-token"
 NODE_TOKEN = "chat-node-token"

@@ -13,7 +13,7 @@ import grpc
 from center_policy import SONG_ENDPOINT, PolicyKeys, apply, parse, policy_yaml, service_in
 from conftest import CenterProcess, StartCenter, wait_until
 
-from fastproxy.snapshot import verify_snapshot
+from fastproxy.policy.signing import verify_snapshot
 from fastproxy.v1 import center_pb2, policy_pb2
 
 IN, OUT = policy_pb2.ROLE_IN, policy_pb2.ROLE_OUT

@@ -23,9 +23,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fastproxy.envelope import CALL_METADATA_KEY
-from fastproxy.errors import FastProxyError, Reason
-from fastproxy.node_policy import NodePolicy, NodePolicyError, NodeState
+from fastproxy.pipeline.envelope import CALL_METADATA_KEY
+from fastproxy.pipeline.node_policy import NodePolicy, NodePolicyError, NodeState
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import policy_pb2 as pb

@@ -36,7 +36,7 @@ from dataplane import (
 )
 from upstream_app import UNARY, UpstreamProcess
 
-from fastproxy.node_policy import NodePolicy
+from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import policy_pb2 as pb

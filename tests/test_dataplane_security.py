@@ -36,7 +36,7 @@ from dataplane import (
 )
 from upstream_app import BIDI, CLIENT_STREAM, UNARY, UpstreamProcess
 
-from fastproxy.node_policy import NodePolicy
+from fastproxy.pipeline.node_policy import NodePolicy
 
 MARKER = b"PLAINTEXT-MARKER-7f3a"
 

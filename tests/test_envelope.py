@@ -22,9 +22,9 @@ from core_policies import (
 )
 from google.protobuf.unknown_fields import UnknownFieldSet
 
-from fastproxy.envelope import CALL_METADATA_KEY, SEALED_FIELD_NUMBER
-from fastproxy.errors import FastProxyError, Reason
-from fastproxy.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline.envelope import CALL_METADATA_KEY, SEALED_FIELD_NUMBER
+from fastproxy.pipeline.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.v1 import envelope_pb2 as epb
 from fastproxy.v1 import policy_pb2 as pb
 

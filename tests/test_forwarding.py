@@ -26,7 +26,8 @@ from upstream_app import (
     UpstreamProcess,
 )
 
-from fastproxy.errors import FastProxyError, Reason
+from fastproxy.pipeline.metadata import Metadata, forwarded_request_metadata
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from proxy_svc.forward import (
     CallPlan,
     ForwardingHandler,
@@ -39,7 +40,6 @@ from proxy_svc.forward import (
     start_proxy_server,
 )
 from proxy_svc.kinds import MethodKinds
-from proxy_svc.metadata import Metadata, forwarded_request_metadata
 from proxy_svc.upstream import EjectionRule, EndpointHealth, UpstreamPool
 
 MiB = 1024 * 1024

@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 from core_policies import CALLEE, CALLER, METHOD, OTHER_METHOD, T0, Setup, connect
 
-from fastproxy.errors import FastProxyError, Reason
-from fastproxy.node_policy import NodePolicy, NodePolicyError, NodeState
+from fastproxy.pipeline.node_policy import NodePolicy, NodePolicyError, NodeState
+from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.replay import ReplayCache
 from fastproxy.policy import load_policy
 from fastproxy.policy.model import RetryPolicy
 from fastproxy.policy.scope import scope_snapshot
-from fastproxy.replay import ReplayCache
 from fastproxy.v1 import policy_pb2 as pb
 
 

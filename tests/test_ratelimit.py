@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from fastproxy.ratelimit import TokenBucket
+from fastproxy.pipeline.ratelimit import TokenBucket
 
 T0 = 1000.0
 

@@ -36,8 +36,8 @@ from server_helpers import (
 )
 
 import server_svc
-from fastproxy.node_policy import NodePolicy
-from fastproxy.pipeline import OutboundCall
+from fastproxy.pipeline.node_policy import NodePolicy
+from fastproxy.pipeline.stages import OutboundCall
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc

@@ -7,7 +7,7 @@ import base64
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from fastproxy.snapshot import SnapshotError, public_bytes, sign_snapshot, verify_snapshot
+from fastproxy.policy.signing import SnapshotError, public_bytes, sign_snapshot, verify_snapshot
 from fastproxy.v1 import policy_pb2 as pb
 
 
@@ -105,7 +105,7 @@ def test_a_malformed_public_key_is_refused(center_key: Ed25519PrivateKey) -> Non
 
 
 def test_a_pinned_center_key_is_read_as_raw_bytes_or_base64() -> None:
-    from fastproxy.snapshot import parse_center_public_key
+    from fastproxy.policy.signing import parse_center_public_key
 
     key = bytes(range(32))
     encoded = base64.b64encode(key)

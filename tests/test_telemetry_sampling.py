@@ -26,7 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, get_current_span
 
-from fastproxy.errors import FastProxyError, Reason
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.telemetry.sampling import PresetTraceIds, SamplingShortcut, Unsampled
 from fastproxy.telemetry.setup import configure_telemetry
 from fastproxy.telemetry.tracing import CallSpans, context_from_metadata

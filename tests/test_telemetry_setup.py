@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 
 import fastproxy
-from fastproxy.errors import FastProxyError, Reason
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.telemetry.logs import JsonFormatter, TextFormatter, log_event
 from fastproxy.telemetry.setup import (
     DEFAULT_TRACE_SAMPLE_RATIO,

@@ -59,7 +59,7 @@ from upstream_app import (
 )
 
 import proxy_svc.tunnel as tunnel_module
-from fastproxy.node_policy import NodePolicy
+from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.v1 import tunnel_pb2 as tpb
 from proxy_svc.tunnel import (
     CARRY_METHOD,

@@ -9,9 +9,9 @@ import sys
 
 import grpc
 
-from fastproxy.commandline import OneLineArgumentParser, host_port
 from fastproxy.demo.scenario import Outcome, Report, catalog_calls, every_kind
 from fastproxy.demo.stack import wait_serving
+from fastproxy.hosting.commandline import OneLineArgumentParser, host_port
 
 
 def _show(outcome: Outcome) -> None:

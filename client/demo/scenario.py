@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from fastproxy.errors import ERROR_TRAILER
+from fastproxy.pipeline.reasons import ERROR_TRAILER
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc
 
 

@@ -18,9 +18,9 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
+from .background_policy import BackgroundPolicy
 from .config import SdkConfig, SdkConfigError, resolve_config
 from .core import SdkCore, compile_for
-from .policy_source import BackgroundPolicy
 
 __all__ = ["InterceptorSet", "SdkConfigError", "aio_client_interceptors",
            "client_interceptors"]

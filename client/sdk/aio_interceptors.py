@@ -10,9 +10,9 @@ from typing import Any
 
 import grpc
 
-from fastproxy.errors import FastProxyError
+from fastproxy.pipeline.reasons import FastProxyError
 
-from .aio_calls import AioStreamCall, AioUnaryCall
+from .aio_call_objects import AioStreamCall, AioUnaryCall
 from .core import Attempt, CallPlan, SdkCore
 from .refusal import aio_refusal
 from .request_log import AioRequestLog

@@ -8,8 +8,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastproxy.center_credentials import CenterCredentials
-from fastproxy.snapshot import parse_center_public_key
+from fastproxy.node.credentials import CenterCredentials
+from fastproxy.policy.signing import parse_center_public_key
 
 ENV_PREFIX = "FASTPROXY_"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})

@@ -17,15 +17,15 @@ from typing import Any
 
 import grpc
 
-from fastproxy.errors import FastProxyError, Reason
-from fastproxy.node_policy import NodePolicy
+from fastproxy.pipeline.node_policy import NodePolicy
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.policy.model import RetryPolicy
 from fastproxy.telemetry.logs import audit_refused_call
 
+from .background_policy import BackgroundPolicy
 from .call_defaults import CallDefaultsTable
 from .config import SdkConfig
 from .messages import PASS_THROUGH, MessageCodec, SealedMessages
-from .policy_source import BackgroundPolicy
 from .retry import retry_delay
 from .trace_context import trace_metadata
 

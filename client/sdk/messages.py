@@ -14,8 +14,8 @@ from typing import Any, Protocol
 
 from google.protobuf.message import DecodeError
 
-from fastproxy.errors import FastProxyError, Reason
-from fastproxy.pipeline import OutboundCall
+from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.stages import OutboundCall
 
 
 class MessageCodec(Protocol):

@@ -9,7 +9,7 @@ from typing import Any, NoReturn
 
 import grpc
 
-from fastproxy.errors import FastProxyError
+from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import PROXY_NAME
 

@@ -14,7 +14,7 @@ import threading
 from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
-from fastproxy.errors import FastProxyError
+from fastproxy.pipeline.reasons import FastProxyError
 
 MAX_REPLAYED_MESSAGES = 1024
 Transform = Callable[[Any], Any]

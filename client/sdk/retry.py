@@ -10,7 +10,7 @@ from collections.abc import Iterable
 
 import grpc
 
-from fastproxy.errors import ERROR_TRAILER, Reason
+from fastproxy.pipeline.reasons import ERROR_TRAILER, Reason
 from fastproxy.policy.model import RetryPolicy
 
 RETRYABLE_CODE = grpc.StatusCode.UNAVAILABLE

@@ -11,12 +11,12 @@ from typing import Any
 
 import grpc
 
-from fastproxy.errors import FastProxyError
+from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, SdkCore
 from .refusal import Refusal
 from .request_log import RequestLog
-from .sync_calls import SyncStreamCall, SyncUnaryCall
+from .sync_call_objects import SyncStreamCall, SyncUnaryCall
 
 Continuation = Callable[[grpc.ClientCallDetails, Any], Any]
 

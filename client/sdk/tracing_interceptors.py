@@ -18,8 +18,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
-from fastproxy.aio_calls import value_now
-from fastproxy.errors import ERROR_TRAILER
+from fastproxy.hosting.grpc_aio import value_now
+from fastproxy.pipeline.reasons import ERROR_TRAILER
 from fastproxy.telemetry.tracing import CallSpans, end_call_span
 
 PROXY_NAME = "client"

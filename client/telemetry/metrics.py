@@ -63,7 +63,7 @@ class ProxyMetrics:
     `fastproxy.call.duration` (histogram, s), `fastproxy.refusals` {reason, proxy},
     `fastproxy.received`/`fastproxy.sent` (bytes), `fastproxy.seal`/`fastproxy.open` (s spent
     in the pipeline's seal and open), `fastproxy.active_streams`; and from callbacks:
-    `fastproxy.policy.revision`, `fastproxy.watch.reconnects`.
+    `fastproxy.policy.revision`, `fastproxy.node.watch.reconnects`.
 
     Why counters are kept here and reported by observable instruments: one SDK `add()` costs
     ~10-15 us (it builds a frozenset of the attributes and takes a lock), and a call made
@@ -127,7 +127,7 @@ class ProxyMetrics:
                 callbacks=[_observe(revision, attrs)])
         if reconnects is not None:
             m.create_observable_counter(
-                "fastproxy.watch.reconnects", unit="{reconnect}",
+                "fastproxy.node.watch.reconnects", unit="{reconnect}",
                 description="Times the policy Watch stream to the Center was re-opened",
                 callbacks=[_observe(reconnects, attrs)])
 

@@ -12,7 +12,7 @@ import zlib
 
 import zstandard
 
-from fastproxy.errors import FastProxyError, Reason
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.v1 import envelope_pb2 as epb
 
 GZIP_LEVEL = 1  # speed over ratio: this runs once per message on the proxy's hot path

@@ -15,11 +15,11 @@ import logging
 import threading
 from typing import Any, TypeVar
 
-from fastproxy.center_credentials import CenterCredentials
-from fastproxy.node_policy import NodePolicyError
-from fastproxy.watch import CenterWatcher, Compile, FileWatcher, NodeIdentity, PolicyHolder
+from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.watch import CenterWatcher, Compile, FileWatcher, NodeIdentity, PolicyHolder
+from fastproxy.pipeline.node_policy import NodePolicyError
 
-log = logging.getLogger("fastproxy.policy_source")
+log = logging.getLogger("fastproxy.node.source")
 
 T = TypeVar("T")
 PolicySource = CenterWatcher[T] | FileWatcher[T]

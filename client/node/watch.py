@@ -21,13 +21,13 @@ from typing import Generic, TypeVar
 
 import grpc
 
-from fastproxy.center_credentials import CenterCredentials
+from fastproxy.node.credentials import CenterCredentials
 from fastproxy.policy.scope import content_hash, scope_snapshot
-from fastproxy.snapshot import SnapshotError, verify_snapshot
+from fastproxy.policy.signing import SnapshotError, verify_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 from fastproxy.v1 import policy_pb2 as pb
 
-log = logging.getLogger("fastproxy.watch")
+log = logging.getLogger("fastproxy.node.watch")
 
 T = TypeVar("T")
 Compile = Callable[[pb.PolicySnapshot], T]

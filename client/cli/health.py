@@ -9,9 +9,9 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fastproxy.center_credentials import CenterCredentials, CredentialError
-from fastproxy.cli import CliError
-from fastproxy.commandline import host_port
+from fastproxy.cli.commands import CliError
+from fastproxy.hosting.commandline import host_port
+from fastproxy.node.credentials import CenterCredentials, CredentialError
 
 NOT_SERVING_EXIT = 1
 

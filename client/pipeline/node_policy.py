@@ -14,11 +14,13 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastproxy.authz import AllowList, CompiledAllowRule, MethodMatcher
-from fastproxy.compression import Compressor
-from fastproxy.envelope import AeadKey, SigningKey, VerifyKey
-from fastproxy.errors import FastProxyError, Reason
-from fastproxy.pipeline import (
+from fastproxy.pipeline.authz import AllowList, CompiledAllowRule, MethodMatcher
+from fastproxy.pipeline.compression import Compressor
+from fastproxy.pipeline.envelope import AeadKey, SigningKey, VerifyKey
+from fastproxy.pipeline.ratelimit import TokenBucket
+from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.replay import ReplayCache
+from fastproxy.pipeline.stages import (
     DEFAULT_CLOCK_WINDOW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
     CalleeSide,
@@ -30,8 +32,6 @@ from fastproxy.pipeline import (
     OutboundCall,
 )
 from fastproxy.policy.model import RateLimit, RetryPolicy
-from fastproxy.ratelimit import TokenBucket
-from fastproxy.replay import ReplayCache
 from fastproxy.v1 import envelope_pb2 as epb
 from fastproxy.v1 import policy_pb2 as pb
 

@@ -12,9 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from fastproxy.policy_source import PolicyThread, open_policy_source
+from fastproxy.node.source import PolicyThread, open_policy_source
+from fastproxy.node.watch import NodeIdentity, PolicyHolder
 from fastproxy.v1 import policy_pb2 as pb
-from fastproxy.watch import NodeIdentity, PolicyHolder
 
 from .config import SdkConfig
 

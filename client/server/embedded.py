@@ -34,15 +34,15 @@ from typing import Any, NoReturn
 
 import grpc
 
-from fastproxy.aio_calls import REFUSAL_DRAIN_S, drain
-from fastproxy.center_credentials import CenterCredentials
-from fastproxy.errors import FastProxyError, Reason
-from fastproxy.node_policy import NodePolicy, NodeState
-from fastproxy.pipeline import DEFAULT_MAX_MESSAGE_BYTES, InboundCall
-from fastproxy.policy_source import PolicyThread, open_policy_source
+from fastproxy.hosting.grpc_aio import REFUSAL_DRAIN_S, drain
+from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.source import PolicyThread, open_policy_source
+from fastproxy.node.watch import NodeIdentity, PolicyHolder
+from fastproxy.pipeline.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES, InboundCall
 from fastproxy.telemetry.logs import audit_refused_call
 from fastproxy.v1 import policy_pb2 as pb
-from fastproxy.watch import NodeIdentity, PolicyHolder
 
 PROXY_NAME = "in"  # the `fastproxy-proxy` trailer: this server stands in for the in-proxy
 # Reachable without a sealed call: orchestrators' health checks speak plain grpc.health.v1.
@@ -59,7 +59,7 @@ class EmbeddedPolicy:
 
     With `center`, the node watches the Center and, if `advertise` is set, registers that
     address as an endpoint of `service`; with `policy_file` it runs from the YAML file (a bad
-    file raises `fastproxy.policy_source.PolicySourceError` here).
+    file raises `fastproxy.node.source.PolicySourceError` here).
     """
 
     def __init__(self, *, service: str, center: str | None = None,

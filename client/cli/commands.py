@@ -28,10 +28,11 @@ os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 
-from fastproxy import __version__, cli_format
-from fastproxy.center_credentials import CenterCredentials, CredentialError
-from fastproxy.cli_keys import KEY_TYPE_NAMES, generate_key
-from fastproxy.commandline import OneLineArgumentParser, host_port
+from fastproxy import __version__
+from fastproxy.cli import format as cli_format
+from fastproxy.cli.keys import KEY_TYPE_NAMES, generate_key
+from fastproxy.hosting.commandline import OneLineArgumentParser, host_port
+from fastproxy.node.credentials import CenterCredentials, CredentialError
 from fastproxy.policy.model import KeyType
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 
@@ -410,7 +411,7 @@ def add_keys_commands(subparsers: Subparsers) -> None:
 
 
 def add_health(subparsers: Subparsers) -> None:
-    from fastproxy.cli_health import add_health_command
+    from fastproxy.cli.health import add_health_command
 
     add_health_command(subparsers)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import grpc
 
-from fastproxy.errors import FastProxyError
+from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, SdkCore
 from .refusal import aio_refusal

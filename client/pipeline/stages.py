@@ -25,9 +25,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from fastproxy.authz import AllowList, CompiledAllowRule
-from fastproxy.compression import Compressor, decompress
-from fastproxy.envelope import (
+from fastproxy.pipeline.authz import AllowList, CompiledAllowRule
+from fastproxy.pipeline.compression import Compressor, decompress
+from fastproxy.pipeline.envelope import (
     CALL_ID_BYTES,
     CALL_METADATA_KEY,
     ENVELOPE_VERSION,
@@ -49,12 +49,12 @@ from fastproxy.envelope import (
     sign_call_header,
     verify_call_header,
 )
-from fastproxy.errors import FastProxyError, Reason
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.policy.model import RetryPolicy
 from fastproxy.v1 import envelope_pb2 as epb
 
 if TYPE_CHECKING:
-    from fastproxy.node_policy import NodeState
+    from fastproxy.pipeline.node_policy import NodeState
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_CLOCK_WINDOW_S = 30.0

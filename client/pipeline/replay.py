@@ -8,7 +8,7 @@ calls instead of admitting a replay.
 
 from __future__ import annotations
 
-from fastproxy.errors import FastProxyError, Reason
+from fastproxy.pipeline.reasons import FastProxyError, Reason
 
 
 def check_fresh(timestamp_ms: int, now: float, window_s: float, what: str) -> None:

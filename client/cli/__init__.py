@@ -1,0 +1,5 @@
+"""`fastproxy`: the operator console (policy, nodes, keys, health, demo)."""
+
+from fastproxy.cli.commands import main
+
+__all__ = ["main"]
