@@ -40,11 +40,13 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased
 
+from fastproxy.hosting.refusal import HostRole
 from fastproxy.telemetry.aggregated import AggregatedMetrics
 from fastproxy.telemetry.metrics import ProxyMetrics
 from fastproxy.telemetry.sampling import PresetTraceIds, SamplingShortcut
 from fastproxy.telemetry.setup import DEFAULT_TRACE_SAMPLE_RATIO, default_sampler
 from proxy_svc.observe import CallObserver
+from proxy_svc.plan import CallPlan
 
 METHOD = "/demo.v1.Echo/Unary"
 PEER = "ipv4:127.0.0.1:51234"
@@ -57,19 +59,12 @@ class _Discard(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-class _Call:
-    caller = "chat_service"
-    destination = "song_service"
+def _unchanged(message: bytes, now: float) -> bytes:
+    return message
 
 
-class _Plan:
-    call = _Call()
-
-    def request(self, message: bytes, now: float) -> bytes:
-        return message
-
-    def response(self, message: bytes, now: float) -> bytes:
-        return message
+def _plan() -> CallPlan:
+    return CallPlan("chat_service", "song_service", (), None, (), _unchanged, _unchanged)
 
 
 def _observer(with_tracer: bool, with_metrics: bool) -> tuple[CallObserver, Any]:
@@ -84,7 +79,8 @@ def _observer(with_tracer: bool, with_metrics: bool) -> tuple[CallObserver, Any]
         meter = MeterProvider(metric_readers=[InMemoryMetricReader()]).get_meter("bench")
         metrics = ProxyMetrics("in", meter, AggregatedMetrics(), revision=lambda: 7)
     tracer = None if provider is None else provider.get_tracer("fastproxy.proxy")
-    return CallObserver.with_tracer("in", "song_service", lambda: 7, tracer, metrics), provider
+    observer = CallObserver.with_tracer(HostRole.IN, "song_service", lambda: 7, tracer, metrics)
+    return observer, provider
 
 
 def _default_observer(proxy: str) -> tuple[CallObserver, Any]:
@@ -99,7 +95,8 @@ def _default_observer(proxy: str) -> tuple[CallObserver, Any]:
     meter = MeterProvider(metric_readers=[InMemoryMetricReader(), InMemoryMetricReader()]
                           ).get_meter("bench")
     metrics = ProxyMetrics(proxy, meter, AggregatedMetrics(), revision=lambda: 7)
-    observer = CallObserver.with_tracer(proxy, "song_service" if proxy == "in" else "chat",
+    observer = CallObserver.with_tracer(HostRole(proxy),
+                                        "song_service" if proxy == "in" else "chat",
                                         lambda: 7, provider.get_tracer("fastproxy.proxy"),
                                         metrics, SamplingShortcut(DEFAULT_TRACE_SAMPLE_RATIO, ids))
     return observer, provider
@@ -107,7 +104,7 @@ def _default_observer(proxy: str) -> tuple[CallObserver, Any]:
 
 def _one_call(observer: CallObserver, metadata: tuple[tuple[str, str | bytes], ...],
               messages: bool = False) -> Callable[[], None]:
-    plan = _Plan()
+    plan = _plan()
     message = b"x" * 1024
 
     def call() -> None:
@@ -155,7 +152,7 @@ def measure(calls: int) -> dict[str, float]:
     kept = InMemorySpanExporter()
     provider = TracerProvider(resource=Resource.create({"service.name": "bench"}))
     provider.add_span_processor(SimpleSpanProcessor(kept))
-    observer = CallObserver.with_tracer("in", "song_service", lambda: 7,
+    observer = CallObserver.with_tracer(HostRole.IN, "song_service", lambda: 7,
                                         provider.get_tracer("fastproxy.proxy"), None)
     _one_call(observer, (("traceparent", SAMPLED),))()
     span = kept.get_finished_spans()[0]

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import signal
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -18,7 +16,9 @@ from center_svc.control import PolicyControl
 from center_svc.policy_file import PolicyFileWatcher
 from center_svc.service import CenterServicer
 from center_svc.snapshots import SnapshotBook
-from center_svc.store import open_store
+from center_svc.store import PolicyStore, open_store
+from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
+from fastproxy.telemetry.setup import TELEMETRY_OFF, Telemetry
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 
 log = logging.getLogger("center_svc")
@@ -31,8 +31,7 @@ class StartupError(Exception):
     pass
 
 
-async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> None:
-    """Runs until SIGTERM or SIGINT, then drains within the grace period."""
+def _open_control(config: CenterConfig) -> tuple[PolicyStore, PolicyControl]:
     try:
         store = open_store(config.store)
     except (ValueError, OSError) as exc:
@@ -44,6 +43,28 @@ async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> Non
         control.restore_registry()
     except ValueError as exc:
         raise StartupError(f"stored policy no longer validates: {exc}") from None
+    return store, control
+
+
+def _listen(server: grpc.aio.Server, config: CenterConfig) -> None:
+    if config.tls_cert and config.tls_key:
+        credentials = grpc.ssl_server_credentials(
+            [(config.tls_key, config.tls_cert)],
+            root_certificates=config.client_ca,
+            require_client_auth=config.client_ca is not None,
+        )
+        port = server.add_secure_port(config.listen, credentials)
+    else:
+        port = server.add_insecure_port(config.listen)
+    if port == 0:
+        raise StartupError(f"cannot listen on {config.listen}")
+
+
+async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
+                ready: asyncio.Event | None = None) -> None:
+    """Runs until SIGTERM or SIGINT, then drains within the grace period. (The Center's
+    metrics go to the global meter provider `telemetry` installed.)"""
+    store, control = _open_control(config)
     watcher = None
     if config.policy_file:
         watcher = PolicyFileWatcher(config.policy_file, control, config.policy_poll_s)
@@ -60,22 +81,9 @@ async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> Non
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (CENTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    if config.tls_cert and config.tls_key:
-        credentials = grpc.ssl_server_credentials(
-            [(config.tls_key, config.tls_cert)],
-            root_certificates=config.client_ca,
-            require_client_auth=config.client_ca is not None,
-        )
-        port = server.add_secure_port(config.listen, credentials)
-    else:
-        port = server.add_insecure_port(config.listen)
-    if port == 0:
-        raise StartupError(f"cannot listen on {config.listen}")
+    _listen(server, config)
     # before SERVING is reported: a SIGTERM sent as soon as we are healthy must stop us cleanly
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+    stop = stop_on_signals()
     await server.start()
     for name in ("", CENTER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
@@ -90,20 +98,11 @@ async def serve(config: CenterConfig, ready: asyncio.Event | None = None) -> Non
         tasks.append(asyncio.create_task(watcher.run()))
     if ready is not None:
         ready.set()
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping: closing watch streams, draining for up to %.1f s", config.grace_s)
-        await health_servicer.enter_graceful_shutdown()
-        servicer.close_streams()
-        for task in tasks:
-            task.cancel()
-        await server.stop(config.grace_s)
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        store.close()
-        log.info("stopped")
+    # Watch streams end with UNAVAILABLE at once, so that nodes reconnect elsewhere.
+    await serve_until_stopped(stop, server, health_servicer, config.grace_s, log, tasks=tasks,
+                              draining=servicer.close_streams)
+    store.close()
+    log.info("stopped")
 
 
 async def _expire_leases(control: PolicyControl) -> None:

@@ -37,7 +37,7 @@ import sys  # noqa: E402
 from collections.abc import Coroutine  # noqa: E402
 from typing import Any  # noqa: E402
 
-from fastproxy.hosting.service_main import run_service  # noqa: E402
+from fastproxy.hosting.service_main import run_service, telemetry_for  # noqa: E402
 from proxy_svc.app import StartupError, serve  # noqa: E402
 from proxy_svc.config import PROG, ProxyConfig, parse_config  # noqa: E402
 
@@ -47,7 +47,7 @@ def run_workers(config: ProxyConfig, argv: list[str]) -> int:
     Linux). Signals are passed on; the exit status is the worst of theirs."""
     children = [
         subprocess.Popen([sys.executable, "-m", "proxy_svc", *argv, "--workers", "1",
-                          "--node-id", f"{config.node_id}-w{index}"])
+                          "--node-id", f"{config.node.node_id}-w{index}"])
         for index in range(config.workers)
     ]
 
@@ -81,9 +81,12 @@ def main(argv: list[str] | None = None) -> int:
     config = parse_config(args)
     if config.workers > 1:
         return run_workers(config, _without_flags(args, ("--workers", "--node-id")))
-    return run_service(PROG, log_level=config.log_level, log_format=config.log_format,
-                       serve=lambda: serve(config), startup_errors=(StartupError,),
-                       run=run_event_loop)
+    node = config.node
+    return run_service(PROG, log_level=node.log_level, log_format=node.log_format,
+                       serve=lambda telemetry: serve(config, telemetry),
+                       startup_errors=(StartupError,), run=run_event_loop,
+                       telemetry=telemetry_for(f"fastproxy-{config.role.value}-proxy",
+                                               node.listen, node.metrics_port))
 
 
 def _without_flags(argv: list[str], flags: tuple[str, ...]) -> list[str]:

@@ -34,6 +34,8 @@ from typing import Any
 
 import grpc
 
+from fastproxy.pipeline.metadata import Metadata, grpc_service_of
+
 _log = logging.getLogger("fastproxy.proxy")
 
 KIND_KEY = "fastproxy-kind"
@@ -50,12 +52,6 @@ MAX_SERVICES = 1024
 # After a method left the fast path, its service is asked again no sooner than this: an app
 # that keeps failing a unary method must not turn each failure into a reflection call.
 ASK_AGAIN_AFTER_S = 30.0
-
-
-def grpc_service_of(method: str) -> str:
-    """`/pkg.Service/Method` -> `pkg.Service`; "" for anything else."""
-    cut = method.rfind("/")
-    return method[1:cut] if method.startswith("/") and cut > 1 else ""
 
 
 class MethodKinds:
@@ -189,3 +185,104 @@ def _methods_of(service: str, files: Iterable[bytes],
                     not (method.client_streaming or method.server_streaming)
                     for method in declared.method}
     return {}
+
+
+# How a unary call to a method that streams ends (grpc.aio 1.85): a streaming upstream's second
+# message leaves the call waiting for its deadline; an upstream that no longer has the method
+# or refuses the framing answers UNIMPLEMENTED or INTERNAL. Any of them drops the kind.
+MAYBE_WRONG_KIND = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.INTERNAL,
+                              grpc.StatusCode.UNIMPLEMENTED})
+
+
+def _without_kind(trailers: Metadata) -> Metadata:
+    if trailers and any(key == KIND_KEY for key, _ in trailers):
+        return tuple(entry for entry in trailers if entry[0] != KIND_KEY)
+    return trailers
+
+
+class KindExchange:
+    """What the forwarding handler does about kinds, per call; this base does nothing but
+    keep `kinds` (a proxy that neither tells nor learns). `KindTeller` is the in-proxy's,
+    `KindListener` the out-proxy's."""
+
+    request_entries: Metadata = ()  # what each upstream call adds to its metadata
+
+    def __init__(self, kinds: MethodKinds | None = None) -> None:
+        self.kinds = kinds if kinds is not None else MethodKinds()
+
+    def asked(self, metadata: Metadata) -> bool:
+        """Whether the caller asked to be told the kind (answered in `settle`)."""
+        return False
+
+    def consider(self, method: str) -> None:
+        """An admitted call of `method`: learn its kind if that is how this side learns."""
+
+    def settle(self, method: str, trailers: Metadata, *, fast: bool, asked: bool) -> Metadata:
+        """The trailers of a call that ended OK, as the client receives them."""
+        return _without_kind(trailers)
+
+    def strip(self, trailers: Metadata) -> Metadata:
+        """The trailers of a failed call: our kind entry never passes."""
+        return _without_kind(trailers)
+
+    def failed(self, method: str, code: grpc.StatusCode) -> None:
+        """A fast-path call ended with `code` from upstream."""
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            self.ran_out_of_time(method, "upstream answered DEADLINE_EXCEEDED")
+        elif code in MAYBE_WRONG_KIND:
+            self.kinds.forget(method, f"upstream answered {code.name}")
+
+    def ran_out_of_time(self, method: str, why: str) -> None:
+        """A fast-path call ended by a deadline: the kind may be wrong (a streaming method
+        served as unary waits for its deadline)."""
+        self.kinds.forget(method, why)
+
+
+class KindTeller(KindExchange):
+    """The in-proxy: learns kinds from its upstream's reflection (`learner`) and tells them
+    to callers that asked, in the `KIND_KEY` trailer."""
+
+    def __init__(self, kinds: MethodKinds, learner: ReflectionLearner | None) -> None:
+        super().__init__(kinds)
+        self._learner = learner
+
+    def asked(self, metadata: Metadata) -> bool:
+        return (KIND_KEY, ASK_KIND) in metadata
+
+    def consider(self, method: str) -> None:
+        if self._learner is not None and method not in self.kinds.unary:
+            self._learner.consider(method)
+
+    def settle(self, method: str, trailers: Metadata, *, fast: bool, asked: bool) -> Metadata:
+        trailers = _without_kind(trailers)
+        if asked and method in self.kinds.unary:
+            trailers = (*trailers, (KIND_KEY, UNARY_KIND))
+        return trailers
+
+    def failed(self, method: str, code: grpc.StatusCode) -> None:
+        super().failed(method, code)
+        if code in MAYBE_WRONG_KIND and code != grpc.StatusCode.DEADLINE_EXCEEDED \
+                and self._learner is not None:
+            self._learner.ask_again(method)
+
+    def ran_out_of_time(self, method: str, why: str) -> None:
+        # Kinds from reflection: a deadline is almost always a slow app, so the method stays
+        # and the upstream is asked again (see the module's docstring).
+        if self._learner is not None:
+            self._learner.verify(method)
+        else:
+            super().ran_out_of_time(method, why)
+
+
+class KindListener(KindExchange):
+    """The out-proxy: asks the in-proxy for kinds, learns them from its trailer, strips it."""
+
+    request_entries: Metadata = ((KIND_KEY, ASK_KIND),)
+
+    def settle(self, method: str, trailers: Metadata, *, fast: bool, asked: bool) -> Metadata:
+        told = (KIND_KEY, UNARY_KIND) in trailers if trailers else False
+        if told:
+            self.kinds.learn(method, True, "the in-proxy's trailer")
+        elif fast:
+            self.kinds.forget(method, "the in-proxy no longer says it is unary")
+        return _without_kind(trailers)

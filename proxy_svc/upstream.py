@@ -6,11 +6,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 
+from fastproxy.hosting.grpc_aio import value_now
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
@@ -131,3 +134,57 @@ class UpstreamPool:
         self._channels, self._separate = {}, {}
         for channel in channels:
             await channel.close()
+
+
+# What grpc.aio reports when a write of ours fails because the peer already ended the call.
+_CORE_WRITE_FAILURE = "Internal error from Core"
+# How long to wait for the status a peer really sent, once grpc has reported the above.
+SETTLE_STATUS_S = 0.5
+
+
+class StatusLog:
+    """Every status grpc.aio sets on an upstream call, in order.
+
+    Why: when the upstream ends a call before reading all our request messages
+    (UNIMPLEMENTED for a method it lacks, an early abort, an in-proxy refusal), a write of
+    ours that was in flight fails, and grpc.aio (1.85, grpc/grpc#36066) sets the call's
+    status to INTERNAL "Internal error from Core", before or after the status the upstream
+    really sent, which may then be lost (measured: 40-60 of 100 calls to a missing method
+    came back INTERNAL). grpc runs a call's done callbacks each time it sets a status, so
+    recording them keeps the real one.
+    """
+
+    __slots__ = ("seen",)
+
+    def __init__(self, call: Any) -> None:
+        self.seen: list[tuple[grpc.StatusCode, str, Any]] = []
+        call.add_done_callback(self._record)
+
+    def _record(self, call: Any) -> None:
+        code = value_now(call.code())
+        if code is not None:
+            self.seen.append((code, value_now(call.details()) or "",
+                              value_now(call.trailing_metadata())))
+
+    def _real(self) -> tuple[grpc.StatusCode, str, Any] | None:
+        for code, details, trailers in self.seen:
+            if code != grpc.StatusCode.INTERNAL or details != _CORE_WRITE_FAILURE:
+                return code, details, trailers
+        return None
+
+    async def settled(self, failed: grpc.aio.AioRpcError,
+                      limit_s: float = SETTLE_STATUS_S) -> grpc.aio.AioRpcError:
+        """`failed`, or the status the upstream really sent when grpc reported its failed
+        write instead (waiting up to `limit_s` for that status to arrive)."""
+        if failed.code() != grpc.StatusCode.INTERNAL or failed.details() != _CORE_WRITE_FAILURE:
+            return failed
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + limit_s
+        real = self._real()
+        while real is None and loop.time() < deadline:
+            await asyncio.sleep(0.002)
+            real = self._real()
+        if real is None:
+            return failed
+        code, details, trailers = real
+        return grpc.aio.AioRpcError(code, failed.initial_metadata(), trailers, details)

@@ -5,16 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
 from fastproxy.node.source import PolicySourceError
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.server.embedded import AioSealingServerInterceptor, EmbeddedPolicy
-from fastproxy.telemetry.setup import installed_telemetry
+from fastproxy.telemetry.setup import Telemetry
 from server_svc.config import ServerConfig
 from server_svc.demo import DEMO_SERVICE_NAMES, add_demo_services
 
@@ -26,23 +26,23 @@ class StartupError(Exception):
 
 
 def _embedded_policy(config: ServerConfig) -> EmbeddedPolicy | None:
-    if config.service is None:
+    node = config.node
+    if node.service is None:
         return None
     try:
         return EmbeddedPolicy(
-            service=config.service, center=config.center, policy_file=config.policy_file,
-            node_id=config.node_id, credentials=config.center_credentials,
-            advertise=config.advertise if config.center else "", cache_dir=config.cache_dir,
-            max_message_bytes=config.max_message_bytes)
+            service=node.service, center=node.center, policy_file=node.policy_file,
+            node_id=node.node_id, credentials=node.center_credentials,
+            advertise=node.advertise if node.center else "", cache_dir=node.cache_dir,
+            pinned_key=node.center_public_key, max_message_bytes=node.max_message_bytes)
     except PolicySourceError as exc:
         raise StartupError(str(exc)) from None
 
 
-async def serve(config: ServerConfig) -> None:
+async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
     """Runs until SIGTERM or SIGINT, then drains within the grace period."""
     policy = _embedded_policy(config)
     interceptors: list[grpc.aio.ServerInterceptor] = []
-    telemetry = installed_telemetry()
     if telemetry.tracer_provider is not None:
         # The server's SERVER span, a child of the in-proxy's (W3C traceparent), from the
         # instrumentation package: here the handlers are per method, which it fits.
@@ -52,7 +52,7 @@ async def serve(config: ServerConfig) -> None:
             tracer_provider=telemetry.tracer_provider))
     if policy is not None:
         interceptors.append(AioSealingServerInterceptor(policy))
-    limit = config.max_message_bytes
+    limit = config.node.max_message_bytes
     server = grpc.aio.server(interceptors=interceptors, options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
     add_demo_services(server)
@@ -61,11 +61,11 @@ async def serve(config: ServerConfig) -> None:
     reflection.enable_server_reflection(
         (*DEMO_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(config.listen)
+        port = server.add_insecure_port(config.node.listen)
     except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {config.listen}: {exc}") from None
+        raise StartupError(f"cannot listen on {config.node.listen}: {exc}") from None
     if port == 0:
-        raise StartupError(f"cannot listen on {config.listen}")
+        raise StartupError(f"cannot listen on {config.node.listen}")
     await server.start()
 
     # Embedded: SERVING only once a policy is in force; until then calls get `unavailable`.
@@ -89,24 +89,17 @@ async def serve(config: ServerConfig) -> None:
         for name in serving_names:
             await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
 
-    host = config.listen.rpartition(":")[0]
+    host = config.node.listen.rpartition(":")[0]
     mode = "plaintext"
     if config.service is not None:
-        source = f"center {config.center}" if config.center else f"policy {config.policy_file}"
+        node = config.node
+        source = f"center {node.center}" if node.center else f"policy {node.policy_file}"
         mode = f"embedded as {config.service}, {source}"
     log.info("server listening on %s:%d (%s)", host, port, mode)
 
-    stop = asyncio.Event()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    health_task = asyncio.create_task(serving_once_loaded())
-    try:
-        await stop.wait()
-    finally:
-        log.info("stopping: draining in-flight calls for up to %.1f s", config.grace_s)
-        health_task.cancel()
-        await health_servicer.enter_graceful_shutdown()
-        await server.stop(config.grace_s)
-        if policy is not None:
-            await asyncio.to_thread(policy.stop)
-        log.info("stopped")
+    await serve_until_stopped(stop_on_signals(), server, health_servicer,
+                              config.node.grace_s, log,
+                              tasks=[asyncio.create_task(serving_once_loaded())])
+    if policy is not None:
+        await asyncio.to_thread(policy.stop)
+    log.info("stopped")

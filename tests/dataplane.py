@@ -44,8 +44,8 @@ from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
-from proxy_svc.forward import _StatusLog
 from proxy_svc.tunnel import CARRY_METHOD
+from proxy_svc.upstream import StatusLog
 
 MiB = 1024 * 1024
 KINDS = ("unary", "client_stream", "server_stream", "bidi")
@@ -499,7 +499,7 @@ class RecordingRelay:
         call = self._channel.stream_stream(method)(recorded(), metadata=forwarded,
                                                     timeout=context.time_remaining())
         # the relay is a grpc.aio client too: keep the in-proxy's real status (grpc#36066)
-        statuses = _StatusLog(call)
+        statuses = StatusLog(call)
         try:
             initial = _relayable(await call.initial_metadata())
             if initial:

@@ -25,7 +25,7 @@ import test_forwarding
 from dataplane import Proxies, call_kind, poll, start_file_stack
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection
-from test_forwarding import KINDS, ProxyThread, channel, new_id
+from test_forwarding import KINDS, PassThroughRole, ProxyThread, channel, new_id
 from upstream_app import (
     BIDI,
     CLIENT_STREAM,
@@ -37,13 +37,10 @@ from upstream_app import (
     UpstreamProcess,
 )
 
-from proxy_svc.forward import (
-    ForwardingHandler,
-    PassThroughRole,
-    Role,
-    start_proxy_server,
-)
+from proxy_svc.forward import ForwardingHandler
 from proxy_svc.kinds import ASK_KIND, KIND_KEY, MethodKinds, ReflectionLearner
+from proxy_svc.plan import Role
+from proxy_svc.server import start_proxy_server
 from proxy_svc.upstream import UpstreamPool
 
 # --- 1. the contract tests of test_forwarding, on the fast path -------------------------

@@ -26,20 +26,14 @@ from upstream_app import (
     UpstreamProcess,
 )
 
+from fastproxy.hosting.refusal import HostRole
+from fastproxy.node.holder import PolicyHolder
 from fastproxy.pipeline.metadata import Metadata, forwarded_request_metadata
 from fastproxy.pipeline.reasons import FastProxyError, Reason
-from proxy_svc.forward import (
-    CallPlan,
-    ForwardingHandler,
-    OutboundRole,
-    PassThroughPlan,
-    PassThroughRole,
-    PolicyHolder,
-    Role,
-    call_timeout,
-    start_proxy_server,
-)
-from proxy_svc.kinds import MethodKinds
+from proxy_svc.forward import ForwardingHandler, call_timeout
+from proxy_svc.kinds import KindExchange, KindListener, KindTeller, MethodKinds
+from proxy_svc.plan import CallPlan, OutboundRole, Role
+from proxy_svc.server import start_proxy_server
 from proxy_svc.upstream import EjectionRule, EndpointHealth, UpstreamPool
 
 MiB = 1024 * 1024
@@ -51,6 +45,44 @@ KINDS = ("unary", "client_stream", "server_stream", "bidi")
 
 
 # --- fixtures -------------------------------------------------------------------------
+
+
+def _unchanged(message: bytes, now: float) -> bytes:
+    return message
+
+
+class PassThroughRole:
+    """Forwards messages as they are (the transport alone). `name` "in" or "out" also gives
+    the proxy that side's way with method kinds (`exchange_for`); any other name, neither."""
+
+    def __init__(self, name: str, endpoints: Sequence[str], timeout_ms: int | None = None):
+        self.name = name
+        self.role = HostRole.IN if name == "in" else HostRole.OUT
+        self._plan = CallPlan("", "", tuple(endpoints), timeout_ms, (), _unchanged, _unchanged)
+
+    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
+        return self._plan
+
+
+def exchange_for(role: Role, kinds: MethodKinds) -> KindExchange:
+    name = getattr(role, "name", role.role.value)
+    if name == "in":
+        return KindTeller(kinds, None)
+    if name == "out":
+        return KindListener(kinds)
+    return KindExchange(kinds)
+
+
+class CountingHandler(ForwardingHandler):
+    """Counts the calls it serves on the unary fast path (a unary handler handed to grpc)."""
+
+    fast_calls = 0
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
+        handler = super().service(handler_call_details)
+        if not (handler.request_streaming or handler.response_streaming):
+            self.fast_calls += 1
+        return handler
 
 
 class ProxyThread:
@@ -73,7 +105,8 @@ class ProxyThread:
 
     async def _start(self) -> None:
         self.pool = UpstreamPool(self._max, rule=self._rule)
-        self.handler = ForwardingHandler(self._role, self.pool, kinds=MethodKinds(self._unary))
+        self.handler = CountingHandler(
+            self._role, self.pool, exchange=exchange_for(self._role, MethodKinds(self._unary)))
         self.server, port = await start_proxy_server("127.0.0.1:0", self.handler, self._max)
         self.address = f"127.0.0.1:{port}"
 
@@ -433,29 +466,24 @@ def test_an_endpoint_failing_in_a_row_is_ejected_then_retried(
 class RefusingRole:
     """A transform that refuses at a chosen point, as the security pipeline would."""
 
+    role = HostRole.IN
+
     def __init__(self, endpoints: Sequence[str], at: str) -> None:
-        self.name = "in"
         self._endpoints = tuple(endpoints)
         self._at = at
 
     def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
         if self._at == "begin":
             raise FastProxyError(Reason.DENIED, "no rule for this caller")
-        return _RefusingPlan(self._endpoints, self._at)
+        return CallPlan("", "", self._endpoints, None, (), self._request, self._response)
 
-
-class _RefusingPlan(PassThroughPlan):
-    def __init__(self, endpoints: tuple[str, ...], at: str) -> None:
-        super().__init__(endpoints)
-        object.__setattr__(self, "_at", at)
-
-    def request(self, message: bytes, now: float) -> bytes:
-        if getattr(self, "_at") == "request" and message == b"bad":  # noqa: B009
+    def _request(self, message: bytes, now: float) -> bytes:
+        if self._at == "request" and message == b"bad":
             raise FastProxyError(Reason.UNAUTHENTICATED, "signature does not verify")
         return message
 
-    def response(self, message: bytes, now: float) -> bytes:
-        if getattr(self, "_at") == "response":  # noqa: B009
+    def _response(self, message: bytes, now: float) -> bytes:
+        if self._at == "response":
             raise FastProxyError(Reason.MALFORMED, "sealed message cannot be parsed")
         return message
 

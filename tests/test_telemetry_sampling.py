@@ -26,6 +26,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
 from opentelemetry.trace import SpanKind, get_current_span
 
+from fastproxy.hosting.refusal import HostRole, refuse
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.telemetry.sampling import PresetTraceIds, SamplingShortcut, Unsampled
 from fastproxy.telemetry.setup import configure_telemetry
@@ -160,16 +161,17 @@ def test_a_sampled_caller_still_gets_its_child_span(half: Tracing) -> None:
 
 def test_an_unsampled_refusal_keeps_its_trace_id_on_the_audit_line(
         half: Tracing, caplog: pytest.LogCaptureFixture) -> None:
-    observer = CallObserver.with_tracer("in", "song_service", lambda: 4,
+    observer = CallObserver.with_tracer(HostRole.IN, "song_service", lambda: 4,
                                         half.provider.get_tracer("t"), None, half.shortcut)
     record = observer.begin(METHOD, (("traceparent", f"00-{TRACE}-{SPAN}-00"),),
                             "ipv4:127.0.0.1:5000")
     assert isinstance(record, CallRecord) and record.span is None
     assert record.forward_metadata is None  # the call's metadata goes on as it came
     with caplog.at_level(logging.WARNING, logger="fastproxy.audit"):
-        observer.audit_refusal(METHOD, FastProxyError(Reason.DENIED, "no rule",
-                                                      caller="chat_service"),
-                               "ipv4:127.0.0.1:5000", record)
+        # what the forwarding handler does for a refused call
+        refuse(FastProxyError(Reason.DENIED, "no rule", caller="chat_service"), HostRole.IN,
+               service="song_service", other=record.caller, method=METHOD, revision=4,
+               peer="ipv4:127.0.0.1:5000", trace_id=record.trace_id_now())
         record.code = grpc.StatusCode.PERMISSION_DENIED
         observer.end(record, METHOD)
     [line] = [entry for entry in caplog.records if entry.name == "fastproxy.audit"]

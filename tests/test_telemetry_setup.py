@@ -20,8 +20,10 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
+from test_forwarding import PassThroughRole
 
 import fastproxy
+from fastproxy.hosting.refusal import STATUS_OF_REASON, HostRole
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.telemetry.logs import JsonFormatter, TextFormatter, log_event
 from fastproxy.telemetry.setup import (
@@ -31,8 +33,9 @@ from fastproxy.telemetry.setup import (
     exporter_name,
     otlp_protocol,
 )
-from proxy_svc.forward import ForwardingHandler, PassThroughRole
+from proxy_svc.forward import ForwardingHandler
 from proxy_svc.observe import CallObserver
+from proxy_svc.plan import CallPlan
 from proxy_svc.upstream import UpstreamPool
 
 
@@ -79,7 +82,7 @@ def test_a_proxy_without_telemetry_forwards_without_the_observed_path() -> None:
     assert handler._handle == handler._forward  # no span, no metric, no per-call record
     observed = ForwardingHandler(
         PassThroughRole("in", ["127.0.0.1:1"]), UpstreamPool(1 << 20),
-        observer=CallObserver.with_tracer("in", "svc", lambda: 1,
+        observer=CallObserver.with_tracer(HostRole.IN, "svc", lambda: 1,
                                           TracerProvider().get_tracer("t"), None))
     assert observed._handle == observed._forward_observed
 
@@ -135,7 +138,7 @@ def test_text_lines_put_fields_after_the_message() -> None:
 def test_a_refusal_after_authentication_names_the_caller() -> None:
     err = FastProxyError(Reason.DENIED, "no rule", caller="chat_service")
     assert err.caller == "chat_service"
-    assert err.status == grpc.StatusCode.PERMISSION_DENIED
+    assert STATUS_OF_REASON[err.reason] == grpc.StatusCode.PERMISSION_DENIED
 
 
 # --- the default sampler -------------------------------------------------------------------
@@ -207,13 +210,8 @@ def test_with_otel_traces_sampler_set_the_sdk_builds_the_sampler_it_names(
 
 # --- the unsampled path ----------------------------------------------------------------------
 
-class _Call:
-    caller = "chat_service"
-    destination = "song_service"
-
-
-class _Plan:
-    call = _Call()
+def _unchanged(message: bytes, now: float) -> bytes:
+    return message
 
 
 def _observed_call(sampler: Sampler, metadata: tuple[tuple[str, str | bytes], ...],
@@ -224,11 +222,12 @@ def _observed_call(sampler: Sampler, metadata: tuple[tuple[str, str | bytes], ..
     kept = InMemorySpanExporter()
     provider = TracerProvider(sampler=sampler)
     provider.add_span_processor(SimpleSpanProcessor(kept))
-    observer = CallObserver.with_tracer(proxy, "song_service" if proxy == "in"
+    observer = CallObserver.with_tracer(HostRole(proxy), "song_service" if proxy == "in"
                                         else "chat_service", lambda: 3,
                                         provider.get_tracer("t"), None)
     record = observer.begin("/demo.v1.Echo/Unary", metadata, "ipv4:127.0.0.1:5555")
-    observer.admitted(record, _Plan())
+    observer.admitted(record, CallPlan("chat_service", "song_service", (), None, (),
+                                       _unchanged, _unchanged))
     record.code = grpc.StatusCode.OK
     observer.end(record, "/demo.v1.Echo/Unary")
     assert record.forward_metadata is not None

@@ -1,35 +1,88 @@
 """What `python -m center_svc`, `proxy_svc` and `server_svc` share once their flags are parsed:
-logging, telemetry, the event loop, and a start-up failure as one line with exit status 1."""
+logging, telemetry (set up one way for every process), the event loop, a start-up failure as
+one line with exit status 1, and the graceful stop on SIGTERM or SIGINT."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
+import signal
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
 
+import grpc
+from grpc_health.v1 import health
+
 from fastproxy.telemetry.logs import configure_logging
-from fastproxy.telemetry.setup import TelemetryConfigError
+from fastproxy.telemetry.setup import (
+    TELEMETRY_OFF,
+    Telemetry,
+    TelemetryConfigError,
+    configure_telemetry,
+)
 
 Main = Coroutine[Any, Any, None]
 
 
-def run_service(prog: str, *, log_level: str, log_format: str, serve: Callable[[], Main],
+def telemetry_for(service_name: str, listen: str,
+                  metrics_port: int | None) -> Callable[[], Telemetry]:
+    """The telemetry a service process sets up: from the OTEL_* environment, and Prometheus
+    on `--metrics-port` at the host of `--listen`."""
+    host = listen.rpartition(":")[0].strip("[]") or "127.0.0.1"
+    return lambda: configure_telemetry(service_name, metrics_port=metrics_port,
+                                       metrics_host=host)
+
+
+def run_service(prog: str, *, log_level: str, log_format: str,
+                serve: Callable[[Telemetry], Main],
                 startup_errors: tuple[type[Exception], ...],
-                telemetry: Callable[[], object] | None = None,
+                telemetry: Callable[[], Telemetry] | None = None,
                 run: Callable[[Main], None] = asyncio.run) -> int:
-    """Runs `serve()` to its end (SIGTERM/SIGINT handling is the service's); 0 when it ended
-    cleanly, 1 with one line on stderr when it could not start."""
+    """Runs `serve(telemetry)` to its end; 0 when it ended cleanly, 1 with one line on
+    stderr when it could not start."""
     configure_logging(log_level, log_format)
+    installed = TELEMETRY_OFF
     if telemetry is not None:
         try:
-            telemetry()
+            installed = telemetry()
         except (TelemetryConfigError, OSError) as exc:
             sys.stderr.write(f"{prog}: error: telemetry: {exc}\n")
             return 1
     try:
-        run(serve())
+        run(serve(installed))
     except startup_errors as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 1
     return 0
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by the first SIGTERM or SIGINT (handlers installed now, on this loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+async def serve_until_stopped(stop: asyncio.Event, server: grpc.aio.Server,
+                              health_servicer: health.aio.HealthServicer, grace_s: float,
+                              log: logging.Logger, *, tasks: Iterable[asyncio.Task[Any]] = (),
+                              draining: Callable[[], None] | None = None) -> None:
+    """Waits for `stop`, then stops gracefully: health says NOT_SERVING, `draining` runs
+    (e.g. telling tunnels or watch streams to go), the server stops accepting and lets
+    in-flight calls finish within `grace_s`, and `tasks` are cancelled."""
+    try:
+        await stop.wait()
+    finally:
+        log.info("stopping: draining in-flight calls for up to %.1f s", grace_s)
+        await health_servicer.enter_graceful_shutdown()
+        if draining is not None:
+            draining()
+        await server.stop(grace_s)
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

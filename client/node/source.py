@@ -16,7 +16,8 @@ import threading
 from typing import Any, TypeVar
 
 from fastproxy.node.credentials import CenterCredentials
-from fastproxy.node.watch import CenterWatcher, Compile, FileWatcher, NodeIdentity, PolicyHolder
+from fastproxy.node.holder import PolicyHolder
+from fastproxy.node.watch import CenterWatcher, Compile, FileWatcher, NodeIdentity
 from fastproxy.pipeline.node_policy import NodePolicyError
 
 log = logging.getLogger("fastproxy.node.source")

@@ -22,6 +22,7 @@ from typing import Generic, TypeVar
 import grpc
 
 from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.holder import PolicyHolder
 from fastproxy.policy.scope import content_hash, scope_snapshot
 from fastproxy.policy.signing import SnapshotError, verify_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc
@@ -31,27 +32,6 @@ log = logging.getLogger("fastproxy.node.watch")
 
 T = TypeVar("T")
 Compile = Callable[[pb.PolicySnapshot], T]
-
-
-class PolicyHolder(Generic[T]):
-    """The node's compiled policy, swapped whole. `loaded` is set once a policy is in."""
-
-    def __init__(self) -> None:
-        self.current: T | None = None
-        self.revision = 0
-        self.content_hash = ""
-        self.loaded = asyncio.Event()
-        self._listeners: list[Callable[[T], None]] = []
-
-    def on_change(self, listener: Callable[[T], None]) -> None:
-        self._listeners.append(listener)
-
-    def replace(self, compiled: T, revision: int, digest: str) -> None:
-        self.current = compiled
-        self.revision, self.content_hash = revision, digest
-        self.loaded.set()
-        for listener in self._listeners:
-            listener(compiled)
 
 
 @dataclass(frozen=True, slots=True)

@@ -56,8 +56,7 @@ def forwarded_response_metadata(incoming: Iterable[Metadatum] | None) -> Metadat
     )
 
 
-def first_value(metadata: Iterable[Metadatum], key: str) -> MetadataValue | None:
-    for entry_key, value in metadata:
-        if entry_key == key:
-            return value
-    return None
+def grpc_service_of(method: str) -> str:
+    """`/pkg.Service/Method` -> `pkg.Service`; "" for anything else."""
+    cut = method.rfind("/")
+    return method[1:cut] if method.startswith("/") and cut > 1 else ""

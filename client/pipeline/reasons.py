@@ -1,14 +1,14 @@
-"""Failure reasons of the data plane and the one place that maps them to gRPC statuses.
+"""Why the data plane refuses a call: the reasons of the contract, raised by every stage.
 
-Stages raise `FastProxyError(Reason.X, detail)`; only the gRPC glue turns a reason into a
-status code and the `fastproxy-error` / `fastproxy-proxy` trailers (see CONTRACT.md).
+Stages raise `FastProxyError(Reason.X, detail)`; the hosts turn a reason into a gRPC status
+and the `fastproxy-error` / `fastproxy-proxy` trailers in one place
+(`fastproxy.hosting.refusal`), so this module needs no gRPC. docs/reference.md lists the
+reasons, their statuses and when each is raised.
 """
 
 from __future__ import annotations
 
 import enum
-
-import grpc
 
 ERROR_TRAILER = "fastproxy-error"
 PROXY_TRAILER = "fastproxy-proxy"
@@ -24,17 +24,6 @@ class Reason(enum.Enum):
     DEADLINE = "deadline"
 
 
-STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
-    Reason.DENIED: grpc.StatusCode.PERMISSION_DENIED,
-    Reason.RATE_LIMITED: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    Reason.UNAUTHENTICATED: grpc.StatusCode.UNAUTHENTICATED,
-    Reason.MALFORMED: grpc.StatusCode.INVALID_ARGUMENT,
-    Reason.NO_ROUTE: grpc.StatusCode.UNIMPLEMENTED,
-    Reason.UNAVAILABLE: grpc.StatusCode.UNAVAILABLE,
-    Reason.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
-}
-
-
 class FastProxyError(Exception):
     """A refused call: a contracted reason plus a detail safe to show the caller."""
 
@@ -46,9 +35,8 @@ class FastProxyError(Exception):
         # lines and metrics; "" when not known). Never sent to the caller.
         self.caller = caller
 
-    @property
-    def status(self) -> grpc.StatusCode:
-        return STATUS_OF_REASON[self.reason]
 
-    def trailers(self, proxy: str) -> tuple[tuple[str, str], ...]:
-        return ((ERROR_TRAILER, self.reason.value), (PROXY_TRAILER, proxy))
+def no_policy_yet(where: str = "") -> FastProxyError:
+    """The refusal of a call that arrives before the node's first policy."""
+    return FastProxyError(Reason.UNAVAILABLE,
+                          f"no policy loaded yet{f' from {where}' if where else ''}")

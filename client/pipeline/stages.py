@@ -49,6 +49,7 @@ from fastproxy.pipeline.envelope import (
     sign_call_header,
     verify_call_header,
 )
+from fastproxy.pipeline.metadata import grpc_service_of
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.policy.model import RetryPolicy
 from fastproxy.v1 import envelope_pb2 as epb
@@ -326,8 +327,7 @@ class Route:
 
     def admit(self, call: OutboundAdmission) -> None:
         method = call.method
-        cut = method.rfind("/")
-        grpc_service = method[1:cut] if method.startswith("/") and cut > 1 else ""
+        grpc_service = grpc_service_of(method)
         destination = call.side.routes.get(grpc_service)
         if destination is None:
             raise FastProxyError(Reason.NO_ROUTE,

@@ -9,6 +9,7 @@ from typing import Any
 
 import grpc
 
+from fastproxy.hosting.refusal import Refusal
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, SdkCore
@@ -95,7 +96,7 @@ class AioUnaryCall(_Delegating, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCal
             self._outcome = asyncio.ensure_future(self._finish(self))
         return await asyncio.shield(self._outcome)
 
-    def refuse(self, refused: FastProxyError) -> grpc.aio.AioRpcError:
+    def refuse(self, refused: Refusal) -> grpc.aio.AioRpcError:
         """The SDK's own refusal becomes this call's status, and the error to raise."""
         self._refusal = aio_refusal(refused)
         return self._refusal
@@ -153,7 +154,7 @@ class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStream
             self._refusal = aio_refusal(self._audited(refused))
             raise self._refusal from None
 
-    def _audited(self, refused: FastProxyError) -> FastProxyError:
+    def _audited(self, refused: FastProxyError) -> Refusal:
         return self._core.refused(refused, self._plan, self._attempt)
 
     async def _after_failure(self, err: grpc.aio.AioRpcError) -> None:

@@ -12,8 +12,9 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicyThread, open_policy_source
-from fastproxy.node.watch import NodeIdentity, PolicyHolder
+from fastproxy.node.watch import NodeIdentity
 from fastproxy.v1 import policy_pb2 as pb
 
 from .config import SdkConfig

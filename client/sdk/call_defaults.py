@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from fastproxy.pipeline.metadata import grpc_service_of
 from fastproxy.policy.model import RetryPolicy
 from fastproxy.v1 import policy_pb2 as pb
 
@@ -34,5 +35,4 @@ class CallDefaultsTable:
 
     def for_method(self, method: str) -> CallDefaults | None:
         """`method` is "/pkg.Service/Method"."""
-        cut = method.rfind("/")
-        return self.by_grpc_service.get(method[1:cut]) if cut > 1 else None
+        return self.by_grpc_service.get(grpc_service_of(method))

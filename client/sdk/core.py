@@ -17,10 +17,10 @@ from typing import Any
 
 import grpc
 
+from fastproxy.hosting.refusal import HostRole, Refusal, refuse
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.policy.model import RetryPolicy
-from fastproxy.telemetry.logs import audit_refused_call
 
 from .background_policy import BackgroundPolicy
 from .call_defaults import CallDefaultsTable
@@ -29,7 +29,6 @@ from .messages import PASS_THROUGH, MessageCodec, SealedMessages
 from .retry import retry_delay
 from .trace_context import trace_metadata
 
-PROXY_NAME = "client"
 OWN_PREFIX = "fastproxy-"
 MetadataEntries = tuple[tuple[str, str | bytes], ...]
 
@@ -145,17 +144,14 @@ class SdkCore:
         return plan.retry is not None and plan.attempts_made < plan.retry.max_attempts
 
     def refused(self, error: FastProxyError, plan: CallPlan | None,
-                attempt: Attempt | None = None) -> FastProxyError:
-        """The one audit line of a call this SDK refuses (as the out-proxy writes for its
-        own, with `proxy=client`); returns `error` for the caller to raise. Every refusal of
-        the four interceptors goes through here once."""
-        audit_refused_call(
-            proxy=PROXY_NAME, caller=self.config.service,
-            callee=attempt.messages.callee if attempt is not None else "",
-            method=plan.method if plan is not None else "", reason=error.reason.value,
-            revision=self.source.holder.revision if self.source is not None else 0,
-            peer="", detail=error.detail)
-        return error
+                attempt: Attempt | None = None) -> Refusal:
+        """The answer to a call this SDK refuses, after its one audit line (as the
+        out-proxy's, with `proxy=client`). Every refusal of the four interceptors goes
+        through here once."""
+        return refuse(error, HostRole.CLIENT, service=self.config.service or "",
+                      other=attempt.messages.callee if attempt is not None else "",
+                      method=plan.method if plan is not None else "",
+                      revision=self.source.holder.revision if self.source is not None else 0)
 
     def close(self) -> None:
         if self.source is not None:

@@ -9,35 +9,32 @@ from typing import Any, NoReturn
 
 import grpc
 
-from fastproxy.pipeline.reasons import FastProxyError
-
-from .core import PROXY_NAME
+from fastproxy.hosting.refusal import Refusal
 
 
-class Refusal(grpc.RpcError, grpc.Call, grpc.Future):
+class RefusedCall(grpc.RpcError, grpc.Call, grpc.Future):
     """A finished, failed call; iterating it raises it, as a failed stream would."""
 
-    def __init__(self, error: FastProxyError) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self._trailers = error.trailers(PROXY_NAME)
+    def __init__(self, refusal: Refusal) -> None:
+        super().__init__(f"{refusal.code}: {refusal.details}")
+        self.refusal = refusal
 
     def __str__(self) -> str:
-        return (f"<Refusal of fastproxy: status = {self.error.status}, "
-                f"details = {self.error.detail!r}>")
+        return (f"<RefusedCall of fastproxy: status = {self.refusal.code}, "
+                f"details = {self.refusal.details!r}>")
 
     # grpc.Call
     def initial_metadata(self) -> tuple[tuple[str, str], ...]:
         return ()
 
     def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
-        return self._trailers
+        return self.refusal.trailers
 
     def code(self) -> grpc.StatusCode:
-        return self.error.status
+        return self.refusal.code
 
     def details(self) -> str:
-        return self.error.detail
+        return self.refusal.details
 
     # grpc.RpcContext
     def is_active(self) -> bool:
@@ -65,7 +62,7 @@ class Refusal(grpc.RpcError, grpc.Call, grpc.Future):
     def result(self, timeout: float | None = None) -> NoReturn:
         raise self
 
-    def exception(self, timeout: float | None = None) -> Refusal:
+    def exception(self, timeout: float | None = None) -> RefusedCall:
         return self
 
     def traceback(self, timeout: float | None = None) -> Any:
@@ -75,7 +72,7 @@ class Refusal(grpc.RpcError, grpc.Call, grpc.Future):
         fn(self)
 
     # a refused stream
-    def __iter__(self) -> Refusal:
+    def __iter__(self) -> RefusedCall:
         return self
 
     def __next__(self) -> NoReturn:
@@ -85,6 +82,6 @@ class Refusal(grpc.RpcError, grpc.Call, grpc.Future):
         raise self
 
 
-def aio_refusal(error: FastProxyError) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(error.status, grpc.aio.Metadata(),
-                                grpc.aio.Metadata(*error.trailers(PROXY_NAME)), error.detail)
+def aio_refusal(refusal: Refusal) -> grpc.aio.AioRpcError:
+    return grpc.aio.AioRpcError(refusal.code, grpc.aio.Metadata(),
+                                grpc.aio.Metadata(*refusal.trailers), refusal.details)

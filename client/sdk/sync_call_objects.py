@@ -10,11 +10,12 @@ from typing import Any
 
 import grpc
 
+from fastproxy.hosting.refusal import Refusal
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, SdkCore
 from .messages import MessageCodec
-from .refusal import Refusal
+from .refusal import RefusedCall
 from .request_log import RequestLog
 
 _UNSET = object()
@@ -25,14 +26,14 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
     """A unary-response outcome whose response is opened on first access."""
 
     def __init__(self, outcome: Any, messages: MessageCodec, requests: RequestLog | None,
-                 refused: Callable[[FastProxyError], FastProxyError]) -> None:
+                 refused: Callable[[FastProxyError], Refusal]) -> None:
         """`refused` audits a refusal of the SDK's own (`SdkCore.refused`)."""
         self._refused = refused
         self._outcome = outcome
         self._messages = messages
         self._requests = requests
         self._opened: Any = _UNSET
-        self._refusal: Refusal | None = None
+        self._refusal: RefusedCall | None = None
         self._lock = threading.Lock()
 
     def _settle(self, timeout: float | None = None) -> None:
@@ -43,12 +44,12 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
                 raw = self._outcome.result(timeout)
             except grpc.RpcError:
                 if self._requests is not None and self._requests.error is not None:
-                    self._refusal = Refusal(self._refused(self._requests.error))
+                    self._refusal = RefusedCall(self._refused(self._requests.error))
                 return
             try:
                 self._opened = self._messages.response(raw)
             except FastProxyError as err:
-                self._refusal = Refusal(self._refused(err))
+                self._refusal = RefusedCall(self._refused(err))
 
     def _settle_quietly(self) -> None:
         try:
@@ -130,7 +131,7 @@ class SyncStreamCall(grpc.Call, grpc.Future):
         self._requests = requests
         self._call = start(attempt)
         self._responded = False
-        self._refusal: Refusal | None = None
+        self._refusal: RefusedCall | None = None
         self._cancelled = False
 
     def __iter__(self) -> SyncStreamCall:
@@ -156,17 +157,17 @@ class SyncStreamCall(grpc.Call, grpc.Future):
                 return self._attempt.messages.response(raw)
             except FastProxyError as refused:
                 self._call.cancel()
-                self._refusal = Refusal(self._audited(refused))
+                self._refusal = RefusedCall(self._audited(refused))
                 raise self._refusal from None
 
-    def _audited(self, refused: FastProxyError) -> FastProxyError:
+    def _audited(self, refused: FastProxyError) -> Refusal:
         return self._core.refused(refused, self._plan, self._attempt)
 
     def _after_failure(self, err: grpc.RpcError) -> None:
         """Starts the next attempt, or raises the failure as final."""
         requests = self._requests
         if requests is not None and requests.error is not None:
-            self._refusal = Refusal(self._audited(requests.error))
+            self._refusal = RefusedCall(self._audited(requests.error))
             raise self._refusal from None
         replayable = requests is None or requests.replayable
         delay = None if self._cancelled or not replayable else self._core.retry_delay(
@@ -177,7 +178,7 @@ class SyncStreamCall(grpc.Call, grpc.Future):
         try:
             self._attempt = self._core.next_attempt(self._plan)
         except FastProxyError as refused:
-            self._refusal = Refusal(self._core.refused(refused, self._plan))
+            self._refusal = RefusedCall(self._core.refused(refused, self._plan))
             raise self._refusal from None
         self._call = self._start(self._attempt)
 

@@ -14,7 +14,7 @@ import grpc
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, SdkCore
-from .refusal import Refusal
+from .refusal import RefusedCall
 from .request_log import RequestLog
 from .sync_call_objects import SyncStreamCall, SyncUnaryCall
 
@@ -40,7 +40,7 @@ class _SyncInterceptor:
     def __init__(self, core: SdkCore) -> None:
         self._core = core
 
-    def _begin(self, details: grpc.ClientCallDetails) -> tuple[CallPlan, Attempt | Refusal]:
+    def _begin(self, details: grpc.ClientCallDetails) -> tuple[CallPlan, Attempt | RefusedCall]:
         """The call's plan and its first attempt, or the SDK's refusal of it."""
         core = self._core
         plan = core.plan(details.method, details.timeout, details.metadata)
@@ -52,14 +52,14 @@ class _SyncInterceptor:
                     raise core.no_policy(waited)
             return plan, core.next_attempt(plan)
         except FastProxyError as refused:
-            return plan, Refusal(core.refused(refused, plan))
+            return plan, RefusedCall(core.refused(refused, plan))
 
     def _unary_response(self, continuation: Continuation, details: grpc.ClientCallDetails,
                         request_for: Callable[[Attempt], Any],
                         requests: RequestLog | None) -> Any:
         core = self._core
         plan, attempt = self._begin(details)
-        if isinstance(attempt, Refusal):
+        if isinstance(attempt, RefusedCall):
             return attempt
         while True:
             outcome = continuation(_details_for(details, attempt), request_for(attempt))
@@ -73,7 +73,7 @@ class _SyncInterceptor:
                         try:
                             attempt = core.next_attempt(plan)
                         except FastProxyError as refused:
-                            return Refusal(core.refused(refused, plan))
+                            return RefusedCall(core.refused(refused, plan))
                         continue
             if not core.config.embedded:
                 return outcome
@@ -84,7 +84,7 @@ class _SyncInterceptor:
                          request_for: Callable[[Attempt], Any],
                          requests: RequestLog | None) -> Any:
         plan, attempt = self._begin(details)
-        if isinstance(attempt, Refusal):
+        if isinstance(attempt, RefusedCall):
             return attempt
 
         def start(next_attempt: Attempt) -> Any:

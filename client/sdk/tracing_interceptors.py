@@ -19,10 +19,9 @@ from opentelemetry import trace
 from opentelemetry.trace import Span, SpanKind
 
 from fastproxy.hosting.grpc_aio import value_now
+from fastproxy.hosting.refusal import HostRole
 from fastproxy.pipeline.reasons import ERROR_TRAILER
 from fastproxy.telemetry.tracing import CallSpans, end_call_span
-
-PROXY_NAME = "client"
 
 
 def client_spans(tracer_provider: Any | None, service: str) -> CallSpans | None:
@@ -31,7 +30,7 @@ def client_spans(tracer_provider: Any | None, service: str) -> CallSpans | None:
     provider = tracer_provider or trace.get_tracer_provider()
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
-    return CallSpans(provider.get_tracer("fastproxy.sdk"), PROXY_NAME, SpanKind.CLIENT,
+    return CallSpans(provider.get_tracer("fastproxy.sdk"), HostRole.CLIENT.value, SpanKind.CLIENT,
                      service)
 
 

@@ -23,28 +23,26 @@ imposed on the app's handler (grpc gives a server no way to shorten a call's dea
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import os
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any, NoReturn
 
 import grpc
 
-from fastproxy.hosting.grpc_aio import REFUSAL_DRAIN_S, drain
+from fastproxy.hosting.drain import drain, drain_blocking
+from fastproxy.hosting.refusal import HostRole, Refusal, refuse
 from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicyThread, open_policy_source
-from fastproxy.node.watch import NodeIdentity, PolicyHolder
+from fastproxy.node.watch import NodeIdentity
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
-from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES, InboundCall
-from fastproxy.telemetry.logs import audit_refused_call
 from fastproxy.v1 import policy_pb2 as pb
 
-PROXY_NAME = "in"  # the `fastproxy-proxy` trailer: this server stands in for the in-proxy
 # Reachable without a sealed call: orchestrators' health checks speak plain grpc.health.v1.
 DEFAULT_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
@@ -116,10 +114,7 @@ class EmbeddedPolicy:
         `FastProxyError` when the call is refused."""
         if method.startswith(self._open_prefixes):
             return None
-        policy = self.holder.current
-        if policy is None:
-            raise FastProxyError(Reason.UNAVAILABLE, "no policy loaded yet")
-        return policy.inbound(method, metadata, self._clock(), self.state)
+        return self.holder.require().inbound(method, metadata, self._clock(), self.state)
 
     def sealed_call(self, call: InboundCall) -> SealedCall:
         return SealedCall(call, self._clock)
@@ -135,7 +130,7 @@ class _Refused:
 
 
 class _CallAudit:
-    """Writes the audit line of one call if it is refused (as the in-proxy does)."""
+    """The answer to one call if it is refused, with its audit line (as the in-proxy's)."""
 
     __slots__ = ("_method", "_policy")
 
@@ -143,11 +138,9 @@ class _CallAudit:
         self._policy = policy
         self._method = method
 
-    def refused(self, error: FastProxyError, peer: str | None) -> None:
-        audit_refused_call(proxy=PROXY_NAME, caller=error.caller, callee=self._policy.service,
-                           method=self._method, reason=error.reason.value,
-                           revision=self._policy.revision, peer=peer or "",
-                           detail=error.detail)
+    def refused(self, error: FastProxyError, peer: str | None) -> Refusal:
+        return refuse(error, HostRole.IN, service=self._policy.service, other="",
+                      method=self._method, revision=self._policy.revision, peer=peer or "")
 
 
 class SealedCall:
@@ -218,30 +211,12 @@ def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
 # --- sync grpc.server -----------------------------------------------------------------------
 
 
-def _drain(requests: Iterator[Any] | None, limit_s: float = REFUSAL_DRAIN_S) -> None:
-    """Reads and drops what the client already sent (until it half-closes, at most
-    `limit_s`), so a refusal does not end the stream under a write in flight: a grpc.aio
-    client, such as the out-proxy, whose write fails that way reports INTERNAL instead of our
-    status (grpc/grpc#36066; the in-proxy does the same, see proxy_svc/forward.py)."""
-    if requests is None:
-        return
-
-    def read_all() -> None:
-        with contextlib.suppress(Exception):
-            for _ in requests:
-                pass
-
-    reader = threading.Thread(target=read_all, name="fastproxy-drain", daemon=True)
-    reader.start()
-    reader.join(limit_s)
-
-
 def _abort(context: grpc.ServicerContext, error: FastProxyError, audit: _CallAudit,
            unread: Iterator[Any] | None = None) -> NoReturn:
-    audit.refused(error, context.peer())
-    _drain(unread)
-    context.set_trailing_metadata(error.trailers(PROXY_NAME))
-    context.abort(error.status, error.detail)
+    answer = audit.refused(error, context.peer())
+    drain_blocking(unread)
+    context.set_trailing_metadata(answer.trailers)
+    context.abort(answer.code, answer.details)
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 
@@ -328,10 +303,10 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
 
 async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], error: FastProxyError,
                      audit: _CallAudit, unread: AsyncIterator[Any] | None = None) -> NoReturn:
-    audit.refused(error, context.peer())
+    answer = audit.refused(error, context.peer())
     if unread is not None:
         await drain(unread)
-    await context.abort(error.status, error.detail, error.trailers(PROXY_NAME))
+    await context.abort(answer.code, answer.details, answer.trailers)
     raise AssertionError("context.abort returned")  # pragma: no cover
 
 

@@ -85,7 +85,20 @@ class Telemetry:
 
 
 TELEMETRY_OFF = Telemetry(None, None)
-_installed: Telemetry | None = None
+_globals_set = False
+
+
+def _set_globals_once(tracer_provider: Any | None, meter_provider: Any | None) -> None:
+    """OpenTelemetry keeps the first global providers of a process (and warns at a second):
+    the first configuration with any provider sets them."""
+    global _globals_set
+    if _globals_set or (tracer_provider is None and meter_provider is None):
+        return
+    _globals_set = True
+    if tracer_provider is not None:
+        trace.set_tracer_provider(tracer_provider)
+    if meter_provider is not None:
+        otel_metrics.set_meter_provider(meter_provider)
 
 
 def exporter_name(signal: str, env: Mapping[str, str]) -> str:
@@ -187,12 +200,12 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
                         install_global: bool = True) -> Telemetry:
     """Builds the TracerProvider (batched span export) and MeterProvider (OTLP periodic
     export and/or a Prometheus endpoint on `metrics_host:metrics_port`) the environment asks
-    for, installs them as OpenTelemetry's globals (once per process) and returns them.
+    for, installs them as OpenTelemetry's globals (the first time in a process) and returns them
+    (`fastproxy.hosting.service_main.run_service` hands them to the service).
 
     `service_name` is the default `service.name` (`OTEL_SERVICE_NAME` wins). Raises
     `TelemetryConfigError` for unusable `OTEL_*` values, OSError if the port is taken.
     """
-    global _installed
     env = os.environ if env is None else env
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return TELEMETRY_OFF
@@ -255,17 +268,8 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
 
     installed = Telemetry(tracer_provider, meter_provider, metrics_port, shortcut, aggregated)
-    if install_global and _installed is None:
-        if tracer_provider is not None:
-            trace.set_tracer_provider(tracer_provider)
-        if meter_provider is not None:
-            otel_metrics.set_meter_provider(meter_provider)
-        _installed = installed
+    if install_global:
+        _set_globals_once(tracer_provider, meter_provider)
     log.info("telemetry: traces %s, metrics %s%s", traces, metrics,
              f", prometheus :{metrics_port}" if metrics_port is not None else "")
     return installed
-
-
-def installed_telemetry() -> Telemetry:
-    """What `configure_telemetry` installed in this process (off if it was never called)."""
-    return _installed or TELEMETRY_OFF
