@@ -270,27 +270,14 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             await drain(requests)
             await self._refuse(context, method, err, record)
             return
-        plan = admitted.plan
-        pump = _RequestPump(requests, plan, self._clock)
+        pump = _RequestPump(requests, admitted.plan, self._clock)
         admitted.started = time.monotonic()
         call = self._pool.channel(admitted.endpoint).stream_stream(method, None, None)(
             pump.messages(), timeout=admitted.timeout, metadata=admitted.metadata)
         statuses = StatusLog(call)
         try:
-            initial = forwarded_response_metadata(await call.initial_metadata())
-            if initial:
-                await context.send_initial_metadata(initial)
-            async for message in call:
-                yield plan.response(message, self._clock())
-            # The stream ended OK: the status is in.
-            self._pool.health.record_success(admitted.endpoint)
-            trailers = self._exchange.settle(
-                method, forwarded_response_metadata(await call.trailing_metadata()),
-                fast=False, asked=admitted.asked)
-            if trailers:
-                context.set_trailing_metadata(trailers)
-            if record is not None:
-                record.code = grpc.StatusCode.OK
+            async for message in self._responses(method, call, context, admitted, record):
+                yield message
         except grpc.aio.AioRpcError as failed:
             if pump.error is not None:
                 await drain(requests)
@@ -312,6 +299,26 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             # Any exit other than a finished call (e.g. grpc closing the generator).
             if not call.done():
                 call.cancel()
+
+    async def _responses(self, method: str, call: Any, context: grpc.aio.ServicerContext,
+                         admitted: _Admitted, record: CallRecord | None
+                         ) -> AsyncIterator[bytes]:
+        """The upstream's initial metadata and responses, transformed, then its trailers
+        once the stream ended OK; raises what the upstream call or the plan raise."""
+        initial = forwarded_response_metadata(await call.initial_metadata())
+        if initial:
+            await context.send_initial_metadata(initial)
+        async for message in call:
+            yield admitted.plan.response(message, self._clock())
+        # The stream ended OK: the status is in.
+        self._pool.health.record_success(admitted.endpoint)
+        trailers = self._exchange.settle(
+            method, forwarded_response_metadata(await call.trailing_metadata()),
+            fast=False, asked=admitted.asked)
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        if record is not None:
+            record.code = grpc.StatusCode.OK
 
     # --- how a call that did not end OK ends ----------------------------------------------
 

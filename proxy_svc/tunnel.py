@@ -465,6 +465,35 @@ class TunnelLink:
     async def _run(self) -> None:
         stream = self._channel().stream_stream(
             CARRY_METHOD, None, tpb.TunnelFrames.FromString)()
+        if not await self._opened(stream):
+            self.state = _IDLE
+            return
+        self._outbox = outbox = Outbox()
+        self.state = _OPEN
+        _log.info("tunnel to %s open", self.endpoint)
+        writer = asyncio.ensure_future(self._write(stream, outbox))
+        why = "the in-proxy ended it"
+        try:
+            while (batch := await stream.read()) is not grpc.aio.EOF:
+                self._receive(batch, outbox)
+        except grpc.aio.AioRpcError as exc:
+            why = f"{exc.code().name}: {exc.details()}"
+        except asyncio.CancelledError:
+            why = "the out-proxy is stopping"
+            raise
+        finally:
+            _log.info("tunnel to %s closed (%s)", self.endpoint, why)
+            self.state = _IDLE
+            self._retry_at = self._clock() + REOPEN_AFTER_S
+            writer.cancel()
+            stream.cancel()
+            pending, self._pending = self._pending, {}
+            for carried in pending.values():
+                carried.fail(f"tunnel to {self.endpoint} closed ({why})")
+
+    async def _opened(self, stream: Any) -> bool:
+        """Waits for the in-proxy's first, empty message; False (and when to try again
+        set) when the stream did not open."""
         try:
             hello = await asyncio.wait_for(stream.read(), OPEN_TIMEOUT_S)
         except (TimeoutError, grpc.aio.AioRpcError) as exc:
@@ -480,43 +509,23 @@ class TunnelLink:
                 _log.info("in-proxy %s offers no tunnel (%s): unary calls go one stream each",
                           self.endpoint, code.name)
                 self._retry_at = self._clock() + UNSUPPORTED_RETRY_S
-            self.state = _IDLE
-            return
+            return False
         if hello is grpc.aio.EOF:
             self._retry_at = self._clock() + REOPEN_AFTER_S
-            self.state = _IDLE
-            return
-        self._outbox = outbox = Outbox()
-        self.state = _OPEN
-        _log.info("tunnel to %s open", self.endpoint)
-        writer = asyncio.ensure_future(self._write(stream, outbox))
-        why = "the in-proxy ended it"
-        try:
-            while (batch := await stream.read()) is not grpc.aio.EOF:
-                for frame in batch.frames:
-                    body = frame.WhichOneof("body")
-                    if body == "reply":
-                        carried = self.forget(frame.id)
-                        if carried is not None:
-                            carried.resolve(frame.reply)
-                    elif body == "goaway":
-                        self.state = _DRAINING
-                        if not self._pending:
-                            outbox.close()
-        except grpc.aio.AioRpcError as exc:
-            why = f"{exc.code().name}: {exc.details()}"
-        except asyncio.CancelledError:
-            why = "the out-proxy is stopping"
-            raise
-        finally:
-            _log.info("tunnel to %s closed (%s)", self.endpoint, why)
-            self.state = _IDLE
-            self._retry_at = self._clock() + REOPEN_AFTER_S
-            writer.cancel()
-            stream.cancel()
-            pending, self._pending = self._pending, {}
-            for carried in pending.values():
-                carried.fail(f"tunnel to {self.endpoint} closed ({why})")
+            return False
+        return True
+
+    def _receive(self, batch: tpb.TunnelFrames, outbox: Outbox) -> None:
+        for frame in batch.frames:
+            body = frame.WhichOneof("body")
+            if body == "reply":
+                carried = self.forget(frame.id)
+                if carried is not None:
+                    carried.resolve(frame.reply)
+            elif body == "goaway":
+                self.state = _DRAINING
+                if not self._pending:
+                    outbox.close()
 
     async def _write(self, stream: Any, outbox: Outbox) -> None:
         try:

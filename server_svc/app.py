@@ -39,9 +39,8 @@ def _embedded_policy(config: ServerConfig) -> EmbeddedPolicy | None:
         raise StartupError(str(exc)) from None
 
 
-async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
-    """Runs until SIGTERM or SIGINT, then drains within the grace period."""
-    policy = _embedded_policy(config)
+def _interceptors(telemetry: Telemetry, policy: EmbeddedPolicy | None
+                  ) -> list[grpc.aio.ServerInterceptor]:
     interceptors: list[grpc.aio.ServerInterceptor] = []
     if telemetry.tracer_provider is not None:
         # The server's SERVER span, a child of the in-proxy's (W3C traceparent), from the
@@ -52,8 +51,36 @@ async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
             tracer_provider=telemetry.tracer_provider))
     if policy is not None:
         interceptors.append(AioSealingServerInterceptor(policy))
-    limit = config.node.max_message_bytes
-    server = grpc.aio.server(interceptors=interceptors, options=[
+    return interceptors
+
+
+async def _serving_once_loaded(policy: EmbeddedPolicy | None,
+                               health_servicer: health.aio.HealthServicer) -> None:
+    """Embedded: SERVING only once a policy is in force; until then calls get `unavailable`."""
+    serving_names = ("", *DEMO_SERVICE_NAMES)
+    for name in serving_names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
+    if policy is not None:
+        loop = asyncio.get_running_loop()
+        loaded = asyncio.Event()
+
+        def on_policy(_policy: NodePolicy) -> None:
+            loop.call_soon_threadsafe(loaded.set)
+        policy.holder.on_change(on_policy)
+        if policy.holder.current is not None:
+            loaded.set()
+        policy.start()
+        await loaded.wait()
+    for name in serving_names:
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+
+async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
+    """Runs until SIGTERM or SIGINT, then drains within the grace period."""
+    node = config.node
+    policy = _embedded_policy(config)
+    limit = node.max_message_bytes
+    server = grpc.aio.server(interceptors=_interceptors(telemetry, policy), options=[
         ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
     add_demo_services(server)
     health_servicer = health.aio.HealthServicer()
@@ -61,45 +88,21 @@ async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
     reflection.enable_server_reflection(
         (*DEMO_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
-        port = server.add_insecure_port(config.node.listen)
+        port = server.add_insecure_port(node.listen)
     except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {config.node.listen}: {exc}") from None
+        raise StartupError(f"cannot listen on {node.listen}: {exc}") from None
     if port == 0:
-        raise StartupError(f"cannot listen on {config.node.listen}")
+        raise StartupError(f"cannot listen on {node.listen}")
     await server.start()
+    serving = asyncio.create_task(_serving_once_loaded(policy, health_servicer))
 
-    # Embedded: SERVING only once a policy is in force; until then calls get `unavailable`.
-    loop = asyncio.get_running_loop()
-    loaded = asyncio.Event()
-    serving_names = ("", *DEMO_SERVICE_NAMES)
-    for name in serving_names:
-        await health_servicer.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    if policy is not None:
-        def on_policy(_policy: NodePolicy) -> None:
-            loop.call_soon_threadsafe(loaded.set)
-        policy.holder.on_change(on_policy)
-        if policy.holder.current is not None:
-            loaded.set()
-        policy.start()
-    else:
-        loaded.set()
-
-    async def serving_once_loaded() -> None:
-        await loaded.wait()
-        for name in serving_names:
-            await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
-
-    host = config.node.listen.rpartition(":")[0]
     mode = "plaintext"
     if config.service is not None:
-        node = config.node
         source = f"center {node.center}" if node.center else f"policy {node.policy_file}"
         mode = f"embedded as {config.service}, {source}"
-    log.info("server listening on %s:%d (%s)", host, port, mode)
-
-    await serve_until_stopped(stop_on_signals(), server, health_servicer,
-                              config.node.grace_s, log,
-                              tasks=[asyncio.create_task(serving_once_loaded())])
+    log.info("server listening on %s:%d (%s)", node.listen.rpartition(":")[0], port, mode)
+    await serve_until_stopped(stop_on_signals(), server, health_servicer, node.grace_s, log,
+                              tasks=[serving])
     if policy is not None:
         await asyncio.to_thread(policy.stop)
     log.info("stopped")

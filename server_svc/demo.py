@@ -15,6 +15,7 @@ from google.protobuf import any_pb2
 from google.rpc import code_pb2, error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from grpc_status import rpc_status
 
+from fastproxy.pipeline.metadata import Metadata
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc
 
 ECHO_METADATA_PREFIX = "x-echo-"
@@ -24,7 +25,6 @@ MAX_REPEAT = 1000
 MAX_ID_LENGTH = 64
 MAX_NAME_LENGTH = 200
 
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 
 def _echoed_metadata(context: grpc.aio.ServicerContext[object, object]) -> Metadata:

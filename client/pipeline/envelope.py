@@ -38,7 +38,6 @@ from fastproxy.v1 import envelope_pb2 as epb
 ENVELOPE_VERSION = 1
 CALL_HEADER_VERSION = 1
 CALL_METADATA_KEY = "fastproxy-call-bin"
-OWN_METADATA_PREFIX = "fastproxy-"  # the transport strips these before the app sees metadata
 
 CALL_CONTEXT = b"fastproxy-call-v1\x00"
 MESSAGE_CONTEXT = b"fastproxy-msg-v1\x00"

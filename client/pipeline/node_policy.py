@@ -80,10 +80,6 @@ class NodeState:
                 bucket.reconfigure(limit.rps, limit.burst)
             return bucket.try_take(now)
 
-    @property
-    def replay_entries(self) -> int:
-        return len(self._replay)
-
 
 @dataclass(frozen=True, slots=True)
 class _Keys:

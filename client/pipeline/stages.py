@@ -7,7 +7,7 @@ Two kinds of stages:
   `Authorize`, `SpendRateLimit`. Each takes the call's admission record and fills it in or
   raises `FastProxyError`.
 - message stages run once per message: `Position` (sequence numbers, timestamps, binding to
-  the call), `Compress`, `Encrypt`, `Sign`, `Frame` (the wire form). Sealing runs them in
+  the call), `Compress`, `Encrypt`, `Sign` (which also writes the wire form). Sealing runs them in
   order, opening in reverse, so each stage undoes exactly what it did.
 
 The out-proxy, the in-proxy, the embedded client SDK and the embedded server all get their

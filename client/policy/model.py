@@ -8,7 +8,6 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from types import MappingProxyType
 
 
 class KeyType(enum.Enum):
@@ -89,9 +88,6 @@ class ServiceSpec:
     timeout_ms: int = 0
     allow: tuple[AllowRule, ...] = ()
     retry: RetryPolicy | None = None
-
-
-EMPTY_MAP: Mapping[str, object] = MappingProxyType({})
 
 
 @dataclass(frozen=True, slots=True)

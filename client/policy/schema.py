@@ -446,22 +446,35 @@ def _cross_check(check: _Check, keys: Mapping[str, KeySpec], key_names: set[str]
     routed: dict[str, str] = {}
     for name, svc in services.items():
         path = f"services.{name}"
-        for ref, field_name, wanted in ((svc.identity, "identity", _SIGNING),
-                                        (svc.encrypt, "encrypt", _ENCRYPTION)):
-            if ref is None:
-                continue
-            for label, key_name in (("key", ref.key),
-                                    *((f"accept[{i}]", k) for i, k in enumerate(ref.accept))):
-                key_path = f"{path}.{field_name}.{label}"
-                if key_name not in key_names:
-                    check.error(key_path, f"unknown key {key_name!r}")
-                elif key_name in keys and keys[key_name].type not in wanted[0]:
-                    check.error(key_path, f"key {key_name!r} is not {wanted[1]}")
+        _check_key_refs(check, keys, key_names, svc, path)
         for i, grpc_service in enumerate(svc.grpc_services):
             owner = routed.setdefault(grpc_service, name)
             if owner != name:
                 check.error(f"{path}.grpc_services[{i}]",
                             f"{grpc_service!r} is already routed to service {owner!r}")
+    _check_callers(check, services, declared)
+
+
+def _check_key_refs(check: _Check, keys: Mapping[str, KeySpec], key_names: set[str],
+                    svc: ServiceSpec, path: str) -> None:
+    """A service's identity and encrypt keys exist and have a type that fits."""
+    for ref, field_name, wanted in ((svc.identity, "identity", _SIGNING),
+                                    (svc.encrypt, "encrypt", _ENCRYPTION)):
+        if ref is None:
+            continue
+        for label, key_name in (("key", ref.key),
+                                *((f"accept[{i}]", k) for i, k in enumerate(ref.accept))):
+            key_path = f"{path}.{field_name}.{label}"
+            if key_name not in key_names:
+                check.error(key_path, f"unknown key {key_name!r}")
+            elif key_name in keys and keys[key_name].type not in wanted[0]:
+                check.error(key_path, f"key {key_name!r} is not {wanted[1]}")
+
+
+def _check_callers(check: _Check, services: Mapping[str, ServiceSpec],
+                   declared: _Declared) -> None:
+    """Every caller a rule names exists, and every service that calls or is called has an
+    identity."""
     called_or_calling = {name for name, svc in services.items() if svc.allow}
     for caller_path, caller in declared.callers:
         if caller == "*":

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
-from fastproxy.policy.model import KeyRef, KeySpec, KeyType, Policy, ServiceSpec
+from fastproxy.policy.model import KeyRef, KeySpec, KeyType, Policy, RetryPolicy, ServiceSpec
 from fastproxy.v1 import policy_pb2 as pb
 
 KEY_TYPE_TO_PB = {
@@ -40,47 +40,63 @@ def scope_snapshot(
         return snapshot
     keys = _KeyCollector(policy)
     if role == pb.ROLE_IN:
-        if not own.allow:
-            return snapshot
-        snapshot.services.append(_service_pb(own, with_rules=True))
-        keys.add(own.identity, private=True)
-        keys.add(own.encrypt, private=True)
-        for caller in policy.callers_of(own):
-            if caller == service:
-                continue
-            spec = policy.services[caller]
-            snapshot.services.append(pb.Service(name=caller, identity=_ref_pb(spec.identity)))
-            keys.add(spec.identity, private=False)
+        _scope_in(policy, own, snapshot, keys)
     elif role in (pb.ROLE_OUT, pb.ROLE_CLIENT):
-        callees = policy.callees_of(service)
-        if not callees:
-            return snapshot
-        keys.add(own.identity, private=True)
-        if service not in callees:
-            snapshot.services.append(pb.Service(name=service, identity=_ref_pb(own.identity)))
-        for name in callees:
-            spec = policy.services[name]
-            entry = _service_pb(spec, with_rules=False)
-            for endpoint in (registered or {}).get(name, ()):
-                if endpoint not in entry.endpoints:
-                    entry.endpoints.append(endpoint)
-            snapshot.services.append(entry)
-            keys.add(spec.encrypt, private=True)
-            keys.add(spec.identity, private=name == service)
+        _scope_out(policy, own, snapshot, keys, registered or {})
     elif role == pb.ROLE_APP:
-        for name in policy.callees_of(service):
-            spec = policy.services[name]
-            entry = pb.Service(name=name, grpc_services=spec.grpc_services,
-                               timeout_ms=spec.timeout_ms)
-            if spec.retry is not None:
-                entry.retry.max_attempts = spec.retry.max_attempts
-                entry.retry.initial_backoff_ms = spec.retry.initial_backoff_ms
-                entry.retry.max_backoff_ms = spec.retry.max_backoff_ms
-            snapshot.services.append(entry)
+        _scope_app(policy, service, snapshot)
     else:
         raise ValueError(f"unknown role {role}")
     snapshot.keys.extend(keys.collected())
     return snapshot
+
+
+def _scope_in(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
+              keys: _KeyCollector) -> None:
+    """The guarded service's own entry and keys, and each caller's identity."""
+    if not own.allow:
+        return
+    snapshot.services.append(_service_pb(own, with_rules=True))
+    keys.add(own.identity, private=True)
+    keys.add(own.encrypt, private=True)
+    for caller in policy.callers_of(own):
+        if caller == own.name:
+            continue
+        spec = policy.services[caller]
+        snapshot.services.append(pb.Service(name=caller, identity=_ref_pb(spec.identity)))
+        keys.add(spec.identity, private=False)
+
+
+def _scope_out(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
+               keys: _KeyCollector, registered: Mapping[str, Sequence[str]]) -> None:
+    """The caller's own identity, and each service it may call: routes, endpoints (static
+    and registered), keys, limits."""
+    callees = policy.callees_of(own.name)
+    if not callees:
+        return
+    keys.add(own.identity, private=True)
+    if own.name not in callees:
+        snapshot.services.append(pb.Service(name=own.name, identity=_ref_pb(own.identity)))
+    for name in callees:
+        spec = policy.services[name]
+        entry = _service_pb(spec, with_rules=False)
+        for endpoint in registered.get(name, ()):
+            if endpoint not in entry.endpoints:
+                entry.endpoints.append(endpoint)
+        snapshot.services.append(entry)
+        keys.add(spec.encrypt, private=True)
+        keys.add(spec.identity, private=name == own.name)
+
+
+def _scope_app(policy: Policy, service: str, snapshot: pb.PolicySnapshot) -> None:
+    """Through an out-proxy: routes, timeouts and retry policies only, no key at all."""
+    for name in policy.callees_of(service):
+        spec = policy.services[name]
+        entry = pb.Service(name=name, grpc_services=spec.grpc_services,
+                           timeout_ms=spec.timeout_ms)
+        if spec.retry is not None:
+            entry.retry.CopyFrom(_retry_pb(spec.retry))
+        snapshot.services.append(entry)
 
 
 def content_hash(snapshot: pb.PolicySnapshot) -> str:
@@ -106,9 +122,7 @@ def _service_pb(spec: ServiceSpec, *, with_rules: bool) -> pb.Service:
         entry.compress.algorithm = spec.compress.algorithm
         entry.compress.min_bytes = spec.compress.min_bytes
     if spec.retry is not None:
-        entry.retry.max_attempts = spec.retry.max_attempts
-        entry.retry.initial_backoff_ms = spec.retry.initial_backoff_ms
-        entry.retry.max_backoff_ms = spec.retry.max_backoff_ms
+        entry.retry.CopyFrom(_retry_pb(spec.retry))
     if with_rules:
         for rule in spec.allow:
             pb_rule = entry.allow.add(caller=rule.caller, methods=rule.methods)
@@ -116,6 +130,12 @@ def _service_pb(spec: ServiceSpec, *, with_rules: bool) -> pb.Service:
                 pb_rule.rate_limit.rps = rule.rate_limit.rps
                 pb_rule.rate_limit.burst = rule.rate_limit.burst
     return entry
+
+
+def _retry_pb(retry: RetryPolicy) -> pb.RetryPolicy:
+    return pb.RetryPolicy(max_attempts=retry.max_attempts,
+                          initial_backoff_ms=retry.initial_backoff_ms,
+                          max_backoff_ms=retry.max_backoff_ms)
 
 
 def _ref_pb(ref: KeyRef | None) -> pb.KeyRef:

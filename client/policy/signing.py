@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -80,5 +79,3 @@ def parse_center_public_key(raw: bytes) -> bytes | None:
     return decoded if len(decoded) == 32 else None
 
 
-def snapshot_digest(body: bytes) -> str:
-    return hashlib.sha256(body).hexdigest()

@@ -12,7 +12,7 @@ import grpc
 from fastproxy.hosting.refusal import Refusal
 from fastproxy.pipeline.reasons import FastProxyError
 
-from .core import Attempt, CallPlan, SdkCore
+from .core import Attempt, CallPlan, Refuse, SdkCore
 from .refusal import aio_refusal
 from .request_log import AioRequestLog
 
@@ -158,16 +158,15 @@ class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStream
         return self._core.refused(refused, self._plan, self._attempt)
 
     async def _after_failure(self, err: grpc.aio.AioRpcError) -> None:
-        requests = self._requests
-        if requests is not None and requests.error is not None:
-            self._refusal = aio_refusal(self._audited(requests.error))
+        decision = self._core.after_failure(
+            self._plan, err.code(), err.trailing_metadata(), responded=self._responded,
+            requests=self._requests, no_retry=self._cancelled)
+        if isinstance(decision, Refuse):
+            self._refusal = aio_refusal(self._audited(decision.error))
             raise self._refusal from None
-        replayable = requests is None or requests.replayable
-        delay = None if self._cancelled or not replayable else self._core.retry_delay(
-            self._plan, err.code(), err.trailing_metadata(), self._responded)
-        if delay is None:
+        if decision is None:
             raise err
-        await asyncio.sleep(delay)
+        await asyncio.sleep(decision.delay)
         try:
             self._attempt = self._core.next_attempt(self._plan)
         except FastProxyError as refused:

@@ -13,7 +13,7 @@ import grpc
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .aio_call_objects import AioStreamCall, AioUnaryCall
-from .core import Attempt, CallPlan, SdkCore
+from .core import Attempt, CallPlan, Refuse, SdkCore
 from .refusal import aio_refusal
 from .request_log import AioRequestLog
 
@@ -73,13 +73,14 @@ class _AioInterceptor:
                 try:
                     raw = await unary._call
                 except grpc.aio.AioRpcError as err:
-                    if requests is not None and requests.error is not None:
-                        raise unary.refuse(core.refused(requests.error, plan, attempt)) from None
-                    delay = core.retry_delay(plan, err.code(), err.trailing_metadata(),
-                                             responded=False) if retryable else None
-                    if delay is None:
+                    decision = core.after_failure(plan, err.code(), err.trailing_metadata(),
+                                                  responded=False, requests=requests,
+                                                  no_retry=not retryable)
+                    if isinstance(decision, Refuse):
+                        raise unary.refuse(core.refused(decision.error, plan, attempt)) from None
+                    if decision is None:
                         raise
-                    await asyncio.sleep(delay)
+                    await asyncio.sleep(decision.delay)
                     attempt = self._next_attempt(plan)
                     unary._call = await continuation(_details_for(details, attempt),
                                                      request_for(attempt))

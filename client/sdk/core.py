@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 
 from fastproxy.hosting.refusal import HostRole, Refusal, refuse
+from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.policy.model import RetryPolicy
@@ -26,11 +27,25 @@ from .background_policy import BackgroundPolicy
 from .call_defaults import CallDefaultsTable
 from .config import SdkConfig
 from .messages import PASS_THROUGH, MessageCodec, SealedMessages
+from .request_log import AioRequestLog, RequestLog
 from .retry import retry_delay
 from .trace_context import trace_metadata
 
 OWN_PREFIX = "fastproxy-"
-MetadataEntries = tuple[tuple[str, str | bytes], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Retry:
+    """Try again after `delay` seconds."""
+
+    delay: float
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    """End the call with the SDK's own refusal."""
+
+    error: FastProxyError
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,18 +53,17 @@ class Attempt:
     """One try of a call: its timeout, metadata and message transform."""
 
     timeout: float | None
-    metadata: MetadataEntries
+    metadata: Metadata
     messages: MessageCodec
 
 
 class CallPlan:
     """One call as the app made it, across its attempts."""
 
-    __slots__ = ("app_timeout", "attempts_made", "deadline", "metadata", "method", "retry")
+    __slots__ = ("attempts_made", "deadline", "metadata", "method", "retry")
 
-    def __init__(self, method: str, timeout: float | None, metadata: MetadataEntries) -> None:
+    def __init__(self, method: str, timeout: float | None, metadata: Metadata) -> None:
         self.method = method
-        self.app_timeout = timeout
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.metadata = metadata
         self.retry: RetryPolicy | None = None
@@ -133,12 +147,22 @@ class SdkCore:
         else:
             plan.set_default_timeout(self.config.timeout_ms)
 
-    def retry_delay(self, plan: CallPlan, code: grpc.StatusCode | None,
-                    trailers: Iterable[tuple[str, str | bytes]] | None,
-                    responded: bool) -> float | None:
-        return retry_delay(plan.retry, attempts_made=plan.attempts_made, code=code,
-                           trailers=trailers, responded=responded,
-                           remaining_s=plan.remaining(), rng=self.rng)
+    def after_failure(self, plan: CallPlan, code: grpc.StatusCode | None,
+                      trailers: Iterable[tuple[str, str | bytes]] | None, *,
+                      responded: bool, requests: RequestLog | AioRequestLog | None,
+                      no_retry: bool = False) -> Retry | Refuse | None:
+        """What follows a failed attempt, for every interceptor (sync and aio): `Retry`
+        after a delay, `Refuse` with the SDK's own error (sealing a request failed), or
+        None: the failure is the call's outcome. `no_retry`: the app cancelled the call, or
+        its policy allows no retry."""
+        if requests is not None and requests.error is not None:
+            return Refuse(requests.error)
+        if no_retry or (requests is not None and not requests.replayable):
+            return None
+        delay = retry_delay(plan.retry, attempts_made=plan.attempts_made, code=code,
+                            trailers=trailers, responded=responded,
+                            remaining_s=plan.remaining(), rng=self.rng)
+        return None if delay is None else Retry(delay)
 
     def may_retry(self, plan: CallPlan) -> bool:
         return plan.retry is not None and plan.attempts_made < plan.retry.max_attempts

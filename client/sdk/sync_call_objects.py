@@ -13,7 +13,7 @@ import grpc
 from fastproxy.hosting.refusal import Refusal
 from fastproxy.pipeline.reasons import FastProxyError
 
-from .core import Attempt, CallPlan, SdkCore
+from .core import Attempt, CallPlan, Refuse, SdkCore
 from .messages import MessageCodec
 from .refusal import RefusedCall
 from .request_log import RequestLog
@@ -165,16 +165,15 @@ class SyncStreamCall(grpc.Call, grpc.Future):
 
     def _after_failure(self, err: grpc.RpcError) -> None:
         """Starts the next attempt, or raises the failure as final."""
-        requests = self._requests
-        if requests is not None and requests.error is not None:
-            self._refusal = RefusedCall(self._audited(requests.error))
+        decision = self._core.after_failure(
+            self._plan, err.code(), err.trailing_metadata(), responded=self._responded,
+            requests=self._requests, no_retry=self._cancelled)
+        if isinstance(decision, Refuse):
+            self._refusal = RefusedCall(self._audited(decision.error))
             raise self._refusal from None
-        replayable = requests is None or requests.replayable
-        delay = None if self._cancelled or not replayable else self._core.retry_delay(
-            self._plan, err.code(), err.trailing_metadata(), self._responded)
-        if delay is None:
+        if decision is None:
             raise err
-        time.sleep(delay)
+        time.sleep(decision.delay)
         try:
             self._attempt = self._core.next_attempt(self._plan)
         except FastProxyError as refused:

@@ -13,7 +13,7 @@ import grpc
 
 from fastproxy.pipeline.reasons import FastProxyError
 
-from .core import Attempt, CallPlan, SdkCore
+from .core import Attempt, CallPlan, Retry, SdkCore
 from .refusal import RefusedCall
 from .request_log import RequestLog
 from .sync_call_objects import SyncStreamCall, SyncUnaryCall
@@ -63,18 +63,17 @@ class _SyncInterceptor:
             return attempt
         while True:
             outcome = continuation(_details_for(details, attempt), request_for(attempt))
-            if core.may_retry(plan) and (requests is None or requests.replayable):
-                failure = outcome.exception()  # waits: a retry needs the attempt's outcome
-                if failure is not None and (requests is None or requests.error is None):
-                    delay = core.retry_delay(plan, outcome.code(), outcome.trailing_metadata(),
-                                             responded=False)
-                    if delay is not None:
-                        time.sleep(delay)
-                        try:
-                            attempt = core.next_attempt(plan)
-                        except FastProxyError as refused:
-                            return RefusedCall(core.refused(refused, plan))
-                        continue
+            # Waiting for the outcome only when a retry could follow it.
+            if core.may_retry(plan) and outcome.exception() is not None:
+                decision = core.after_failure(plan, outcome.code(), outcome.trailing_metadata(),
+                                              responded=False, requests=requests)
+                if isinstance(decision, Retry):  # a Refuse is the returned call's to make
+                    time.sleep(decision.delay)
+                    try:
+                        attempt = core.next_attempt(plan)
+                    except FastProxyError as refused:
+                        return RefusedCall(core.refused(refused, plan))
+                    continue
             if not core.config.embedded:
                 return outcome
             return SyncUnaryCall(outcome, attempt.messages, requests,

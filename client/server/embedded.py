@@ -38,6 +38,7 @@ from fastproxy.node.credentials import CenterCredentials
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicyThread, open_policy_source
 from fastproxy.node.watch import NodeIdentity
+from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES, InboundCall
@@ -46,7 +47,6 @@ from fastproxy.v1 import policy_pb2 as pb
 # Reachable without a sealed call: orchestrators' health checks speak plain grpc.health.v1.
 DEFAULT_OPEN_METHOD_PREFIXES = ("/grpc.health.v1.Health/",)
 
-Metadata = Sequence[tuple[str, str | bytes]]
 Serializer = Callable[[Any], bytes]
 Deserializer = Callable[[bytes], Any]
 
@@ -229,48 +229,50 @@ def _refusing_handler(handler: grpc.RpcMethodHandler | None, error: FastProxyErr
     return _rebuild(handler, refuse, None, None)
 
 
+def _settle(sealed: SealedCall, audit: _CallAudit, context: grpc.ServicerContext,
+            unread: Iterator[Any] | None) -> None:
+    """Ends the call with the refusal met while opening a request, if there was one (also
+    when the app swallowed the error its request iterator raised)."""
+    if sealed.error is not None:
+        _abort(context, sealed.error, audit, unread)
+
+
+def _run(produce: Callable[[], Any], sealed: SealedCall, audit: _CallAudit,
+         context: grpc.ServicerContext, unread: Iterator[Any] | None) -> Any:
+    try:
+        result = produce()
+    except Exception:
+        _settle(sealed, audit, context, unread)
+        raise
+    _settle(sealed, audit, context, unread)
+    return result
+
+
+def _stream(produce: Callable[[], Iterator[Any]], sealed: SealedCall, audit: _CallAudit,
+            context: grpc.ServicerContext, unread: Iterator[Any] | None) -> Iterator[Any]:
+    try:
+        yield from produce()
+    except Exception:
+        _settle(sealed, audit, context, unread)
+        raise
+    _settle(sealed, audit, context, unread)
+
+
 def _sealed_handler(handler: grpc.RpcMethodHandler, sealed: SealedCall,
                     audit: _CallAudit) -> grpc.RpcMethodHandler:
     behavior = _behavior(handler)
-
-    def run(produce: Callable[[], Any], context: grpc.ServicerContext,
-            unread: Iterator[Any] | None) -> Any:
-        try:
-            result = produce()
-        except Exception:
-            if sealed.error is not None:
-                _abort(context, sealed.error, audit, unread)
-            raise
-        if sealed.error is not None:  # the app swallowed the refusal
-            _abort(context, sealed.error, audit, unread)
-        return result
-
-    def stream(produce: Callable[[], Iterator[Any]], context: grpc.ServicerContext,
-               unread: Iterator[Any] | None) -> Iterator[Any]:
-        try:
-            yield from produce()
-        except Exception:
-            if sealed.error is not None:
-                _abort(context, sealed.error, audit, unread)
-            raise
-        if sealed.error is not None:
-            _abort(context, sealed.error, audit, unread)
+    respond = _stream if handler.response_streaming else _run
 
     def wrapped_streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
         opened = sealed.requests(requests)
-        if handler.response_streaming:
-            return stream(lambda: behavior(opened, context), context, requests)
-        return run(lambda: behavior(opened, context), context, requests)
+        return respond(lambda: behavior(opened, context), sealed, audit, context, requests)
 
     def wrapped_unary(request: Any, context: grpc.ServicerContext) -> Any:
         if isinstance(request, _Refused):
             _abort(context, request.error, audit)
-        if handler.response_streaming:
-            return stream(lambda: behavior(request, context), context, None)
-        return behavior(request, context)
+        return respond(lambda: behavior(request, context), sealed, audit, context, None)
 
     wrapped = wrapped_streaming if handler.request_streaming else wrapped_unary
-
     return _rebuild(handler, wrapped, sealed.deserializer(handler.request_deserializer),
                     sealed.serializer(handler.response_serializer))
 

@@ -21,7 +21,6 @@ time series. Never a secret, payload or peer address as an attribute.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING
 
@@ -177,6 +176,3 @@ def _observe(read: Callable[[], float], attributes: Attributes
         return (otel_metrics.Observation(read(), attributes),)
     return callback
 
-
-def seconds_since(started: float) -> float:
-    return time.perf_counter() - started

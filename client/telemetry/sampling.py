@@ -32,7 +32,8 @@ from opentelemetry import propagate
 from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
 from opentelemetry.sdk.trace.sampling import TraceIdRatioBased
 
-from fastproxy.telemetry.tracing import TRACE_KEYS, Metadata, Unsampled
+from fastproxy.pipeline.metadata import Metadata
+from fastproxy.telemetry.tracing import TRACE_KEYS, Unsampled
 
 # Version 00 exactly, as the W3C header's version 00 defines it (no trailing fields).
 _TRACEPARENT = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")

@@ -20,10 +20,11 @@ from opentelemetry import propagate, trace
 from opentelemetry.propagators.textmap import Getter
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
+from fastproxy.pipeline.metadata import Metadata
+
 if TYPE_CHECKING:
     from fastproxy.telemetry.sampling import SamplingShortcut
 
-Metadata = tuple[tuple[str, str | bytes], ...]
 
 RPC_SYSTEM = "rpc.system"
 RPC_SERVICE = "rpc.service"
