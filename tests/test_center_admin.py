@@ -12,8 +12,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from center_policy import PolicyKeys, apply, parse, policy_yaml, service_in
 from conftest import StartCenter
+from support.center_policy import PolicyKeys, apply, parse, policy_yaml, service_in
 
 from fastproxy.v1 import center_pb2, policy_pb2
 

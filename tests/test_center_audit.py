@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from center_policy import PolicyKeys, policy_yaml
 from conftest import CenterProcess, StartCenter, wait_until
+from support.center_policy import PolicyKeys, policy_yaml
 
 from fastproxy.cli import commands as cli
 from fastproxy.cli import format as cli_format

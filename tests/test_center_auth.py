@@ -10,12 +10,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from center_policy import PolicyKeys, apply, parse, policy_yaml
 from conftest import CenterProcess, StartCenter
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from support.center_policy import PolicyKeys, apply, parse, policy_yaml
 
 from fastproxy.v1 import center_pb2, policy_pb2
 

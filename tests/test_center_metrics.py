@@ -8,9 +8,9 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
-from center_policy import PolicyKeys, apply, policy_yaml
 from conftest import CenterProcess, StartCenter, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
+from support.center_policy import PolicyKeys, apply, policy_yaml
 
 from center_svc.metrics import MAX_TRACKED_ROLLOUTS, RolloutTracker
 from center_svc.nodes import NodeSession

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 import grpc
-from center_policy import PolicyKeys, parse, policy_yaml, service_in
 from conftest import StartCenter, free_port, wait_until
+from support.center_policy import PolicyKeys, parse, policy_yaml, service_in
 
 from fastproxy.v1 import center_pb2, policy_pb2
 

@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 
 import grpc
-from center_policy import SONG_ENDPOINT, PolicyKeys, apply, parse, policy_yaml, service_in
 from conftest import CenterProcess, StartCenter, wait_until
+from support.center_policy import SONG_ENDPOINT, PolicyKeys, apply, parse, policy_yaml, service_in
 
 from fastproxy.policy.signing import verify_snapshot
 from fastproxy.v1 import center_pb2, policy_pb2

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from functools import cache
 
-from core_policies import (
+from google.protobuf.message import DecodeError
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support.core_policies import (
     CALLER,
     ENCRYPTION_TYPES,
     METHOD,
@@ -19,9 +22,6 @@ from core_policies import (
     Setup,
     connect,
 )
-from google.protobuf.message import DecodeError
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from fastproxy.pipeline.envelope import CALL_METADATA_KEY
 from fastproxy.pipeline.node_policy import NodePolicy, NodePolicyError, NodeState

@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import CenterProcess, free_port, launch_center
-from dataplane import (
+from support.dataplane import (
     CALLEE,
     CALLER,
     CenterAdmin,
@@ -34,7 +34,7 @@ from dataplane import (
     succeeds,
     unary,
 )
-from upstream_app import UNARY, UpstreamProcess
+from support.upstream_app import UNARY, UpstreamProcess
 
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.policy import load_policy

@@ -18,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 from conftest import free_port, launch_center
-from dataplane import (
+from support.dataplane import (
     CALLEE,
     CALLER,
     NOT_SERVING,
@@ -38,7 +38,7 @@ from dataplane import (
     succeeds,
     unary,
 )
-from upstream_app import UNARY, UpstreamProcess
+from support.upstream_app import UNARY, UpstreamProcess
 
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.policy import load_policy

@@ -18,7 +18,7 @@ from concurrent.futures import Future
 
 import grpc
 import pytest
-from dataplane import (
+from support.dataplane import (
     CALLER,
     KINDS,
     METERED,
@@ -34,7 +34,7 @@ from dataplane import (
     reason_of,
     relayed_file_stack,
 )
-from upstream_app import BIDI, CLIENT_STREAM, UNARY, UpstreamProcess
+from support.upstream_app import BIDI, CLIENT_STREAM, UNARY, UpstreamProcess
 
 from fastproxy.pipeline.node_policy import NodePolicy
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 import random
 
 import pytest
-from core_policies import (
+from google.protobuf.unknown_fields import UnknownFieldSet
+from support.core_policies import (
     CALLER,
     ENCRYPTION_TYPES,
     METHOD,
@@ -20,7 +21,6 @@ from core_policies import (
     Setup,
     connect,
 )
-from google.protobuf.unknown_fields import UnknownFieldSet
 
 from fastproxy.pipeline.envelope import CALL_METADATA_KEY, SEALED_FIELD_NUMBER
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState

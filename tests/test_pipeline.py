@@ -4,7 +4,7 @@ authorization by allow rules, rate limits, replay window, and compiling a snapsh
 from __future__ import annotations
 
 import pytest
-from core_policies import CALLEE, CALLER, METHOD, OTHER_METHOD, T0, Setup, connect
+from support.core_policies import CALLEE, CALLER, METHOD, OTHER_METHOD, T0, Setup, connect
 
 from fastproxy.pipeline.node_policy import NodePolicy, NodePolicyError, NodeState
 from fastproxy.pipeline.reasons import FastProxyError, Reason
@@ -50,7 +50,7 @@ def test_a_method_no_destination_serves_has_no_route(method: str) -> None:
 
 
 def test_a_destination_without_endpoints_is_still_routed_the_host_picks_the_endpoint() -> None:
-    # the out-proxy refuses `unavailable` when it has none to pick (test_forwarding); the
+    # the out-proxy refuses `unavailable` when it has none to pick (test_transport_contract); the
     # embedded SDK's channel already names its target
     call = Setup(endpoints=[]).caller_policy().outbound(METHOD, T0)
     assert call.endpoints == ()

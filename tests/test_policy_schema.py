@@ -618,7 +618,7 @@ def test_contract_example_sample_loads(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     monkeypatch.setenv("CHAT_ID_KEY", ENVIRON["CHAT_ID_KEY"])
     monkeypatch.setenv("SONG_ID_PEM", pem.decode())
-    sample = Path(__file__).parent / "policy_samples" / "contract_example.yaml"
+    sample = Path(__file__).parent / "support" / "policy_samples" / "contract_example.yaml"
     policy = load_policy(sample.read_text())
     assert policy.keys["song-enc-v1"].secret == bytes(range(1, 33))
     assert policy.keys["song-id-v1"].secret == SONG_ID_SEED

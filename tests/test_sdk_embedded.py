@@ -13,8 +13,8 @@ from typing import Any
 
 import grpc
 import pytest
-from dataplane import Proxies, free_address
-from sdk_stack import CALLEE, CALLER, OPTIONS, UpstreamServer, sdk_policy_yaml
+from support.dataplane import Proxies, free_address
+from support.sdk_stack import CALLEE, CALLER, OPTIONS, UpstreamServer, sdk_policy_yaml
 
 import fastproxy
 from fastproxy.sdk import InterceptorSet

@@ -16,9 +16,9 @@ from typing import Any
 
 import grpc
 import pytest
-from dataplane import Proxies, free_address
 from opentelemetry.sdk.trace import TracerProvider
-from sdk_stack import (
+from support.dataplane import Proxies, free_address
+from support.sdk_stack import (
     CALLEE,
     CALLER,
     FLAKY_SERVER_STREAM,

@@ -23,7 +23,7 @@ from conftest import StartCenter, free_port
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
-from server_helpers import (
+from support.server_helpers import (
     CALLEE,
     CALLER,
     SERVING,

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 
 import grpc
 import pytest
-from telemetry_stack import CALLEE, CALLER, TelemetryStack, sample, scrape, telemetry_stack
+from support.telemetry_stack import CALLEE, CALLER, TelemetryStack, sample, scrape, telemetry_stack
 
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc
 

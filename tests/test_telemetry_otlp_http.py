@@ -10,7 +10,13 @@ from collections.abc import Iterator
 
 import grpc
 import pytest
-from telemetry_stack import CALLEE, CALLER, HttpOtlpReceiver, TelemetryStack, telemetry_stack
+from support.telemetry_stack import (
+    CALLEE,
+    CALLER,
+    HttpOtlpReceiver,
+    TelemetryStack,
+    telemetry_stack,
+)
 
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc
 

@@ -20,7 +20,9 @@ from opentelemetry.sdk.trace.sampling import (
     TraceIdRatioBased,
 )
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
-from test_forwarding import PassThroughRole
+from support.transport import (
+    PassThroughRole,
+)
 
 import fastproxy
 from fastproxy.hosting.refusal import STATUS_OF_REASON, HostRole

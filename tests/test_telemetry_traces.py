@@ -18,7 +18,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
-from telemetry_stack import CALLEE, CALLER, ReceivedSpan, TelemetryStack, telemetry_stack
+from support.telemetry_stack import CALLEE, CALLER, ReceivedSpan, TelemetryStack, telemetry_stack
 
 import fastproxy
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc

@@ -2,7 +2,7 @@
 stream from the out-proxy to the in-proxy, with every contract and security property of a
 call of their own.
 
-1. Real processes: the out-proxy and in-proxy of `test_fast_path` (an upstream serving
+1. Real processes: the out-proxy and in-proxy of `test_transport_fast_path` (an upstream serving
    reflection, so `Unary` is learned unary), with a `RecordingRelay` at song_service's endpoint
    that shows what travels between the proxies: one Carry stream, sealed frames only. Payloads,
    metadata, errors with details, deadlines, cancellation and rate limits as without it.
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from dataplane import (
+from support.dataplane import (
     CALLEE,
     CALLER,
     METERED,
@@ -46,8 +46,7 @@ from dataplane import (
     start_file_stack,
     start_tls_pair,
 )
-from test_fast_path import ReflectingFront
-from upstream_app import (
+from support.upstream_app import (
     CONTROL_ECHO,
     CONTROL_FAIL_CODE,
     CONTROL_FAIL_DETAILS,
@@ -57,6 +56,7 @@ from upstream_app import (
     UNARY,
     UpstreamProcess,
 )
+from test_transport_fast_path import ReflectingFront
 
 import proxy_svc.tunnel as tunnel_module
 from fastproxy.pipeline.node_policy import NodePolicy

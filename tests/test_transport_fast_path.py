@@ -2,7 +2,7 @@
 `unary_unary` upstream call; a kind is learned (upstream reflection, the in-proxy's trailer),
 never guessed; streaming methods never take the fast path.
 
-1. Every forwarding contract test of `test_forwarding.py` runs again here with `Unary` known
+1. Every forwarding contract test of `test_transport_contract.py` runs again here with `Unary` known
    to be unary, so its calls take the fast path (metadata both ways, errors and status details
    unchanged, deadline, cancellation, dead upstream, refusals).
 2. Real processes: an in-proxy and an out-proxy (`python -m proxy_svc`) in front of an
@@ -21,12 +21,18 @@ from typing import Any
 
 import grpc
 import pytest
-import test_forwarding
-from dataplane import Proxies, call_kind, poll, start_file_stack
+import test_transport_contract
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection
-from test_forwarding import KINDS, PassThroughRole, ProxyThread, channel, new_id
-from upstream_app import (
+from support.dataplane import Proxies, call_kind, poll, start_file_stack
+from support.transport import (
+    KINDS,
+    PassThroughRole,
+    ProxyThread,
+    channel,
+    new_id,
+)
+from support.upstream_app import (
     BIDI,
     CLIENT_STREAM,
     CONTROL_ECHO,
@@ -43,9 +49,9 @@ from proxy_svc.plan import Role
 from proxy_svc.server import start_proxy_server
 from proxy_svc.upstream import UpstreamPool
 
-# --- 1. the contract tests of test_forwarding, on the fast path -------------------------
+# --- 1. the contract tests of test_transport_contract, on the fast path -------------------------
 
-for _name, _value in vars(test_forwarding).items():
+for _name, _value in vars(test_transport_contract).items():
     if _name.startswith("test_") or _name in ("upstream", "upstream_b"):
         globals()[_name] = _value
 

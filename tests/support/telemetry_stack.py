@@ -6,7 +6,7 @@ server_svc, in-proxy and out-proxy (each its own process, each exporting to the 
 - `HttpOtlpReceiver`: the same over OTLP/HTTP (http.server; POST `/v1/traces` and
   `/v1/metrics` carrying the protobuf `Export...ServiceRequest`).
 - `TelemetryStack`: chat_service (the test) -> out-proxy -> in-proxy -> server_svc for
-  song_service; with `relay=True` a `RecordingRelay` (tests/dataplane.py) sits between the
+  song_service; with `relay=True` a `RecordingRelay` (tests/support/dataplane.py) sits between the
   proxies and records what the out-proxy forwards. The processes run with no
   `OTEL_TRACES_SAMPLER`, i.e. FastProxy's default sampler (parent-based, 1% of root calls):
   a call the test's client sampled is traced at every hop, which the trace tests check.
@@ -34,7 +34,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-from dataplane import SERVING, RecordingRelay, free_address, health_status
 from google.protobuf.message import Message
 from opentelemetry.proto.collector.metrics.v1 import (
     metrics_service_pb2,
@@ -43,6 +42,8 @@ from opentelemetry.proto.collector.metrics.v1 import (
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.trace.v1 import trace_pb2
 from prometheus_client.parser import text_string_to_metric_families
+
+from support.dataplane import SERVING, RecordingRelay, free_address, health_status
 
 CALLER = "chat_service"
 CALLEE = "song_service"

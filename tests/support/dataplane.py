@@ -36,7 +36,6 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
 
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.stages import OutboundCall
@@ -46,6 +45,7 @@ from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
 from proxy_svc.tunnel import CARRY_METHOD
 from proxy_svc.upstream import StatusLog
+from support.upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
 
 MiB = 1024 * 1024
 KINDS = ("unary", "client_stream", "server_stream", "bidi")

@@ -1,7 +1,7 @@
 """A test upstream: a raw-bytes gRPC service that serves all four RPC kinds and records calls.
 
-Run it as a subprocess (`python tests/upstream_app.py --port 0 [--name A]`); it prints one line
-`listening 127.0.0.1:PORT` on stdout once it serves. `UpstreamProcess` does that for tests.
+Run it as a subprocess (`python tests/support/upstream_app.py --port 0 [--name A]`); it prints
+one line `listening 127.0.0.1:PORT` on stdout once it serves. `UpstreamProcess` does that for tests.
 
 Service `test.v1.Echo` (messages are raw bytes, no .proto):
 - `Unary`: replies with the request.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from dataplane import (
+from support.dataplane import (
     CALLER,
     KINDS,
     DataplanePolicy,
@@ -23,7 +23,7 @@ from dataplane import (
     reason_of,
     start_file_stack,
 )
-from upstream_app import SERVER_STREAM, UpstreamProcess
+from support.upstream_app import SERVER_STREAM, UpstreamProcess
 
 # Large payloads get a generous service timeout (the box may be busy); the deadline tests
 # run through a second pair of proxies whose service timeout is short.
