@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from fastproxy.pipeline.metadata import SESSION_KEY
 from fastproxy.pipeline.reasons import ERROR_TRAILER, PROXY_TRAILER, FastProxyError, Reason
+from fastproxy.pipeline.stages import UNKNOWN_SESSION
 from fastproxy.telemetry.logs import audit_refused_call
 
 
@@ -47,7 +49,10 @@ Trailers = tuple[tuple[str, str], ...]
 
 
 def refusal_trailers(err: FastProxyError, role: HostRole) -> Trailers:
-    return ((ERROR_TRAILER, err.reason.value), (PROXY_TRAILER, role.value))
+    trailers = ((ERROR_TRAILER, err.reason.value), (PROXY_TRAILER, role.value))
+    if err.session_unknown:  # the caller opens a new session and may try again
+        return (*trailers, (SESSION_KEY, UNKNOWN_SESSION))
+    return trailers
 
 
 @dataclass(frozen=True, slots=True)

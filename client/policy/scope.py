@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
+from fastproxy.pipeline.keys import pair_key
 from fastproxy.policy.model import KeyRef, KeySpec, KeyType, Policy, RetryPolicy, ServiceSpec
 from fastproxy.v1 import policy_pb2 as pb
 
@@ -64,7 +65,7 @@ def _scope_in(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
             continue
         spec = policy.services[caller]
         snapshot.services.append(pb.Service(name=caller, identity=_ref_pb(spec.identity)))
-        keys.add(spec.identity, private=False)
+        keys.add(spec.identity, private=False, owner=caller, peer=own.name)
 
 
 def _scope_out(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
@@ -85,7 +86,7 @@ def _scope_out(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
                 entry.endpoints.append(endpoint)
         snapshot.services.append(entry)
         keys.add(spec.encrypt, private=True)
-        keys.add(spec.identity, private=name == own.name)
+        keys.add(spec.identity, private=name == own.name, owner=name, peer=own.name)
 
 
 def _scope_app(policy: Policy, service: str, snapshot: pb.PolicySnapshot) -> None:
@@ -113,6 +114,7 @@ def _service_pb(spec: ServiceSpec, *, with_rules: bool) -> pb.Service:
         grpc_services=spec.grpc_services,
         endpoints=spec.endpoints,
         timeout_ms=spec.timeout_ms,
+        secret_metadata=spec.secret_metadata,
     )
     if spec.identity is not None:
         entry.identity.CopyFrom(_ref_pb(spec.identity))
@@ -143,24 +145,31 @@ def _ref_pb(ref: KeyRef | None) -> pb.KeyRef:
 
 
 class _KeyCollector:
-    """Key material to ship, at most once per key, private halves only where asked."""
+    """Key material to ship, at most once per key, private halves only where asked. Another
+    service's HMAC identity is never shipped: its nodes get the key of the pair (owner ->
+    this node's service) instead (docs/protocol.md, section 2)."""
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self._keys: dict[str, pb.Key] = {}
 
-    def add(self, ref: KeyRef | None, *, private: bool) -> None:
+    def add(self, ref: KeyRef | None, *, private: bool, owner: str = "",
+            peer: str = "") -> None:
         if ref is None:
             return
         for name in ref.all:
-            self._add_key(self._policy.keys[name], private)
+            self._add_key(self._policy.keys[name], private, owner, peer)
 
-    def _add_key(self, key: KeySpec, private: bool) -> None:
+    def _add_key(self, key: KeySpec, private: bool, owner: str, peer: str) -> None:
         existing = self._keys.get(key.name)
-        if existing is not None and (existing.secret or not private):
+        if existing is not None and not (private and (not existing.secret
+                                                     or existing.pair_signer)):
             return
         entry = pb.Key(name=key.name, type=KEY_TYPE_TO_PB[key.type], public_key=key.public)
-        if key.type is not KeyType.ED25519 or private:
+        if key.type is KeyType.HMAC_SHA256 and not private:
+            entry.secret = pair_key(key.secret, owner, peer)
+            entry.pair_signer, entry.pair_peer = owner, peer
+        elif key.type is not KeyType.ED25519 or private:
             entry.secret = key.secret
         self._keys[key.name] = entry
 

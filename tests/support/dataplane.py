@@ -37,12 +37,15 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fastproxy.pipeline.handshake import CallerSession
 from fastproxy.pipeline.node_policy import NodePolicy
+from fastproxy.pipeline.records import carry, uncarry
 from fastproxy.pipeline.stages import OutboundCall
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
+from proxy_svc.sessions import OPEN_METHOD
 from proxy_svc.tunnel import CARRY_METHOD
 from proxy_svc.upstream import StatusLog
 from support.upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
@@ -336,8 +339,36 @@ def out_node(yaml_text: str, caller: str = CALLER) -> NodePolicy:
     return NodePolicy.from_snapshot(scope_snapshot(load_policy(yaml_text), pb.ROLE_OUT, caller))
 
 
-def new_call(node: NodePolicy, method: str = UNARY) -> OutboundCall:
-    return node.outbound(method, time.time())
+def open_session(node: NodePolicy, in_address: str, method: str = UNARY,
+                 ch: grpc.Channel | None = None) -> CallerSession:
+    """A session of `node` with the in-proxy (or embedded server) at `in_address`, opened
+    here with a `Session/Open` call as the out-proxy opens it (on `ch` if given: the
+    connection the calls will use)."""
+    destination = node.route(method)
+    handshake = node.caller.handshake(destination, time.time())
+    if ch is None:
+        with channel(in_address) as own:
+            answer = own.unary_unary(OPEN_METHOD)(carry(handshake.request), timeout=5)
+    else:
+        answer = ch.unary_unary(OPEN_METHOD)(carry(handshake.request), timeout=5)
+    return handshake.finish(uncarry(answer, 1 << 16), destination.verifiers, time.time())
+
+
+def new_call(node: NodePolicy, in_address: str, method: str = UNARY,
+             metadata: Metadata = (), session: CallerSession | None = None) -> OutboundCall:
+    """A call of `node` sealed here, in `session` (a new one with `in_address` if none)."""
+    if session is None:
+        session = open_session(node, in_address, method)
+    return node.outbound(node.route(method), session, method, metadata, time.time())
+
+
+def reply_of(call: OutboundCall, reply: bytes, rpc: Any) -> bytes:
+    """The opened reply of a unary crafted call, its head and end checked as the out-proxy
+    checks them (`rpc` is grpc's call object of `with_call`)."""
+    call.open_head(tuple(rpc.initial_metadata() or ()))
+    opened = call.open_response(reply)
+    call.open_end(rpc.code().value[0], rpc.details() or "", tuple(rpc.trailing_metadata() or ()))
+    return opened
 
 
 # --- calls ----------------------------------------------------------------------------
