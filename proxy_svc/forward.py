@@ -376,8 +376,35 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             await self._refuse(context, method, FastProxyError(
                 Reason.UNAVAILABLE, "the in-proxy no longer knows this call's session (did it "
                                     "restart?): try again"), record, admitted)
+        elif failed.code() == grpc.StatusCode.OK:
+            await self._ended_ok(context, method, admitted, failed, record)
         else:
             await self._pass_failure(context, method, admitted, failed, record)
+
+    async def _ended_ok(self, context: grpc.aio.ServicerContext, method: str, call: _Admitted,
+                        ended: grpc.aio.AioRpcError, record: CallRecord | None) -> None:
+        """The upstream ended the call OK while a request of ours was still being written
+        (a unary upstream answers after the last message, before the END record behind it
+        arrives), and grpc.aio reported that write's failure instead (`StatusLog` kept the
+        real status): the responses arrived, so the call ends as one that ended OK, its
+        end checked or sealed as any other (a response lost on the way would not match)."""
+        self._pool.health.record_success(call.plan.endpoint)
+        try:
+            if not call.head_done:
+                initial = call.plan.head(forwarded_response_metadata(ended.initial_metadata()))
+                call.head_done = True
+                if initial:
+                    await context.send_initial_metadata(initial)
+            trailers = self._trailers(method, call, grpc.StatusCode.OK, "",
+                                      forwarded_response_metadata(ended.trailing_metadata()),
+                                      fast=False)
+        except FastProxyError as err:
+            await self._refuse(context, method, err, record, call)
+            return
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        if record is not None:
+            record.code = grpc.StatusCode.OK
 
     async def _pass_failure(self, context: grpc.aio.ServicerContext, method: str,
                             call: _Admitted, failed: grpc.aio.AioRpcError,

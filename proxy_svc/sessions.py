@@ -4,7 +4,9 @@
 `/fastproxy.v1.Session/Open` call on the very channel the calls will use, so that calls reach
 the instance that holds the session even behind `--workers` (SO_REUSEPORT hands each
 connection to one process). Concurrent calls wait for one handshake. `SessionService` is the
-in-proxy's end of the handshake.
+in-proxy's end of the handshake. The hello travels in the request metadata
+(`fastproxy-hello-bin`) and the answer in the trailers, around one empty message each way,
+so that any stub of the app's (any message class, any RPC kind) can carry a handshake.
 """
 
 from __future__ import annotations
@@ -13,23 +15,25 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 import grpc
 
-from fastproxy.hosting.refusal import STATUS_OF_REASON, HostRole, refusal_trailers
+from fastproxy.hosting.refusal import (
+    STATUS_OF_REASON,
+    HostRole,
+    handshake_failure,
+    refusal_trailers,
+)
 from fastproxy.node.holder import PolicyHolder
-from fastproxy.pipeline.handshake import CallerSession
+from fastproxy.pipeline.handshake import OPEN_METHOD, CallerSession
+from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
-from fastproxy.pipeline.reasons import FastProxyError, Reason
-from fastproxy.pipeline.records import carry, uncarry
+from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.pipeline.stages import Destination
 
 _log = logging.getLogger("fastproxy.proxy")
 
-OPEN_METHOD = "/fastproxy.v1.Session/Open"
 HANDSHAKE_TIMEOUT_S = 5.0
-MAX_HELLO_BYTES = 16 * 1024
 
 
 class SessionBook:
@@ -67,25 +71,15 @@ class SessionBook:
                     channel: grpc.aio.Channel, timeout: float | None) -> CallerSession:
         handshake = policy.caller.handshake(destination, self._clock())
         limit = HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, HANDSHAKE_TIMEOUT_S)
+        call = channel.unary_unary(OPEN_METHOD, None, None)(
+            b"", metadata=((HELLO_KEY, handshake.request),), timeout=limit)
         try:
-            answer = await channel.unary_unary(OPEN_METHOD, None, None)(
-                carry(handshake.request), timeout=limit)
+            await call
+            answer = hello_of(await call.trailing_metadata())
         except grpc.aio.AioRpcError as failed:
-            raise _handshake_failed(destination.name, failed) from None
+            raise handshake_failure(destination.name, failed.code(), failed.details()) from None
         self.handshakes += 1
-        return handshake.finish(uncarry(answer, MAX_HELLO_BYTES), destination.verifiers,
-                                self._clock())
-
-
-def _handshake_failed(callee: str, failed: grpc.aio.AioRpcError) -> FastProxyError:
-    code = failed.code()
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return FastProxyError(Reason.UNAUTHENTICATED,
-                              f"{callee} refused the session: {failed.details()}")
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return FastProxyError(Reason.DEADLINE, f"no session with {callee} in time")
-    return FastProxyError(Reason.UNAVAILABLE,
-                          f"no session with {callee} ({code.name}: {failed.details()})")
+        return handshake.finish(answer, destination.verifiers, self._clock())
 
 
 class SessionService(grpc.GenericRpcHandler):
@@ -105,26 +99,15 @@ class SessionService(grpc.GenericRpcHandler):
 
     async def _open(self, requests: AsyncIterator[bytes],
                     context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-        answer = await answer_hello(self._holder, self._state, requests, self._clock())
-        if isinstance(answer, FastProxyError):
-            _log.info("session refused to %s: %s", context.peer(), answer.detail)
-            await context.abort(STATUS_OF_REASON[answer.reason], answer.detail,
-                                refusal_trailers(answer, HostRole.IN))
+        async for _ in requests:  # a message, if the caller's stub sent one, says nothing
+            pass
+        try:
+            hello = hello_of(context.invocation_metadata())
+            answer = self._holder.require().accept(hello, self._clock(), self._state)
+        except FastProxyError as refused:
+            _log.info("session refused to %s: %s", context.peer(), refused.detail)
+            await context.abort(STATUS_OF_REASON[refused.reason], refused.detail,
+                                refusal_trailers(refused, HostRole.IN))
             return
-        yield answer
-
-
-async def answer_hello(holder: PolicyHolder[NodePolicy], state: NodeState,
-                       requests: AsyncIterator[bytes], now: float) -> bytes | FastProxyError:
-    """The carrier answering the first message of `requests` (a hello), or the refusal."""
-    try:
-        hello: Any = None
-        async for message in requests:
-            if hello is None:
-                hello = message
-        if hello is None:
-            raise FastProxyError(Reason.UNAUTHENTICATED, "handshake refused: no hello")
-        answer = holder.require().accept(uncarry(hello, MAX_HELLO_BYTES), now, state)
-    except FastProxyError as refused:
-        return refused
-    return carry(answer)
+        context.set_trailing_metadata(((HELLO_KEY, answer),))
+        yield b""

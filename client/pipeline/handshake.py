@@ -23,6 +23,7 @@ from fastproxy.pipeline.records import SESSION_ID_BYTES
 from fastproxy.v1 import session_pb2 as spb
 
 PROTOCOL_VERSION = 2
+OPEN_METHOD = "/fastproxy.v1.Session/Open"  # the handshake call (docs/protocol.md, 3)
 CLIENT_CONTEXT = b"fastproxy-v2 client hello\x00"
 SERVER_CONTEXT = b"fastproxy-v2 server hello\x00"
 REQUEST_KEY_INFO = b"fastproxy-v2 request key"
@@ -173,7 +174,10 @@ class CallWindow:
             return False
         if number > self._highest:
             shift = number - self._highest
-            self._seen = ((self._seen << shift) | 1) & ((1 << CALL_WINDOW) - 1)
+            # A jump past the whole window forgets it at once (shifting by the jump itself
+            # would build an integer of `shift` bits: 512 MiB for a number near 2^32).
+            self._seen = (1 if shift >= CALL_WINDOW
+                          else ((self._seen << shift) | 1) & ((1 << CALL_WINDOW) - 1))
             self._highest = number
             return True
         offset = self._highest - number

@@ -42,9 +42,10 @@ CALL_KEY = "fastproxy-call-bin"  # the CALL record
 HEAD_KEY = "fastproxy-head-bin"  # the HEAD record
 END_KEY = "fastproxy-end-bin"  # the STATUS record
 SESSION_KEY = "fastproxy-session"  # "unknown": open a new session and try again
+HELLO_KEY = "fastproxy-hello-bin"  # a handshake: request metadata and answering trailer
 KIND_KEY = "fastproxy-kind"  # between an out-proxy and its in-proxy (proxy_svc.kinds)
 # Entries of the protocol itself, never part of what a digest covers.
-PROTOCOL_KEYS = frozenset({CALL_KEY, HEAD_KEY, END_KEY, SESSION_KEY, KIND_KEY})
+PROTOCOL_KEYS = frozenset({CALL_KEY, HEAD_KEY, END_KEY, SESSION_KEY, KIND_KEY, HELLO_KEY})
 
 # Names an intermediary may set or change on the way: neither authenticated nor encrypted.
 HOP_BY_HOP_KEYS = REQUEST_DROPPED_KEYS | frozenset({
@@ -119,3 +120,16 @@ def grpc_service_of(method: str) -> str:
     """`/pkg.Service/Method` -> `pkg.Service`; "" for anything else."""
     cut = method.rfind("/")
     return method[1:cut] if method.startswith("/") and cut > 1 else ""
+
+
+MAX_HELLO_BYTES = 16 * 1024
+
+
+def hello_of(metadata: Iterable[Metadatum] | None) -> bytes:
+    """The hello (or its answer) that a handshake's metadata (or trailers) carry."""
+    found = [value for key, value in (metadata or ()) if key == HELLO_KEY]
+    if len(found) != 1 or not isinstance(found[0], bytes) or len(found[0]) > MAX_HELLO_BYTES:
+        from fastproxy.pipeline.reasons import FastProxyError, Reason
+
+        raise FastProxyError(Reason.UNAUTHENTICATED, "handshake refused: no single hello")
+    return found[0]

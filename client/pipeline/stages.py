@@ -99,6 +99,18 @@ def _value(metadata: Metadata, key: str) -> str | bytes | None:
     return found[0] if found else None
 
 
+def _check_digest(metadata: Metadata, secret_keys: frozenset[str], digest: bytes,
+                  what: str) -> None:
+    """UNAUTHENTICATED unless `metadata` is what was sealed: its digest, and no credential
+    entry in the clear (a sender puts them in the record; one on the wire was added there,
+    and the digest does not cover it)."""
+    if digest != metadata_digest(metadata, secret_keys):
+        raise FastProxyError(Reason.UNAUTHENTICATED, f"{what} changed on the way")
+    if any(key in secret_keys for key, _ in metadata):
+        raise FastProxyError(Reason.UNAUTHENTICATED,
+                             f"{what} carry credential metadata in the clear")
+
+
 def _details_digest(details: str) -> bytes:
     return hashlib.sha256(details.encode()).digest()
 
@@ -222,8 +234,7 @@ class OutboundCall:
                                                position=0)
         head = _parse(spb.ResponseHead, plaintext, "response head")
         assert isinstance(head, spb.ResponseHead)
-        if head.metadata_digest != metadata_digest(app, self._secret_keys):
-            raise FastProxyError(Reason.UNAUTHENTICATED, "response headers changed on the way")
+        _check_digest(app, self._secret_keys, head.metadata_digest, "response headers")
         self._head_seen = True
         return (*app, *_entries(head.secret))
 
@@ -258,8 +269,7 @@ class OutboundCall:
             raise FastProxyError(Reason.UNAUTHENTICATED,
                                  f"the response was cut short or padded ({messages} messages "
                                  f"arrived, {end.messages} were sent)")
-        if end.trailers_digest != metadata_digest(app, self._secret_keys):
-            raise FastProxyError(Reason.UNAUTHENTICATED, "trailers changed on the way")
+        _check_digest(app, self._secret_keys, end.trailers_digest, "trailers")
         return (*app, *_entries(end.secret))
 
 
@@ -362,8 +372,8 @@ class OpenCall:
                                  "the call header was sealed for another method")
         if abs(head.timestamp_ms / 1000 - call.now) > side.window_s:
             raise FastProxyError(Reason.UNAUTHENTICATED, "the call is too old or too far ahead")
-        if head.metadata_digest != metadata_digest(inbound.wire_metadata, side.secret_keys):
-            raise FastProxyError(Reason.UNAUTHENTICATED, "request metadata changed on the way")
+        _check_digest(inbound.wire_metadata, side.secret_keys, head.metadata_digest,
+                      "request metadata")
         inbound.restored = _entries(head.secret)
 
 
