@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import queue
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -61,7 +62,13 @@ from support.upstream_app import (
 )
 
 from fastproxy.pipeline.handshake import OPEN_METHOD
-from fastproxy.pipeline.metadata import CALL_KEY, END_KEY, REQUEST_DROPPED_KEYS, SESSION_KEY
+from fastproxy.pipeline.metadata import (
+    CALL_KEY,
+    END_KEY,
+    HEAD_KEY,
+    REQUEST_DROPPED_KEYS,
+    SESSION_KEY,
+)
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.stages import OutboundCall
 
@@ -196,6 +203,7 @@ def test_no_plaintext_marker_travels_between_the_proxies(stack: FileStack, relay
         names = {key for key, _ in call.metadata}
         assert not names & {"authorization", "cookie", SERVICE_SECRET}, names
         assert CALL_KEY in names
+        assert HEAD_KEY in {key for key, _ in call.initial}  # the echoed entries, sealed
         assert END_KEY in {key for key, _ in call.trailers}
     for call in relayed:  # session handshakes included
         for message in (*call.requests, *call.responses):
@@ -443,25 +451,38 @@ def test_a_request_stream_cut_short_is_unauthenticated_and_cancelled_upstream(
     an await is told apart by the test upstream.)"""
     call_id = new_id()
     call = new_call(chat, stack.inproxy.address, BIDI, metadata=(
-        (CONTROL_ID, call_id), (CONTROL_STALL_EACH_MS, "2000")))
+        (CONTROL_ID, call_id), (CONTROL_STALL_EACH_MS, "3000")))
     sealed = sealed_stream(call, [b"one", b"two"])
-    err = unauthenticated_by_the_in_proxy(crafted_refusal(
-        stack.inproxy.address, BIDI, call.metadata, sealed[:1], call))
+    echoed = threading.Event()
+
+    def requests() -> Iterator[bytes]:
+        yield sealed[0]
+        echoed.wait(5)  # the upstream has the first message: now the half-close
+
+    with channel(stack.inproxy.address) as ch, pytest.raises(grpc.RpcError) as raised:
+        for reply in ch.stream_stream(BIDI)(requests(), metadata=call.metadata, timeout=5):
+            assert call.open_response(reply) == b"one"
+            echoed.set()
+    err = unauthenticated_by_the_in_proxy(raised.value)
     assert "cut short" in (err.details() or "")
+    call.open_end(err.code().value[0], err.details() or "", tuple(err.trailing_metadata()))
     record = upstream.wait_record(call_id, "cancelled")
     assert (record["messages_received"], record["cancelled"]) == (1, True)
 
 
 def test_request_metadata_changed_between_the_proxies_is_unauthenticated(
         stack: FileStack, chat: NodePolicy, upstream: UpstreamProcess) -> None:
+    """An entry added, changed or removed on the way, or a credential added in the clear
+    (the digest leaves credentials out: they travel in the CALL record)."""
     address = stack.inproxy.address
-    for change in ("added", "changed", "removed"):
+    for change in ("added", "changed", "removed", "credential added"):
         call_id = new_id()
         call = new_call(chat, address, metadata=((CONTROL_ID, call_id), ("x-role", "reader")))
         metadata = {
             "added": (*call.metadata, ("x-role", "admin")),
             "changed": tuple((k, "admin" if k == "x-role" else v) for k, v in call.metadata),
             "removed": tuple((k, v) for k, v in call.metadata if k != "x-role"),
+            "credential added": (*call.metadata, ("authorization", "Bearer attacker")),
         }[change]
         unauthenticated_by_the_in_proxy(crafted_refusal(
             address, UNARY, metadata, sealed_stream(call, [b"m"]), call))

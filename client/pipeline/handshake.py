@@ -68,6 +68,10 @@ def _signed(data: bytes, what: str) -> spb.SignedHello:
         raise _refused(f"{what} cannot be parsed") from None
     if not signed.hello or not signed.signature:
         raise _refused(f"{what} is incomplete")
+    if signed.SerializeToString() != data:
+        # Anything beside the hello and its signature would change the transcript, hence
+        # the keys, without failing here: refused here instead.
+        raise _refused(f"{what} carries more than a hello and its signature")
     return signed
 
 

@@ -1,11 +1,12 @@
 """Builds the snapshot that concerns one node: only what its role and service need.
 
-- An in-node of service S gets S's own keys (identity to sign responses, encryption), S's
-  allow rules, limits and timeout, and for each caller S admits the caller's identity key
-  (the public half for ed25519; the secret for HMAC, which cannot verify otherwise).
+- An in-node of service S gets S's own keys (identity to sign its handshakes, encryption),
+  S's allow rules, limits and timeout, and for each caller S admits the caller's identity
+  key as S may hold it: the public half for ed25519, for HMAC the key of the pair
+  (caller -> S) derived from the caller's secret, never the secret (docs/protocol.md, 2).
 - An out- or client-node of service C gets C's own identity key, and for each service D
   with a rule admitting C: D's routes, endpoints, encryption keys, identity key (public half
-  for ed25519), compression, timeout and retry policy.
+  for ed25519, the pair key D -> C for HMAC), compression, timeout and retry policy.
 - An app-node of service C (the client SDK sending through an out-proxy) gets, for each
   service C may call, only its routes, timeout and retry policy: no key, no endpoint.
 - A node of a service no rule concerns gets an empty snapshot and no secret.

@@ -124,6 +124,9 @@ class SealedMessages:
         return self._call.open_head(tuple(metadata or ()))
 
     def response(self, message: Any) -> Any:
+        if message is None:  # grpc's answer to an OK status without the one response
+            raise FastProxyError(Reason.UNAUTHENTICATED, "the response was cut short (no "
+                                                         "message)")
         if isinstance(message, bytes):
             return self._call.open_response(message)
         plain = self._call.open_response(message.SerializeToString())

@@ -45,8 +45,10 @@ def nonce(call: int, position: int) -> bytes:
 def digest(metadata: list[tuple[str, str]]) -> bytes:
     hop = {"traceparent", "user-agent", "te", "content-type"}
     secret = {"authorization", "proxy-authorization", "cookie", "set-cookie"}
+    ours = {"fastproxy-call-bin", "fastproxy-head-bin", "fastproxy-end-bin",
+            "fastproxy-hello-bin", "fastproxy-session", "fastproxy-kind"}
     kept = sorted(((k, v) for k, v in metadata if k not in hop and k not in secret
-                   and not k.startswith("fastproxy-")), key=lambda e: e[0])
+                   and k not in ours), key=lambda e: e[0])
     out = hashlib.sha256(b"fastproxy-v2 metadata\x00")
     for key, value in kept:
         out.update(lp(key.encode()) + lp(value.encode()))
