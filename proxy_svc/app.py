@@ -24,6 +24,7 @@ from proxy_svc.kinds import KindExchange, KindListener, KindTeller, MethodKinds,
 from proxy_svc.observe import CallObserver
 from proxy_svc.plan import InboundRole, OutboundRole, Role
 from proxy_svc.server import start_proxy_server
+from proxy_svc.sessions import SessionBook, SessionService
 from proxy_svc.tunnel import Tunnels, TunnelService, tunnel_channel_options
 from proxy_svc.upstream import UpstreamPool
 
@@ -92,29 +93,32 @@ def _open_source(config: ProxyConfig, holder: PolicyHolder[NodePolicy]
 
 class _Parts:
     """The role-specific parts of one proxy: its role, what it does about method kinds,
-    and the tunnels (out-proxy) or the tunnel service (in-proxy)."""
+    the tunnels (out-proxy), and the services served before the forwarding handler
+    (in-proxy: sessions and the tunnel)."""
 
     def __init__(self, config: ProxyConfig, holder: PolicyHolder[NodePolicy],
                  pool: UpstreamPool) -> None:
         self.learner: ReflectionLearner | None = None
         self.tunnels: Tunnels | None = None
+        self.state = NodeState()
         kinds = MethodKinds()
         self.side: Role
         self.exchange: KindExchange
         if config.role is HostRole.IN:
             upstream = config.upstream or ""
-            self.side = InboundRole(holder, upstream, NodeState(), config.service)
+            self.side = InboundRole(holder, upstream, self.state, config.service)
             # The in-proxy asks its upstream's reflection and tells its out-proxies.
             self.learner = ReflectionLearner(kinds, lambda: pool.channel(upstream))
             self.exchange = KindTeller(kinds, self.learner)
         else:
-            self.side = OutboundRole(holder, config.service)
-            self.exchange = KindListener(kinds)
             if config.tunnel:
                 # Fast-path calls ride one stream per in-proxy, on connections of their own.
                 options = tunnel_channel_options(config.node.max_message_bytes)
                 self.tunnels = Tunnels(lambda endpoint: pool.separate_channel(endpoint,
                                                                               options))
+            self.side = OutboundRole(holder, config.service, pool, SessionBook(),
+                                     self.tunnels)
+            self.exchange = KindListener(kinds)
 
     async def close(self) -> None:
         if self.learner is not None:
@@ -131,9 +135,12 @@ async def serve(config: ProxyConfig, telemetry: Telemetry) -> None:
     parts = _Parts(config, holder, pool)
     handler = ForwardingHandler(parts.side, pool,
                                 observer=_call_observer(config, telemetry, holder, source),
-                                exchange=parts.exchange, tunnels=parts.tunnels)
-    tunnel_service = (TunnelService(handler.serve_carried, accept=config.tunnel)
-                      if config.role is HostRole.IN else None)
+                                exchange=parts.exchange)
+    tunnel_service = None
+    services_first: tuple[grpc.GenericRpcHandler, ...] = ()
+    if config.role is HostRole.IN:
+        tunnel_service = TunnelService(handler.serve_carried, accept=config.tunnel)
+        services_first = (SessionService(holder, parts.state), tunnel_service)
     health_servicer = health.aio.HealthServicer()
     try:
         server, port = await start_proxy_server(
@@ -141,7 +148,7 @@ async def serve(config: ProxyConfig, telemetry: Telemetry) -> None:
             credentials=_server_credentials(config),
             add_services=lambda server: health_pb2_grpc.add_HealthServicer_to_server(
                 health_servicer, server),
-            services_first=() if tunnel_service is None else (tunnel_service,))
+            services_first=services_first)
     except RuntimeError as exc:
         raise StartupError(f"cannot listen on {config.node.listen}: {exc}") from None
     if port == 0:

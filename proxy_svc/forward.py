@@ -40,16 +40,13 @@ import grpc
 
 from fastproxy.hosting.drain import drain
 from fastproxy.hosting.refusal import refuse
-from fastproxy.pipeline.metadata import (
-    Metadata,
-    forwarded_request_metadata,
-    forwarded_response_metadata,
-)
+from fastproxy.pipeline.metadata import SESSION_KEY, Metadata, forwarded_response_metadata
 from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.stages import UNKNOWN_SESSION
 from proxy_svc.kinds import KindExchange, MethodKinds
 from proxy_svc.observe import CallObserver, CallRecord
 from proxy_svc.plan import CallPlan, Role
-from proxy_svc.tunnel import CarriedCallContext, TunnelBroken, Tunnels
+from proxy_svc.tunnel import MAX_REQUEST_BYTES, CarriedCallContext, TunnelBroken
 from proxy_svc.upstream import StatusLog, UpstreamPool
 
 # grpc's sync server reports ~9.2e18 s remaining for "no deadline"; anything this large is none.
@@ -77,37 +74,52 @@ class _Admitted:
     """A call the role admitted, ready to go upstream."""
 
     plan: CallPlan
-    endpoint: str
     timeout: float | None
     metadata: Metadata  # what the upstream call sends
     asked: bool  # the caller asked to be told the method's kind
     started: float = 0.0  # monotonic time the upstream call started
+    head_done: bool = False  # the upstream's headers were handled (and sent, if any)
 
 
 class _RequestPump:
-    """Feeds the client's messages, transformed, to the upstream call, keeping a pipeline
-    error for the handler (grpc would swallow it and only cancel the upstream call)."""
+    """Feeds the client's messages, transformed, to the upstream call, then what the plan
+    sends once the client half-closed, keeping a pipeline error for the handler (grpc would
+    swallow it and only cancel the upstream call, which is what a tampered stream needs:
+    the upstream never sees it end cleanly)."""
 
-    __slots__ = ("_clock", "_plan", "_requests", "error")
+    __slots__ = ("_plan", "_requests", "error")
 
-    def __init__(self, requests: AsyncIterator[bytes], plan: CallPlan,
-                 clock: Callable[[], float]) -> None:
+    def __init__(self, requests: AsyncIterator[bytes], plan: CallPlan) -> None:
         self._requests = requests
         self._plan = plan
-        self._clock = clock
         self.error: FastProxyError | None = None
 
     async def messages(self) -> AsyncIterator[bytes]:
         try:
             async for message in self._requests:
-                yield self._plan.request(message, self._clock())
+                forwarded = self._plan.request(message)
+                if forwarded is not None:
+                    yield forwarded
+            last = self._plan.requests_done()
+            if last is not None:
+                yield last
         except FastProxyError as err:
             self.error = err
             raise
 
 
+def _lost_session(failed: grpc.aio.AioRpcError) -> bool:
+    """The callee answered that it does not know the call's session (docs/protocol.md, 3)."""
+    return (failed.code() == grpc.StatusCode.UNAUTHENTICATED
+            and (SESSION_KEY, UNKNOWN_SESSION) in tuple(failed.trailing_metadata() or ()))
+
+
+_RETRY = object()  # the callee lost the session: open a new one and send the call again
+
+
 class ForwardingHandler(grpc.GenericRpcHandler):
-    """Takes every method; register it after any service of the proxy's own (health).
+    """Takes every method; register it after any service of the proxy's own (health,
+    sessions, tunnel).
 
     A method in `kinds.unary` is served on the unary fast path (`_unary`), every other one on
     the stream path (`_forward`). `exchange` is what this side does about kinds (the in-proxy
@@ -116,8 +128,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
     def __init__(self, side: Role, pool: UpstreamPool,
                  clock: Callable[[], float] = time.time,
                  observer: CallObserver | None = None,
-                 exchange: KindExchange | None = None,
-                 tunnels: Tunnels | None = None) -> None:
+                 exchange: KindExchange | None = None) -> None:
         self._side = side
         self._pool = pool
         self._clock = clock
@@ -128,8 +139,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self._handle = self._forward_observed if self._observer.active else self._forward
         self._handle_unary = self._unary_observed if self._observer.active else self._unary
         self._unary_handlers: dict[str, grpc.RpcMethodHandler] = {}
-        self._unary_callables: dict[tuple[str, str], Any] = {}
-        self._tunnels = tunnels
+        self._unary_callables: dict[tuple[int, str], Any] = {}
 
     @property
     def kinds(self) -> MethodKinds:
@@ -175,37 +185,36 @@ class ForwardingHandler(grpc.GenericRpcHandler):
 
     # --- the two paths -------------------------------------------------------------------
 
-    def _admit(self, method: str, metadata: Metadata, context: Any,
-               record: CallRecord | None) -> _Admitted:
-        """The role's plan for the call, its endpoint, deadline and upstream metadata;
-        raises `FastProxyError` when the call is refused."""
+    async def _admit(self, method: str, metadata: Metadata, context: Any,
+                     record: CallRecord | None, *, single: bool, carry: bool) -> _Admitted:
+        """The role's plan for the call, its deadline and upstream metadata; raises
+        `FastProxyError` when the call is refused."""
         asked = self._exchange.asked(metadata)
-        plan = self._side.begin(method, metadata, self._clock())
-        endpoint = self._pool.health.pick(plan.endpoints, time.monotonic())
+        if record is not None and record.forward_metadata is not None:
+            metadata = record.forward_metadata
+        timeout_left = context.time_remaining()
+        plan = await self._side.begin(method, metadata, self._clock(), single=single,
+                                      carry=carry, remaining_s=timeout_left)
         if record is not None:
             plan = self._observer.admitted(record, plan)
-            if record.forward_metadata is not None:
-                metadata = record.forward_metadata
         self._exchange.consider(method)
-        return _Admitted(
-            plan, endpoint, call_timeout(context.time_remaining(), plan.timeout_ms),
-            forwarded_request_metadata(metadata, plan.added_metadata
-                                       + self._exchange.request_entries),
-            asked)
+        return _Admitted(plan, call_timeout(timeout_left, plan.timeout_ms),
+                         plan.metadata + self._exchange.request_entries, asked)
 
     def _start_unary(self, method: str, call: _Admitted, message: bytes) -> Any:
         """The upstream call of the fast path: on the endpoint's tunnel when one is open,
         else a call of its own."""
         call.started = time.monotonic()
-        if self._tunnels is not None:
-            carried = self._tunnels.call(call.endpoint, method, message, call.timeout,
-                                         call.metadata)
+        plan = call.plan
+        if plan.link is not None:
+            carried = plan.link.call(method, message, call.timeout, call.metadata)
             if carried is not None:
                 return carried
-        key = (call.endpoint, method)
+        channel = plan.channel or self._pool.channel(plan.endpoint)
+        key = (id(channel), method)
         upstream = self._unary_callables.get(key)
         if upstream is None:
-            upstream = self._pool.channel(call.endpoint).unary_unary(method, None, None)
+            upstream = channel.unary_unary(method, None, None)
             self._unary_callables[key] = upstream
         return upstream(message, timeout=call.timeout, metadata=call.metadata)
 
@@ -214,26 +223,39 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                      metadata: Metadata | None = None) -> bytes | None:
         """The fast path: the same stages as `_forward`, one message each way. `context` is
         grpc's, or a `CarriedCallContext` for a call a tunnel carried; `metadata` its
-        invocation metadata when the caller already read it."""
+        invocation metadata when the caller already read it. A call whose session the
+        callee lost is sent once more, in a new session (nothing was forwarded)."""
         if metadata is None:
             metadata = tuple(context.invocation_metadata() or ())
+        carry = len(request) <= MAX_REQUEST_BYTES
+        answer = await self._unary_once(method, request, context, record, metadata, carry,
+                                        retry=True)
+        if answer is _RETRY:
+            answer = await self._unary_once(method, request, context, record, metadata, carry,
+                                            retry=False)
+        return answer  # type: ignore[return-value]
+
+    async def _unary_once(self, method: str, request: bytes, context: Any,
+                          record: CallRecord | None, metadata: Metadata, carry: bool,
+                          retry: bool) -> bytes | object | None:
         admitted: _Admitted | None = None
         try:
-            admitted = self._admit(method, metadata, context, record)
-            message = admitted.plan.request(request, self._clock())
+            admitted = await self._admit(method, metadata, context, record, single=True,
+                                         carry=carry)
+            message = admitted.plan.request(request)
         except FastProxyError as err:
             await self._refuse(context, method, err, record, admitted)
             return None
+        assert message is not None
         call = self._start_unary(method, admitted, message)
         try:
             response = await call
             initial = forwarded_response_metadata(await call.initial_metadata())
             trailers = forwarded_response_metadata(await call.trailing_metadata())
         except grpc.aio.AioRpcError as failed:
+            if retry and self._forget_lost_session(admitted.plan, failed):
+                return _RETRY
             self._exchange.failed(method, failed.code())
-            initial = forwarded_response_metadata(failed.initial_metadata())
-            if initial:
-                await context.send_initial_metadata(initial)
             await self._pass_failure(context, method, admitted, failed, record)
             return None
         except asyncio.CancelledError:
@@ -243,15 +265,17 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             if remaining is not None and remaining <= _DEADLINE_NEAR_S:
                 self._exchange.ran_out_of_time(method, "the client's deadline ran out")
             raise
-        self._pool.health.record_success(admitted.endpoint)
-        if initial:
-            await context.send_initial_metadata(initial)
+        self._pool.health.record_success(admitted.plan.endpoint)
         try:
-            answer = admitted.plan.response(response, self._clock())
+            initial = admitted.plan.head(initial)
+            answer = admitted.plan.response(response)
+            trailers = self._trailers(method, admitted, grpc.StatusCode.OK, "", trailers,
+                                      fast=True)
         except FastProxyError as err:
             await self._refuse(context, method, err, record, admitted)
             return None
-        trailers = self._exchange.settle(method, trailers, fast=True, asked=admitted.asked)
+        if initial:
+            await context.send_initial_metadata(initial)
         if trailers:
             context.set_trailing_metadata(trailers)
         if record is not None:
@@ -265,26 +289,25 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         if metadata is None:
             metadata = tuple(context.invocation_metadata() or ())
         try:
-            admitted = self._admit(method, metadata, context, record)
+            admitted = await self._admit(method, metadata, context, record, single=False,
+                                         carry=False)
         except FastProxyError as err:
             await drain(requests)
             await self._refuse(context, method, err, record)
             return
-        pump = _RequestPump(requests, admitted.plan, self._clock)
+        plan = admitted.plan
+        pump = _RequestPump(requests, plan)
         admitted.started = time.monotonic()
-        call = self._pool.channel(admitted.endpoint).stream_stream(method, None, None)(
+        channel = plan.channel or self._pool.channel(plan.endpoint)
+        call = channel.stream_stream(method, None, None)(
             pump.messages(), timeout=admitted.timeout, metadata=admitted.metadata)
         statuses = StatusLog(call)
         try:
             async for message in self._responses(method, call, context, admitted, record):
                 yield message
         except grpc.aio.AioRpcError as failed:
-            if pump.error is not None:
-                await drain(requests)
-                await self._refuse(context, method, pump.error, record, admitted)
-            else:
-                failed = await statuses.settled(failed)
-                await self._pass_failure(context, method, admitted, failed, record)
+            await self._stream_failed(context, method, requests, admitted, pump,
+                                      await statuses.settled(failed), record)
         except FastProxyError as err:
             call.cancel()
             await self._refuse(context, method, err, record, admitted)
@@ -303,24 +326,85 @@ class ForwardingHandler(grpc.GenericRpcHandler):
     async def _responses(self, method: str, call: Any, context: grpc.aio.ServicerContext,
                          admitted: _Admitted, record: CallRecord | None
                          ) -> AsyncIterator[bytes]:
-        """The upstream's initial metadata and responses, transformed, then its trailers
-        once the stream ended OK; raises what the upstream call or the plan raise."""
-        initial = forwarded_response_metadata(await call.initial_metadata())
+        """The upstream's headers and responses, transformed, then its trailers once the
+        stream ended OK; raises what the upstream call or the plan raise."""
+        plan = admitted.plan
+        initial = plan.head(forwarded_response_metadata(await call.initial_metadata()))
+        admitted.head_done = True
         if initial:
             await context.send_initial_metadata(initial)
         async for message in call:
-            yield admitted.plan.response(message, self._clock())
+            yield plan.response(message)
         # The stream ended OK: the status is in.
-        self._pool.health.record_success(admitted.endpoint)
-        trailers = self._exchange.settle(
-            method, forwarded_response_metadata(await call.trailing_metadata()),
-            fast=False, asked=admitted.asked)
+        self._pool.health.record_success(plan.endpoint)
+        trailers = self._trailers(method, admitted, grpc.StatusCode.OK, "",
+                                  forwarded_response_metadata(await call.trailing_metadata()),
+                                  fast=False)
         if trailers:
             context.set_trailing_metadata(trailers)
         if record is not None:
             record.code = grpc.StatusCode.OK
 
+    def _trailers(self, method: str, call: _Admitted, code: grpc.StatusCode, details: str,
+                  trailers: Metadata, *, fast: bool) -> Metadata:
+        """The trailers our client receives for a call that ended with `code`: the kind
+        exchange done, the end sealed (in-proxy) or checked (out-proxy)."""
+        settled = self._exchange.settle(method, trailers, fast=fast, asked=call.asked)
+        return call.plan.end(code.value[0], details, settled) + self._exchange.told(
+            method, call.asked)
+
     # --- how a call that did not end OK ends ----------------------------------------------
+
+    def _forget_lost_session(self, plan: CallPlan, failed: grpc.aio.AioRpcError) -> bool:
+        """True when the callee lost the call's session (which is then forgotten)."""
+        if plan.outbound is None or not _lost_session(failed):
+            return False
+        sessions = getattr(self._side, "sessions", None)
+        if sessions is not None and plan.channel is not None:
+            sessions.forget(plan.channel, plan.outbound.session)
+        return True
+
+    async def _stream_failed(self, context: grpc.aio.ServicerContext, method: str,
+                             requests: AsyncIterator[bytes], admitted: _Admitted,
+                             pump: _RequestPump, failed: grpc.aio.AioRpcError,
+                             record: CallRecord | None) -> None:
+        if pump.error is not None:
+            await drain(requests)
+            await self._refuse(context, method, pump.error, record, admitted)
+        elif self._forget_lost_session(admitted.plan, failed):
+            # The requests are gone: the client may try again (a new session then).
+            await self._refuse(context, method, FastProxyError(
+                Reason.UNAVAILABLE, "the in-proxy no longer knows this call's session (did it "
+                                    "restart?): try again"), record, admitted)
+        elif failed.code() == grpc.StatusCode.OK:
+            await self._ended_ok(context, method, admitted, failed, record)
+        else:
+            await self._pass_failure(context, method, admitted, failed, record)
+
+    async def _ended_ok(self, context: grpc.aio.ServicerContext, method: str, call: _Admitted,
+                        ended: grpc.aio.AioRpcError, record: CallRecord | None) -> None:
+        """The upstream ended the call OK while a request of ours was still being written
+        (a unary upstream answers after the last message, before the END record behind it
+        arrives), and grpc.aio reported that write's failure instead (`StatusLog` kept the
+        real status): the responses arrived, so the call ends as one that ended OK, its
+        end checked or sealed as any other (a response lost on the way would not match)."""
+        self._pool.health.record_success(call.plan.endpoint)
+        try:
+            if not call.head_done:
+                initial = call.plan.head(forwarded_response_metadata(ended.initial_metadata()))
+                call.head_done = True
+                if initial:
+                    await context.send_initial_metadata(initial)
+            trailers = self._trailers(method, call, grpc.StatusCode.OK, "",
+                                      forwarded_response_metadata(ended.trailing_metadata()),
+                                      fast=False)
+        except FastProxyError as err:
+            await self._refuse(context, method, err, record, call)
+            return
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        if record is not None:
+            record.code = grpc.StatusCode.OK
 
     async def _pass_failure(self, context: grpc.aio.ServicerContext, method: str,
                             call: _Admitted, failed: grpc.aio.AioRpcError,
@@ -332,25 +416,37 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             await self._refuse(context, method, FastProxyError(
                 Reason.DEADLINE, f"upstream did not answer within {timeout:.3f}s"), record, call)
             return
-        endpoint = call.endpoint
+        endpoint = call.plan.endpoint
         if isinstance(failed, TunnelBroken) or self._pool.is_transport_failure(endpoint, code):
             self._pool.health.record_transport_failure(endpoint, time.monotonic())
             await self._refuse(context, method, FastProxyError(
                 Reason.UNAVAILABLE, f"upstream {endpoint} unreachable"), record, call)
             return
         self._pool.health.record_success(endpoint)
+        details = failed.details() or ""
+        initial: Metadata = ()
+        try:
+            if not call.head_done:
+                initial = call.plan.head(forwarded_response_metadata(failed.initial_metadata()))
+                call.head_done = True
+            trailers = call.plan.end(code.value[0], details, self._exchange.strip(
+                forwarded_response_metadata(failed.trailing_metadata())))
+        except FastProxyError as err:
+            await self._refuse(context, method, err, record, call)
+            return
+        if initial:
+            await context.send_initial_metadata(initial)
         if record is not None:
             record.code = code
         # The upstream's own answer: code, details and trailers unchanged, none of ours.
-        await context.abort(code, failed.details() or "", self._exchange.strip(
-            forwarded_response_metadata(failed.trailing_metadata())))
+        await context.abort(code, details, trailers)
 
     async def _refuse(self, context: grpc.aio.ServicerContext, method: str,
                       err: FastProxyError, record: CallRecord | None = None,
                       call: _Admitted | None = None) -> None:
         """Ends the call with our status and trailers, after its audit line (the parties
         come from the record when telemetry keeps one, else from the plan, when the call
-        got that far)."""
+        got that far). The in-proxy seals the refusal once the call was opened."""
         observer = self._observer
         if record is not None:
             other = record.caller if observer.role.guards else record.callee
@@ -363,4 +459,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                         trace_id=record.trace_id_now() if record is not None else None)
         if record is not None:
             record.refused(err, answer.code)
-        await context.abort(answer.code, answer.details, answer.trailers)
+        trailers: Metadata = answer.trailers
+        seal = err.seal_end or (call.plan.seal_refusal if call is not None else None)
+        if seal is not None:
+            trailers = seal(answer.code.value[0], answer.details, trailers)
+        await context.abort(answer.code, answer.details, trailers)

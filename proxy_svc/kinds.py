@@ -34,11 +34,11 @@ from typing import Any
 
 import grpc
 
-from fastproxy.pipeline.metadata import Metadata, grpc_service_of
+from fastproxy.pipeline.metadata import KIND_KEY, Metadata, grpc_service_of
+from proxy_svc.upstream import StatusLog
 
 _log = logging.getLogger("fastproxy.proxy")
 
-KIND_KEY = "fastproxy-kind"
 UNARY_KIND = "unary"
 ASK_KIND = "?"  # request entry of the out-proxy: tell me this method's kind
 # The reflection services, newest-but-rare last: grpcio-reflection serves v1alpha.
@@ -154,12 +154,13 @@ class ReflectionLearner:
             stub = self._channel().stream_stream(
                 path, request_serializer=rpb.ServerReflectionRequest.SerializeToString,
                 response_deserializer=rpb.ServerReflectionResponse.FromString)
-            try:
-                call = stub(iter((request,)), timeout=self._timeout_s)
+            call = stub(iter((request,)), timeout=self._timeout_s)
+            statuses = StatusLog(call)  # an upstream without reflection may answer under our
+            try:                        # write: keep its UNIMPLEMENTED (grpc/grpc#36066)
                 response = await call.read()
                 call.cancel()
             except grpc.aio.AioRpcError as err:
-                if err.code() == grpc.StatusCode.UNIMPLEMENTED:
+                if (await statuses.settled(err)).code() == grpc.StatusCode.UNIMPLEMENTED:
                     continue
                 raise
             if response is grpc.aio.EOF or not response.HasField("file_descriptor_response"):
@@ -218,8 +219,12 @@ class KindExchange:
         """An admitted call of `method`: learn its kind if that is how this side learns."""
 
     def settle(self, method: str, trailers: Metadata, *, fast: bool, asked: bool) -> Metadata:
-        """The trailers of a call that ended OK, as the client receives them."""
+        """The upstream's trailers of a call that ended OK, our kind entry handled."""
         return _without_kind(trailers)
+
+    def told(self, method: str, asked: bool) -> Metadata:
+        """Entries this side adds to the trailers of an OK call, after they were sealed."""
+        return ()
 
     def strip(self, trailers: Metadata) -> Metadata:
         """The trailers of a failed call: our kind entry never passes."""
@@ -253,11 +258,10 @@ class KindTeller(KindExchange):
         if self._learner is not None and method not in self.kinds.unary:
             self._learner.consider(method)
 
-    def settle(self, method: str, trailers: Metadata, *, fast: bool, asked: bool) -> Metadata:
-        trailers = _without_kind(trailers)
+    def told(self, method: str, asked: bool) -> Metadata:
         if asked and method in self.kinds.unary:
-            trailers = (*trailers, (KIND_KEY, UNARY_KIND))
-        return trailers
+            return ((KIND_KEY, UNARY_KIND),)
+        return ()
 
     def failed(self, method: str, code: grpc.StatusCode) -> None:
         super().failed(method, code)

@@ -79,23 +79,26 @@ class CallRecord:
 def timed(plan: CallPlan, record: CallRecord, seals_requests: bool) -> CallPlan:
     """`plan` with transforms that count bytes and the time spent in them. `seals_requests`:
     the out-proxy seals requests and opens responses; the in-proxy the reverse."""
-    def account(message: bytes, out: bytes, started: float, sealing: bool) -> bytes:
+    def account(message: bytes, out: bytes | None, started: float, sealing: bool) -> None:
         spent = time.perf_counter() - started
         if sealing:
             record.sealed_s += spent
         else:
             record.opened_s += spent
         record.received += len(message)
-        record.sent += len(out)
+        record.sent += len(out) if out is not None else 0
+
+    def request(message: bytes) -> bytes | None:
+        started = time.perf_counter()
+        out = plan.request(message)
+        account(message, out, started, seals_requests)
         return out
 
-    def request(message: bytes, now: float) -> bytes:
+    def response(message: bytes) -> bytes:
         started = time.perf_counter()
-        return account(message, plan.request(message, now), started, seals_requests)
-
-    def response(message: bytes, now: float) -> bytes:
-        started = time.perf_counter()
-        return account(message, plan.response(message, now), started, not seals_requests)
+        out = plan.response(message)
+        account(message, out, started, not seals_requests)
+        return out
 
     return dataclasses.replace(plan, request=request, response=response)
 

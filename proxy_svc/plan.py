@@ -1,80 +1,139 @@
 """What a proxy's role decides for one call, before any message: a `CallPlan`.
 
-The out-proxy (`OutboundRole`) routes by method and seals requests and opens responses with
-the pipeline's `OutboundCall`; the in-proxy (`InboundRole`) authenticates, authorizes and
-rate-limits the caller with the pipeline's `InboundCall`, opens requests and seals responses.
-Either way the forwarding handler gets the same plan: the two parties, where the call may go,
-its deadline cap, the metadata the pipeline adds, and one transform per direction.
+The out-proxy (`OutboundRole`) routes by method, picks an endpoint, finds (or opens) its
+session with that endpoint, and seals the call with the pipeline's `OutboundCall`; the
+in-proxy (`InboundRole`) opens the call with the pipeline's `InboundCall` (session, replay,
+metadata, allow rule, rate limit). Either way the forwarding handler gets the same plan:
+the parties, where the call goes, its deadline cap and metadata, and one transform per part
+of the call (each request, the end of the requests, the response headers, each response,
+the status and trailers). Status codes are gRPC's integer values.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
+import grpc
+
 from fastproxy.hosting.refusal import HostRole
 from fastproxy.node.holder import PolicyHolder
-from fastproxy.pipeline.metadata import Metadata
+from fastproxy.pipeline.metadata import (
+    Metadata,
+    forwarded_request_metadata,
+    forwarded_response_metadata,
+)
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline.stages import OutboundCall
+from proxy_svc.sessions import SessionBook
+from proxy_svc.tunnel import TunnelLink, Tunnels
+from proxy_svc.upstream import UpstreamPool
 
-Transform = Callable[[bytes, float], bytes]
+Transform = Callable[[bytes], bytes | None]
+EndTransform = Callable[[int, str, Metadata], Metadata]
 
 
 @dataclass(frozen=True, slots=True)
 class CallPlan:
-    """One call as its role decided it. `request` transforms each message from the client
-    before it goes upstream, `response` each message from upstream before it goes back;
-    either may raise `FastProxyError`."""
+    """One call as its role decided it; every transform may raise `FastProxyError`.
+
+    `request` turns a client message into what goes upstream (None: nothing does);
+    `requests_done` runs when the client half-closed (a last message to send, or a refusal
+    when the stream was cut short); `head`, `response` and `end` do the same for the
+    upstream's headers, messages and (code, details, trailers). `seal_refusal` seals a
+    refusal of ours (the in-proxy, once the call opened; None otherwise)."""
 
     caller: str
     callee: str
-    endpoints: tuple[str, ...]
+    endpoint: str
     timeout_ms: int | None
-    added_metadata: Metadata
+    metadata: Metadata
     request: Transform
-    response: Transform
+    requests_done: Callable[[], bytes | None]
+    head: Callable[[Metadata], Metadata]
+    response: Callable[[bytes], bytes]
+    end: EndTransform
+    seal_refusal: EndTransform | None = None
+    link: TunnelLink | None = None  # the tunnel to carry the call (fast path, tunnel open)
+    channel: grpc.aio.Channel | None = None  # else the channel of a call of its own
+    outbound: OutboundCall | None = None  # the out-proxy's call, for session bookkeeping
 
 
 class Role(Protocol):
-    """Makes the plan of each call; `role` names the proxy in our trailers and records."""
+    """Makes the plan of each call; `role` names the proxy in our trailers and records.
+    `single`: the call is served on the unary fast path (one request, one response)."""
 
     @property
     def role(self) -> HostRole: ...
 
-    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan: ...
+    async def begin(self, method: str, metadata: Metadata, now: float, *, single: bool,
+                    carry: bool, remaining_s: float | None) -> CallPlan: ...
 
 
 class OutboundRole:
-    """The out-proxy of `service`: route by method, seal requests, open responses."""
+    """The out-proxy of `service`: route by method, pick an endpoint and its session, seal
+    requests, open and check what comes back."""
 
     role = HostRole.OUT
 
-    def __init__(self, holder: PolicyHolder[NodePolicy], service: str = "") -> None:
+    def __init__(self, holder: PolicyHolder[NodePolicy], service: str, pool: UpstreamPool,
+                 sessions: SessionBook, tunnels: Tunnels | None = None) -> None:
         self._holder = holder
         self._service = service
+        self._pool = pool
+        self.sessions = sessions
+        self._tunnels = tunnels
 
-    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
-        call = self._holder.require().outbound(method, now)
-        return CallPlan(self._service, call.destination, call.endpoints, call.timeout_ms,
-                        call.request_metadata(), call.seal_request, call.open_response)
+    async def begin(self, method: str, metadata: Metadata, now: float, *, single: bool,
+                    carry: bool, remaining_s: float | None) -> CallPlan:
+        """`carry`: the call may ride the endpoint's tunnel if one is open."""
+        policy = self._holder.require()
+        destination = policy.route(method)
+        endpoint = self._pool.health.pick(destination.endpoints, time.monotonic())
+        link = self._tunnels.ready(endpoint) if self._tunnels is not None and carry else None
+        channel = link.channel if link is not None else self._pool.channel(endpoint)
+        session = await self.sessions.session(policy, destination, channel, remaining_s)
+        call = policy.outbound(destination, session, method,
+                               forwarded_request_metadata(metadata), now)
+
+        def request(message: bytes) -> bytes:
+            return call.seal_request(message, single)
+
+        def end(code: int, details: str, trailers: Metadata) -> Metadata:
+            return call.open_end(code, details, forwarded_response_metadata(trailers))
+
+        return CallPlan(self._service, call.destination, endpoint, call.timeout_ms,
+                        call.metadata, request, call.end_requests, call.open_head,
+                        call.open_response, end, None, link, channel, call)
 
 
 class InboundRole:
-    """The in-proxy of `service` in front of `upstream`: admit the caller, open requests,
-    seal responses. `state` is what outlives policy swaps (replay cache, rate limits)."""
+    """The in-proxy of `service` in front of `upstream`: open and admit the call, open
+    requests, seal what the upstream answers. `state` outlives policy swaps (sessions, rate
+    limits)."""
 
     role = HostRole.IN
 
     def __init__(self, holder: PolicyHolder[NodePolicy], upstream: str, state: NodeState,
                  service: str = "") -> None:
         self._holder = holder
-        self._endpoints = (upstream,)
+        self._upstream = upstream
         self._state = state
         self._service = service
 
-    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
+    async def begin(self, method: str, metadata: Metadata, now: float, *, single: bool,
+                    carry: bool, remaining_s: float | None) -> CallPlan:
         call = self._holder.require().inbound(method, metadata, now, self._state)
-        return CallPlan(call.caller, self._service, self._endpoints, call.timeout_ms, (),
-                        call.open_request, call.seal_response)
 
+        def request(message: bytes) -> bytes | None:
+            return call.open_request(message, single)
+
+        def requests_done() -> None:
+            call.finish_requests()
+
+        return CallPlan(call.caller, self._service, self._upstream, call.timeout_ms,
+                        forwarded_request_metadata(metadata) + call.restored, request,
+                        requests_done, call.seal_head, call.seal_response, call.seal_end,
+                        call.seal_end)

@@ -431,6 +431,20 @@ class TunnelLink:
         self._outbox = Outbox()
         self._task: asyncio.Task[None] | None = None
 
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The tunnel's connection (a call of its own on it reaches the same process)."""
+        return self._channel()
+
+    def ready(self) -> bool:
+        """Whether a call can ride the tunnel now; opens it when it is idle."""
+        if self.state != _OPEN:
+            if self.state == _IDLE and self._clock() >= self._retry_at:
+                self.state = _OPENING
+                self._task = asyncio.ensure_future(self._run())
+            return False
+        return len(self._pending) < MAX_PENDING and self._outbox.size < MAX_QUEUED_BYTES
+
     def call(self, method: str, message: bytes, timeout: float | None,
              metadata: Metadata) -> TunnelCall | None:
         if self.state != _OPEN:
@@ -556,11 +570,10 @@ class Tunnels:
             link = self._links[endpoint] = TunnelLink(endpoint, lambda: self._channel(endpoint))
         return link
 
-    def call(self, endpoint: str, method: str, message: bytes, timeout: float | None,
-             metadata: Metadata) -> TunnelCall | None:
-        if len(message) > MAX_REQUEST_BYTES:
-            return None
-        return self.link(endpoint).call(method, message, timeout, metadata)
+    def ready(self, endpoint: str) -> TunnelLink | None:
+        """The endpoint's tunnel if a call can ride it now (it is opened when idle)."""
+        link = self.link(endpoint)
+        return link if link.ready() else None
 
     async def close(self) -> None:
         links, self._links = self._links, {}

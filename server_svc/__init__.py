@@ -1,7 +1,7 @@
 """FastProxy server: the demo services host (`python -m server_svc`) and embedded mode.
 
 `server_interceptors(...)` / `aio_server_interceptors(...)` let any app's own gRPC server
-open and check sealed calls in-process, with the in-proxy's stages (see fastproxy.server.embedded).
+open and check sealed calls in-process, with the in-proxy's stages (see fastproxy.server).
 """
 
 from fastproxy.server import (

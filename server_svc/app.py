@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha import reflection
 from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
 from fastproxy.node.source import PolicySourceError
 from fastproxy.pipeline.node_policy import NodePolicy
-from fastproxy.server.embedded import AioSealingServerInterceptor, EmbeddedPolicy
+from fastproxy.server import AioSealingServerInterceptor, EmbeddedPolicy
 from fastproxy.telemetry.setup import Telemetry
 from server_svc.config import ServerConfig
 from server_svc.demo import DEMO_SERVICE_NAMES, add_demo_services

@@ -28,9 +28,12 @@ from support.dataplane import (
     ProxyProcess,
     channel,
     free_address,
+    new_call,
+    open_session,
     poll,
     reason_of,
     refused_with,
+    reply_of,
     succeeds,
     unary,
 )
@@ -144,14 +147,15 @@ def out_node(policy: DataplanePolicy) -> NodePolicy:
 def crafted_call_works(in_address: str, policy: DataplanePolicy) -> str:
     """A call sealed here with chat_service's view of `policy`, straight to the in-proxy:
     "ok" or the reason it was refused."""
-    call = out_node(policy.with_(song_endpoints=(in_address,))).outbound(UNARY, time.time())
+    node = out_node(policy.with_(song_endpoints=(in_address,)))
     with channel(in_address) as ch:
         try:
-            reply = ch.unary_unary(UNARY)(call.seal_request(b"k", time.time()),
-                                          metadata=call.request_metadata(), timeout=5)
+            call = new_call(node, in_address, session=open_session(node, in_address, ch=ch))
+            reply, rpc = ch.unary_unary(UNARY).with_call(call.seal_request(b"k", final=True),
+                                                         metadata=call.metadata, timeout=5)
         except grpc.RpcError as err:
             return str(reason_of(err))
-    assert call.open_response(reply, time.time()) == b"k"
+    assert reply_of(call, reply, rpc) == b"k"
     return "ok"
 
 

@@ -30,9 +30,12 @@ from support.dataplane import (
     free_address,
     health_status,
     make_pki,
+    new_call,
+    open_session,
     poll,
     reason_of,
     refused_with,
+    reply_of,
     start_file_stack,
     start_tls_pair,
     succeeds,
@@ -181,13 +184,14 @@ def test_two_workers_share_the_port_and_both_serve_calls(
     peers: set[str] = set()
 
     def call_on_a_new_connection() -> bool:
-        call = chat.outbound(UNARY, time.time())
         call_id = uuid.uuid4().hex
         with channel(in_address) as ch:  # the kernel spreads new connections over workers
-            reply = ch.unary_unary(UNARY)(
-                call.seal_request(b"w", time.time()), timeout=5,
-                metadata=(*call.request_metadata(), ("x-test-id", call_id)))
-        assert call.open_response(reply, time.time()) == b"w"
+            # a session lives in the worker that opened it: open it on the call's connection
+            call = new_call(chat, in_address, metadata=(("x-test-id", call_id),),
+                            session=open_session(chat, in_address, ch=ch))
+            reply, rpc = ch.unary_unary(UNARY).with_call(
+                call.seal_request(b"w", final=True), timeout=5, metadata=call.metadata)
+        assert reply_of(call, reply, rpc) == b"w"
         peers.add(upstream.record(call_id)["peer"])
         return len(peers) >= 2
 

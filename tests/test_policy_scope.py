@@ -16,6 +16,7 @@ import yaml
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fastproxy.pipeline.keys import pair_key
 from fastproxy.policy import Policy, load_policy
 from fastproxy.policy.scope import content_hash, scope_snapshot
 from fastproxy.v1 import policy_pb2 as pb
@@ -171,11 +172,15 @@ def test_in_node_gets_its_own_secrets_rules_and_callers_public_keys_only(
     assert list(caller.allow) == [] and not caller.HasField("encrypt")
 
 
-def test_in_node_gets_the_hmac_secret_of_a_caller_it_verifies(policy: Policy) -> None:
+def test_in_node_gets_only_the_pair_key_of_an_hmac_caller_never_its_secret(
+        policy: Policy) -> None:
     snapshot = scope_snapshot(policy, pb.ROLE_IN, "song_service")
-    # HMAC cannot be verified without the secret; ed25519 seeds of others never travel
-    assert secrets_found_in(wire(snapshot)) == {
-        "song-id-v1", "song-enc-v1", "song-enc-v0", "chat-id-v1"}
+    # A caller's HMAC secret would let the callee sign as the caller to anyone (finding 1 of
+    # the protocol review): the callee gets the key of the pair (caller -> callee) only.
+    assert secrets_found_in(wire(snapshot)) == {"song-id-v1", "song-enc-v1", "song-enc-v0"}
+    pair = keys_of(snapshot)["chat-id-v1"]
+    assert (pair.pair_signer, pair.pair_peer) == ("chat_service", "song_service")
+    assert pair.secret == pair_key(SECRETS["chat-id-v1"], "chat_service", "song_service")
     own = services_of(snapshot)["song_service"]
     assert own.timeout_ms == 2000
     [rule] = own.allow

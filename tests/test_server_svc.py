@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from concurrent import futures
 from pathlib import Path
@@ -23,6 +22,7 @@ from conftest import StartCenter, free_port
 from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from grpc_status import rpc_status
+from support.dataplane import new_call, reply_of
 from support.server_helpers import (
     CALLEE,
     CALLER,
@@ -324,15 +324,19 @@ UNARY = "/demo.v1.Echo/Unary"
 BIDI = "/demo.v1.Echo/Bidi"
 
 
-def sealed_call(chat: NodePolicy, method: str) -> OutboundCall:
-    return chat.outbound(method, time.time())
+def sealed_call(chat: NodePolicy, method: str, target: str) -> OutboundCall:
+    """A call sealed here, in a session opened with the embedded server at `target`."""
+    return new_call(chat, target, method)
 
 
 def raw_unary(target: str, method: str, message: bytes,
-              metadata: tuple[tuple[str, bytes], ...]) -> bytes:
+              metadata: tuple[tuple[str, str | bytes], ...],
+              call: OutboundCall | None = None) -> bytes:
+    """The answer of a raw unary call, opened and checked with `call` when given."""
     with grpc.insecure_channel(target) as opened:
-        answer: bytes = opened.unary_unary(method)(message, metadata=metadata, timeout=5)
-        return answer
+        answer, rpc = opened.unary_unary(method).with_call(message, metadata=metadata,
+                                                          timeout=5)
+    return reply_of(call, answer, rpc) if call is not None else bytes(answer)
 
 
 def raw_bidi(target: str, method: str, messages: list[bytes],
@@ -344,20 +348,24 @@ def raw_bidi(target: str, method: str, messages: list[bytes],
 def test_a_sealed_call_is_opened_and_answered_sealed(
         embedded_host: tuple[str, NodePolicy]) -> None:
     target, chat = embedded_host
-    call = sealed_call(chat, UNARY)
+    call = sealed_call(chat, UNARY, target)
     plain = demo_pb2.EchoRequest(text="PLAINTEXT-MARKER").SerializeToString()
-    sealed = call.seal_request(plain)
+    sealed = call.seal_request(plain, final=True)
     assert b"PLAINTEXT-MARKER" not in sealed
-    answer = raw_unary(target, UNARY, sealed, call.request_metadata())
+    with grpc.insecure_channel(target) as opened:
+        answer, rpc = opened.unary_unary(UNARY).with_call(sealed, metadata=call.metadata,
+                                                         timeout=5)
     assert b"PLAINTEXT-MARKER" not in answer
-    opened = demo_pb2.EchoResponse.FromString(call.open_response(answer, time.time()))
-    assert opened.text == "PLAINTEXT-MARKER"
+    opened_reply = demo_pb2.EchoResponse.FromString(reply_of(call, answer, rpc))
+    assert opened_reply.text == "PLAINTEXT-MARKER"
 
-    bidi = sealed_call(chat, BIDI)
+    bidi = sealed_call(chat, BIDI, target)
     requests = [bidi.seal_request(demo_pb2.EchoRequest(text=t).SerializeToString())
                 for t in ("one", "two")]
-    answers = raw_bidi(target, BIDI, requests, bidi.request_metadata())
-    assert [demo_pb2.EchoResponse.FromString(bidi.open_response(a, time.time())).text
+    end = bidi.end_requests()
+    assert end is not None
+    answers = raw_bidi(target, BIDI, [*requests, end], bidi.metadata)
+    assert [demo_pb2.EchoResponse.FromString(bidi.open_response(a)).text
             for a in answers] == ["one", "two"]
 
 
@@ -370,31 +378,33 @@ def assert_refused(error: grpc.RpcError, code: grpc.StatusCode, reason: str) -> 
 def test_garbage_or_tampered_messages_are_refused_with_the_reason(
         embedded_host: tuple[str, NodePolicy]) -> None:
     target, chat = embedded_host
-    call = sealed_call(chat, UNARY)
+    call = sealed_call(chat, UNARY, target)
     with pytest.raises(grpc.RpcError) as garbage:
-        raw_unary(target, UNARY, b"\xff\x00not a sealed message", call.request_metadata())
+        raw_unary(target, UNARY, b"\xff\x00not a sealed message", call.metadata)
     assert_refused(garbage.value, grpc.StatusCode.INVALID_ARGUMENT, "malformed")
 
-    call = sealed_call(chat, UNARY)
-    sealed = bytearray(call.seal_request(demo_pb2.EchoRequest(text="x").SerializeToString()))
+    call = sealed_call(chat, UNARY, target)
+    sealed = bytearray(call.seal_request(demo_pb2.EchoRequest(text="x").SerializeToString(),
+                                         final=True))
     sealed[-1] ^= 0x01
     with pytest.raises(grpc.RpcError) as tampered:
-        raw_unary(target, UNARY, bytes(sealed), call.request_metadata())
+        raw_unary(target, UNARY, bytes(sealed), call.metadata)
     assert_refused(tampered.value, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
 
-    bidi = sealed_call(chat, BIDI)
+    bidi = sealed_call(chat, BIDI, target)
     good = bidi.seal_request(demo_pb2.EchoRequest(text="ok").SerializeToString())
     with pytest.raises(grpc.RpcError) as in_stream:
-        raw_bidi(target, BIDI, [good, b"\xff\x00garbage"], bidi.request_metadata())
+        raw_bidi(target, BIDI, [good, b"\xff\x00garbage"], bidi.metadata)
     assert_refused(in_stream.value, grpc.StatusCode.INVALID_ARGUMENT, "malformed")
 
 
 def test_a_replayed_call_header_is_unauthenticated(
         embedded_host: tuple[str, NodePolicy]) -> None:
     target, chat = embedded_host
-    call = sealed_call(chat, UNARY)
-    sealed = call.seal_request(demo_pb2.EchoRequest(text="once").SerializeToString())
-    raw_unary(target, UNARY, sealed, call.request_metadata())
+    call = sealed_call(chat, UNARY, target)
+    sealed = call.seal_request(demo_pb2.EchoRequest(text="once").SerializeToString(),
+                               final=True)
+    raw_unary(target, UNARY, sealed, call.metadata, call)
     with pytest.raises(grpc.RpcError) as replayed:
-        raw_unary(target, UNARY, sealed, call.request_metadata())
+        raw_unary(target, UNARY, sealed, call.metadata)
     assert_refused(replayed.value, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -22,6 +23,7 @@ from opentelemetry.sdk.trace.sampling import (
 from opentelemetry.trace import NonRecordingSpan, SpanContext, TraceFlags, set_span_in_context
 from support.transport import (
     PassThroughRole,
+    pass_through_plan,
 )
 
 import fastproxy
@@ -37,7 +39,6 @@ from fastproxy.telemetry.setup import (
 )
 from proxy_svc.forward import ForwardingHandler
 from proxy_svc.observe import CallObserver
-from proxy_svc.plan import CallPlan
 from proxy_svc.upstream import UpstreamPool
 
 
@@ -228,8 +229,9 @@ def _observed_call(sampler: Sampler, metadata: tuple[tuple[str, str | bytes], ..
                                         else "chat_service", lambda: 3,
                                         provider.get_tracer("t"), None)
     record = observer.begin("/demo.v1.Echo/Unary", metadata, "ipv4:127.0.0.1:5555")
-    observer.admitted(record, CallPlan("chat_service", "song_service", (), None, (),
-                                       _unchanged, _unchanged))
+    observer.admitted(record, dataclasses.replace(pass_through_plan("", None, ()),
+                                                  caller="chat_service",
+                                                  callee="song_service"))
     record.code = grpc.StatusCode.OK
     observer.end(record, "/demo.v1.Echo/Unary")
     assert record.forward_metadata is not None

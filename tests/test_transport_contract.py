@@ -8,6 +8,7 @@ different grpc stacks meet on the wire.
 
 from __future__ import annotations
 
+import dataclasses
 import random
 import threading
 import time
@@ -26,6 +27,7 @@ from support.transport import (
     failure_of,
     free_port_nobody_listens_on,
     new_id,
+    pass_through_plan,
     trailers_of,
 )
 from support.upstream_app import (
@@ -41,7 +43,8 @@ from fastproxy.pipeline.metadata import Metadata, forwarded_request_metadata
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from proxy_svc.forward import call_timeout
 from proxy_svc.plan import CallPlan, OutboundRole, Role
-from proxy_svc.upstream import EjectionRule, EndpointHealth
+from proxy_svc.sessions import SessionBook
+from proxy_svc.upstream import EjectionRule, EndpointHealth, UpstreamPool
 
 
 @pytest.fixture(scope="module")
@@ -367,17 +370,19 @@ class RefusingRole:
         self._endpoints = tuple(endpoints)
         self._at = at
 
-    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
+    async def begin(self, method: str, metadata: Metadata, now: float, *, single: bool,
+                    carry: bool, remaining_s: float | None) -> CallPlan:
         if self._at == "begin":
             raise FastProxyError(Reason.DENIED, "no rule for this caller")
-        return CallPlan("", "", self._endpoints, None, (), self._request, self._response)
+        plan = pass_through_plan(self._endpoints[0], None, metadata)
+        return dataclasses.replace(plan, request=self._request, response=self._response)
 
-    def _request(self, message: bytes, now: float) -> bytes:
+    def _request(self, message: bytes) -> bytes:
         if self._at == "request" and message == b"bad":
             raise FastProxyError(Reason.UNAUTHENTICATED, "signature does not verify")
         return message
 
-    def _response(self, message: bytes, now: float) -> bytes:
+    def _response(self, message: bytes) -> bytes:
         if self._at == "response":
             raise FastProxyError(Reason.MALFORMED, "sealed message cannot be parsed")
         return message
@@ -399,7 +404,7 @@ def test_a_pipeline_refusal_becomes_its_status_and_our_trailers(
 
 
 def test_no_policy_loaded_yet_is_unavailable(start_proxy: Any) -> None:
-    waiting = start_proxy(OutboundRole(PolicyHolder()))
+    waiting = start_proxy(OutboundRole(PolicyHolder(), "", UpstreamPool(), SessionBook()))
     error = failure_of(channel(waiting.address), "unary", ())
     assert error.code() == grpc.StatusCode.UNAVAILABLE
     assert trailers_of(error) == {"fastproxy-error": "unavailable", "fastproxy-proxy": "out"}

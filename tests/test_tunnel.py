@@ -7,8 +7,13 @@ call of their own.
    that shows what travels between the proxies: one Carry stream, sealed frames only. Payloads,
    metadata, errors with details, deadlines, cancellation and rate limits as without it.
 2. Crafted frames straight to the in-proxy, sealed here by the sans-IO core from chat_service's
-   own snapshot: a carried call is checked exactly as a call of its own (tampered, replayed,
-   moved, unsigned: `unauthenticated`; outside its rule: `denied`), with an audit line.
+   own snapshot in sessions opened here (protocol version 2; a session lives in the in-proxy
+   process that accepted it, whatever connection or stream its calls then take): a carried
+   call is checked exactly as a call of its own (tampered, replayed in the same session or on
+   another stream, moved to another method or call, without a CALL record, in a session the
+   in-proxy never opened: `unauthenticated`; outside its rule: `denied`; refusals after the
+   call opened are sealed), with an audit line; Carry traffic captured between the proxies
+   and replayed never reaches the upstream.
 3. Lifecycle: an in-proxy killed under calls (`unavailable`, then a new tunnel once it is
    back), a draining in-proxy finishing its carried calls, `--tunnel off` on either side.
 4. The framing itself: batches are plain joins of frames, capped in size.
@@ -37,8 +42,10 @@ from support.dataplane import (
     RecordingRelay,
     channel,
     free_address,
+    made_up_session,
     make_pki,
     new_call,
+    open_session,
     out_node,
     poll,
     reason_of,
@@ -59,7 +66,9 @@ from support.upstream_app import (
 from test_transport_fast_path import ReflectingFront
 
 import proxy_svc.tunnel as tunnel_module
+from fastproxy.pipeline.metadata import CALL_KEY, SESSION_KEY
 from fastproxy.pipeline.node_policy import NodePolicy
+from fastproxy.pipeline.stages import OutboundCall
 from fastproxy.v1 import tunnel_pb2 as tpb
 from proxy_svc.tunnel import (
     CARRY_METHOD,
@@ -108,7 +117,8 @@ def stack(relay_and_stack: tuple[RecordingRelay, FileStack]) -> FileStack:
 
 def tunnel_open(out: ProxyProcess, endpoint: str) -> None:
     """Calls `Unary` through `out` until the out-proxy has learned it and opened its tunnel
-    to `endpoint` (the first calls take a stream of their own while that happens)."""
+    to `endpoint` (the first calls take a stream of their own while that happens), then
+    once more on the tunnel (which opens its session on the tunnel's connection)."""
     ch = channel(out.address)
     method = ch.unary_unary(UNARY)
 
@@ -117,6 +127,7 @@ def tunnel_open(out: ProxyProcess, endpoint: str) -> None:
         return f"tunnel to {endpoint} open" in out.log()
 
     poll(opened, 15, f"the out-proxy opening its tunnel to {endpoint}", interval=0.1)
+    assert method(b"on the tunnel", timeout=10) == b"on the tunnel"
     ch.close()
 
 
@@ -131,8 +142,15 @@ def new_id() -> str:
 # --- 1. through real proxies ----------------------------------------------------------
 
 
+def credentials(call_id: str) -> tuple[tuple[str, str], ...]:
+    return (("authorization", f"Bearer {MARKER.decode()}-{call_id}"),
+            ("cookie", f"sid={MARKER.decode()}"))
+
+
 def test_unary_calls_ride_one_sealed_stream_between_the_proxies(
         stack: FileStack, relay: RecordingRelay, upstream: UpstreamProcess) -> None:
+    """Payloads and credential metadata (`authorization`, `cookie`) travel sealed in the
+    frames; the upstream gets the credentials back."""
     out = stack.outproxies[CALLER]
     tunnel_open(out, relay.address)
     before = len(relay.calls)
@@ -141,9 +159,11 @@ def test_unary_calls_ride_one_sealed_stream_between_the_proxies(
         method = ch.unary_unary(UNARY)
         # one at a time, then all at once (frames then share stream messages)
         for call_id in ids[:10]:
-            assert method(MARKER + call_id.encode(), metadata=((CONTROL_ID, call_id),),
+            assert method(MARKER + call_id.encode(),
+                          metadata=((CONTROL_ID, call_id), *credentials(call_id)),
                           timeout=10) == MARKER + call_id.encode()
-        futures = [method.future(MARKER + call_id.encode(), metadata=((CONTROL_ID, call_id),),
+        futures = [method.future(MARKER + call_id.encode(),
+                                 metadata=((CONTROL_ID, call_id), *credentials(call_id)),
                                  timeout=10) for call_id in ids[10:]]
         assert [future.result() for future in futures] == [
             MARKER + call_id.encode() for call_id in ids[10:]]
@@ -156,15 +176,20 @@ def test_unary_calls_ride_one_sealed_stream_between_the_proxies(
     assert {call.method for call in calls} == {UNARY}
     assert len(calls) >= len(ids)
     for call in calls:
-        assert any(entry.key == "fastproxy-call-bin" for entry in call.metadata)
-    # Sealed: no plaintext in what travelled, either way.
+        assert any(entry.key == CALL_KEY for entry in call.metadata)
+        assert not {entry.key for entry in call.metadata} & {"authorization", "cookie"}
+    # Sealed: no plaintext in what travelled, either way (frame metadata included).
     for message in (*carry[0].requests, *carry[0].responses):
         assert MARKER not in message
-    # The upstream got each call once, whole, with a deadline.
+    for _, value in (*carry[0].metadata, *carry[0].initial, *carry[0].trailers):
+        assert MARKER not in (value if isinstance(value, bytes) else value.encode())
+    # The upstream got each call once, whole, with a deadline and its credentials.
     for call_id in ids:
         record = upstream.record(call_id)
         assert (record["method"], record["messages_received"]) == (UNARY, 1)
         assert 0 < record["deadline_remaining_s"] <= 10.5
+        for entry in credentials(call_id):
+            assert entry in record["metadata"]
 
 
 def test_metadata_and_an_apps_error_with_details_pass_unchanged(
@@ -275,6 +300,14 @@ def call_frame(call_id: int, method: str, metadata: Sequence[tuple[str, str | by
         timeout_us=int(timeout_s * 1e6), message=message))
 
 
+def sealed_frame(call_id: int, call: OutboundCall, message: bytes, *, method: str | None = None,
+                 timeout_s: float = 5.0) -> tpb.TunnelFrame:
+    """`call` carried as the out-proxy carries it: its metadata (the CALL record in it) and
+    its one request, flagged final (`method`: sent as another method than it was sealed for)."""
+    return call_frame(call_id, method or call.method, call.metadata,
+                      call.seal_request(message, final=True), timeout_s)
+
+
 def carry(address: str, messages: Sequence[tpb.TunnelFrames | bytes],
           timeout_s: float = 10.0) -> dict[int, tpb.TunnelReply]:
     """One Carry stream to `address`: sends `messages`, half-closes, returns the replies."""
@@ -291,69 +324,132 @@ def reply_reason(reply: tpb.TunnelReply) -> str | None:
     return None if reason is None else str(reason)
 
 
+def opened_reply(call: OutboundCall, reply: tpb.TunnelReply) -> bytes:
+    """The response of a carried call, its head and end checked as the out-proxy checks them."""
+    call.open_head(metadata_of(reply.initial_metadata))
+    opened = call.open_response(reply.message)
+    call.open_end(reply.code, reply.details, metadata_of(reply.trailing_metadata))
+    return opened
+
+
+def sealed_refusal(call: OutboundCall, reply: tpb.TunnelReply) -> None:
+    """The refusal of a call that opened carries a STATUS record sealed for that call."""
+    call.open_head(metadata_of(reply.initial_metadata))
+    call.open_end(reply.code, reply.details, metadata_of(reply.trailing_metadata))
+
+
 def test_a_correctly_sealed_carried_call_is_answered(stack: FileStack, chat: NodePolicy) -> None:
-    call = new_call(chat)
-    replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[call_frame(
-        7, UNARY, call.request_metadata(), call.seal_request(b"crafted", time.time()))])])
+    call = new_call(chat, stack.inproxy.address)
+    replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[
+        sealed_frame(7, call, b"crafted")])])
     assert list(replies) == [7]
     assert replies[7].code == grpc.StatusCode.OK.value[0]
-    assert call.open_response(replies[7].message, time.time()) == b"crafted"
+    assert opened_reply(call, replies[7]) == b"crafted"
 
 
 def test_tampered_replayed_moved_or_unsigned_carried_calls_are_unauthenticated(
-        stack: FileStack, chat: NodePolicy) -> None:
-    now = time.time
-    flipped_call = new_call(chat)
-    sealed = bytearray(flipped_call.seal_request(b"tampered " * 50, now()))
+        stack: FileStack, chat: NodePolicy, upstream: UpstreamProcess) -> None:
+    address = stack.inproxy.address
+    session = open_session(chat, address)
+
+    def in_session(**metadata: str) -> OutboundCall:
+        return new_call(chat, address, metadata=tuple(metadata.items()), session=session)
+
+    flipped_call = in_session()
+    sealed = bytearray(flipped_call.seal_request(b"tampered " * 50, final=True))
     sealed[len(sealed) // 2] ^= 0x01
-    replayed_call = new_call(chat)
-    replayed = call_frame(2, UNARY, replayed_call.request_metadata(),
-                          replayed_call.seal_request(b"once", now()))
+    replayed_call = in_session()
+    replayed = sealed_frame(2, replayed_call, b"once")
     replayed_again = tpb.TunnelFrame()
     replayed_again.CopyFrom(replayed)
     replayed_again.id = 3
-    moved_call = new_call(chat, UNARY)
-    unsigned_call = new_call(chat)
+    moved_call, unsigned_call = in_session(), in_session()
+    sealed_elsewhere, target = in_session(), in_session()
+    unknown_id = new_id()
+    unknown_session_call = new_call(chat, address, metadata=((CONTROL_ID, unknown_id),),
+                                    session=made_up_session(chat))
     frames = [
-        call_frame(1, UNARY, flipped_call.request_metadata(), bytes(sealed)),
+        call_frame(1, UNARY, flipped_call.metadata, bytes(sealed)),
         replayed, replayed_again,
-        call_frame(4, OTHER_METHOD, moved_call.request_metadata(),
-                   moved_call.seal_request(b"m", now())),
-        call_frame(5, UNARY, (), unsigned_call.seal_request(b"m", now())),
+        sealed_frame(4, moved_call, b"m", method=OTHER_METHOD),
+        call_frame(5, UNARY, (), unsigned_call.seal_request(b"m", final=True)),
+        call_frame(6, UNARY, target.metadata, sealed_elsewhere.seal_request(b"m", final=True)),
+        sealed_frame(7, unknown_session_call, b"m"),
     ]
-    replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=frames)])
+    replies = carry(address, [tpb.TunnelFrames(frames=frames)])
     assert replies[2].code == grpc.StatusCode.OK.value[0]
-    for call_id in (1, 3, 4, 5):
+    assert opened_reply(replayed_call, replies[2]) == b"once"
+    for call_id in (1, 3, 4, 5, 6, 7):
         assert replies[call_id].code == grpc.StatusCode.UNAUTHENTICATED.value[0], call_id
         assert reply_reason(replies[call_id]) == "unauthenticated", call_id
         assert dict(metadata_of(replies[call_id].trailing_metadata))["fastproxy-proxy"] == "in"
+    assert "replayed" in replies[3].details
+    # Refusals of calls that opened are sealed for them (the in-proxy's own answers).
+    sealed_refusal(flipped_call, replies[1])
+    sealed_refusal(moved_call, replies[4])
+    sealed_refusal(target, replies[6])
+    # A session the in-proxy never opened: the caller is told to open one.
+    assert (SESSION_KEY, "unknown") in metadata_of(replies[7].trailing_metadata)
+    assert upstream.record(unknown_id) == {}
     # The same frame on another stream is a replay too.
-    again = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[replayed])])
+    again = carry(address, [tpb.TunnelFrames(frames=[replayed])])
     assert reply_reason(again[2]) == "unauthenticated"
+    assert "replayed" in again[2].details
+
+
+def test_carried_calls_captured_between_the_proxies_and_replayed_are_unauthenticated(
+        stack: FileStack, relay: RecordingRelay, upstream: UpstreamProcess) -> None:
+    """What the relay captured of the Carry stream, sent again on a stream of the
+    attacker's own to the same in-proxy: every call in it is refused, none reaches the
+    upstream."""
+    out = stack.outproxies[CALLER]
+    tunnel_open(out, relay.address)
+    streams = [call for call in relay.calls if call.method == CARRY_METHOD]
+    already = [len(stream.requests) for stream in streams]
+    ids = [new_id() for _ in range(5)]
+    with channel(out.address) as ch:
+        for call_id in ids:
+            assert ch.unary_unary(UNARY)(b"captured", metadata=((CONTROL_ID, call_id),),
+                                         timeout=10) == b"captured"
+    captured = [message for stream, seen in zip(streams, already, strict=True)
+                for message in stream.requests[seen:]]
+    frames = [frame for message in captured for frame in carried_frames(message)
+              if frame.HasField("call")]
+    assert len(frames) == len(ids)
+    originals = {call_id: upstream.wait_record(call_id, "done") for call_id in ids}
+    calls_before = upstream.calls()
+    replies = carry(stack.inproxy.address, captured)
+    assert sorted(replies) == sorted(frame.id for frame in frames)
+    for reply in replies.values():
+        assert reply.code == grpc.StatusCode.UNAUTHENTICATED.value[0]
+        assert reply_reason(reply) == "unauthenticated"
+        assert "replayed" in reply.details
+    assert upstream.calls() == calls_before
+    assert {call_id: upstream.record(call_id) for call_id in ids} == originals
 
 
 def test_a_carried_call_outside_its_rule_is_denied(stack: FileStack) -> None:
     """narrow_service may call Unary only; its out-proxy routes by service, so a call to
-    another method of song_service is signed and sealed, and the in-proxy denies it."""
+    another method of song_service is sealed in its session, and the in-proxy denies it."""
     narrow = out_node(stack.policy.yaml_text(), NARROW)
-    allowed = narrow.outbound(UNARY, time.time())
-    other = narrow.outbound(OTHER_METHOD, time.time())
+    session = open_session(narrow, stack.inproxy.address)
+    allowed = new_call(narrow, "", UNARY, session=session)
+    other = new_call(narrow, "", OTHER_METHOD, session=session)
     replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[
-        call_frame(1, UNARY, allowed.request_metadata(),
-                   allowed.seal_request(b"ok", time.time())),
-        call_frame(2, OTHER_METHOD, other.request_metadata(),
-                   other.seal_request(b"no", time.time()))])])
+        sealed_frame(1, allowed, b"ok"), sealed_frame(2, other, b"no")])])
     assert replies[1].code == grpc.StatusCode.OK.value[0]
+    assert opened_reply(allowed, replies[1]) == b"ok"
     assert replies[2].code == grpc.StatusCode.PERMISSION_DENIED.value[0]
     assert reply_reason(replies[2]) == "denied"
+    sealed_refusal(other, replies[2])
 
 
 def test_a_refused_carried_call_is_one_audit_line_naming_the_tunnels_peer(
         stack: FileStack, chat: NodePolicy) -> None:
-    call = new_call(chat)
+    call = new_call(chat, stack.inproxy.address)
     marker_method = f"/test.v1.Echo/Audited{uuid.uuid4().hex[:8]}"
-    carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[call_frame(
-        1, marker_method, call.request_metadata(), call.seal_request(b"m", time.time()))])])
+    carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[
+        sealed_frame(1, call, b"m", method=marker_method)])])
     poll(lambda: marker_method in stack.inproxy.log(), 5, "the audit line")
     lines = [line for line in stack.inproxy.log().splitlines() if marker_method in line]
     assert len(lines) == 1
@@ -364,10 +460,10 @@ def test_a_refused_carried_call_is_one_audit_line_naming_the_tunnels_peer(
 
 def test_a_cancel_frame_ends_the_upstream_call_and_gets_no_reply(
         stack: FileStack, chat: NodePolicy, upstream: UpstreamProcess) -> None:
-    call = new_call(chat)
     call_id = new_id()
-    metadata = (*call.request_metadata(), (CONTROL_ID, call_id), (CONTROL_STALL_MS, "20000"))
-    frame = call_frame(9, UNARY, metadata, call.seal_request(b"x", time.time()), timeout_s=30)
+    call = new_call(chat, stack.inproxy.address,
+                    metadata=((CONTROL_ID, call_id), (CONTROL_STALL_MS, "20000")))
+    frame = sealed_frame(9, call, b"x", timeout_s=30)
     sent = threading.Event()
 
     def messages() -> Iterator[bytes]:
@@ -386,18 +482,20 @@ def test_a_cancel_frame_ends_the_upstream_call_and_gets_no_reply(
 
 def test_a_carried_calls_timeout_caps_the_upstream_deadline(
         stack: FileStack, chat: NodePolicy, upstream: UpstreamProcess) -> None:
-    call, slow = new_call(chat), new_call(chat)
     call_id = new_id()
+    session = open_session(chat, stack.inproxy.address)
+    call = new_call(chat, "", metadata=((CONTROL_ID, call_id),), session=session)
+    slow = new_call(chat, "", metadata=((CONTROL_STALL_MS, "3000"),), session=session)
     replies = carry(stack.inproxy.address, [tpb.TunnelFrames(frames=[
-        call_frame(1, UNARY, (*call.request_metadata(), (CONTROL_ID, call_id)),
-                   call.seal_request(b"x", time.time()), timeout_s=0.8),
-        call_frame(2, UNARY, (*slow.request_metadata(), (CONTROL_STALL_MS, "3000")),
-                   slow.seal_request(b"x", time.time()), timeout_s=0.3),
+        sealed_frame(1, call, b"x", timeout_s=0.8),
+        sealed_frame(2, slow, b"x", timeout_s=0.3),
     ])])
     assert replies[1].code == grpc.StatusCode.OK.value[0]
+    assert opened_reply(call, replies[1]) == b"x"
     assert 0 < upstream.record(call_id)["deadline_remaining_s"] <= 0.85
     assert replies[2].code == grpc.StatusCode.DEADLINE_EXCEEDED.value[0]
     assert reply_reason(replies[2]) == "deadline"
+    sealed_refusal(slow, replies[2])
     # A slow app is not a changed kind: the in-proxy keeps Unary on its fast path.
     assert f"method {UNARY} left the fast path" not in stack.inproxy.log()
 

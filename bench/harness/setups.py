@@ -150,15 +150,16 @@ def policy_yaml(in_ports: dict[str, int]) -> str:
     callable by `bench_client`."""
     lines = ["version: 1", "keys:",
              f"  bench-enc: {{type: aes-256-gcm, secret: \"{_secret()}\"}}",
-             f"  bench-client-id: {{type: hmac-sha256, secret: \"{_secret()}\"}}",
-             f"  bench-echo-id: {{type: hmac-sha256, secret: \"{_secret()}\"}}",
-             "services:",
-             f"  {CALLER}:", "    identity: {key: bench-client-id}"]
+             f"  bench-client-id: {{type: hmac-sha256, secret: \"{_secret()}\"}}"]
+    # an identity key belongs to one service: one per callee
+    lines += [f"  {spec.callee}-id: {{type: hmac-sha256, secret: \"{_secret()}\"}}"
+              for spec in CALLEES.values()]
+    lines += ["services:", f"  {CALLER}:", "    identity: {key: bench-client-id}"]
     for name, spec in CALLEES.items():
         lines += [f"  {spec.callee}:",
                   f"    grpc_services: [{spec.grpc_service}]",
                   f"    endpoints: [\"127.0.0.1:{in_ports[name]}\"]",
-                  "    identity: {key: bench-echo-id}",
+                  f"    identity: {{key: {spec.callee}-id}}",
                   "    encrypt: {key: bench-enc}",
                   "    timeout_ms: 300000",
                   "    allow:",

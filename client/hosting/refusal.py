@@ -14,7 +14,9 @@ from dataclasses import dataclass
 
 import grpc
 
+from fastproxy.pipeline.metadata import SESSION_KEY, Metadata
 from fastproxy.pipeline.reasons import ERROR_TRAILER, PROXY_TRAILER, FastProxyError, Reason
+from fastproxy.pipeline.stages import UNKNOWN_SESSION
 from fastproxy.telemetry.logs import audit_refused_call
 
 
@@ -43,11 +45,14 @@ STATUS_OF_REASON: dict[Reason, grpc.StatusCode] = {
     Reason.DEADLINE: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
-Trailers = tuple[tuple[str, str], ...]
+Trailers = tuple[tuple[str, str], ...]  # ours: text only
 
 
 def refusal_trailers(err: FastProxyError, role: HostRole) -> Trailers:
-    return ((ERROR_TRAILER, err.reason.value), (PROXY_TRAILER, role.value))
+    trailers = ((ERROR_TRAILER, err.reason.value), (PROXY_TRAILER, role.value))
+    if err.session_unknown:  # the caller opens a new session and may try again
+        return (*trailers, (SESSION_KEY, UNKNOWN_SESSION))
+    return trailers
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +61,7 @@ class Refusal:
 
     code: grpc.StatusCode
     details: str
-    trailers: Trailers
+    trailers: Metadata  # ours, and the STATUS record when the refusal is sealed
 
 
 def refuse(err: FastProxyError, role: HostRole, *, service: str, other: str, method: str,
@@ -72,3 +77,19 @@ def refuse(err: FastProxyError, role: HostRole, *, service: str, other: str, met
                        reason=err.reason.value, revision=revision, peer=peer,
                        detail=err.detail, trace_id=trace_id)
     return Refusal(STATUS_OF_REASON[err.reason], err.detail, refusal_trailers(err, role))
+
+
+def handshake_failure(callee: str, code: grpc.StatusCode | None,
+                      details: str | None) -> FastProxyError:
+    """Why a caller has no session with `callee`, from how its `Session/Open` call failed:
+    refused, or not understood (a server that does not speak protocol version 2 cannot be
+    authenticated), or out of time, or unreachable."""
+    if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.UNIMPLEMENTED):
+        return FastProxyError(Reason.UNAUTHENTICATED,
+                              f"{callee or 'the callee'} opened no session: {details}")
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return FastProxyError(Reason.DEADLINE, f"no session with {callee or 'the callee'} "
+                                               "in time")
+    name = code.name if code is not None else "?"
+    return FastProxyError(Reason.UNAVAILABLE,
+                          f"no session with {callee or 'the callee'} ({name}: {details})")

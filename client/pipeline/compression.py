@@ -13,13 +13,13 @@ import zlib
 import zstandard
 
 from fastproxy.pipeline.reasons import FastProxyError, Reason
-from fastproxy.v1 import envelope_pb2 as epb
+from fastproxy.v1 import session_pb2 as spb
 
 GZIP_LEVEL = 1  # speed over ratio: this runs once per message on the proxy's hot path
 ZSTD_LEVEL = 3
 _GZIP_WBITS = 31  # a gzip container (header + CRC32), as the policy's name says
 
-CODEC_BY_NAME: dict[str, int] = {"gzip": epb.CODEC_GZIP, "zstd": epb.CODEC_ZSTD}
+CODEC_BY_NAME: dict[str, int] = {"gzip": spb.CODEC_GZIP, "zstd": spb.CODEC_ZSTD}
 
 
 class Compressor:
@@ -37,23 +37,23 @@ class Compressor:
     def compress(self, data: bytes) -> tuple[int, bytes]:
         """The codec used and the bytes to send; raw when compression does not pay."""
         if len(data) < self.min_bytes or not data:
-            return epb.CODEC_NONE, data
-        if self.codec == epb.CODEC_ZSTD:
+            return spb.CODEC_NONE, data
+        if self.codec == spb.CODEC_ZSTD:
             packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
         else:
             packed = zlib.compress(data, GZIP_LEVEL, _GZIP_WBITS)
         if len(packed) >= len(data):
-            return epb.CODEC_NONE, data
+            return spb.CODEC_NONE, data
         return self.codec, packed
 
 
 def decompress(codec: int, data: bytes, max_bytes: int) -> bytes:
     """Inverse of `Compressor.compress`; MALFORMED for bad data or output over `max_bytes`."""
-    if codec == epb.CODEC_NONE:
+    if codec == spb.CODEC_NONE:
         return data
-    if codec == epb.CODEC_GZIP:
+    if codec == spb.CODEC_GZIP:
         return _gunzip(data, max_bytes)
-    if codec == epb.CODEC_ZSTD:
+    if codec == spb.CODEC_ZSTD:
         return _unzstd(data, max_bytes)
     raise FastProxyError(Reason.MALFORMED, f"unknown codec {codec}")
 

@@ -20,6 +20,7 @@ Response `fastproxy-*` entries pass: they come from a proxy further along the pa
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable
 
 MetadataValue = str | bytes
@@ -34,6 +35,65 @@ TRANSPORT_KEYS = frozenset({
     "grpc-encoding", "grpc-accept-encoding", "grpc-status", "grpc-message",
 })
 REQUEST_DROPPED_KEYS = TRANSPORT_KEYS | {"user-agent"}
+
+# --- protocol version 2: what is authenticated, what is encrypted (docs/protocol.md, 5) ---
+
+CALL_KEY = "fastproxy-call-bin"  # the CALL record
+HEAD_KEY = "fastproxy-head-bin"  # the HEAD record
+END_KEY = "fastproxy-end-bin"  # the STATUS record
+SESSION_KEY = "fastproxy-session"  # "unknown": open a new session and try again
+HELLO_KEY = "fastproxy-hello-bin"  # a handshake: request metadata and answering trailer
+KIND_KEY = "fastproxy-kind"  # between an out-proxy and its in-proxy (proxy_svc.kinds)
+# Entries of the protocol itself, never part of what a digest covers.
+PROTOCOL_KEYS = frozenset({CALL_KEY, HEAD_KEY, END_KEY, SESSION_KEY, KIND_KEY, HELLO_KEY})
+
+# Names an intermediary may set or change on the way: neither authenticated nor encrypted.
+HOP_BY_HOP_KEYS = REQUEST_DROPPED_KEYS | frozenset({
+    "traceparent", "tracestate", "grpc-trace-bin", "baggage", "b3", "forwarded", "via",
+    "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip", "x-request-id",
+})
+HOP_BY_HOP_PREFIXES = (":", "x-b3-", "x-envoy-")
+# Credentials: encrypted inside the records, never on the wire in the clear.
+SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
+DIGEST_CONTEXT = b"fastproxy-v2 metadata\0"
+
+
+def is_hop_by_hop(key: str) -> bool:
+    return key in HOP_BY_HOP_KEYS or key.startswith(HOP_BY_HOP_PREFIXES)
+
+
+def value_bytes(value: MetadataValue) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def split_secrets(metadata: Iterable[Metadatum], secret: frozenset[str]
+                  ) -> tuple[Metadata, Metadata]:
+    """(what travels in the clear, the entries whose names are in `secret`)."""
+    clear: list[Metadatum] = []
+    hidden: list[Metadatum] = []
+    for entry in metadata:
+        (hidden if entry[0] in secret else clear).append(entry)
+    return tuple(clear), tuple(hidden)
+
+
+def metadata_digest(metadata: Iterable[Metadatum], secret: frozenset[str]) -> bytes:
+    """The digest a record carries of a metadata list: every entry but hop-by-hop ones, the
+    protocol's own and secret ones (those travel encrypted), sorted by name (values of one
+    name keep their order)."""
+    kept = [(key, value) for key, value in metadata
+            if key not in PROTOCOL_KEYS and key not in secret and not is_hop_by_hop(key)]
+    kept.sort(key=lambda entry: entry[0])
+    digest = hashlib.sha256(DIGEST_CONTEXT)
+    for key, value in kept:
+        raw_key, raw_value = key.encode(), value_bytes(value)
+        digest.update(len(raw_key).to_bytes(4, "big") + raw_key)
+        digest.update(len(raw_value).to_bytes(4, "big") + raw_value)
+    return digest.digest()
+
+
+def has_app_entries(metadata: Iterable[Metadatum]) -> bool:
+    """Whether `metadata` holds anything a digest would cover."""
+    return any(key not in PROTOCOL_KEYS and not is_hop_by_hop(key) for key, _ in metadata)
 
 
 def forwarded_request_metadata(incoming: Iterable[Metadatum], added: Metadata = ()) -> Metadata:
@@ -60,3 +120,16 @@ def grpc_service_of(method: str) -> str:
     """`/pkg.Service/Method` -> `pkg.Service`; "" for anything else."""
     cut = method.rfind("/")
     return method[1:cut] if method.startswith("/") and cut > 1 else ""
+
+
+MAX_HELLO_BYTES = 16 * 1024
+
+
+def hello_of(metadata: Iterable[Metadatum] | None) -> bytes:
+    """The hello (or its answer) that a handshake's metadata (or trailers) carry."""
+    found = [value for key, value in (metadata or ()) if key == HELLO_KEY]
+    if len(found) != 1 or not isinstance(found[0], bytes) or len(found[0]) > MAX_HELLO_BYTES:
+        from fastproxy.pipeline.reasons import FastProxyError, Reason
+
+        raise FastProxyError(Reason.UNAUTHENTICATED, "handshake refused: no single hello")
+    return found[0]

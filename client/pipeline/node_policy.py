@@ -1,11 +1,13 @@
 """A node's compiled policy, and the state that outlives policy swaps.
 
-`NodePolicy.from_snapshot` turns a `PolicySnapshot` into immutable lookup tables once: key
-objects (AEAD, HMAC, Ed25519) built, routes by gRPC service name, callers by name, allow
-rules compiled. A host keeps the current `NodePolicy` in one reference and swaps it whole;
-each call reads that reference once, so a call sees one policy, never a mix.
+`NodePolicy.from_snapshot` turns a `PolicySnapshot` into immutable lookup tables once:
+identity keys (signers and verifiers), encryption keys (the PSKs of protocol version 2),
+routes by gRPC service name, callers by name, allow rules compiled. A host keeps the current
+`NodePolicy` in one reference and swaps it whole; each call reads that reference once, so a
+call sees one policy, never a mix.
 
-`NodeState` holds what must survive a swap: token buckets and the replay cache.
+`NodeState` holds what must survive a swap: the callee's sessions (with their call-number
+windows) and the token buckets.
 """
 
 from __future__ import annotations
@@ -16,10 +18,11 @@ from dataclasses import dataclass
 
 from fastproxy.pipeline.authz import AllowList, CompiledAllowRule, MethodMatcher
 from fastproxy.pipeline.compression import Compressor
-from fastproxy.pipeline.envelope import AeadKey, SigningKey, VerifyKey
+from fastproxy.pipeline.handshake import CalleeSessions, CallerSession, HelloPolicy
+from fastproxy.pipeline.keys import Signer, Verifier
+from fastproxy.pipeline.metadata import SECRET_KEYS, Metadata
 from fastproxy.pipeline.ratelimit import TokenBucket
 from fastproxy.pipeline.reasons import FastProxyError, Reason
-from fastproxy.pipeline.replay import ReplayCache
 from fastproxy.pipeline.stages import (
     DEFAULT_CLOCK_WINDOW_S,
     DEFAULT_MAX_MESSAGE_BYTES,
@@ -27,21 +30,15 @@ from fastproxy.pipeline.stages import (
     CallerSide,
     Destination,
     InboundCall,
-    KnownCaller,
-    MessagePipeline,
     OutboundCall,
 )
 from fastproxy.policy.model import RateLimit, RetryPolicy
-from fastproxy.v1 import envelope_pb2 as epb
 from fastproxy.v1 import policy_pb2 as pb
+from fastproxy.v1 import session_pb2 as spb
 
-_ALGORITHM_OF_KEY = {
-    pb.KEY_TYPE_AES_256_GCM: epb.ALGORITHM_AES_256_GCM,
-    pb.KEY_TYPE_CHACHA20_POLY1305: epb.ALGORITHM_CHACHA20_POLY1305,
-}
-_SIGNATURE_OF_KEY = {
-    pb.KEY_TYPE_HMAC_SHA256: epb.SIGNATURE_HMAC_SHA256,
-    pb.KEY_TYPE_ED25519: epb.SIGNATURE_ED25519,
+_SUITE_OF_KEY = {
+    pb.KEY_TYPE_AES_256_GCM: spb.AEAD_SUITE_AES_256_GCM,
+    pb.KEY_TYPE_CHACHA20_POLY1305: spb.AEAD_SUITE_CHACHA20_POLY1305,
 }
 MAX_BUCKETS = 100_000
 
@@ -51,23 +48,18 @@ class NodePolicyError(ValueError):
 
 
 class NodeState:
-    """Mutable state shared by every policy a node runs: token buckets keyed by
-    (service, caller, rule) and the replay cache of call-header nonces.
+    """Mutable state shared by every policy a node runs: the sessions this node accepted
+    (callee side) and token buckets keyed by (service, caller, rule).
 
-    A lock guards each update, so one state may be shared by asyncio code and by the
-    thread pools of synchronous gRPC servers alike; it is held for a few dict operations.
+    Locked, so one state may be shared by asyncio code and by the thread pools of
+    synchronous gRPC servers alike; a lock is held for a few dict operations.
     """
 
-    def __init__(self, replay_window_s: float = 30.0, replay_cache_size: int = 100_000) -> None:
-        self.replay_window_s = replay_window_s
-        self._replay = ReplayCache(replay_window_s, replay_cache_size)
+    def __init__(self, clock_window_s: float = DEFAULT_CLOCK_WINDOW_S) -> None:
+        self.clock_window_s = clock_window_s
+        self.sessions = CalleeSessions()
         self._buckets: dict[tuple[object, ...], TokenBucket] = {}
         self._lock = threading.Lock()
-
-    def remember_call(self, nonce: bytes, timestamp_ms: int, now: float) -> None:
-        """UNAUTHENTICATED for a call header outside the window or seen before."""
-        with self._lock:
-            self._replay.check_and_remember(nonce, timestamp_ms, now)
 
     def take_token(self, key: tuple[object, ...], limit: RateLimit, now: float) -> bool:
         with self._lock:
@@ -85,9 +77,9 @@ class NodeState:
 class _Keys:
     """Compiled key material of a snapshot, by key name."""
 
-    aead: dict[str, AeadKey]
-    signing: dict[str, SigningKey]
-    verifying: dict[str, VerifyKey]
+    psk: dict[str, tuple[int, bytes]]  # encryption keys: (suite, secret)
+    signing: dict[str, pb.Key]  # own identity keys, as sent
+    verifying: dict[str, Verifier]
     names: frozenset[str]
 
 
@@ -122,7 +114,8 @@ class NodePolicy:
         if not snapshot.node_service:
             raise NodePolicyError("snapshot names no node service")
         role = snapshot.role
-        keys = _compile_keys(snapshot.keys)
+        me = snapshot.node_service
+        keys = _compile_keys(snapshot.keys, me)
         services: dict[str, pb.Service] = {}
         for service in snapshot.services:
             if service.name in services:
@@ -131,31 +124,54 @@ class NodePolicy:
         caller_side: CallerSide | None = None
         callee_side: CalleeSide | None = None
         if role == pb.ROLE_IN:
-            callee_side = _compile_callee(snapshot.node_service, services, keys,
-                                          max_message_bytes)
+            callee_side = _compile_callee(me, services, keys, max_message_bytes,
+                                          clock_window_s)
         elif role in (pb.ROLE_OUT, pb.ROLE_CLIENT):
-            caller_side = _compile_caller(snapshot.node_service, services, keys,
-                                          max_message_bytes, clock_window_s)
+            caller_side = _compile_caller(me, services, keys, max_message_bytes,
+                                          clock_window_s)
         else:
             raise NodePolicyError(f"snapshot has no valid role ({role})")
-        return cls(revision=snapshot.revision, service=snapshot.node_service, role=role,
+        return cls(revision=snapshot.revision, service=me, role=role,
                    caller=caller_side, callee=callee_side)
 
-    def outbound(self, method: str, now: float) -> OutboundCall:
-        """A call to `method` ("/pkg.Service/Method"): NO_ROUTE when no destination serves
-        its gRPC service. `endpoints` may be empty: picking one is the host's part."""
+    # --- the caller's side -----------------------------------------------------------
+
+    @property
+    def caller(self) -> CallerSide:
+        """NO_ROUTE for a node that makes no calls."""
         if self._caller is None:
             raise FastProxyError(Reason.NO_ROUTE, f"node of {self.service!r} makes no calls")
-        return OutboundCall.admit(self._caller, method, now)
+        return self._caller
 
-    def inbound(self, method: str, metadata: Sequence[tuple[str, str | bytes]], now: float,
-                state: NodeState) -> InboundCall:
-        """Authenticates the call header, refuses replays, authorizes the caller for the
-        method (DENIED) and spends its rate limit (RATE_LIMITED), before any message."""
+    def route(self, method: str) -> Destination:
+        """The destination of `method` ("/pkg.Service/Method"): NO_ROUTE when none serves its
+        gRPC service. `endpoints` may be empty: picking one is the host's part."""
+        return self.caller.route(method)
+
+    def outbound(self, destination: Destination, session: CallerSession, method: str,
+                 metadata: Metadata, now: float) -> OutboundCall:
+        """A call in `session` (opened with `caller.handshake` and the answer)."""
+        return OutboundCall(self.caller, destination, session, method, metadata, now)
+
+    # --- the callee's side -----------------------------------------------------------
+
+    @property
+    def callee(self) -> CalleeSide:
         if self._callee is None:
             raise FastProxyError(Reason.UNAVAILABLE,
                                  f"node of {self.service!r} does not guard a service")
-        return InboundCall.admit(self._callee, method, metadata, now, state)
+        return self._callee
+
+    def accept(self, hello: bytes, now: float, state: NodeState) -> bytes:
+        """The answer to a caller's handshake (the session is kept in `state`)."""
+        return self.callee.accept(hello, now, state)
+
+    def inbound(self, method: str, metadata: Metadata, now: float,
+                state: NodeState) -> InboundCall:
+        """Opens the call's CALL record (session, replay, metadata), authorizes the caller
+        for the method (DENIED) and spends its rate limit (RATE_LIMITED), before any
+        message."""
+        return InboundCall.admit(self.callee, method, metadata, now, state)
 
     @property
     def routes(self) -> dict[str, str]:
@@ -168,89 +184,104 @@ class NodePolicy:
 # --- compilation --------------------------------------------------------------------------
 
 
-def _compile_keys(entries: Sequence[pb.Key]) -> _Keys:
-    aead: dict[str, AeadKey] = {}
-    signing: dict[str, SigningKey] = {}
-    verifying: dict[str, VerifyKey] = {}
+def _compile_keys(entries: Sequence[pb.Key], me: str) -> _Keys:
+    psk: dict[str, tuple[int, bytes]] = {}
+    signing: dict[str, pb.Key] = {}
+    verifying: dict[str, Verifier] = {}
     names: set[str] = set()
     for key in entries:
         if key.name in names:
             raise NodePolicyError(f"key {key.name!r} appears twice")
         names.add(key.name)
         try:
-            if key.type in _ALGORITHM_OF_KEY:
-                if key.secret:
-                    aead[key.name] = AeadKey(key.name, _ALGORITHM_OF_KEY[key.type], key.secret)
-            elif key.type == pb.KEY_TYPE_HMAC_SHA256:
-                if len(key.secret) < 16:
-                    raise ValueError("an hmac-sha256 key must be at least 16 bytes")
-                signature = _SIGNATURE_OF_KEY[key.type]
-                signing[key.name] = SigningKey(key.name, signature, key.secret)
-                verifying[key.name] = VerifyKey(key.name, signature, key.secret)
-            elif key.type == pb.KEY_TYPE_ED25519:
-                _compile_ed25519(key, signing, verifying)
-            else:
-                raise ValueError(f"unknown key type {key.type}")
+            _compile_key(key, me, psk, signing, verifying)
         except ValueError as exc:
             message = str(exc)
             prefix = f"key {key.name!r}"
             raise NodePolicyError(message if message.startswith(prefix)
                                   else f"{prefix}: {message}") from None
-    return _Keys(aead, signing, verifying, frozenset(names))
+    return _Keys(psk, signing, verifying, frozenset(names))
 
 
-def _compile_ed25519(key: pb.Key, signing: dict[str, SigningKey],
-                     verifying: dict[str, VerifyKey]) -> None:
-    signature = epb.SIGNATURE_ED25519
-    if key.secret:
-        if len(key.secret) != 32:
-            raise ValueError("an ed25519 private seed must be 32 bytes")
-        signer = SigningKey(key.name, signature, key.secret)
-        signing[key.name] = signer
-    if len(key.public_key) != 32:
-        raise ValueError("an ed25519 public key must be 32 bytes")
-    verifying[key.name] = VerifyKey(key.name, signature, key.public_key)
+def _compile_key(key: pb.Key, me: str, psk: dict[str, tuple[int, bytes]],
+                 signing: dict[str, pb.Key], verifying: dict[str, Verifier]) -> None:
+    if key.type in _SUITE_OF_KEY:
+        if key.secret:
+            if len(key.secret) != 32:
+                raise ValueError("an encryption key must be 32 bytes")
+            psk[key.name] = (_SUITE_OF_KEY[key.type], key.secret)
+    elif key.type == pb.KEY_TYPE_HMAC_SHA256:
+        if len(key.secret) < 16:
+            raise ValueError("an hmac-sha256 key must be at least 16 bytes")
+        if key.pair_signer:  # another service's identity: the pair key towards us
+            if key.pair_peer != me:
+                raise ValueError(f"pair key for {key.pair_peer!r}, not this node's service")
+            verifying[key.name] = Verifier(key.name, hmac_key=key.secret)
+        else:
+            signing[key.name] = key
+    elif key.type == pb.KEY_TYPE_ED25519:
+        if len(key.public_key) != 32:
+            raise ValueError("an ed25519 public key must be 32 bytes")
+        verifying[key.name] = Verifier(key.name, ed25519_public=key.public_key)
+        if key.secret:
+            if len(key.secret) != 32:
+                raise ValueError("an ed25519 private seed must be 32 bytes")
+            signing[key.name] = key
+    else:
+        raise ValueError(f"unknown key type {key.type}")
 
 
 def _ref_names(ref: pb.KeyRef) -> tuple[str, ...]:
     return (ref.key, *(name for name in ref.accept if name != ref.key))
 
 
-def _verifiers(service: pb.Service, keys: _Keys) -> dict[str, VerifyKey]:
-    if not service.HasField("identity") or not service.identity.key:
-        raise NodePolicyError(f"service {service.name!r} has no identity key")
-    out: dict[str, VerifyKey] = {}
-    for name in _ref_names(service.identity):
-        key = keys.verifying.get(name)
-        if key is None:
-            raise NodePolicyError(_missing(service.name, "identity", name, keys))
-        out[name] = key
-    return out
-
-
-def _signer(service: pb.Service, keys: _Keys) -> SigningKey:
+def _signer(service: pb.Service, keys: _Keys) -> Signer:
     if not service.HasField("identity") or not service.identity.key:
         raise NodePolicyError(f"service {service.name!r} has no identity key")
     name = service.identity.key
-    signer = keys.signing.get(name)
-    if signer is None:
-        if name in keys.names and name in keys.verifying:
+    key = keys.signing.get(name)
+    if key is None:
+        if name in keys.names:
             raise NodePolicyError(
                 f"service {service.name!r}: identity key {name!r} comes without its private half")
         raise NodePolicyError(_missing(service.name, "identity", name, keys))
-    return signer
+    if key.type == pb.KEY_TYPE_ED25519:
+        return Signer(name, service.name, ed25519_seed=key.secret)
+    return Signer(name, service.name, hmac_secret=key.secret)
 
 
-def _encryption(service: pb.Service, keys: _Keys) -> tuple[AeadKey | None, dict[str, AeadKey]]:
+def _verifiers(service: pb.Service, keys: _Keys, me: str) -> dict[str, Verifier]:
+    """The keys that verify `service`'s handshakes to this node's service `me`: public keys,
+    pair keys, or (for `me` itself) derived from its own secret."""
+    if not service.HasField("identity") or not service.identity.key:
+        raise NodePolicyError(f"service {service.name!r} has no identity key")
+    out: dict[str, Verifier] = {}
+    for name in _ref_names(service.identity):
+        verifier = keys.verifying.get(name)
+        if verifier is None and service.name == me and name in keys.signing:
+            key = keys.signing[name]
+            verifier = Signer(name, me, hmac_secret=key.secret).verifier_for(me)
+        if verifier is None:
+            raise NodePolicyError(_missing(service.name, "identity", name, keys))
+        out[name] = verifier
+    return out
+
+
+def _encryption(service: pb.Service, keys: _Keys
+                ) -> tuple[int, str, bytes | None, dict[str, bytes]]:
+    """(suite, current PSK id, its secret, every accepted PSK) of a service."""
     if not service.HasField("encrypt") or not service.encrypt.key:
-        return None, {}
-    accepted: dict[str, AeadKey] = {}
+        return spb.AEAD_SUITE_AES_256_GCM, "", None, {}
+    accepted: dict[str, bytes] = {}
+    suite = 0
     for name in _ref_names(service.encrypt):
-        key = keys.aead.get(name)
-        if key is None:
+        entry = keys.psk.get(name)
+        if entry is None:
             raise NodePolicyError(_missing(service.name, "encrypt", name, keys))
-        accepted[name] = key
-    return accepted[service.encrypt.key], accepted
+        if name == service.encrypt.key:
+            suite = entry[0]
+        accepted[name] = entry[1]
+    return suite, service.encrypt.key, accepted[service.encrypt.key], accepted
 
 
 def _missing(service: str, field: str, name: str, keys: _Keys) -> str:
@@ -275,25 +306,27 @@ def _retry(service: pb.Service) -> RetryPolicy | None:
     return RetryPolicy(retry.max_attempts, retry.initial_backoff_ms, retry.max_backoff_ms)
 
 
-def _compile_caller(own_name: str, services: dict[str, pb.Service], keys: _Keys,
+def _secret_keys(service: pb.Service) -> frozenset[str]:
+    return SECRET_KEYS | frozenset(name.lower() for name in service.secret_metadata)
+
+
+def _compile_caller(me: str, services: dict[str, pb.Service], keys: _Keys,
                     max_message_bytes: int, window_s: float) -> CallerSide:
-    own = services.get(own_name)
+    own = services.get(me)
     destinations = [s for s in services.values() if s.grpc_services]
     if not destinations:
-        return CallerSide(own_name, None, {}, window_s, max_message_bytes)
+        return CallerSide(me, None, {}, window_s, max_message_bytes)
     if own is None:
-        raise NodePolicyError(f"snapshot routes calls but has no entry for {own_name!r}")
+        raise NodePolicyError(f"snapshot routes calls but has no entry for {me!r}")
     signer = _signer(own, keys)
     routes: dict[str, Destination] = {}
     for service in destinations:
-        sealing, accepted = _encryption(service, keys)
-        messages = MessagePipeline.standard(
-            compressor=_compressor(service), sealing=sealing, accepted=accepted,
-            signer=signer, verifiers=_verifiers(service, keys),
-        )
+        suite, psk_id, psk, _ = _encryption(service, keys)
         destination = Destination(
             name=service.name, endpoints=tuple(service.endpoints),
-            timeout_ms=service.timeout_ms, retry=_retry(service), messages=messages,
+            timeout_ms=service.timeout_ms, retry=_retry(service),
+            verifiers=_verifiers(service, keys, me), suite=suite, psk_id=psk_id, psk=psk,
+            compressor=_compressor(service), secret_keys=_secret_keys(service),
         )
         for grpc_service in service.grpc_services:
             other = routes.get(grpc_service)
@@ -301,33 +334,24 @@ def _compile_caller(own_name: str, services: dict[str, pb.Service], keys: _Keys,
                 raise NodePolicyError(f"gRPC service {grpc_service!r} is routed to both "
                                       f"{other.name!r} and {service.name!r}")
             routes[grpc_service] = destination
-    return CallerSide(own_name, signer, routes, window_s, max_message_bytes)
+    return CallerSide(me, signer, routes, window_s, max_message_bytes)
 
 
-def _compile_callee(own_name: str, services: dict[str, pb.Service], keys: _Keys,
-                    max_message_bytes: int) -> CalleeSide:
-    own = services.get(own_name)
-    if own is None:  # a service no rule concerns: every caller is unknown, hence denied
-        return CalleeSide(own_name, {}, {}, AllowList(()), 0, max_message_bytes)
-    signer = _signer(own, keys)
-    sealing, accepted = _encryption(own, keys)
-    compressor = _compressor(own)
-    allow = AllowList(tuple(_compile_rule(own_name, i, rule) for i, rule in enumerate(own.allow)))
-    callers: dict[str, KnownCaller] = {}
-    for service in services.values():
-        if not service.HasField("identity") or not service.identity.key:
-            continue
-        verifiers = _verifiers(service, keys)
-        callers[service.name] = KnownCaller(
-            name=service.name, verifiers=verifiers,
-            messages=MessagePipeline.standard(
-                compressor=compressor, sealing=sealing, accepted=accepted,
-                signer=signer, verifiers=verifiers,
-            ),
-        )
-    caller_keys = {key_id: key for caller in callers.values()
-                   for key_id, key in caller.verifiers.items()}
-    return CalleeSide(own_name, callers, caller_keys, allow, own.timeout_ms, max_message_bytes)
+def _compile_callee(me: str, services: dict[str, pb.Service], keys: _Keys,
+                    max_message_bytes: int, window_s: float) -> CalleeSide:
+    own = services.get(me)
+    if own is None:  # a service no rule concerns: every caller is unknown, hence refused
+        return CalleeSide(me, {}, AllowList(()), 0, max_message_bytes, None,
+                          window_s=window_s)
+    allow = AllowList(tuple(_compile_rule(me, i, rule) for i, rule in enumerate(own.allow)))
+    callers = {service.name: _verifiers(service, keys, me) for service in services.values()
+               if service.HasField("identity") and service.identity.key}
+    suite, _, _, accepted = _encryption(own, keys)
+    hello = HelloPolicy(service=me, signer=_signer(own, keys), callers=callers, suite=suite,
+                        psks=accepted)
+    return CalleeSide(me, callers, allow, own.timeout_ms, max_message_bytes, hello,
+                      compressor=_compressor(own), secret_keys=_secret_keys(own),
+                      window_s=window_s)
 
 
 def _compile_rule(service: str, index: int, rule: pb.AllowRule) -> CompiledAllowRule:

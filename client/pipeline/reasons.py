@@ -9,6 +9,11 @@ reasons, their statuses and when each is raised.
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fastproxy.pipeline.metadata import Metadata
 
 ERROR_TRAILER = "fastproxy-error"
 PROXY_TRAILER = "fastproxy-proxy"
@@ -34,6 +39,11 @@ class FastProxyError(Exception):
         # The authenticated caller when the refusal came after authentication (for audit
         # lines and metrics; "" when not known). Never sent to the caller.
         self.caller = caller
+        # Set by the callee's pipeline once a call was opened: seals the refusal's STATUS
+        # record (code, details, trailers) -> trailers with it (docs/protocol.md, 4).
+        self.seal_end: Callable[[int, str, Metadata], Metadata] | None = None
+        # The callee does not know the call's session: open a new one and try again.
+        self.session_unknown = False
 
 
 def no_policy_yet(where: str = "") -> FastProxyError:

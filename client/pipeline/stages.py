@@ -1,285 +1,129 @@
-"""The stages every call goes through, written once and shared by every host.
+"""One call of protocol version 2 on either side, written once and driven by every host.
 
-Two kinds of stages:
+The caller's side (out-proxy, embedded SDK): `CallerSide.route` picks the destination, a
+session with it is opened (`CallerSide.handshake`, once per session), and an `OutboundCall`
+seals the CALL record and every request, then opens the response's HEAD, every response
+message and its STATUS record.
 
-- call stages run once per call, before any message: on the caller side `Route`,
-  `SignCallHeader`; on the callee side `AuthenticateCaller`, `RejectReplay`,
-  `Authorize`, `SpendRateLimit`. Each takes the call's admission record and fills it in or
-  raises `FastProxyError`.
-- message stages run once per message: `Position` (sequence numbers, timestamps, binding to
-  the call), `Compress`, `Encrypt`, `Sign` (which also writes the wire form). Sealing runs them in
-  order, opening in reverse, so each stage undoes exactly what it did.
+The callee's side (in-proxy, embedded server): `CalleeSide.hello` answers handshakes;
+`InboundCall.admit` runs the call stages in order (`OpenCall`: session, CALL record, replay
+and metadata checks; `Authorize`; `SpendRateLimit`), then the call opens every request and
+seals the response's HEAD, messages and STATUS. A refusal after `OpenCall` carries
+`seal_end`, so the host can seal it too.
 
-The out-proxy, the in-proxy, the embedded client SDK and the embedded server all get their
-`OutboundCall` / `InboundCall` from a `NodePolicy` and never run a stage themselves. A new
-stage is one new class added to the tuple that composes it.
-
-One `OutboundCall` is one attempt: a retry asks the policy for a new one (new call id and
-nonce; the callee refuses a call header it has already seen).
+Everything here is plain code over bytes: the clock (`now`, seconds since the epoch) and
+the session tables are handed in. Status codes are gRPC's integer values.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from google.protobuf.message import DecodeError
+
 from fastproxy.pipeline.authz import AllowList, CompiledAllowRule
-from fastproxy.pipeline.compression import Compressor, decompress
-from fastproxy.pipeline.envelope import (
-    CALL_ID_BYTES,
-    CALL_METADATA_KEY,
-    ENVELOPE_VERSION,
-    NONCE_BYTES,
-    AeadKey,
-    CallHeaderFields,
-    SigningKey,
-    VerifyKey,
-    aad_for,
-    aad_prefix,
-    claimed_caller,
-    frame_envelope,
-    message_method_prefix,
-    message_signed_parts,
-    parse_envelope,
-    parse_message_header,
-    pick_verify_key,
-    read_signed_call_header,
-    sign_call_header,
-    verify_call_header,
+from fastproxy.pipeline.compression import Compressor
+from fastproxy.pipeline.handshake import (
+    CalleeSession,
+    CallerHandshake,
+    CallerSession,
+    HelloPolicy,
+    accept_hello,
 )
-from fastproxy.pipeline.metadata import grpc_service_of
+from fastproxy.pipeline.keys import Ephemeral, Signer, Verifier, nonce
+from fastproxy.pipeline.metadata import (
+    CALL_KEY,
+    END_KEY,
+    HEAD_KEY,
+    PROTOCOL_KEYS,
+    SECRET_KEYS,
+    Metadata,
+    grpc_service_of,
+    has_app_entries,
+    metadata_digest,
+    split_secrets,
+    value_bytes,
+)
 from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.records import (
+    CALL,
+    CALL_PREFIX_BYTES,
+    HEAD,
+    SESSION_ID_BYTES,
+    STATUS,
+    Direction,
+    check_version,
+    header,
+)
 from fastproxy.policy.model import RetryPolicy
-from fastproxy.v1 import envelope_pb2 as epb
+from fastproxy.v1 import session_pb2 as spb
 
 if TYPE_CHECKING:
     from fastproxy.pipeline.node_policy import NodeState
 
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 DEFAULT_CLOCK_WINDOW_S = 30.0
+OK = 0
+# Codes a response may end with unsealed: what a broken connection produces, and a callee
+# that could not open the call (UNAUTHENTICATED). An intermediary can always cause these.
+UNSEALED_CODES = frozenset({1, 4, 13, 14, 16})  # CANCELLED, DEADLINE_EXCEEDED, INTERNAL,
+#                                                 UNAVAILABLE, UNAUTHENTICATED
+UNKNOWN_SESSION = "unknown"
+ZERO_DIGEST = bytes(32)
 
 
-# --- per-call, per-direction state of the message stages ---------------------------------
+def _pairs(metadata: Metadata) -> list[spb.MetadataPair]:
+    return [spb.MetadataPair(key=key, value=value_bytes(value)) for key, value in metadata]
 
 
-class Stream:
-    """One direction of one call: what binds its messages, and the next sequence number."""
-
-    __slots__ = ("aad_prefix", "call_id", "callee", "caller", "direction", "header_prefix",
-                 "max_bytes", "method_prefix", "next_sequence", "start_ms", "window_ms")
-
-    def __init__(self, *, method: str, caller: str, callee: str, call_id: bytes,
-                 direction: int, start_ms: int, window_s: float, max_bytes: int) -> None:
-        self.caller = caller
-        self.callee = callee
-        self.call_id = call_id
-        self.direction = direction
-        self.start_ms = start_ms
-        self.window_ms = int(window_s * 1000)
-        self.max_bytes = max_bytes
-        self.next_sequence = 1
-        self.aad_prefix = aad_prefix(method, caller, callee, call_id, direction)
-        self.method_prefix = message_method_prefix(method)
-        self.header_prefix: bytes | None = None  # the per-call part of MessageHeader
+def _entries(pairs: Iterable[spb.MetadataPair]) -> Metadata:
+    return tuple((pair.key, pair.value if pair.key.endswith("-bin")
+                  else pair.value.decode("utf-8", "replace"))
+                 for pair in pairs)
 
 
-class MessageFrame:
-    """One message on its way through the stages (plaintext one end, wire bytes the other)."""
-
-    __slots__ = ("algorithm", "codec", "data", "enc_key_id", "header", "nonce", "now",
-                 "sequence", "stream", "timestamp_ms")
-
-    def __init__(self, stream: Stream, data: bytes, now: float | None) -> None:
-        self.stream = stream
-        self.data = data
-        self.now = now
-        self.sequence = 0
-        self.timestamp_ms = 0
-        self.codec: int = epb.CODEC_NONE
-        self.algorithm: int = epb.ALGORITHM_NONE
-        self.enc_key_id = ""
-        self.nonce = b""
-        self.header: epb.MessageHeader | None = None
+def _without(metadata: Metadata, keys: frozenset[str]) -> Metadata:
+    if not any(key in keys for key, _ in metadata):
+        return metadata
+    return tuple(entry for entry in metadata if entry[0] not in keys)
 
 
-class MessageStage(Protocol):
-    def seal(self, frame: MessageFrame) -> None: ...
-
-    def open(self, frame: MessageFrame) -> None: ...
-
-
-class Position:
-    """Sequence numbers from 1 per direction, in order; the message belongs to this call."""
-
-    def seal(self, frame: MessageFrame) -> None:
-        stream = frame.stream
-        frame.sequence = stream.next_sequence
-        stream.next_sequence += 1
-        frame.timestamp_ms = stream.start_ms if frame.now is None else int(frame.now * 1000)
-
-    def open(self, frame: MessageFrame) -> None:
-        stream, header = frame.stream, frame.header
-        assert header is not None and frame.now is not None
-        if (header.call_id != stream.call_id or header.caller != stream.caller
-                or header.callee != stream.callee or header.direction != stream.direction):
-            raise FastProxyError(Reason.UNAUTHENTICATED,
-                                 "message belongs to another call or direction")
-        if header.sequence != stream.next_sequence:
-            raise FastProxyError(
-                Reason.UNAUTHENTICATED,
-                f"message out of order or replayed (sequence {header.sequence}, "
-                f"expected {stream.next_sequence})",
-            )
-        # A stream may outlive the window: a message is fresh if sealed during this call.
-        now_ms = frame.now * 1000
-        if header.timestamp_ms > now_ms + stream.window_ms:
-            raise FastProxyError(Reason.UNAUTHENTICATED, "message timestamp is in the future")
-        if header.timestamp_ms < stream.start_ms - stream.window_ms:
-            raise FastProxyError(Reason.UNAUTHENTICATED, "message timestamp has expired")
-        stream.next_sequence += 1
+def _value(metadata: Metadata, key: str) -> str | bytes | None:
+    found = [value for entry_key, value in metadata if entry_key == key]
+    if len(found) > 1:
+        raise FastProxyError(Reason.UNAUTHENTICATED, f"{key} appears more than once")
+    return found[0] if found else None
 
 
-class Compress:
-    """Compresses with the destination's codec above its `min_bytes`; inflates any codec,
-    bounded by the message size limit."""
-
-    __slots__ = ("compressor",)
-
-    def __init__(self, compressor: Compressor | None) -> None:
-        self.compressor = compressor
-
-    def seal(self, frame: MessageFrame) -> None:
-        if self.compressor is not None:
-            frame.codec, frame.data = self.compressor.compress(frame.data)
-
-    def open(self, frame: MessageFrame) -> None:
-        frame.data = decompress(frame.codec, frame.data, frame.stream.max_bytes)
-        if len(frame.data) > frame.stream.max_bytes:
-            raise FastProxyError(
-                Reason.MALFORMED,
-                f"message exceeds the limit of {frame.stream.max_bytes} bytes",
-            )
+def _check_digest(metadata: Metadata, secret_keys: frozenset[str], digest: bytes,
+                  what: str) -> None:
+    """UNAUTHENTICATED unless `metadata` is what was sealed: its digest, and no credential
+    entry in the clear (a sender puts them in the record; one on the wire was added there,
+    and the digest does not cover it)."""
+    if digest != metadata_digest(metadata, secret_keys):
+        raise FastProxyError(Reason.UNAUTHENTICATED, f"{what} changed on the way")
+    if any(key in secret_keys for key, _ in metadata):
+        raise FastProxyError(Reason.UNAUTHENTICATED,
+                             f"{what} carry credential metadata in the clear")
 
 
-class Encrypt:
-    """AEAD with the destination's key; without one, messages are signed only, and an
-    encrypted message (or a plaintext one where encryption is required) is refused."""
-
-    __slots__ = ("accepted", "sealing")
-
-    def __init__(self, sealing: AeadKey | None, accepted: dict[str, AeadKey]) -> None:
-        self.sealing = sealing
-        self.accepted = accepted
-
-    def seal(self, frame: MessageFrame) -> None:
-        key = self.sealing
-        if key is None:
-            return
-        nonce = os.urandom(NONCE_BYTES)
-        frame.data = key.encrypt(nonce, frame.data, aad_for(frame.stream.aad_prefix,
-                                                            frame.sequence))
-        frame.algorithm = key.algorithm
-        frame.enc_key_id = key.key_id
-        frame.nonce = nonce
-
-    def open(self, frame: MessageFrame) -> None:
-        if frame.algorithm == epb.ALGORITHM_NONE:
-            if self.sealing is not None:
-                raise FastProxyError(Reason.UNAUTHENTICATED,
-                                     "message is not encrypted but this service requires it")
-            return
-        key = self.accepted.get(frame.enc_key_id)
-        if key is None or key.algorithm != frame.algorithm:
-            raise FastProxyError(Reason.UNAUTHENTICATED,
-                                 "message is encrypted with an unknown key")
-        frame.data = key.decrypt(frame.nonce, frame.data,
-                                 aad_for(frame.stream.aad_prefix, frame.sequence))
+def _details_digest(details: str) -> bytes:
+    return hashlib.sha256(details.encode()).digest()
 
 
-class Sign:
-    """Signs with the sender's identity; verifies against the peer's accepted identity keys
-    over the header bytes exactly as received."""
-
-    __slots__ = ("signer", "verifiers")
-
-    def __init__(self, signer: SigningKey, verifiers: dict[str, VerifyKey]) -> None:
-        self.signer = signer
-        self.verifiers = verifiers
-
-    def seal(self, frame: MessageFrame) -> None:
-        stream = frame.stream
-        if stream.header_prefix is None:
-            stream.header_prefix = epb.MessageHeader(
-                caller=stream.caller, callee=stream.callee, call_id=stream.call_id,
-                direction=stream.direction,
-                algorithm=frame.algorithm,
-                enc_key_id=frame.enc_key_id,
-                signature_type=self.signer.signature_type,
-            ).SerializeToString()
-        # Concatenated protobuf encodings merge: per-call fields once, per-message fields here.
-        header = stream.header_prefix + epb.MessageHeader(
-            sequence=frame.sequence, timestamp_ms=frame.timestamp_ms, nonce=frame.nonce,
-            codec=frame.codec,
-        ).SerializeToString()
-        signature = self.signer.sign(message_signed_parts(stream.method_prefix, header,
-                                                          frame.data))
-        frame.data = frame_envelope(epb.Envelope(
-            version=ENVELOPE_VERSION, sig_key_id=self.signer.key_id_bytes, header=header,
-            payload=frame.data, signature=signature,
-        ))
-
-    def open(self, frame: MessageFrame) -> None:
-        envelope = parse_envelope(frame.data, frame.stream.max_bytes)
-        key = pick_verify_key(self.verifiers, envelope.sig_key_id, "message")
-        parts = message_signed_parts(frame.stream.method_prefix, envelope.header,
-                                     envelope.payload)
-        if not key.verify(parts, envelope.signature):
-            raise FastProxyError(Reason.UNAUTHENTICATED, "message signature does not verify")
-        header = parse_message_header(envelope.header)
-        if header.signature_type != key.signature_type:
-            raise FastProxyError(Reason.UNAUTHENTICATED, "message names another signature type")
-        frame.header = header
-        frame.data = envelope.payload
-        frame.codec = header.codec
-        frame.algorithm = header.algorithm
-        frame.enc_key_id = header.enc_key_id
-        frame.nonce = header.nonce
-        frame.sequence = header.sequence
-        frame.timestamp_ms = header.timestamp_ms
+def _parse(message: type[spb.CallHead] | type[spb.ResponseHead] | type[spb.ResponseEnd],
+           data: bytes, what: str) -> object:
+    try:
+        return message.FromString(data)
+    except DecodeError:
+        raise FastProxyError(Reason.UNAUTHENTICATED, f"{what} cannot be parsed") from None
 
 
-POSITION = Position()
-
-
-@dataclass(frozen=True, slots=True)
-class MessagePipeline:
-    """The message stages of one peer, in sealing order. Built once per snapshot."""
-
-    stages: tuple[MessageStage, ...]
-
-    @classmethod
-    def standard(cls, *, compressor: Compressor | None, sealing: AeadKey | None,
-                 accepted: dict[str, AeadKey], signer: SigningKey,
-                 verifiers: dict[str, VerifyKey]) -> MessagePipeline:
-        return cls((POSITION, Compress(compressor), Encrypt(sealing, accepted),
-                    Sign(signer, verifiers)))
-
-    def seal(self, stream: Stream, message: bytes, now: float | None) -> bytes:
-        frame = MessageFrame(stream, message, now)
-        for stage in self.stages:
-            stage.seal(frame)
-        return frame.data
-
-    def open(self, stream: Stream, sealed: bytes, now: float) -> bytes:
-        frame = MessageFrame(stream, sealed, now)
-        for stage in reversed(self.stages):
-            stage.open(frame)
-        return frame.data
-
-
-# --- the caller side ----------------------------------------------------------------------
+# --- the caller's side ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -290,7 +134,12 @@ class Destination:
     endpoints: tuple[str, ...]
     timeout_ms: int
     retry: RetryPolicy | None
-    messages: MessagePipeline  # seals requests with our identity, opens its responses
+    verifiers: Mapping[str, Verifier]  # its identity keys, as this node holds them
+    suite: int
+    psk_id: str  # its encryption key ("": payloads authenticated, not encrypted)
+    psk: bytes | None
+    compressor: Compressor | None
+    secret_keys: frozenset[str]  # SECRET_KEYS and the service's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,118 +147,133 @@ class CallerSide:
     """What a calling node needs from its policy (see `NodePolicy`)."""
 
     service: str
-    signer: SigningKey | None
-    routes: dict[str, Destination]  # gRPC service name -> destination
+    signer: Signer | None
+    routes: Mapping[str, Destination]  # gRPC service name -> destination
     window_s: float
     max_message_bytes: int
 
-
-class OutboundAdmission:
-    """A call being set up on the caller side; each call stage fills in its part."""
-
-    __slots__ = ("call_id", "destination", "metadata", "method", "now", "side")
-
-    def __init__(self, side: CallerSide, method: str, now: float) -> None:
-        self.side = side
-        self.method = method
-        self.now = now
-        self.destination: Destination | None = None
-        self.call_id = b""
-        self.metadata: tuple[tuple[str, bytes], ...] = ()
-
-
-class OutboundStage(Protocol):
-    def admit(self, call: OutboundAdmission) -> None: ...
-
-
-class Route:
-    """The gRPC service name of the method picks the destination service."""
-
-    def admit(self, call: OutboundAdmission) -> None:
-        method = call.method
-        grpc_service = grpc_service_of(method)
-        destination = call.side.routes.get(grpc_service)
+    def route(self, method: str) -> Destination:
+        """The destination serving `method`'s gRPC service: NO_ROUTE when none does."""
+        destination = self.routes.get(grpc_service_of(method))
         if destination is None:
             raise FastProxyError(Reason.NO_ROUTE,
-                                 f"no service serves {grpc_service or method!r}")
-        call.destination = destination
+                                 f"no service serves {grpc_service_of(method) or method!r}")
+        return destination
 
-
-class SignCallHeader:
-    """The caller's signed statement of who calls what, sent before any message."""
-
-    def admit(self, call: OutboundAdmission) -> None:
-        assert call.destination is not None
-        signer = call.side.signer
-        if signer is None:  # from_snapshot refuses this whenever a route exists
+    def handshake(self, destination: Destination, now: float, *,
+                  ephemeral: Ephemeral | None = None,
+                  random: Callable[[int], bytes] = os.urandom) -> CallerHandshake:
+        if self.signer is None:  # from_snapshot refuses this whenever a route exists
             raise FastProxyError(Reason.UNAVAILABLE, "this node has no identity key")
-        call.call_id = os.urandom(CALL_ID_BYTES)
-        header = CallHeaderFields(
-            caller=call.side.service, callee=call.destination.name, method=call.method,
-            call_id=call.call_id, timestamp_ms=int(call.now * 1000),
-            nonce=os.urandom(CALL_ID_BYTES),
-        )
-        call.metadata = ((CALL_METADATA_KEY, sign_call_header(header, signer)),)
+        return CallerHandshake(caller=self.service, callee=destination.name, signer=self.signer,
+                               suite=destination.suite, psk_id=destination.psk_id,
+                               psk=destination.psk, now=now, ephemeral=ephemeral, random=random)
 
-
-# No endpoint stage: which endpoint a call goes to is the host's choice (the out-proxy picks
-# among the destination's endpoints and refuses `unavailable` when there is none; the
-# embedded SDK's channel already names its target).
-OUTBOUND_STAGES: tuple[OutboundStage, ...] = (Route(), SignCallHeader())
+    def serves(self, session: CallerSession, destination: Destination, now: float) -> bool:
+        """Whether a new call to `destination` may use `session`."""
+        return self.signer is not None and session.serves(
+            now, self.signer.key_id, destination.psk_id, destination.suite)
 
 
 class OutboundCall:
-    """One call attempt on the caller side: seal every request, open every response."""
+    """One call attempt on the caller's side. `metadata` is what the call sends: the app's
+    entries without credentials, and the CALL record (which holds them, encrypted)."""
 
-    __slots__ = ("_messages", "_metadata", "_requests", "_responses", "call_id",
-                 "destination", "endpoints", "method", "retry", "timeout_ms")
+    __slots__ = ("_compressor", "_head_seen", "_requests", "_responses", "_secret_keys",
+                 "call_number", "destination", "endpoints", "metadata", "method", "retry",
+                 "session", "timeout_ms")
 
-    def __init__(self, admission: OutboundAdmission) -> None:
-        destination = admission.destination
-        assert destination is not None
-        side = admission.side
-        self.method = admission.method
+    def __init__(self, side: CallerSide, destination: Destination, session: CallerSession,
+                 method: str, metadata: Metadata, now: float) -> None:
         self.destination = destination.name
         self.endpoints = destination.endpoints
         self.timeout_ms = destination.timeout_ms
         self.retry = destination.retry
-        self.call_id = admission.call_id
-        self._metadata = admission.metadata
-        self._messages = destination.messages
-        start_ms = int(admission.now * 1000)
-        self._requests, self._responses = _streams(
-            method=admission.method, caller=side.service, callee=destination.name,
-            call_id=admission.call_id, start_ms=start_ms, window_s=side.window_s,
-            max_bytes=side.max_message_bytes,
-        )
+        self.method = method
+        self.session = session
+        self._compressor = destination.compressor
+        self._secret_keys = destination.secret_keys
+        self.call_number = number = session.take_call_number()
+        clear, secret = split_secrets(_without(metadata, PROTOCOL_KEYS), self._secret_keys)
+        head = spb.CallHead(method=method, timestamp_ms=int(now * 1000),
+                            metadata_digest=metadata_digest(clear, self._secret_keys),
+                            secret=_pairs(secret)).SerializeToString()
+        prefix = header(CALL) + session.session_id + number.to_bytes(8, "big")
+        record = prefix + session.request.seal(nonce(number, 0), head, prefix)
+        self.metadata: Metadata = (*clear, (CALL_KEY, record))
+        limit = side.max_message_bytes
+        self._requests = Direction(session.request, number, clear=session.clear,
+                                   max_bytes=limit)
+        self._responses = Direction(session.response, number, clear=session.clear,
+                                    max_bytes=limit)
+        self._head_seen = False
 
-    @classmethod
-    def admit(cls, side: CallerSide, method: str, now: float) -> OutboundCall:
-        admission = OutboundAdmission(side, method, now)
-        for stage in OUTBOUND_STAGES:
-            stage.admit(admission)
-        return cls(admission)
+    # requests
 
-    def request_metadata(self) -> tuple[tuple[str, bytes], ...]:
-        """Entries to add to the upstream call (keys end in "-bin")."""
-        return self._metadata
+    def seal_request(self, message: bytes, final: bool = False) -> bytes:
+        """A request as it travels; `final` when the caller knows it is the only one."""
+        return self._requests.seal_message(message, self._compressor, final)
 
-    def seal_request(self, message: bytes, now: float | None = None) -> bytes:
-        """`now` stamps the message; without it the call's start time is used."""
-        return self._messages.seal(self._requests, message, now)
+    def end_requests(self) -> bytes | None:
+        """The END record to send after the last request (None: one was flagged final)."""
+        return self._requests.seal_end()
 
-    def open_response(self, message: bytes, now: float) -> bytes:
-        return self._messages.open(self._responses, message, now)
+    # the response
+
+    def open_head(self, metadata: Metadata) -> Metadata:
+        """The response headers for the app: checked against the HEAD record, credentials
+        restored, the protocol's entries gone."""
+        record = _value(metadata, HEAD_KEY)
+        app = _without(metadata, PROTOCOL_KEYS)
+        if record is None:
+            if has_app_entries(app):
+                raise FastProxyError(Reason.UNAUTHENTICATED,
+                                     "response headers are not sealed by the callee")
+            return app
+        _, _, plaintext = self._responses.open(value_bytes(record), (HEAD,), "response head",
+                                               position=0)
+        head = _parse(spb.ResponseHead, plaintext, "response head")
+        assert isinstance(head, spb.ResponseHead)
+        _check_digest(app, self._secret_keys, head.metadata_digest, "response headers")
+        self._head_seen = True
+        return (*app, *_entries(head.secret))
+
+    def open_response(self, message: bytes) -> bytes:
+        opened = self._responses.open_message(message, "response message")
+        if opened is None:  # END belongs to requests
+            raise FastProxyError(Reason.UNAUTHENTICATED, "an END record among responses")
+        return opened
+
+    def open_end(self, code: int, details: str, trailers: Metadata) -> Metadata:
+        """The trailers for the app once the response ended with `code` and `details`:
+        checked against the STATUS record; UNAUTHENTICATED when anything differs, when an OK
+        response was cut short, or when a status that must be sealed is not."""
+        record = _value(trailers, END_KEY)
+        app = _without(trailers, PROTOCOL_KEYS)
+        if record is None:
+            if code == OK:
+                raise FastProxyError(Reason.UNAUTHENTICATED,
+                                     "the response was cut short (no sealed end)")
+            if code not in UNSEALED_CODES:
+                raise FastProxyError(Reason.UNAUTHENTICATED,
+                                     f"status {code} was not sealed by the callee")
+            return app
+        messages = self._responses.position - 1
+        _, _, plaintext = self._responses.open(value_bytes(record), (STATUS,), "response end")
+        end = _parse(spb.ResponseEnd, plaintext, "response end")
+        assert isinstance(end, spb.ResponseEnd)
+        if end.code != code or end.details_digest != _details_digest(details):
+            raise FastProxyError(Reason.UNAUTHENTICATED,
+                                 "the status or its message changed on the way")
+        if end.messages != messages or end.head != self._head_seen:
+            raise FastProxyError(Reason.UNAUTHENTICATED,
+                                 f"the response was cut short or padded ({messages} messages "
+                                 f"arrived, {end.messages} were sent)")
+        _check_digest(app, self._secret_keys, end.trailers_digest, "trailers")
+        return (*app, *_entries(end.secret))
 
 
-# --- the callee side ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class KnownCaller:
-    name: str
-    verifiers: dict[str, VerifyKey]  # its identity keys, by id
-    messages: MessagePipeline  # opens its requests, seals our responses
+# --- the callee's side ---------------------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -417,28 +281,42 @@ class CalleeSide:
     """What a guarding node needs from its policy (see `NodePolicy`)."""
 
     service: str
-    callers: dict[str, KnownCaller]
-    caller_keys: dict[str, VerifyKey]  # every known caller's identity keys, by id
+    callers: Mapping[str, Mapping[str, Verifier]]  # caller -> its accepted identity keys
     allow: AllowList
     timeout_ms: int
     max_message_bytes: int
+    hello: HelloPolicy | None  # None: no identity of its own, so no session is opened
+    compressor: Compressor | None = None
+    secret_keys: frozenset[str] = SECRET_KEYS  # and the service's own
+    window_s: float = DEFAULT_CLOCK_WINDOW_S
+
+    def accept(self, request: bytes, now: float, state: NodeState, *,
+               ephemeral: Ephemeral | None = None,
+               random: Callable[[int], bytes] = os.urandom) -> bytes:
+        """The answer to a handshake; the session it opens is kept in `state`."""
+        if self.hello is None:
+            raise FastProxyError(Reason.UNAUTHENTICATED,
+                                 "handshake refused: the hello is not signed by a caller "
+                                 "this service knows")
+        answer, session = accept_hello(request, self.hello, now, ephemeral=ephemeral,
+                                       random=random)
+        state.sessions.add(session)
+        return answer
 
 
 class InboundAdmission:
-    """A call arriving on the callee side; each call stage fills in its part."""
+    """A call arriving on the callee's side; each call stage fills in its part."""
 
-    __slots__ = ("caller", "header", "metadata", "method", "now", "rule", "side", "state")
+    __slots__ = ("call", "metadata", "method", "now", "rule", "side", "state")
 
-    def __init__(self, side: CalleeSide, method: str,
-                 metadata: Sequence[tuple[str, str | bytes]], now: float,
+    def __init__(self, side: CalleeSide, method: str, metadata: Metadata, now: float,
                  state: NodeState) -> None:
         self.side = side
         self.method = method
         self.metadata = metadata
         self.now = now
         self.state = state
-        self.header: epb.CallHeader | None = None
-        self.caller: KnownCaller | None = None
+        self.call: InboundCall | None = None
         self.rule: CompiledAllowRule | None = None
 
 
@@ -446,133 +324,171 @@ class InboundStage(Protocol):
     def admit(self, call: InboundAdmission) -> None: ...
 
 
-class AuthenticateCaller:
-    """Verifies the signed call header with the identity key it names, then checks that the
-    key belongs to the caller the header names. Only callers that some allow rule of this
-    service names have their keys here: any other caller's key is unknown."""
+def _unknown_session(detail: str) -> FastProxyError:
+    refused = FastProxyError(Reason.UNAUTHENTICATED, detail)
+    refused.session_unknown = True
+    return refused
+
+
+class OpenCall:
+    """The CALL record: its session (live, its keys still accepted), the record opens at
+    position 0, the call number is new, the caller is still known, and the method, time and
+    metadata are what was sealed. Nothing is sealed for a call before its number is spent,
+    so no (key, nonce) is ever used twice."""
 
     def admit(self, call: InboundAdmission) -> None:
-        signed = read_signed_call_header(_call_header_value(call.metadata))
-        if signed.sig_key_id.decode(errors="replace") not in call.side.caller_keys:
-            # A caller that no rule names (for example, one whose rule was just removed and
-            # whose route is not yet gone) is denied, whatever its signature; any other
-            # unknown key is a failed authentication below.
-            claimed = claimed_caller(signed)
-            if claimed and claimed not in call.side.callers:
-                raise FastProxyError(Reason.DENIED, f"no allow rule of {call.side.service!r} "
-                                                    f"names caller {claimed!r}")
-        header = verify_call_header(signed, call.side.caller_keys)
-        caller = call.side.callers.get(header.caller)
-        if caller is None or signed.sig_key_id.decode(errors="replace") not in caller.verifiers:
+        side, sessions = call.side, call.state.sessions
+        value = _value(call.metadata, CALL_KEY)
+        if value is None:
+            raise FastProxyError(Reason.UNAUTHENTICATED, "call carries no CALL record")
+        record = value_bytes(value)
+        check_version(record, "the call header")
+        if len(record) <= CALL_PREFIX_BYTES or record[1] != CALL:
+            raise FastProxyError(Reason.UNAUTHENTICATED, "the call header is not a CALL record")
+        session_id = record[3:3 + SESSION_ID_BYTES]
+        number = int.from_bytes(record[3 + SESSION_ID_BYTES:CALL_PREFIX_BYTES], "big")
+        session = sessions.find(session_id, call.now)
+        if session is None:
+            raise _unknown_session("unknown or expired session: open a new one")
+        keys = side.callers.get(session.caller)
+        if keys is not None and (session.identity_key not in keys or _psk_retired(side,
+                                                                                 session)):
+            sessions.forget(session_id)
+            raise _unknown_session("the session's keys were retired: open a new one")
+        prefix = record[:CALL_PREFIX_BYTES]
+        plaintext = session.request.open(nonce(number, 0), record[CALL_PREFIX_BYTES:], prefix,
+                                         "the call header")
+        if not sessions.take_call(session, number):
+            raise FastProxyError(Reason.UNAUTHENTICATED, "call replayed (its number was seen)")
+        # From here on, a refusal is sealed: this call number is spent.
+        call.call = inbound = InboundCall(side, session, number, call.method, call.metadata)
+        if keys is None:
+            raise FastProxyError(Reason.DENIED, f"no allow rule of {side.service!r} names "
+                                                f"caller {session.caller!r}")
+        head = _parse(spb.CallHead, plaintext, "the call header")
+        assert isinstance(head, spb.CallHead)
+        if head.method != call.method:
             raise FastProxyError(Reason.UNAUTHENTICATED,
-                                 "call header is signed with a key of another service")
-        if header.callee != call.side.service or header.method != call.method:
-            raise FastProxyError(Reason.UNAUTHENTICATED,
-                                 "call header was signed for another service or method")
-        if len(header.call_id) != CALL_ID_BYTES or not header.nonce:
-            raise FastProxyError(Reason.UNAUTHENTICATED, "call header lacks a call id or nonce")
-        call.header = header
-        call.caller = caller
+                                 "the call header was sealed for another method")
+        if abs(head.timestamp_ms / 1000 - call.now) > side.window_s:
+            raise FastProxyError(Reason.UNAUTHENTICATED, "the call is too old or too far ahead")
+        _check_digest(inbound.wire_metadata, side.secret_keys, head.metadata_digest,
+                      "request metadata")
+        inbound.restored = _entries(head.secret)
 
 
-class RejectReplay:
-    def admit(self, call: InboundAdmission) -> None:
-        assert call.header is not None
-        call.state.remember_call(call.header.nonce, call.header.timestamp_ms, call.now)
+def _psk_retired(side: CalleeSide, session: CalleeSession) -> bool:
+    return bool(session.psk_id) and (side.hello is None or session.psk_id not in side.hello.psks)
 
 
 class Authorize:
     def admit(self, call: InboundAdmission) -> None:
-        assert call.caller is not None
-        rule = call.side.allow.first_match(call.caller.name, call.method)
+        assert call.call is not None
+        caller = call.call.caller
+        rule = call.side.allow.first_match(caller, call.method)
         if rule is None:
-            raise FastProxyError(
-                Reason.DENIED, f"no allow rule lets {call.caller.name!r} call {call.method}"
-            )
-        call.rule = rule
+            raise FastProxyError(Reason.DENIED,
+                                 f"no allow rule lets {caller!r} call {call.method}")
+        call.rule = call.call.rule = rule
 
 
 class SpendRateLimit:
     def admit(self, call: InboundAdmission) -> None:
-        assert call.caller is not None and call.rule is not None
+        assert call.call is not None and call.rule is not None
         limit = call.rule.rate_limit
         if limit is None:
             return
-        key = (call.side.service, call.caller.name, call.rule.bucket_key)
+        key = (call.side.service, call.call.caller, call.rule.bucket_key)
         if not call.state.take_token(key, limit, call.now):
             raise FastProxyError(
                 Reason.RATE_LIMITED,
-                f"rate limit of {limit.rps:g}/s for {call.caller.name!r} is spent",
+                f"rate limit of {limit.rps:g}/s for {call.call.caller!r} is spent",
             )
 
 
-INBOUND_STAGES: tuple[InboundStage, ...] = (
-    AuthenticateCaller(), RejectReplay(), Authorize(), SpendRateLimit(),
-)
+INBOUND_STAGES: tuple[InboundStage, ...] = (OpenCall(), Authorize(), SpendRateLimit())
 
 
 class InboundCall:
-    """One admitted call on the callee side: open every request, seal every response."""
+    """One call on the callee's side, once its CALL record opened."""
 
-    __slots__ = ("_messages", "_requests", "_responses", "call_id", "caller", "method",
-                 "rule", "timeout_ms")
+    __slots__ = ("_compressor", "_head_sent", "_requests", "_responses", "call_number",
+                 "caller", "method", "restored", "rule", "secret_keys", "session", "timeout_ms",
+                 "wire_metadata")
 
-    def __init__(self, admission: InboundAdmission) -> None:
-        header, caller, side = admission.header, admission.caller, admission.side
-        assert header is not None and caller is not None
-        self.caller = caller.name
-        self.method = admission.method
-        self.call_id = header.call_id
+    def __init__(self, side: CalleeSide, session: CalleeSession, number: int, method: str,
+                 metadata: Metadata) -> None:
+        self.caller = session.caller
+        self.method = method
+        self.session = session
+        self.call_number = number
         self.timeout_ms = side.timeout_ms
-        self.rule = admission.rule
-        self._messages = caller.messages
-        self._requests, self._responses = _streams(
-            method=admission.method, caller=caller.name, callee=side.service,
-            call_id=header.call_id, start_ms=header.timestamp_ms,
-            window_s=admission.state.replay_window_s, max_bytes=side.max_message_bytes,
-        )
+        self.rule: CompiledAllowRule | None = None
+        self.secret_keys = side.secret_keys
+        self.wire_metadata = _without(metadata, PROTOCOL_KEYS)
+        self.restored: Metadata = ()  # the credential entries the CALL record carried
+        self._compressor = side.compressor
+        self._head_sent = False
+        limit = side.max_message_bytes
+        self._requests = Direction(session.request, number, clear=session.clear,
+                                   max_bytes=limit)
+        self._responses = Direction(session.response, number, clear=session.clear,
+                                    max_bytes=limit)
 
     @classmethod
-    def admit(cls, side: CalleeSide, method: str,
-              metadata: Sequence[tuple[str, str | bytes]], now: float,
+    def admit(cls, side: CalleeSide, method: str, metadata: Metadata, now: float,
               state: NodeState) -> InboundCall:
         admission = InboundAdmission(side, method, metadata, now, state)
         try:
             for stage in INBOUND_STAGES:
                 stage.admit(admission)
         except FastProxyError as refused:
-            if admission.caller is not None:
-                refused.caller = admission.caller.name  # for the audit line
+            if admission.call is not None:
+                refused.caller = admission.call.caller  # for the audit line
+                refused.seal_end = admission.call.seal_end
             raise
-        return cls(admission)
+        assert admission.call is not None
+        return admission.call
 
-    def open_request(self, message: bytes, now: float) -> bytes:
-        return self._messages.open(self._requests, message, now)
+    # requests
 
-    def seal_response(self, message: bytes, now: float | None = None) -> bytes:
-        """`now` stamps the message; without it the call header's time is used."""
-        return self._messages.seal(self._responses, message, now)
+    def open_request(self, data: bytes, single: bool = False) -> bytes | None:
+        """A request's message, or None for the END record. `single`: the method takes one
+        request, which then needs no FINAL flag."""
+        message = self._requests.open_message(data, "request message")
+        if single and message is not None:
+            self._requests.ended = True
+        return message
 
+    def finish_requests(self) -> None:
+        """The client half-closed: UNAUTHENTICATED unless the requests ended as sealed."""
+        if not self._requests.ended:
+            raise FastProxyError(Reason.UNAUTHENTICATED, "request stream cut short (no "
+                                                         "sealed end)")
 
-def _streams(*, method: str, caller: str, callee: str, call_id: bytes, start_ms: int,
-             window_s: float, max_bytes: int) -> tuple[Stream, Stream]:
-    """The request and response streams of one call."""
-    requests = Stream(method=method, caller=caller, callee=callee, call_id=call_id,
-                      direction=epb.DIRECTION_REQUEST, start_ms=start_ms, window_s=window_s,
-                      max_bytes=max_bytes)
-    responses = Stream(method=method, caller=caller, callee=callee, call_id=call_id,
-                       direction=epb.DIRECTION_RESPONSE, start_ms=start_ms, window_s=window_s,
-                       max_bytes=max_bytes)
-    return requests, responses
+    # the response
 
+    def seal_head(self, metadata: Metadata) -> Metadata:
+        """The response headers as they travel: with a HEAD record when the app set any."""
+        metadata = _without(metadata, PROTOCOL_KEYS)
+        if not has_app_entries(metadata):
+            return metadata
+        clear, secret = split_secrets(metadata, self.secret_keys)
+        head = spb.ResponseHead(metadata_digest=metadata_digest(clear, self.secret_keys),
+                                secret=_pairs(secret)).SerializeToString()
+        record = self._responses.seal(HEAD, head, position=0)
+        self._head_sent = True
+        return (*clear, (HEAD_KEY, record))
 
-def _call_header_value(metadata: Sequence[tuple[str, str | bytes]]) -> bytes:
-    found: list[str | bytes] = [value for key, value in metadata if key == CALL_METADATA_KEY]
-    if not found:
-        raise FastProxyError(Reason.UNAUTHENTICATED, "call carries no signed call header")
-    if len(found) > 1:
-        raise FastProxyError(Reason.UNAUTHENTICATED, "call carries several call headers")
-    value = found[0]
-    if isinstance(value, str):
-        raise FastProxyError(Reason.MALFORMED, "call header is text, not binary metadata")
-    return value
+    def seal_response(self, message: bytes) -> bytes:
+        return self._responses.seal_message(message, self._compressor)
+
+    def seal_end(self, code: int, details: str, trailers: Metadata) -> Metadata:
+        """The trailers as they travel, with the STATUS record of `code` and `details`."""
+        trailers = _without(trailers, PROTOCOL_KEYS)
+        clear, secret = split_secrets(trailers, self.secret_keys)
+        end = spb.ResponseEnd(code=code, details_digest=_details_digest(details),
+                              trailers_digest=metadata_digest(clear, self.secret_keys),
+                              secret=_pairs(secret), messages=self._responses.position - 1,
+                              head=self._head_sent).SerializeToString()
+        return (*clear, (END_KEY, self._responses.seal(STATUS, end)))

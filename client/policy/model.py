@@ -88,6 +88,7 @@ class ServiceSpec:
     timeout_ms: int = 0
     allow: tuple[AllowRule, ...] = ()
     retry: RetryPolicy | None = None
+    secret_metadata: tuple[str, ...] = ()  # encrypted on the wire, beyond the built-in names
 
 
 @dataclass(frozen=True, slots=True)

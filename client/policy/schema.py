@@ -268,7 +268,9 @@ def _ed25519_seed(material: bytes) -> bytes | None:
 
 
 SERVICE_FIELDS = ("grpc_services", "endpoints", "identity", "encrypt", "compress",
-                  "timeout_ms", "allow", "retry")
+                  "timeout_ms", "allow", "retry", "secret_metadata")
+# A metadata name gRPC accepts (lower case), not one of ours, not a pseudo-header.
+METADATA_NAME_RE = re.compile(r"(?!fastproxy-)[a-z0-9_.-]{1,128}")
 
 
 # (path of an allow rule's caller field, the service it names)
@@ -317,6 +319,9 @@ def _services(check: _Check, value: Any) -> tuple[dict[str, ServiceSpec], _Decla
             allow=_allow(check, fields.get("allow"), f"{path}.allow",
                          declared.callers),
             retry=_retry(check, fields.get("retry"), f"{path}.retry"),
+            secret_metadata=check.string_list(fields.get("secret_metadata"),
+                                              f"{path}.secret_metadata", METADATA_NAME_RE,
+                                              "lower-case metadata name"),
         )
     return out, declared
 
@@ -444,9 +449,16 @@ def _cross_check(check: _Check, keys: Mapping[str, KeySpec], key_names: set[str]
     """References between keys and services; runs after every field was read. A name that
     was declared but failed its own checks is not reported again as unknown."""
     routed: dict[str, str] = {}
+    identity_owner: dict[str, str] = {}
     for name, svc in services.items():
         path = f"services.{name}"
         _check_key_refs(check, keys, key_names, svc, path)
+        for key_name in svc.identity.all if svc.identity is not None else ():
+            owner = identity_owner.setdefault(key_name, name)
+            if owner != name:
+                check.error(f"{path}.identity", f"key {key_name!r} is already the identity of "
+                                                f"service {owner!r}: an identity key belongs "
+                                                "to one service")
         for i, grpc_service in enumerate(svc.grpc_services):
             owner = routed.setdefault(grpc_service, name)
             if owner != name:

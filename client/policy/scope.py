@@ -1,11 +1,12 @@
 """Builds the snapshot that concerns one node: only what its role and service need.
 
-- An in-node of service S gets S's own keys (identity to sign responses, encryption), S's
-  allow rules, limits and timeout, and for each caller S admits the caller's identity key
-  (the public half for ed25519; the secret for HMAC, which cannot verify otherwise).
+- An in-node of service S gets S's own keys (identity to sign its handshakes, encryption),
+  S's allow rules, limits and timeout, and for each caller S admits the caller's identity
+  key as S may hold it: the public half for ed25519, for HMAC the key of the pair
+  (caller -> S) derived from the caller's secret, never the secret (docs/protocol.md, 2).
 - An out- or client-node of service C gets C's own identity key, and for each service D
   with a rule admitting C: D's routes, endpoints, encryption keys, identity key (public half
-  for ed25519), compression, timeout and retry policy.
+  for ed25519, the pair key D -> C for HMAC), compression, timeout and retry policy.
 - An app-node of service C (the client SDK sending through an out-proxy) gets, for each
   service C may call, only its routes, timeout and retry policy: no key, no endpoint.
 - A node of a service no rule concerns gets an empty snapshot and no secret.
@@ -16,6 +17,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
+from fastproxy.pipeline.keys import pair_key
 from fastproxy.policy.model import KeyRef, KeySpec, KeyType, Policy, RetryPolicy, ServiceSpec
 from fastproxy.v1 import policy_pb2 as pb
 
@@ -64,7 +66,7 @@ def _scope_in(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
             continue
         spec = policy.services[caller]
         snapshot.services.append(pb.Service(name=caller, identity=_ref_pb(spec.identity)))
-        keys.add(spec.identity, private=False)
+        keys.add(spec.identity, private=False, owner=caller, peer=own.name)
 
 
 def _scope_out(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
@@ -85,7 +87,7 @@ def _scope_out(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
                 entry.endpoints.append(endpoint)
         snapshot.services.append(entry)
         keys.add(spec.encrypt, private=True)
-        keys.add(spec.identity, private=name == own.name)
+        keys.add(spec.identity, private=name == own.name, owner=name, peer=own.name)
 
 
 def _scope_app(policy: Policy, service: str, snapshot: pb.PolicySnapshot) -> None:
@@ -113,6 +115,7 @@ def _service_pb(spec: ServiceSpec, *, with_rules: bool) -> pb.Service:
         grpc_services=spec.grpc_services,
         endpoints=spec.endpoints,
         timeout_ms=spec.timeout_ms,
+        secret_metadata=spec.secret_metadata,
     )
     if spec.identity is not None:
         entry.identity.CopyFrom(_ref_pb(spec.identity))
@@ -143,24 +146,31 @@ def _ref_pb(ref: KeyRef | None) -> pb.KeyRef:
 
 
 class _KeyCollector:
-    """Key material to ship, at most once per key, private halves only where asked."""
+    """Key material to ship, at most once per key, private halves only where asked. Another
+    service's HMAC identity is never shipped: its nodes get the key of the pair (owner ->
+    this node's service) instead (docs/protocol.md, section 2)."""
 
     def __init__(self, policy: Policy) -> None:
         self._policy = policy
         self._keys: dict[str, pb.Key] = {}
 
-    def add(self, ref: KeyRef | None, *, private: bool) -> None:
+    def add(self, ref: KeyRef | None, *, private: bool, owner: str = "",
+            peer: str = "") -> None:
         if ref is None:
             return
         for name in ref.all:
-            self._add_key(self._policy.keys[name], private)
+            self._add_key(self._policy.keys[name], private, owner, peer)
 
-    def _add_key(self, key: KeySpec, private: bool) -> None:
+    def _add_key(self, key: KeySpec, private: bool, owner: str, peer: str) -> None:
         existing = self._keys.get(key.name)
-        if existing is not None and (existing.secret or not private):
+        if existing is not None and not (private and (not existing.secret
+                                                     or existing.pair_signer)):
             return
         entry = pb.Key(name=key.name, type=KEY_TYPE_TO_PB[key.type], public_key=key.public)
-        if key.type is not KeyType.ED25519 or private:
+        if key.type is KeyType.HMAC_SHA256 and not private:
+            entry.secret = pair_key(key.secret, owner, peer)
+            entry.pair_signer, entry.pair_peer = owner, peer
+        elif key.type is not KeyType.ED25519 or private:
             entry.secret = key.secret
         self._keys[key.name] = entry
 

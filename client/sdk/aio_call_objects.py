@@ -1,5 +1,6 @@
 """What a grpc.aio app gets back: the current attempt's call interface, with messages opened
-(embedded mode), retries made while iterating, and the SDK's own refusals as the status."""
+and the callee's answer checked (embedded mode), retries made while iterating, and the SDK's
+own refusals as the status."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Any
 import grpc
 
 from fastproxy.hosting.refusal import Refusal
+from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, Refuse, SdkCore
@@ -20,10 +22,13 @@ StartAttempt = Callable[[Attempt], Awaitable[Any]]
 
 
 class _Delegating:
-    """The parts of the call interface answered by the current attempt's call."""
+    """The parts of the call interface answered by the current attempt's call, unless the
+    call failed (`_refusal`: ours, or the callee's checked failure) or its answer was
+    checked (`_checked`: the headers and trailers the app gets)."""
 
     _call: Any
     _refusal: grpc.aio.AioRpcError | None = None
+    _checked: tuple[Metadata, Metadata] | None = None
 
     def cancel(self) -> bool:
         return bool(self._call.cancel())
@@ -42,9 +47,15 @@ class _Delegating:
         self._call.add_done_callback(lambda _call: callback(self))
 
     async def initial_metadata(self) -> Any:
+        if self._checked is not None:
+            return grpc.aio.Metadata(*self._checked[0])
+        if self._refusal is not None:
+            return self._refusal.initial_metadata()
         return await self._call.initial_metadata()
 
     async def trailing_metadata(self) -> Any:
+        if self._checked is not None:
+            return grpc.aio.Metadata(*self._checked[1])
         if self._refusal is not None:
             return self._refusal.trailing_metadata()
         return await self._call.trailing_metadata()
@@ -78,14 +89,48 @@ class _Delegating:
         await self._call.done_writing()
 
 
-class AioUnaryCall(_Delegating, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):
-    """A unary-response call returned as soon as its first attempt started, so that grpc.aio
-    can feed it `write()`s; awaiting it runs `finish` once (retries, opening the response)
-    and remembers the outcome. `_call` is always the current attempt's call."""
+class _Checks:
+    """How an embedded attempt's answer is checked, for both call objects."""
 
-    def __init__(self, call: Any, finish: Callable[[AioUnaryCall], Awaitable[Any]]) -> None:
+    _core: SdkCore
+    _refusal: grpc.aio.AioRpcError | None
+    _checked: tuple[Metadata, Metadata] | None
+
+    def refuse(self, refused: Refusal) -> grpc.aio.AioRpcError:
+        """The SDK's own refusal becomes this call's status, and the error to raise."""
+        self._refusal = aio_refusal(refused)
+        return self._refusal
+
+    def checked(self, err: grpc.aio.AioRpcError, attempt: Attempt,
+                plan: CallPlan) -> grpc.aio.AioRpcError:
+        """The error to raise for a failed attempt: the callee's, checked and with the
+        trailers the app would get behind an in-proxy, or our refusal when it does not
+        check (sidecar mode: as it came)."""
+        messages = attempt.messages
+        if not messages.sealed:
+            return err
+        try:
+            initial = messages.head(tuple(err.initial_metadata() or ()))
+            trailers = messages.end(err.code().value[0], err.details() or "",
+                                    tuple(err.trailing_metadata() or ()))
+        except FastProxyError as refused:
+            return self.refuse(self._core.refused(refused, plan, attempt))
+        self._refusal = grpc.aio.AioRpcError(err.code(), grpc.aio.Metadata(*initial),
+                                             grpc.aio.Metadata(*trailers), err.details())
+        return self._refusal
+
+
+class AioUnaryCall(_Checks, _Delegating, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCall):
+    """A unary-response call returned as soon as its first attempt started, so that grpc.aio
+    can feed it `write()`s; awaiting it runs `finish` once (retries, opening the response,
+    checking the answer) and remembers the outcome. `_call` is always the current attempt's
+    call."""
+
+    def __init__(self, call: Any, finish: Callable[[AioUnaryCall], Awaitable[Any]],
+                 core: SdkCore) -> None:
         self._call = call
         self._finish = finish
+        self._core = core
         self._outcome: asyncio.Future[Any] | None = None
 
     def __await__(self) -> Generator[Any, None, Any]:
@@ -96,26 +141,39 @@ class AioUnaryCall(_Delegating, grpc.aio.UnaryUnaryCall, grpc.aio.StreamUnaryCal
             self._outcome = asyncio.ensure_future(self._finish(self))
         return await asyncio.shield(self._outcome)
 
-    def refuse(self, refused: Refusal) -> grpc.aio.AioRpcError:
-        """The SDK's own refusal becomes this call's status, and the error to raise."""
-        self._refusal = aio_refusal(refused)
-        return self._refusal
+    async def opened(self, raw: Any, attempt: Attempt, plan: CallPlan) -> Any:
+        """The response as the app gets it, once the answer checked."""
+        messages = attempt.messages
+        if not messages.sealed:
+            return raw
+        try:
+            initial = messages.head(tuple(await self._call.initial_metadata() or ()))
+            opened = messages.response(raw)
+            trailers = messages.end(0, "", tuple(await self._call.trailing_metadata() or ()))
+        except FastProxyError as refused:
+            raise self.refuse(self._core.refused(refused, plan, attempt)) from None
+        self._checked = (initial, trailers)
+        return opened
 
 
-class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):
-    """A response stream: iteration opens each message and, before the first one, retries
-    an UNAVAILABLE attempt the policy allows."""
+class AioStreamCall(_Checks, _Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStreamCall):
+    """A response stream: iteration opens each message, checks the end (embedded mode)
+    and, before the first message, retries an attempt the policy allows (or whose session
+    the callee lost)."""
 
     def __init__(self, core: SdkCore, plan: CallPlan, start: StartAttempt, call: Any,
-                 attempt: Attempt, requests: AioRequestLog | None = None) -> None:
+                 attempt: Attempt, next_attempt: Callable[[], Awaitable[Attempt]],
+                 requests: AioRequestLog | None = None) -> None:
         self._core = core
         self._plan = plan
         self._start = start
+        self._next_attempt = next_attempt
         self._call = call
         self._attempt = attempt
         self._requests = requests
         self._responded = False
         self._cancelled = False
+        self._initial: Metadata | None = None
         self._responses = self._iterate()
 
     def cancel(self) -> bool:
@@ -139,37 +197,52 @@ class AioStreamCall(_Delegating, grpc.aio.UnaryStreamCall, grpc.aio.StreamStream
                         self._responded = True
                         if self._requests is not None:
                             self._requests.stop_recording()
-                    yield self._open(raw)
+                    yield await self._open(raw)
+                await self._ended()
                 return
             except grpc.aio.AioRpcError as err:
                 if err is self._refusal:
                     raise
                 await self._after_failure(err)
 
-    def _open(self, raw: Any) -> Any:
+    async def _head(self) -> None:
+        if self._initial is None:
+            self._initial = self._attempt.messages.head(
+                tuple(await self._call.initial_metadata() or ()))
+
+    async def _open(self, raw: Any) -> Any:
         try:
+            await self._head()
             return self._attempt.messages.response(raw)
         except FastProxyError as refused:
-            self._call.cancel()
-            self._refusal = aio_refusal(self._audited(refused))
-            raise self._refusal from None
+            raise self._refused(refused) from None
 
-    def _audited(self, refused: FastProxyError) -> Refusal:
-        return self._core.refused(refused, self._plan, self._attempt)
+    async def _ended(self) -> None:
+        messages = self._attempt.messages
+        if not messages.sealed:
+            return
+        try:
+            await self._head()
+            trailers = messages.end(0, "", tuple(await self._call.trailing_metadata() or ()))
+        except FastProxyError as refused:
+            raise self._refused(refused) from None
+        assert self._initial is not None
+        self._checked = (self._initial, trailers)
+
+    def _refused(self, refused: FastProxyError) -> grpc.aio.AioRpcError:
+        self._call.cancel()
+        return self.refuse(self._core.refused(refused, self._plan, self._attempt))
 
     async def _after_failure(self, err: grpc.aio.AioRpcError) -> None:
         decision = self._core.after_failure(
             self._plan, err.code(), err.trailing_metadata(), responded=self._responded,
             requests=self._requests, no_retry=self._cancelled)
         if isinstance(decision, Refuse):
-            self._refusal = aio_refusal(self._audited(decision.error))
-            raise self._refusal from None
+            raise self.refuse(self._core.refused(decision.error, self._plan,
+                                                 self._attempt)) from None
         if decision is None:
-            raise err
+            raise self.checked(err, self._attempt, self._plan) from None
         await asyncio.sleep(decision.delay)
-        try:
-            self._attempt = self._core.next_attempt(self._plan)
-        except FastProxyError as refused:
-            self._refusal = aio_refusal(self._core.refused(refused, self._plan))
-            raise self._refusal from None
+        self._attempt = await self._next_attempt()
+        self._initial = None
         self._call = await self._start(self._attempt)

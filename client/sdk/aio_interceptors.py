@@ -10,6 +10,8 @@ from typing import Any
 
 import grpc
 
+from fastproxy.pipeline.handshake import OPEN_METHOD
+from fastproxy.pipeline.metadata import HELLO_KEY
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .aio_call_objects import AioStreamCall, AioUnaryCall
@@ -28,10 +30,42 @@ def _details_for(details: grpc.aio.ClientCallDetails, attempt: Attempt
 
 
 class _AioInterceptor:
+    """`single`: the method takes one request; `streams_responses`: it answers a stream."""
+
+    single = False
+    streams_responses = False
+
     def __init__(self, core: SdkCore) -> None:
         self._core = core
 
-    async def _begin(self, details: grpc.aio.ClientCallDetails) -> tuple[CallPlan, Attempt]:
+    async def _attempt(self, continuation: Continuation, details: grpc.aio.ClientCallDetails,
+                       plan: CallPlan, empty: Callable[[], Any]) -> Attempt:
+        """The next attempt; in embedded mode, a session with the callee first, opened
+        through the app's own channel when there is none. Raises the SDK's refusal."""
+        core = self._core
+        try:
+            handshake = core.handshake_needed(plan)
+            if handshake is not None:
+                hello = details._replace(
+                    method=OPEN_METHOD.encode() if isinstance(details.method, bytes)
+                    else OPEN_METHOD, timeout=core.handshake_timeout(plan),
+                    metadata=grpc.aio.Metadata((HELLO_KEY, handshake.request)))
+                call = await continuation(hello, empty())
+                try:
+                    if self.streams_responses:
+                        async for _ in call:
+                            pass
+                    else:
+                        await call
+                except grpc.aio.AioRpcError as failed:
+                    raise core.handshake_failed(plan, failed.code(), failed.details()) from None
+                core.session_opened(plan, handshake, tuple(await call.trailing_metadata()))
+            return core.next_attempt(plan, self.single)
+        except FastProxyError as refused:
+            raise aio_refusal(core.refused(refused, plan)) from None
+
+    async def _begin(self, continuation: Continuation, details: grpc.aio.ClientCallDetails,
+                     empty: Callable[[], Any]) -> tuple[CallPlan, Attempt]:
         core = self._core
         metadata = tuple(details.metadata) if details.metadata is not None else ()
         plan = core.plan(details.method, details.timeout, metadata)
@@ -43,28 +77,23 @@ class _AioInterceptor:
                     if time.monotonic() >= until:
                         raise core.no_policy(waited)
                     await asyncio.sleep(POLICY_POLL_S)
-            return plan, core.next_attempt(plan)
         except FastProxyError as refused:
             raise aio_refusal(core.refused(refused, plan)) from None
-
-    def _next_attempt(self, plan: CallPlan) -> Attempt:
-        try:
-            return self._core.next_attempt(plan)
-        except FastProxyError as refused:
-            raise aio_refusal(self._core.refused(refused, plan)) from None
+        return plan, await self._attempt(continuation, details, plan, empty)
 
     async def _unary_response(self, continuation: Continuation,
                               details: grpc.aio.ClientCallDetails,
-                              request_for: Callable[[Attempt], Any],
+                              request_for: Callable[[Attempt], Any], empty: Callable[[], Any],
                               requests: AioRequestLog | None) -> Any:
         """Starts the first attempt and returns at once (grpc.aio feeds `write()`s through
         the request iterator only once the interceptor returned); awaiting the returned call
-        retries what the policy allows and opens the response."""
+        retries what the policy allows (or what a lost session needs), opens the response
+        and checks the answer."""
         core = self._core
-        plan, attempt = await self._begin(details)
+        plan, attempt = await self._begin(continuation, details, empty)
         first = await continuation(_details_for(details, attempt), request_for(attempt))
         retryable = core.may_retry(plan) and (requests is None or requests.replayable)
-        if not retryable and not core.config.embedded:
+        if not core.config.embedded and not retryable:
             return first
 
         async def finish(unary: AioUnaryCall) -> Any:
@@ -74,56 +103,69 @@ class _AioInterceptor:
                     raw = await unary._call
                 except grpc.aio.AioRpcError as err:
                     decision = core.after_failure(plan, err.code(), err.trailing_metadata(),
-                                                  responded=False, requests=requests,
-                                                  no_retry=not retryable)
+                                                  responded=False, requests=requests)
                     if isinstance(decision, Refuse):
                         raise unary.refuse(core.refused(decision.error, plan, attempt)) from None
                     if decision is None:
-                        raise
+                        raise unary.checked(err, attempt, plan) from None
                     await asyncio.sleep(decision.delay)
-                    attempt = self._next_attempt(plan)
+                    attempt = await self._attempt(continuation, details, plan, empty)
                     unary._call = await continuation(_details_for(details, attempt),
                                                      request_for(attempt))
                     continue
-                if not core.config.embedded:
-                    return raw
-                try:
-                    return attempt.messages.response(raw)
-                except FastProxyError as refused:
-                    raise unary.refuse(core.refused(refused, plan, attempt)) from None
+                return await unary.opened(raw, attempt, plan)
 
-        return AioUnaryCall(first, finish)
+        return AioUnaryCall(first, finish, core)
 
     async def _stream_response(self, continuation: Continuation,
                                details: grpc.aio.ClientCallDetails,
-                               request_for: Callable[[Attempt], Any],
+                               request_for: Callable[[Attempt], Any], empty: Callable[[], Any],
                                requests: AioRequestLog | None) -> Any:
-        plan, attempt = await self._begin(details)
+        plan, attempt = await self._begin(continuation, details, empty)
 
         async def start(next_attempt: Attempt) -> Any:
             return await continuation(_details_for(details, next_attempt),
                                       request_for(next_attempt))
 
+        async def next_attempt() -> Attempt:
+            return await self._attempt(continuation, details, plan, empty)
+
         call = await start(attempt)
-        return AioStreamCall(self._core, plan, start, call, attempt, requests)
+        return AioStreamCall(self._core, plan, start, call, attempt, next_attempt, requests)
+
+
+def _empty_like(request: Any) -> Callable[[], Any]:
+    """The request a handshake sends through a unary-request stub: an empty message of the
+    app's class (nothing of the app's request travels)."""
+    return lambda: b"" if isinstance(request, bytes) else type(request)()
+
+
+async def _no_requests() -> Any:
+    return
+    yield  # pragma: no cover - makes this an async generator with no item
 
 
 class AioUnaryUnaryInterceptor(_AioInterceptor, grpc.aio.UnaryUnaryClientInterceptor):
+    single = True
+
     async def intercept_unary_unary(self, continuation: Continuation,
                                     client_call_details: grpc.aio.ClientCallDetails,
                                     request: Any) -> Any:
         return await self._unary_response(
             continuation, client_call_details,
-            lambda attempt: attempt.messages.request(request), None)
+            lambda attempt: attempt.messages.request(request), _empty_like(request), None)
 
 
 class AioUnaryStreamInterceptor(_AioInterceptor, grpc.aio.UnaryStreamClientInterceptor):
+    single = True
+    streams_responses = True
+
     async def intercept_unary_stream(self, continuation: Continuation,
                                      client_call_details: grpc.aio.ClientCallDetails,
                                      request: Any) -> Any:
         return await self._stream_response(
             continuation, client_call_details,
-            lambda attempt: attempt.messages.request(request), None)
+            lambda attempt: attempt.messages.request(request), _empty_like(request), None)
 
 
 class AioStreamUnaryInterceptor(_AioInterceptor, grpc.aio.StreamUnaryClientInterceptor):
@@ -134,10 +176,14 @@ class AioStreamUnaryInterceptor(_AioInterceptor, grpc.aio.StreamUnaryClientInter
         requests = AioRequestLog(request_iterator)
         return await self._unary_response(
             continuation, client_call_details,
-            lambda attempt: requests.attempt(attempt.messages.request), requests)
+            lambda attempt: requests.attempt(attempt.messages.request,
+                                             attempt.messages.end_requests),
+            _no_requests, requests)
 
 
 class AioStreamStreamInterceptor(_AioInterceptor, grpc.aio.StreamStreamClientInterceptor):
+    streams_responses = True
+
     async def intercept_stream_stream(self, continuation: Continuation,
                                       client_call_details: grpc.aio.ClientCallDetails,
                                       request_iterator: AsyncIterable[Any] | Iterable[Any]
@@ -145,7 +191,9 @@ class AioStreamStreamInterceptor(_AioInterceptor, grpc.aio.StreamStreamClientInt
         requests = AioRequestLog(request_iterator)
         return await self._stream_response(
             continuation, client_call_details,
-            lambda attempt: requests.attempt(attempt.messages.request), requests)
+            lambda attempt: requests.attempt(attempt.messages.request,
+                                             attempt.messages.end_requests),
+            _no_requests, requests)
 
 
 def aio_interceptors(core: SdkCore) -> tuple[_AioInterceptor, ...]:

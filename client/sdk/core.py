@@ -2,9 +2,11 @@
 
 It decides, without I/O: the call's deadline (the app's, else the destination's `timeout_ms`,
 else the SDK's `timeout_ms`), the metadata each attempt sends (the app's, W3C trace context,
-and in embedded mode the signed call header), what each attempt does to messages (nothing
-through an out-proxy; seal and open in embedded mode, with the pipeline's `OutboundCall`),
-and whether a failed attempt is tried again. The sync and aio glue only wait, sleep and call.
+and in embedded mode the CALL record), what each attempt does to messages and to what comes
+back (nothing through an out-proxy; seal, open and check in embedded mode, with the
+pipeline's `OutboundCall`), the session each embedded attempt runs in (its handshake built
+and finished here, sent by the glue), and whether a failed attempt is tried again. The sync
+and aio glue only wait, sleep and call.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ from typing import Any
 
 import grpc
 
-from fastproxy.hosting.refusal import HostRole, Refusal, refuse
-from fastproxy.pipeline.metadata import Metadata
+from fastproxy.hosting.refusal import HostRole, Refusal, handshake_failure, refuse
+from fastproxy.pipeline.handshake import CallerHandshake, CallerSession
+from fastproxy.pipeline.metadata import SESSION_KEY, Metadata, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.stages import UNKNOWN_SESSION
 from fastproxy.policy.model import RetryPolicy
 
 from .background_policy import BackgroundPolicy
@@ -32,6 +36,7 @@ from .retry import retry_delay
 from .trace_context import trace_metadata
 
 OWN_PREFIX = "fastproxy-"
+HANDSHAKE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,7 +65,8 @@ class Attempt:
 class CallPlan:
     """One call as the app made it, across its attempts."""
 
-    __slots__ = ("attempts_made", "deadline", "metadata", "method", "retry")
+    __slots__ = ("attempts_made", "deadline", "metadata", "method", "retry", "session",
+                 "session_retried")
 
     def __init__(self, method: str, timeout: float | None, metadata: Metadata) -> None:
         self.method = method
@@ -68,6 +74,8 @@ class CallPlan:
         self.metadata = metadata
         self.retry: RetryPolicy | None = None
         self.attempts_made = 0
+        self.session: CallerSession | None = None  # the current attempt's (embedded mode)
+        self.session_retried = False
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -85,6 +93,7 @@ class SdkCore:
         self.config = config
         self.source = source
         self.rng = rng or random.Random()
+        self._sessions: dict[str, CallerSession] = {}  # by destination service
 
     # --- before the first attempt ------------------------------------------------------
 
@@ -111,22 +120,62 @@ class SdkCore:
         return FastProxyError(Reason.UNAVAILABLE,
                               f"no policy from {where} within {waited_s:.3f}s")
 
+    # --- the session of an embedded call -----------------------------------------------
+
+    def _policy(self) -> NodePolicy:
+        policy: NodePolicy | None = self.source.current if self.source else None
+        if policy is None:
+            raise self.no_policy(0.0)
+        return policy
+
+    def handshake_needed(self, plan: CallPlan) -> CallerHandshake | None:
+        """In embedded mode, the handshake to send before the next attempt (none while a
+        session with the call's destination serves). Raises FastProxyError (no_route)."""
+        if not self.config.embedded:
+            return None
+        policy = self._policy()
+        destination = policy.route(plan.method)
+        session = self._sessions.get(destination.name)
+        if session is not None and policy.caller.serves(session, destination, time.time()):
+            plan.session = session
+            return None
+        return policy.caller.handshake(destination, time.time())
+
+    def handshake_timeout(self, plan: CallPlan) -> float:
+        remaining = plan.remaining()
+        return HANDSHAKE_TIMEOUT_S if remaining is None else max(
+            min(remaining, HANDSHAKE_TIMEOUT_S), 0.0)
+
+    def session_opened(self, plan: CallPlan, handshake: CallerHandshake,
+                       trailers: Metadata | None) -> None:
+        """The callee answered the handshake (its answer is in `trailers`)."""
+        destination = self._policy().route(plan.method)
+        session = handshake.finish(hello_of(trailers), destination.verifiers, time.time())
+        self._sessions[destination.name] = plan.session = session
+
+    def handshake_failed(self, plan: CallPlan, code: grpc.StatusCode | None,
+                         details: str | None) -> FastProxyError:
+        return handshake_failure(self._policy().route(plan.method).name, code, details)
+
     # --- each attempt ------------------------------------------------------------------
 
-    def next_attempt(self, plan: CallPlan) -> Attempt:
-        """Raises FastProxyError (no_route, unavailable, deadline) in embedded mode."""
+    def next_attempt(self, plan: CallPlan, single: bool = False) -> Attempt:
+        """Raises FastProxyError (no_route, unavailable, deadline) in embedded mode, where
+        `plan.session` must be set (`handshake_needed`, `session_opened`). `single`: the
+        method takes one request."""
         first = plan.attempts_made == 0
         plan.attempts_made += 1
         if self.config.embedded:
-            policy: NodePolicy | None = self.source.current if self.source else None
-            if policy is None:
-                raise self.no_policy(0.0)
-            call = policy.outbound(plan.method, time.time())
+            policy = self._policy()
+            destination = policy.route(plan.method)
+            assert plan.session is not None
+            call = policy.outbound(destination, plan.session, plan.method, plan.metadata,
+                                   time.time())
             if first:
-                plan.retry = call.retry
-                plan.set_default_timeout(call.timeout_ms or self.config.timeout_ms)
-            messages: MessageCodec = SealedMessages(call)
-            metadata = plan.metadata + call.request_metadata()
+                plan.retry = destination.retry
+                plan.set_default_timeout(destination.timeout_ms or self.config.timeout_ms)
+            messages: MessageCodec = SealedMessages(call, single)
+            metadata = call.metadata
         else:
             if first:
                 self._sidecar_defaults(plan)
@@ -159,13 +208,38 @@ class SdkCore:
             return Refuse(requests.error)
         if no_retry or (requests is not None and not requests.replayable):
             return None
+        if self._lost_session(plan, code, trailers, responded):
+            return Retry(0.0)  # in a new session: the callee forwarded nothing
         delay = retry_delay(plan.retry, attempts_made=plan.attempts_made, code=code,
                             trailers=trailers, responded=responded,
                             remaining_s=plan.remaining(), rng=self.rng)
         return None if delay is None else Retry(delay)
 
+    def _lost_session(self, plan: CallPlan, code: grpc.StatusCode | None,
+                      trailers: Iterable[tuple[str, str | bytes]] | None,
+                      responded: bool) -> bool:
+        """The callee did not know the attempt's session (restarted, another instance, or
+        the session expired): forget it; the call may be sent once more."""
+        if (plan.session is None or plan.session_retried or responded
+                or code != grpc.StatusCode.UNAUTHENTICATED
+                or (SESSION_KEY, UNKNOWN_SESSION) not in tuple(trailers or ())):
+            return False
+        if self._sessions.get(plan.session.callee) is plan.session:
+            del self._sessions[plan.session.callee]
+        plan.session, plan.session_retried = None, True
+        return True
+
     def may_retry(self, plan: CallPlan) -> bool:
         return plan.retry is not None and plan.attempts_made < plan.retry.max_attempts
+
+    def _callee_of(self, plan: CallPlan | None) -> str:
+        """The service the call would go to, when the policy tells ("" otherwise)."""
+        if plan is None or not self.config.embedded:
+            return ""
+        try:
+            return self._policy().route(plan.method).name
+        except FastProxyError:
+            return ""
 
     def refused(self, error: FastProxyError, plan: CallPlan | None,
                 attempt: Attempt | None = None) -> Refusal:
@@ -173,7 +247,8 @@ class SdkCore:
         out-proxy's, with `proxy=client`). Every refusal of the four interceptors goes
         through here once."""
         return refuse(error, HostRole.CLIENT, service=self.config.service or "",
-                      other=attempt.messages.callee if attempt is not None else "",
+                      other=attempt.messages.callee if attempt is not None
+                      else self._callee_of(plan),
                       method=plan.method if plan is not None else "",
                       revision=self.source.holder.revision if self.source is not None else 0)
 

@@ -1,6 +1,8 @@
-"""Calls the SDK itself refuses, as the app's gRPC expects them: a `grpc.RpcError` that is
-also a finished `grpc.Call` and `grpc.Future` (sync), or a `grpc.aio.AioRpcError` (aio),
-with the contracted code and trailers `fastproxy-error: REASON`, `fastproxy-proxy: client`."""
+"""Failed calls as the app's gRPC expects them: a `grpc.RpcError` that is also a finished
+`grpc.Call` and `grpc.Future` (sync), or a `grpc.aio.AioRpcError` (aio). Either the SDK's
+own refusal, with the contracted code and trailers `fastproxy-error: REASON`,
+`fastproxy-proxy: client`, or (embedded mode) the callee's failure once checked against
+its STATUS record, with the trailers the app would get behind an in-proxy."""
 
 from __future__ import annotations
 
@@ -10,24 +12,26 @@ from typing import Any, NoReturn
 import grpc
 
 from fastproxy.hosting.refusal import Refusal
+from fastproxy.pipeline.metadata import Metadata
 
 
 class RefusedCall(grpc.RpcError, grpc.Call, grpc.Future):
     """A finished, failed call; iterating it raises it, as a failed stream would."""
 
-    def __init__(self, refusal: Refusal) -> None:
+    def __init__(self, refusal: Refusal, initial: Metadata = ()) -> None:
         super().__init__(f"{refusal.code}: {refusal.details}")
         self.refusal = refusal
+        self._initial = initial
 
     def __str__(self) -> str:
         return (f"<RefusedCall of fastproxy: status = {self.refusal.code}, "
                 f"details = {self.refusal.details!r}>")
 
     # grpc.Call
-    def initial_metadata(self) -> tuple[tuple[str, str], ...]:
-        return ()
+    def initial_metadata(self) -> Metadata:
+        return self._initial
 
-    def trailing_metadata(self) -> tuple[tuple[str, str], ...]:
+    def trailing_metadata(self) -> Metadata:
         return self.refusal.trailers
 
     def code(self) -> grpc.StatusCode:

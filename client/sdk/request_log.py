@@ -18,6 +18,7 @@ from fastproxy.pipeline.reasons import FastProxyError
 
 MAX_REPLAYED_MESSAGES = 1024
 Transform = Callable[[Any], Any]
+Finish = Callable[[], Any]
 
 
 class _Log:
@@ -50,6 +51,15 @@ class _Log:
             self.error = err
             raise
 
+    def _finish(self, finish: Finish | None) -> Any:
+        if finish is None:
+            return None
+        try:
+            return finish()
+        except FastProxyError as err:
+            self.error = err
+            raise
+
 
 _END = object()
 
@@ -63,15 +73,19 @@ class RequestLog(_Log):
         self._done = False
         self._lock = threading.Lock()
 
-    def attempt(self, transform: Transform) -> Iterator[Any]:
+    def attempt(self, transform: Transform, finish: Finish | None = None) -> Iterator[Any]:
+        """The attempt's requests; then what `finish` makes of the end (the END record)."""
         index = 0
         while True:
             with self._lock:
                 item = self._item(index)
             if item is _END:
-                return
+                break
             index += 1
             yield self._transform(transform, item)
+        last = self._finish(finish)
+        if last is not None:
+            yield last
 
     def _item(self, index: int) -> Any:
         if index < self.taken:
@@ -101,15 +115,19 @@ class AioRequestLog(_Log):
         self._done = False
         self._lock = asyncio.Lock()
 
-    async def attempt(self, transform: Transform) -> AsyncIterator[Any]:
+    async def attempt(self, transform: Transform, finish: Finish | None = None
+                      ) -> AsyncIterator[Any]:
         index = 0
         while True:
             async with self._lock:
                 item = await self._item(index)
             if item is _END:
-                return
+                break
             index += 1
             yield self._transform(transform, item)
+        last = self._finish(finish)
+        if last is not None:
+            yield last
 
     async def _item(self, index: int) -> Any:
         if index < self.taken:

@@ -1,8 +1,10 @@
 """What a sync channel's app gets back: the call interface grpc gives, with messages opened
-(embedded mode), retries made while iterating, and the SDK's own refusals as the status."""
+and the callee's answer checked (embedded mode), retries made while iterating, and the SDK's
+own refusals as the status."""
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -11,6 +13,7 @@ from typing import Any
 import grpc
 
 from fastproxy.hosting.refusal import Refusal
+from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, Refuse, SdkCore
@@ -20,36 +23,75 @@ from .request_log import RequestLog
 
 _UNSET = object()
 StartAttempt = Callable[[Attempt], Any]
+Restart = Callable[[], tuple[Any, MessageCodec] | None]
+
+
+def checked_failure(err: grpc.RpcError, messages: MessageCodec) -> RefusedCall:
+    """A failed attempt as the app gets it once its end was checked (embedded mode): the
+    callee's code and details, its trailers without the protocol's entries. Raises
+    `FastProxyError` when the end does not check."""
+    code, details = err.code(), err.details() or ""
+    trailers = messages.end(code.value[0], details, tuple(err.trailing_metadata() or ()))
+    return RefusedCall(Refusal(code, details, trailers))
 
 
 class SyncUnaryCall(grpc.Call, grpc.Future):
-    """A unary-response outcome whose response is opened on first access."""
+    """A unary-response outcome whose answer is opened and checked on first access."""
 
     def __init__(self, outcome: Any, messages: MessageCodec, requests: RequestLog | None,
-                 refused: Callable[[FastProxyError], Refusal]) -> None:
-        """`refused` audits a refusal of the SDK's own (`SdkCore.refused`)."""
+                 refused: Callable[[FastProxyError], Refusal],
+                 restart: Restart | None = None) -> None:
+        """`refused` audits a refusal of the SDK's own (`SdkCore.refused`); `restart`
+        sends the call once more in a new session when the callee lost the first one."""
         self._refused = refused
         self._outcome = outcome
         self._messages = messages
         self._requests = requests
+        self._restart = restart
         self._opened: Any = _UNSET
+        self._initial: Metadata = ()
+        self._trailers: Metadata = ()
         self._refusal: RefusedCall | None = None
         self._lock = threading.Lock()
 
     def _settle(self, timeout: float | None = None) -> None:
         with self._lock:
-            if self._opened is not _UNSET or self._refusal is not None:
-                return
-            try:
-                raw = self._outcome.result(timeout)
-            except grpc.RpcError:
-                if self._requests is not None and self._requests.error is not None:
-                    self._refusal = RefusedCall(self._refused(self._requests.error))
-                return
-            try:
-                self._opened = self._messages.response(raw)
-            except FastProxyError as err:
-                self._refusal = RefusedCall(self._refused(err))
+            while self._opened is _UNSET and self._refusal is None:
+                try:
+                    raw = self._outcome.result(timeout)
+                except grpc.RpcError as err:
+                    if not self._failed(err):
+                        return
+                    continue
+                self._open(raw)
+
+    def _failed(self, err: grpc.RpcError) -> bool:
+        """True when the call was sent again (in a new session)."""
+        if self._requests is not None and self._requests.error is not None:
+            self._refusal = RefusedCall(self._refused(self._requests.error))
+            return False
+        again = self._restart() if self._restart is not None else None
+        self._restart = None
+        if again is not None:
+            self._outcome, self._messages = again
+            return True
+        try:
+            self._refusal = checked_failure(err, self._messages)
+        except FastProxyError as refused:
+            self._refusal = RefusedCall(self._refused(refused))
+        return False
+
+    def _open(self, raw: Any) -> None:
+        outcome, messages = self._outcome, self._messages
+        try:
+            self._initial = messages.head(tuple(outcome.initial_metadata() or ()))
+            opened = messages.response(raw)
+            self._trailers = messages.end(outcome.code().value[0], outcome.details() or "",
+                                          tuple(outcome.trailing_metadata() or ()))
+        except FastProxyError as err:
+            self._refusal = RefusedCall(self._refused(err))
+            return
+        self._opened = opened
 
     def _settle_quietly(self) -> None:
         try:
@@ -87,10 +129,11 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
         self._settle_quietly()
         if self._refusal is not None:
             return self._refusal.trailing_metadata()
-        return self._outcome.trailing_metadata()
+        return self._trailers if self._opened is not _UNSET else ()
 
     def initial_metadata(self) -> Any:
-        return self._outcome.initial_metadata()
+        self._settle_quietly()
+        return self._initial
 
     def is_active(self) -> bool:
         return bool(self._outcome.is_active())
@@ -120,19 +163,24 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
 
 class SyncStreamCall(grpc.Call, grpc.Future):
     """A response stream: the current attempt's call interface; iteration opens each
-    message and, before the first one, retries an UNAVAILABLE attempt the policy allows."""
+    message, checks the end (embedded mode) and, before the first message, retries an
+    attempt the policy allows (or whose session the callee lost)."""
 
     def __init__(self, core: SdkCore, plan: CallPlan, start: StartAttempt, attempt: Attempt,
+                 next_attempt: Callable[[], Attempt],
                  requests: RequestLog | None = None) -> None:
         self._core = core
         self._plan = plan
         self._start = start
+        self._next_attempt = next_attempt
         self._attempt = attempt
         self._requests = requests
         self._call = start(attempt)
         self._responded = False
         self._refusal: RefusedCall | None = None
         self._cancelled = False
+        self._initial: Metadata | None = None
+        self._trailers: Metadata | None = None
 
     def __iter__(self) -> SyncStreamCall:
         return self
@@ -146,6 +194,9 @@ class SyncStreamCall(grpc.Call, grpc.Future):
                 raise self._refusal
             try:
                 raw = next(self._call)
+            except StopIteration:
+                self._check(self._ended_ok)
+                raise
             except grpc.RpcError as err:
                 self._after_failure(err)
                 continue
@@ -153,12 +204,33 @@ class SyncStreamCall(grpc.Call, grpc.Future):
                 self._responded = True
                 if self._requests is not None:
                     self._requests.stop_recording()
-            try:
-                return self._attempt.messages.response(raw)
-            except FastProxyError as refused:
-                self._call.cancel()
-                self._refusal = RefusedCall(self._audited(refused))
-                raise self._refusal from None
+            return self._check(functools.partial(self._open, raw))
+
+    def _head(self) -> None:
+        if self._initial is None:
+            self._initial = self._attempt.messages.head(
+                tuple(self._call.initial_metadata() or ()))
+
+    def _open(self, raw: Any) -> Any:
+        self._head()
+        return self._attempt.messages.response(raw)
+
+    def _ended_ok(self) -> None:
+        self._end(grpc.StatusCode.OK, "", self._call.trailing_metadata())
+
+    def _end(self, code: grpc.StatusCode, details: str, trailers: Any) -> None:
+        self._head()
+        self._trailers = self._attempt.messages.end(code.value[0], details,
+                                                    tuple(trailers or ()))
+
+    def _check(self, step: Callable[[], Any]) -> Any:
+        """Runs one check of the answer; the call is refused when it fails."""
+        try:
+            return step()
+        except FastProxyError as refused:
+            self._call.cancel()
+            self._refusal = RefusedCall(self._audited(refused))
+            raise self._refusal from None
 
     def _audited(self, refused: FastProxyError) -> Refusal:
         return self._core.refused(refused, self._plan, self._attempt)
@@ -172,22 +244,34 @@ class SyncStreamCall(grpc.Call, grpc.Future):
             self._refusal = RefusedCall(self._audited(decision.error))
             raise self._refusal from None
         if decision is None:
-            raise err
+            if not self._attempt.messages.sealed:
+                raise err
+            self._refusal = self._check(lambda: checked_failure(err, self._attempt.messages))
+            assert self._refusal is not None
+            raise self._refusal from None
         time.sleep(decision.delay)
         try:
-            self._attempt = self._core.next_attempt(self._plan)
+            self._attempt = self._next_attempt()
         except FastProxyError as refused:
             self._refusal = RefusedCall(self._core.refused(refused, self._plan))
             raise self._refusal from None
+        self._initial = None
         self._call = self._start(self._attempt)
 
     # grpc.Call, answered by the current attempt unless the SDK refused the call
     def initial_metadata(self) -> Any:
-        return self._call.initial_metadata()
+        if not self._attempt.messages.sealed:
+            return self._call.initial_metadata()
+        if self._refusal is not None:
+            return self._refusal.initial_metadata()
+        self._check(self._head)
+        return self._initial
 
     def trailing_metadata(self) -> Any:
         if self._refusal is not None:
             return self._refusal.trailing_metadata()
+        if self._attempt.messages.sealed:
+            return self._trailers if self._trailers is not None else ()
         return self._call.trailing_metadata()
 
     def code(self) -> grpc.StatusCode:

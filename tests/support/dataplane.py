@@ -7,9 +7,12 @@
 - `start_proxy(...)` runs `python -m proxy_svc` and (by default) waits for SERVING;
   `ProxyProcess.terminate()` sends SIGTERM and returns the exit code.
 - `RecordingRelay`: a grpc.aio generic server in the test process, placed at the
-  destination's endpoint; it records every request/response message and metadata entry as
-  raw bytes and relays the call to the real in-proxy (optionally flipping a byte of each
-  message, as a man in the middle would).
+  destination's endpoint; it records every request/response message and metadata entry
+  (request metadata, response headers, trailers) as raw bytes and relays the call to the
+  real in-proxy (optionally flipping a byte of each message, as a man in the middle would).
+- Crafted calls with the sans-IO core: `out_node`, `open_session` (a handshake over
+  `Session/Open`), `new_call` (an `OutboundCall` sealed here), `made_up_session` (a session
+  no callee opened), `reply_of`.
 - `call_kind`, `refusal`, `reason_of`: one call of each RPC kind, and the contract's trailers.
 - `CenterAdmin`: apply a policy and wait until nodes ACK it, through the admin RPCs.
 """
@@ -37,12 +40,16 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from fastproxy.pipeline.handshake import CallerSession, SessionSecrets
+from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy
+from fastproxy.pipeline.records import SESSION_ID_BYTES
 from fastproxy.pipeline.stages import OutboundCall
 from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
+from proxy_svc.sessions import OPEN_METHOD
 from proxy_svc.tunnel import CARRY_METHOD
 from proxy_svc.upstream import StatusLog
 from support.upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
@@ -83,6 +90,7 @@ class DataplanePolicy:
     timeout_ms: int = 3000
     enc_key: str = "song-enc-v1"
     enc_accept: tuple[str, ...] = ()
+    secret_metadata: tuple[str, ...] = ()  # song_service's own credential metadata names
     secrets: dict[str, bytes] = field(default_factory=lambda: {
         "song-id": ed25519_seed(),
         "song-enc-v1": os.urandom(32),
@@ -113,6 +121,8 @@ class DataplanePolicy:
             f"    encrypt: {{key: {self.enc_key}, accept: [{accept}]}}",
             "    compress: {algorithm: gzip, min_bytes: 1024}",
             f"    timeout_ms: {self.timeout_ms}",
+            *([f"    secret_metadata: [{', '.join(self.secret_metadata)}]"]
+              if self.secret_metadata else []),
             "    allow:",
             f"      - caller: {CALLER}",
             f"        methods: [{methods}]",
@@ -295,7 +305,8 @@ def start_file_stack(proxies: Proxies, upstream: str, directory: Path,
 
 
 @contextlib.contextmanager
-def relayed_file_stack(upstream: str, directory: Path, callers: Sequence[str]
+def relayed_file_stack(upstream: str, directory: Path, callers: Sequence[str],
+                       policy: DataplanePolicy | None = None
                        ) -> Iterator[tuple[RecordingRelay, FileStack]]:
     """A file stack whose policy lists a `RecordingRelay` as song_service's endpoint, in
     front of the real in-proxy; everything stopped on exit."""
@@ -304,7 +315,8 @@ def relayed_file_stack(upstream: str, directory: Path, callers: Sequence[str]
     proxies = Proxies(directory)
     try:
         yield relay, start_file_stack(proxies, upstream, directory, callers=callers,
-                                      endpoint=relay.address, in_address=in_address)
+                                      policy=policy, endpoint=relay.address,
+                                      in_address=in_address)
     finally:
         proxies.stop_all()
         relay.stop()
@@ -336,8 +348,54 @@ def out_node(yaml_text: str, caller: str = CALLER) -> NodePolicy:
     return NodePolicy.from_snapshot(scope_snapshot(load_policy(yaml_text), pb.ROLE_OUT, caller))
 
 
-def new_call(node: NodePolicy, method: str = UNARY) -> OutboundCall:
-    return node.outbound(method, time.time())
+def open_session(node: NodePolicy, in_address: str, method: str = UNARY,
+                 ch: grpc.Channel | None = None) -> CallerSession:
+    """A session of `node` with the in-proxy (or embedded server) at `in_address`, opened
+    here with a `Session/Open` call as the out-proxy opens it (on `ch` if given: the
+    connection the calls will use)."""
+    destination = node.route(method)
+    handshake = node.caller.handshake(destination, time.time())
+    hello = ((HELLO_KEY, handshake.request),)
+    if ch is None:
+        with channel(in_address) as own:
+            _, rpc = own.unary_unary(OPEN_METHOD).with_call(b"", metadata=hello, timeout=5)
+    else:
+        _, rpc = ch.unary_unary(OPEN_METHOD).with_call(b"", metadata=hello, timeout=5)
+    return handshake.finish(hello_of(rpc.trailing_metadata()), destination.verifiers,
+                            time.time())
+
+
+def new_call(node: NodePolicy, in_address: str, method: str = UNARY,
+             metadata: Metadata = (), session: CallerSession | None = None,
+             now: float | None = None) -> OutboundCall:
+    """A call of `node` sealed here, in `session` (a new one with `in_address` if none);
+    `now` is the time its CALL record says it was made (default: now)."""
+    if session is None:
+        session = open_session(node, in_address, method)
+    return node.outbound(node.route(method), session, method, tuple(metadata),
+                         time.time() if now is None else now)
+
+
+def made_up_session(node: NodePolicy, method: str = UNARY) -> CallerSession:
+    """A session no callee ever opened: a random id and random keys, made by `node` without
+    any handshake (what an attacker can make up)."""
+    destination = node.route(method)
+    assert node.caller.signer is not None
+    return CallerSession(
+        session_id=os.urandom(SESSION_ID_BYTES), callee=destination.name,
+        secrets=SessionSecrets(os.urandom(32), os.urandom(32), os.urandom(32)),
+        suite=destination.suite, psk_id=destination.psk_id,
+        signer_id=node.caller.signer.key_id, lifetime_s=600, max_calls=1 << 32,
+        opened_at=time.time())
+
+
+def reply_of(call: OutboundCall, reply: bytes, rpc: Any) -> bytes:
+    """The opened reply of a unary crafted call, its head and end checked as the out-proxy
+    checks them (`rpc` is grpc's call object of `with_call`)."""
+    call.open_head(tuple(rpc.initial_metadata() or ()))
+    opened = call.open_response(reply)
+    call.open_end(rpc.code().value[0], rpc.details() or "", tuple(rpc.trailing_metadata() or ()))
+    return opened
 
 
 # --- calls ----------------------------------------------------------------------------
@@ -429,6 +487,7 @@ class RelayedCall:
     requests: list[bytes] = field(default_factory=list)
     responses: list[bytes] = field(default_factory=list)
     trailers: list[tuple[str, str | bytes]] = field(default_factory=list)
+    initial: list[tuple[str, str | bytes]] = field(default_factory=list)  # response headers
 
 
 def flipped(message: bytes) -> bytes:
@@ -501,7 +560,8 @@ class RecordingRelay:
         # the relay is a grpc.aio client too: keep the in-proxy's real status (grpc#36066)
         statuses = StatusLog(call)
         try:
-            initial = _relayable(await call.initial_metadata())
+            record.initial = list(await call.initial_metadata() or ())
+            initial = _relayable(record.initial)
             if initial:
                 await context.send_initial_metadata(initial)
             async for reply in call:
@@ -511,7 +571,12 @@ class RecordingRelay:
             context.set_trailing_metadata(_relayable(record.trailers))
         except grpc.aio.AioRpcError as failed:
             err = await statuses.settled(failed)
+            record.initial = record.initial or list(err.initial_metadata() or ())
             record.trailers = list(err.trailing_metadata() or ())
+            if err.code() == grpc.StatusCode.OK:
+                # the in-proxy ended OK while a request of ours was still being written
+                context.set_trailing_metadata(_relayable(record.trailers))
+                return
             await context.abort(err.code(), err.details() or "", tuple(record.trailers))
 
     def forwarded_metadata(self, method: str) -> list[dict[str, str]]:

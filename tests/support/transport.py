@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -14,12 +15,12 @@ import grpc
 import pytest
 
 from fastproxy.hosting.refusal import HostRole
-from fastproxy.pipeline.metadata import Metadata
+from fastproxy.pipeline.metadata import Metadata, forwarded_request_metadata
 from proxy_svc.forward import ForwardingHandler
 from proxy_svc.kinds import KindExchange, KindListener, KindTeller, MethodKinds
 from proxy_svc.plan import CallPlan, Role
 from proxy_svc.server import start_proxy_server
-from proxy_svc.upstream import EjectionRule, UpstreamPool
+from proxy_svc.upstream import EjectionRule, EndpointHealth, UpstreamPool
 from support.dataplane import call_kind
 
 MiB = 1024 * 1024
@@ -33,21 +34,43 @@ KINDS = ("unary", "client_stream", "server_stream", "bidi")
 # --- fixtures -------------------------------------------------------------------------
 
 
-def _unchanged(message: bytes, now: float) -> bytes:
+def _unchanged(message: bytes) -> bytes:
     return message
 
 
+def _no_last_message() -> None:
+    return None
+
+
+def _same_metadata(metadata: Metadata) -> Metadata:
+    return metadata
+
+
+def _same_trailers(code: int, details: str, trailers: Metadata) -> Metadata:
+    return trailers
+
+
+def pass_through_plan(endpoint: str, timeout_ms: int | None, metadata: Metadata) -> CallPlan:
+    return CallPlan("", "", endpoint, timeout_ms, forwarded_request_metadata(metadata),
+                    _unchanged, _no_last_message, _same_metadata, _unchanged, _same_trailers)
+
+
 class PassThroughRole:
-    """Forwards messages as they are (the transport alone). `name` "in" or "out" also gives
-    the proxy that side's way with method kinds (`exchange_for`); any other name, neither."""
+    """Forwards messages as they are (the transport alone), to one of `endpoints` picked by
+    the proxy's endpoint health (`health`, set by `ProxyThread`). `name` "in" or "out" also
+    gives the proxy that side's way with method kinds (`exchange_for`); any other, neither."""
 
     def __init__(self, name: str, endpoints: Sequence[str], timeout_ms: int | None = None):
         self.name = name
         self.role = HostRole.IN if name == "in" else HostRole.OUT
-        self._plan = CallPlan("", "", tuple(endpoints), timeout_ms, (), _unchanged, _unchanged)
+        self._endpoints = tuple(endpoints)
+        self._timeout_ms = timeout_ms
+        self.health = EndpointHealth()
 
-    def begin(self, method: str, metadata: Metadata, now: float) -> CallPlan:
-        return self._plan
+    async def begin(self, method: str, metadata: Metadata, now: float, *, single: bool,
+                    carry: bool, remaining_s: float | None) -> CallPlan:
+        endpoint = self.health.pick(self._endpoints, time.monotonic())
+        return pass_through_plan(endpoint, self._timeout_ms, metadata)
 
 
 def exchange_for(role: Role, kinds: MethodKinds) -> KindExchange:
@@ -91,6 +114,8 @@ class ProxyThread:
 
     async def _start(self) -> None:
         self.pool = UpstreamPool(self._max, rule=self._rule)
+        if isinstance(self._role, PassThroughRole):
+            self._role.health = self.pool.health
         self.handler = CountingHandler(
             self._role, self.pool, exchange=exchange_for(self._role, MethodKinds(self._unary)))
         self.server, port = await start_proxy_server("127.0.0.1:0", self.handler, self._max)

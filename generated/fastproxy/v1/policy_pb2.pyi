@@ -34,16 +34,20 @@ ROLE_CLIENT: Role
 ROLE_APP: Role
 
 class Key(_message.Message):
-    __slots__ = ("name", "type", "secret", "public_key")
+    __slots__ = ("name", "type", "secret", "public_key", "pair_signer", "pair_peer")
     NAME_FIELD_NUMBER: _ClassVar[int]
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     PUBLIC_KEY_FIELD_NUMBER: _ClassVar[int]
+    PAIR_SIGNER_FIELD_NUMBER: _ClassVar[int]
+    PAIR_PEER_FIELD_NUMBER: _ClassVar[int]
     name: str
     type: KeyType
     secret: bytes
     public_key: bytes
-    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., secret: _Optional[bytes] = ..., public_key: _Optional[bytes] = ...) -> None: ...
+    pair_signer: str
+    pair_peer: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[_Union[KeyType, str]] = ..., secret: _Optional[bytes] = ..., public_key: _Optional[bytes] = ..., pair_signer: _Optional[str] = ..., pair_peer: _Optional[str] = ...) -> None: ...
 
 class RateLimit(_message.Message):
     __slots__ = ("rps", "burst")
@@ -90,7 +94,7 @@ class KeyRef(_message.Message):
     def __init__(self, key: _Optional[str] = ..., accept: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "grpc_services", "endpoints", "identity", "encrypt", "compress", "timeout_ms", "allow", "retry")
+    __slots__ = ("name", "grpc_services", "endpoints", "identity", "encrypt", "compress", "timeout_ms", "allow", "retry", "secret_metadata")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRPC_SERVICES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +104,7 @@ class Service(_message.Message):
     TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
     ALLOW_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
+    SECRET_METADATA_FIELD_NUMBER: _ClassVar[int]
     name: str
     grpc_services: _containers.RepeatedScalarFieldContainer[str]
     endpoints: _containers.RepeatedScalarFieldContainer[str]
@@ -109,7 +114,8 @@ class Service(_message.Message):
     timeout_ms: int
     allow: _containers.RepeatedCompositeFieldContainer[AllowRule]
     retry: RetryPolicy
-    def __init__(self, name: _Optional[str] = ..., grpc_services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., identity: _Optional[_Union[KeyRef, _Mapping]] = ..., encrypt: _Optional[_Union[KeyRef, _Mapping]] = ..., compress: _Optional[_Union[Compression, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., allow: _Optional[_Iterable[_Union[AllowRule, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ...) -> None: ...
+    secret_metadata: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., grpc_services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., identity: _Optional[_Union[KeyRef, _Mapping]] = ..., encrypt: _Optional[_Union[KeyRef, _Mapping]] = ..., compress: _Optional[_Union[Compression, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., allow: _Optional[_Iterable[_Union[AllowRule, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., secret_metadata: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PolicySnapshot(_message.Message):
     __slots__ = ("revision", "node_service", "role", "keys", "services")

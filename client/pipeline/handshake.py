@@ -1,0 +1,314 @@
+"""The session handshake of protocol version 2 (docs/protocol.md, section 3), and the
+sessions it opens on either side.
+
+The caller builds a signed `ClientHello` (`CallerHandshake`) and turns the callee's answer
+into a `CallerSession`; the callee checks the hello and answers (`accept_hello`), keeping a
+`CalleeSession`. Randomness and clocks are handed in, so test vectors fix every byte.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from google.protobuf.message import DecodeError
+
+from fastproxy.pipeline.keys import Aead, Ephemeral, Signer, Verifier, hkdf_expand, hkdf_extract
+from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.records import SESSION_ID_BYTES
+from fastproxy.v1 import session_pb2 as spb
+
+PROTOCOL_VERSION = 2
+OPEN_METHOD = "/fastproxy.v1.Session/Open"  # the handshake call (docs/protocol.md, 3)
+CLIENT_CONTEXT = b"fastproxy-v2 client hello\x00"
+SERVER_CONTEXT = b"fastproxy-v2 server hello\x00"
+REQUEST_KEY_INFO = b"fastproxy-v2 request key"
+RESPONSE_KEY_INFO = b"fastproxy-v2 response key"
+RANDOM_BYTES = 32
+SESSION_LIFETIME_S = 600
+SESSION_MAX_CALLS = 1 << 32
+REKEY_AT = 0.8  # a caller opens its next session after this share of the lifetime
+HELLO_SKEW_S = 30.0
+CALL_WINDOW = 4096  # call numbers a callee still accepts below the highest it has seen
+MAX_SESSIONS = 10_000
+NO_PSK = bytes(32)
+
+Random = Callable[[int], bytes]
+
+
+@dataclass(frozen=True, slots=True)
+class SessionSecrets:
+    """What the key schedule yields (kept as bytes only where test vectors need them)."""
+
+    transcript: bytes
+    request_key: bytes
+    response_key: bytes
+
+
+def key_schedule(signed_client: bytes, signed_server: bytes, shared: bytes,
+                 psk: bytes | None) -> SessionSecrets:
+    transcript = hashlib.sha256(signed_client + signed_server).digest()
+    prk = hkdf_extract(transcript, shared + (psk if psk is not None else NO_PSK))
+    return SessionSecrets(transcript, hkdf_expand(prk, REQUEST_KEY_INFO),
+                          hkdf_expand(prk, RESPONSE_KEY_INFO))
+
+
+def _refused(detail: str) -> FastProxyError:
+    return FastProxyError(Reason.UNAUTHENTICATED, f"handshake refused: {detail}")
+
+
+def _signed(data: bytes, what: str) -> spb.SignedHello:
+    try:
+        signed = spb.SignedHello.FromString(data)
+    except DecodeError:
+        raise _refused(f"{what} cannot be parsed") from None
+    if not signed.hello or not signed.signature:
+        raise _refused(f"{what} is incomplete")
+    if signed.SerializeToString() != data:
+        # Anything beside the hello and its signature would change the transcript, hence
+        # the keys, without failing here: refused here instead.
+        raise _refused(f"{what} carries more than a hello and its signature")
+    return signed
+
+
+# --- the caller's side ---------------------------------------------------------------------
+
+
+class CallerSession:
+    """A session as the caller holds it: its keys, and the next call number."""
+
+    __slots__ = ("callee", "clear", "max_calls", "next_call", "opened_at", "psk_id",
+                 "rekey_after", "request", "response", "session_id", "signer_id", "suite")
+
+    def __init__(self, *, session_id: bytes, callee: str, secrets: SessionSecrets, suite: int,
+                 psk_id: str, signer_id: str, lifetime_s: int, max_calls: int,
+                 opened_at: float) -> None:
+        self.session_id = session_id
+        self.callee = callee
+        self.request = Aead(suite, secrets.request_key)
+        self.response = Aead(suite, secrets.response_key)
+        self.suite = suite
+        self.psk_id = psk_id
+        self.signer_id = signer_id
+        self.clear = not psk_id
+        self.max_calls = max_calls
+        self.opened_at = opened_at
+        self.rekey_after = opened_at + lifetime_s * REKEY_AT
+        self.next_call = 1
+
+    def serves(self, now: float, signer_id: str, psk_id: str, suite: int) -> bool:
+        """Whether a new call may use this session: young enough, calls left, and made with
+        the keys the policy names now (a rotation opens a new session)."""
+        return (now < self.rekey_after and self.next_call < self.max_calls
+                and signer_id == self.signer_id and psk_id == self.psk_id
+                and suite == self.suite)
+
+    def take_call_number(self) -> int:
+        number = self.next_call
+        self.next_call += 1
+        return number
+
+
+class CallerHandshake:
+    """The caller's half of one handshake: `request` to send, then `finish(answer)`."""
+
+    __slots__ = ("_ephemeral", "_psk", "_psk_id", "_signer_id", "_suite", "callee", "request")
+
+    def __init__(self, *, caller: str, callee: str, signer: Signer, suite: int, psk_id: str,
+                 psk: bytes | None, now: float, ephemeral: Ephemeral | None = None,
+                 random: Random = os.urandom) -> None:
+        self._ephemeral = ephemeral or Ephemeral()
+        self._psk, self._psk_id, self._suite = psk, psk_id, suite
+        self._signer_id = signer.key_id
+        self.callee = callee
+        hello = spb.ClientHello(
+            version=PROTOCOL_VERSION, caller=caller, callee=callee, identity_key=signer.key_id,
+            ephemeral=self._ephemeral.public, random=random(RANDOM_BYTES),
+            timestamp_ms=int(now * 1000), suite=suite, psk=psk_id).SerializeToString()
+        self.request: bytes = spb.SignedHello(
+            hello=hello, signature=signer.sign(CLIENT_CONTEXT + hello, callee),
+        ).SerializeToString()
+
+    def finish(self, answer: bytes, verifiers: Mapping[str, Verifier],
+               now: float) -> CallerSession:
+        """The session the callee's answer opens; UNAUTHENTICATED if the answer is not the
+        callee's, to this hello."""
+        signed = _signed(answer, "the callee's answer")
+        try:
+            hello = spb.ServerHello.FromString(signed.hello)
+        except DecodeError:
+            raise _refused("the callee's answer cannot be parsed") from None
+        if hello.version != PROTOCOL_VERSION:
+            raise _refused(f"the callee speaks protocol version {hello.version}")
+        if hello.client_hello_digest != hashlib.sha256(self.request).digest():
+            raise _refused("the answer is not to this hello")
+        verifier = verifiers.get(hello.identity_key)
+        if verifier is None:
+            raise _refused(f"{self.callee!r} answered with a key this node does not accept")
+        if not verifier.verify(SERVER_CONTEXT + signed.hello, signed.signature):
+            raise _refused(f"the answer is not signed by {self.callee!r}")
+        if len(hello.session_id) != SESSION_ID_BYTES or not hello.max_calls > 0:
+            raise _refused("the answer names no usable session")
+        shared = self._ephemeral.exchange(hello.ephemeral)
+        secrets = key_schedule(self.request, answer, shared, self._psk)
+        return CallerSession(session_id=hello.session_id, callee=self.callee, secrets=secrets,
+                             suite=self._suite, psk_id=self._psk_id, signer_id=self._signer_id,
+                             lifetime_s=hello.lifetime_s, max_calls=hello.max_calls,
+                             opened_at=now)
+
+
+# --- the callee's side ---------------------------------------------------------------------
+
+
+class CallWindow:
+    """Call numbers a session has seen: each accepted once, none far below the highest."""
+
+    __slots__ = ("_highest", "_seen")
+
+    def __init__(self) -> None:
+        self._highest = 0
+        self._seen = 0  # bit i: call number (highest - i) was seen
+
+    def accept(self, number: int) -> bool:
+        if number <= 0:
+            return False
+        if number > self._highest:
+            shift = number - self._highest
+            # A jump past the whole window forgets it at once (shifting by the jump itself
+            # would build an integer of `shift` bits: 512 MiB for a number near 2^32).
+            self._seen = (1 if shift >= CALL_WINDOW
+                          else ((self._seen << shift) | 1) & ((1 << CALL_WINDOW) - 1))
+            self._highest = number
+            return True
+        offset = self._highest - number
+        if offset >= CALL_WINDOW or self._seen >> offset & 1:
+            return False
+        self._seen |= 1 << offset
+        return True
+
+
+class CalleeSession:
+    """A session as the callee holds it (in memory only)."""
+
+    __slots__ = ("caller", "clear", "expires_at", "identity_key", "max_calls", "psk_id",
+                 "request", "response", "session_id", "window")
+
+    def __init__(self, *, session_id: bytes, caller: str, identity_key: str, psk_id: str,
+                 secrets: SessionSecrets, suite: int, expires_at: float, max_calls: int) -> None:
+        self.session_id = session_id
+        self.caller = caller
+        self.identity_key = identity_key
+        self.psk_id = psk_id
+        self.clear = not psk_id
+        self.request = Aead(suite, secrets.request_key)
+        self.response = Aead(suite, secrets.response_key)
+        self.expires_at = expires_at
+        self.max_calls = max_calls
+        self.window = CallWindow()
+
+
+@dataclass(frozen=True, slots=True)
+class HelloPolicy:
+    """What the callee's policy says about handshakes."""
+
+    service: str
+    signer: Signer
+    callers: Mapping[str, Mapping[str, Verifier]]  # caller -> its accepted identity keys
+    suite: int
+    psks: Mapping[str, bytes]  # accepted encryption keys by id; empty: no encryption
+    lifetime_s: int = SESSION_LIFETIME_S
+    max_calls: int = SESSION_MAX_CALLS
+    skew_s: float = HELLO_SKEW_S
+
+
+def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
+                 ephemeral: Ephemeral | None = None,
+                 random: Random = os.urandom) -> tuple[bytes, CalleeSession]:
+    """The answer to a caller's hello and the session it opens; UNAUTHENTICATED when the
+    hello is not from a caller this service knows, fresh, and made for it."""
+    signed = _signed(request, "the hello")
+    try:
+        hello = spb.ClientHello.FromString(signed.hello)
+    except DecodeError:
+        raise _refused("the hello cannot be parsed") from None
+    if hello.version != PROTOCOL_VERSION:
+        raise _refused(f"protocol version {hello.version} is not spoken here "
+                       f"(this node speaks version {PROTOCOL_VERSION})")
+    if hello.callee != policy.service:
+        raise _refused(f"the hello is for {hello.callee!r}, not {policy.service!r}")
+    verifier = policy.callers.get(hello.caller, {}).get(hello.identity_key)
+    if verifier is None or not verifier.verify(CLIENT_CONTEXT + signed.hello,
+                                               signed.signature):
+        # One answer for an unknown caller, an unknown key and a bad signature: a client
+        # learns nothing of who is allowed.
+        raise _refused("the hello is not signed by a caller this service knows")
+    if abs(hello.timestamp_ms / 1000 - now) > policy.skew_s:
+        raise _refused("the hello is too old or too far ahead")
+    if hello.suite != policy.suite:
+        raise _refused("the hello names another AEAD suite")
+    if bool(hello.psk) != bool(policy.psks) or (hello.psk and hello.psk not in policy.psks):
+        raise _refused("the hello names an encryption key this service does not accept")
+    ephemeral = ephemeral or Ephemeral()
+    shared = ephemeral.exchange(hello.ephemeral)
+    session_id = random(SESSION_ID_BYTES)
+    answer_hello = spb.ServerHello(
+        version=PROTOCOL_VERSION, session_id=session_id, ephemeral=ephemeral.public,
+        identity_key=policy.signer.key_id, lifetime_s=policy.lifetime_s,
+        max_calls=policy.max_calls, client_hello_digest=hashlib.sha256(request).digest(),
+    ).SerializeToString()
+    answer = spb.SignedHello(
+        hello=answer_hello,
+        signature=policy.signer.sign(SERVER_CONTEXT + answer_hello, hello.caller),
+    ).SerializeToString()
+    secrets = key_schedule(request, answer, shared, policy.psks.get(hello.psk))
+    session = CalleeSession(session_id=session_id, caller=hello.caller,
+                            identity_key=hello.identity_key, psk_id=hello.psk, secrets=secrets,
+                            suite=policy.suite, expires_at=now + policy.lifetime_s,
+                            max_calls=policy.max_calls)
+    return answer, session
+
+
+class CalleeSessions:
+    """The sessions one callee process holds, least recently used forgotten first. Locked:
+    the thread pools of a sync gRPC server use it too."""
+
+    def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
+        self._sessions: OrderedDict[bytes, CalleeSession] = OrderedDict()
+        self._max = max_sessions
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def add(self, session: CalleeSession) -> None:
+        with self._lock:
+            self._sessions[session.session_id] = session
+            while len(self._sessions) > self._max:
+                self._sessions.popitem(last=False)
+
+    def find(self, session_id: bytes, now: float) -> CalleeSession | None:
+        """The live session of that id (an expired one is forgotten here)."""
+        with self._lock:
+            session = self._sessions.get(session_id)
+            if session is None:
+                return None
+            if now >= session.expires_at:
+                del self._sessions[session_id]
+                return None
+            self._sessions.move_to_end(session_id)
+            return session
+
+    def take_call(self, session: CalleeSession, number: int) -> bool:
+        """Whether `number` is new in `session` (and within its limits)."""
+        if number > session.max_calls:
+            return False
+        with self._lock:
+            return session.window.accept(number)
+
+    def forget(self, session_id: bytes) -> None:
+        with self._lock:
+            self._sessions.pop(session_id, None)

@@ -1,0 +1,360 @@
+"""The embedded server's interceptors: the sync twin (`grpc.server`) and the aio twin
+(`grpc.aio.server`), over the shared `EmbeddedPolicy` and `SealedCall`.
+
+Per call, `intercept_service` admits the call (before the app's handler is even looked up,
+so a refused caller learns no method names), then hands grpc a copy of the app's handler
+whose codecs open and seal and whose behavior runs the app's with a sealing context.
+`/fastproxy.v1.Session/Open` is answered here, whatever the app serves.
+
+Limits: the service's `timeout_ms` is not imposed on the app's handler (grpc gives a server
+no way to shorten a call's deadline).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any, NoReturn
+
+import grpc
+
+from fastproxy.hosting.drain import drain, drain_blocking
+from fastproxy.pipeline.handshake import OPEN_METHOD as OPEN_SESSION_METHOD
+from fastproxy.pipeline.reasons import FastProxyError
+from fastproxy.server.policy import EmbeddedPolicy
+from fastproxy.server.sealed_call import (
+    AioSealingContext,
+    Refused,
+    SealedCall,
+    SealingContext,
+    Serializer,
+    app_exception_details,
+)
+
+UNKNOWN = grpc.StatusCode.UNKNOWN
+
+
+def _rebuild(handler: grpc.RpcMethodHandler | None, behavior: Callable[..., Any],
+             deserializer: Callable[[bytes], Any] | None, serializer: Serializer | None
+             ) -> grpc.RpcMethodHandler:
+    """A handler of the same RPC kind as `handler` with another behavior and codecs (of
+    the stream-stream kind for a method the server does not have)."""
+    if handler is None or (handler.request_streaming and handler.response_streaming):
+        make = grpc.stream_stream_rpc_method_handler
+    elif handler.request_streaming:
+        make = grpc.stream_unary_rpc_method_handler
+    elif handler.response_streaming:
+        make = grpc.unary_stream_rpc_method_handler
+    else:
+        make = grpc.unary_unary_rpc_method_handler
+    return make(behavior, request_deserializer=deserializer, response_serializer=serializer)
+
+
+def _behavior(handler: grpc.RpcMethodHandler) -> Callable[..., Any]:
+    behavior: Callable[..., Any] | None = (handler.stream_stream or handler.stream_unary
+                                           or handler.unary_stream or handler.unary_unary)
+    assert behavior is not None
+    return behavior
+
+
+class _Call:
+    """What a handler of one call needs: the policy, the method, and the sealed call (None
+    when the call was refused before it opened)."""
+
+    __slots__ = ("method", "policy", "sealed")
+
+    def __init__(self, policy: EmbeddedPolicy, method: str, sealed: SealedCall | None) -> None:
+        self.policy = policy
+        self.method = method
+        self.sealed = sealed
+
+    def refusal(self, error: FastProxyError, peer: str | None) -> Any:
+        sealed = self.sealed
+        seal = None if sealed is None or sealed.ended else sealed.call.seal_end
+        if sealed is not None:
+            sealed.ended = True
+        return self.policy.refused(error, self.method, peer, seal)
+
+
+# --- sync grpc.server ----------------------------------------------------------------------
+
+
+def _abort(context: grpc.ServicerContext, call: _Call, error: FastProxyError,
+           unread: Iterator[Any] | None = None) -> NoReturn:
+    answer = call.refusal(error, context.peer())
+    drain_blocking(unread)
+    context.set_trailing_metadata(answer.trailers)
+    context.abort(answer.code, answer.details)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+def _failed(exc: Exception, call: _Call, sealing: SealingContext, context: grpc.ServicerContext,
+            unread: Iterator[Any] | None) -> NoReturn:
+    """How a call ends once the app's handler raised: our refusal of a request that did not
+    open, the app's own abort (already sealed), or the app's exception as UNKNOWN."""
+    sealed = call.sealed
+    assert sealed is not None
+    if sealed.error is not None:
+        _abort(context, call, sealed.error, unread)
+    if sealed.ended:
+        raise exc
+    sealing.abort(UNKNOWN, app_exception_details(exc))
+    raise exc  # pragma: no cover (abort raises)
+
+
+def _respond(produce: Callable[[Any], Any], call: _Call, context: grpc.ServicerContext,
+             unread: Iterator[Any] | None, serialize: Serializer | None) -> bytes:
+    sealed = call.sealed
+    assert sealed is not None
+    sealing = SealingContext(context, sealed)
+    try:
+        data = sealed.seal_unary(produce(sealing), serialize)
+    except Exception as exc:
+        _failed(exc, call, sealing, context, unread)
+    if sealed.error is not None:  # the app swallowed the refusal
+        _abort(context, call, sealed.error, unread)
+    sealing.finish()
+    return data
+
+
+def _stream(produce: Callable[[Any], Any], call: _Call, context: grpc.ServicerContext,
+            unread: Iterator[Any] | None) -> Iterator[Any]:
+    sealed = call.sealed
+    assert sealed is not None
+    sealing = SealingContext(context, sealed)
+    try:
+        yield from produce(sealing)
+    except Exception as exc:
+        _failed(exc, call, sealing, context, unread)
+    if sealed.error is not None:
+        _abort(context, call, sealed.error, unread)
+    sealing.finish()
+
+
+def _sealed_handler(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
+    behavior = _behavior(handler)
+    sealed = call.sealed
+    assert sealed is not None
+    serialize = handler.response_serializer
+
+    def wrapped_streaming(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        opened = sealed.requests(requests)
+
+        def produce(app_context: Any) -> Any:
+            return behavior(opened, app_context)
+        if handler.response_streaming:
+            return _stream(produce, call, context, requests)
+        return _respond(produce, call, context, requests, serialize)
+
+    def wrapped_unary(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, Refused):
+            _abort(context, call, request.error)
+
+        def produce(app_context: Any) -> Any:
+            return behavior(request, app_context)
+        if handler.response_streaming:
+            return _stream(produce, call, context, None)
+        return _respond(produce, call, context, None, serialize)
+
+    wrapped = wrapped_streaming if handler.request_streaming else wrapped_unary
+    return _rebuild(handler, wrapped, sealed.deserializer(handler.request_deserializer),
+                    sealed.serializer(serialize) if handler.response_streaming else None)
+
+
+def _refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
+                      error: FastProxyError) -> grpc.RpcMethodHandler:
+    streaming = handler is None or handler.request_streaming
+
+    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+        _abort(context, call, error, request if streaming else None)
+    return _rebuild(handler, refuse, None, None)
+
+
+def _session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
+    def open_session(requests: Iterator[bytes], context: grpc.ServicerContext
+                     ) -> Iterator[bytes]:
+        for _ in requests:  # a message, if the caller's stub sent one, says nothing
+            pass
+        try:
+            answer = policy.answer_hello(tuple(context.invocation_metadata() or ()))
+        except FastProxyError as error:
+            _abort(context, _Call(policy, OPEN_SESSION_METHOD, None), error)
+        context.set_trailing_metadata(answer)
+        yield b""
+    return grpc.stream_stream_rpc_method_handler(open_session)
+
+
+class SealingServerInterceptor(grpc.ServerInterceptor):
+    """For `grpc.server(..., interceptors=[...])`; `policy` is its `EmbeddedPolicy`."""
+
+    def __init__(self, policy: EmbeddedPolicy) -> None:
+        self.policy = policy
+        self._sessions = _session_handler(policy)
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails],
+                                                       grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails
+                          ) -> grpc.RpcMethodHandler | None:
+        details: Any = handler_call_details
+        method: str = details.method
+        if method == OPEN_SESSION_METHOD:
+            return self._sessions
+        if self.policy.is_open(method):
+            return continuation(handler_call_details)
+        try:
+            admitted = self.policy.admit(method, tuple(details.invocation_metadata or ()))
+        except FastProxyError as error:
+            # refused before anything else, so a refused caller learns no method names
+            return _refusing_handler(continuation(handler_call_details),
+                                     _Call(self.policy, method, None), error)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        return _sealed_handler(handler, _Call(self.policy, method, SealedCall(
+            admitted, handler.request_streaming)))
+
+
+# --- grpc.aio.server -----------------------------------------------------------------------
+
+
+async def _aio_abort(context: grpc.aio.ServicerContext[Any, Any], call: _Call,
+                     error: FastProxyError, unread: AsyncIterator[Any] | None = None
+                     ) -> NoReturn:
+    answer = call.refusal(error, context.peer())
+    if unread is not None:
+        await drain(unread)
+    await context.abort(answer.code, answer.details, answer.trailers)
+    raise AssertionError("context.abort returned")  # pragma: no cover
+
+
+async def _aio_failed(exc: Exception, call: _Call, sealing: AioSealingContext,
+                      context: grpc.aio.ServicerContext[Any, Any],
+                      unread: AsyncIterator[Any] | None) -> NoReturn:
+    sealed = call.sealed
+    assert sealed is not None
+    if sealed.error is not None:
+        await _aio_abort(context, call, sealed.error, unread)
+    if sealed.ended:
+        raise exc
+    await sealing.abort(UNKNOWN, app_exception_details(exc))
+    raise exc  # pragma: no cover (abort raises)
+
+
+class _AioRun:
+    """The parts of an aio handler's run shared by its streaming and coroutine forms."""
+
+    __slots__ = ("call", "sealed", "takes_stream")
+
+    def __init__(self, call: _Call, takes_stream: bool) -> None:
+        assert call.sealed is not None
+        self.call = call
+        self.sealed = call.sealed
+        self.takes_stream = takes_stream
+
+    def unread(self, request: Any) -> AsyncIterator[Any] | None:
+        return request if self.takes_stream else None
+
+    async def begin(self, request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        """What the app's handler gets: its opened request, or its request stream."""
+        if self.takes_stream:
+            return self.sealed.aio_requests(request)
+        if isinstance(request, Refused):
+            await _aio_abort(context, self.call, request.error)
+        return request
+
+    async def settle(self, context: grpc.aio.ServicerContext[Any, Any], request: Any,
+                     sealing: AioSealingContext) -> None:
+        """After the app's handler: a refusal it swallowed, else the sealed end."""
+        if self.sealed.error is not None:
+            await _aio_abort(context, self.call, self.sealed.error, self.unread(request))
+        sealing.finish()
+
+
+def _aio_sealed_handler(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
+    behavior = _behavior(handler)
+    run = _AioRun(call, handler.request_streaming)
+    sealed = run.sealed
+    serialize = handler.response_serializer
+    deserializer = sealed.deserializer(handler.request_deserializer)
+
+    if handler.response_streaming and not inspect.iscoroutinefunction(behavior):
+        async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
+                                 ) -> AsyncIterator[Any]:
+            sealing = AioSealingContext(context, sealed)
+            try:
+                responses = behavior(await run.begin(request, context), sealing)
+                if inspect.isasyncgen(responses):
+                    async for response in responses:
+                        yield response
+                else:  # a sync generator, which grpc.aio also accepts
+                    for response in responses:
+                        yield response
+            except Exception as exc:
+                await _aio_failed(exc, call, sealing, context, run.unread(request))
+            await run.settle(context, request, sealing)
+        return _rebuild(handler, wrapped_stream, deserializer, sealed.serializer(serialize))
+
+    # a coroutine: returns the one response, or writes with context.write()
+    async def wrapped_call(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        sealing = AioSealingContext(context, sealed)
+        try:
+            result = await behavior(await run.begin(request, context), sealing)
+            if not handler.response_streaming:
+                result = sealed.seal_unary(result, serialize)
+        except Exception as exc:
+            await _aio_failed(exc, call, sealing, context, run.unread(request))
+        await run.settle(context, request, sealing)
+        return result
+    return _rebuild(handler, wrapped_call, deserializer,
+                    sealed.serializer(serialize) if handler.response_streaming else None)
+
+
+def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
+                          error: FastProxyError) -> grpc.RpcMethodHandler:
+    streaming = handler is None or handler.request_streaming
+
+    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _aio_abort(context, call, error, request if streaming else None)
+    return _rebuild(handler, refuse, None, None)
+
+
+def _aio_session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
+    async def open_session(requests: AsyncIterator[bytes],
+                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+        async for _ in requests:
+            pass
+        try:
+            answer = policy.answer_hello(tuple(context.invocation_metadata() or ()))
+        except FastProxyError as error:
+            await _aio_abort(context, _Call(policy, OPEN_SESSION_METHOD, None), error)
+        context.set_trailing_metadata(answer)
+        yield b""
+    return grpc.stream_stream_rpc_method_handler(open_session)
+
+
+class AioSealingServerInterceptor(grpc.aio.ServerInterceptor):
+    """For `grpc.aio.server(interceptors=[...])`; `policy` is its `EmbeddedPolicy`."""
+
+    def __init__(self, policy: EmbeddedPolicy) -> None:
+        self.policy = policy
+        self._sessions = _aio_session_handler(policy)
+
+    async def intercept_service(self, continuation: Any,
+                                handler_call_details: grpc.HandlerCallDetails
+                                ) -> grpc.RpcMethodHandler:
+        details: Any = handler_call_details
+        method: str = details.method
+        if method == OPEN_SESSION_METHOD:
+            return self._sessions
+        if self.policy.is_open(method):
+            return await continuation(handler_call_details)
+        try:
+            admitted = self.policy.admit(method, tuple(details.invocation_metadata or ()))
+        except FastProxyError as error:
+            return _aio_refusing_handler(await continuation(handler_call_details),
+                                         _Call(self.policy, method, None), error)
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        return _aio_sealed_handler(handler, _Call(self.policy, method, SealedCall(
+            admitted, handler.request_streaming)))

@@ -1,0 +1,113 @@
+"""Sessions of protocol version 2 between the proxies (docs/protocol.md, section 3).
+
+`SessionBook` is the out-proxy's: one session per (channel, destination), opened with a
+`/fastproxy.v1.Session/Open` call on the very channel the calls will use, so that calls reach
+the instance that holds the session even behind `--workers` (SO_REUSEPORT hands each
+connection to one process). Concurrent calls wait for one handshake. `SessionService` is the
+in-proxy's end of the handshake. The hello travels in the request metadata
+(`fastproxy-hello-bin`) and the answer in the trailers, around one empty message each way,
+so that any stub of the app's (any message class, any RPC kind) can carry a handshake.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Callable
+
+import grpc
+
+from fastproxy.hosting.refusal import (
+    STATUS_OF_REASON,
+    HostRole,
+    handshake_failure,
+    refusal_trailers,
+)
+from fastproxy.node.holder import PolicyHolder
+from fastproxy.pipeline.handshake import OPEN_METHOD, CallerSession
+from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
+from fastproxy.pipeline.node_policy import NodePolicy, NodeState
+from fastproxy.pipeline.reasons import FastProxyError
+from fastproxy.pipeline.stages import Destination
+
+_log = logging.getLogger("fastproxy.proxy")
+
+HANDSHAKE_TIMEOUT_S = 5.0
+
+
+class SessionBook:
+    """The out-proxy's sessions, by (channel, destination service)."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._sessions: dict[tuple[int, str], CallerSession] = {}
+        self._opening: dict[tuple[int, str], asyncio.Future[CallerSession]] = {}
+        self.handshakes = 0
+
+    async def session(self, policy: NodePolicy, destination: Destination,
+                      channel: grpc.aio.Channel, timeout: float | None) -> CallerSession:
+        key = (id(channel), destination.name)
+        session = self._sessions.get(key)
+        now = self._clock()
+        if session is not None and policy.caller.serves(session, destination, now):
+            return session
+        opening = self._opening.get(key)
+        if opening is None:
+            opening = asyncio.ensure_future(self._open(policy, destination, channel, timeout))
+            self._opening[key] = opening
+            opening.add_done_callback(lambda _done: self._opening.pop(key, None))
+        session = await asyncio.shield(opening)
+        self._sessions[key] = session
+        return session
+
+    def forget(self, channel: grpc.aio.Channel, session: CallerSession) -> None:
+        """The callee no longer knows `session`: the next call opens a new one."""
+        key = (id(channel), session.callee)
+        if self._sessions.get(key) is session:
+            del self._sessions[key]
+
+    async def _open(self, policy: NodePolicy, destination: Destination,
+                    channel: grpc.aio.Channel, timeout: float | None) -> CallerSession:
+        handshake = policy.caller.handshake(destination, self._clock())
+        limit = HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, HANDSHAKE_TIMEOUT_S)
+        call = channel.unary_unary(OPEN_METHOD, None, None)(
+            b"", metadata=((HELLO_KEY, handshake.request),), timeout=limit)
+        try:
+            await call
+            answer = hello_of(await call.trailing_metadata())
+        except grpc.aio.AioRpcError as failed:
+            raise handshake_failure(destination.name, failed.code(), failed.details()) from None
+        self.handshakes += 1
+        return handshake.finish(answer, destination.verifiers, self._clock())
+
+
+class SessionService(grpc.GenericRpcHandler):
+    """The in-proxy's end of `Session/Open` (register it before the forwarding handler). Any
+    RPC kind is answered, so a caller may send the hello through whatever stub it has."""
+
+    def __init__(self, holder: PolicyHolder[NodePolicy], state: NodeState,
+                 clock: Callable[[], float] = time.time) -> None:
+        self._holder = holder
+        self._state = state
+        self._clock = clock
+        self._handler = grpc.stream_stream_rpc_method_handler(self._open)
+
+    def service(self, handler_call_details: grpc.HandlerCallDetails
+                ) -> grpc.RpcMethodHandler | None:
+        return self._handler if handler_call_details.method == OPEN_METHOD else None
+
+    async def _open(self, requests: AsyncIterator[bytes],
+                    context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+        async for _ in requests:  # a message, if the caller's stub sent one, says nothing
+            pass
+        try:
+            hello = hello_of(context.invocation_metadata())
+            answer = self._holder.require().accept(hello, self._clock(), self._state)
+        except FastProxyError as refused:
+            _log.info("session refused to %s: %s", context.peer(), refused.detail)
+            await context.abort(STATUS_OF_REASON[refused.reason], refused.detail,
+                                refusal_trailers(refused, HostRole.IN))
+            return
+        context.set_trailing_metadata(((HELLO_KEY, answer),))
+        yield b""
