@@ -140,7 +140,7 @@ async def serve(config: ProxyConfig, telemetry: Telemetry) -> None:
     services_first: tuple[grpc.GenericRpcHandler, ...] = ()
     if config.role is HostRole.IN:
         tunnel_service = TunnelService(handler.serve_carried, accept=config.tunnel)
-        services_first = (SessionService(holder, parts.state), tunnel_service)
+        services_first = (SessionService(config.service, holder, parts.state), tunnel_service)
     health_servicer = health.aio.HealthServicer()
     try:
         server, port = await start_proxy_server(

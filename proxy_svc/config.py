@@ -54,8 +54,9 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--upstream", type=host_port,
                         help="in-proxy: the plaintext gRPC server of the service")
     parser.add_argument("--workers", type=int, default=1,
-                        help="processes sharing the port (SO_REUSEPORT); rate limits are "
-                             "then per process")
+                        help="processes sharing the port (SO_REUSEPORT); rate limits and "
+                             "sessions are then per process (a session is opened on the "
+                             "connection its calls use, so it reaches the right one)")
     parser.add_argument("--tunnel", choices=("on", "off"), default="on",
                         help="out-proxy: carry calls to known-unary methods to each in-proxy "
                              "over one long-lived stream (default on); in-proxy: accept such "

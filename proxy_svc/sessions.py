@@ -12,26 +12,18 @@ so that any stub of the app's (any message class, any RPC kind) can carry a hand
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import AsyncIterator, Callable
 
 import grpc
 
-from fastproxy.hosting.refusal import (
-    STATUS_OF_REASON,
-    HostRole,
-    handshake_failure,
-    refusal_trailers,
-)
+from fastproxy.hosting.refusal import HostRole, handshake_failure, refuse
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.pipeline.handshake import OPEN_METHOD, CallerSession
 from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.pipeline.stages import Destination
-
-_log = logging.getLogger("fastproxy.proxy")
 
 HANDSHAKE_TIMEOUT_S = 5.0
 
@@ -86,8 +78,9 @@ class SessionService(grpc.GenericRpcHandler):
     """The in-proxy's end of `Session/Open` (register it before the forwarding handler). Any
     RPC kind is answered, so a caller may send the hello through whatever stub it has."""
 
-    def __init__(self, holder: PolicyHolder[NodePolicy], state: NodeState,
+    def __init__(self, service: str, holder: PolicyHolder[NodePolicy], state: NodeState,
                  clock: Callable[[], float] = time.time) -> None:
+        self._service = service
         self._holder = holder
         self._state = state
         self._clock = clock
@@ -104,10 +97,13 @@ class SessionService(grpc.GenericRpcHandler):
         try:
             hello = hello_of(context.invocation_metadata())
             answer = self._holder.require().accept(hello, self._clock(), self._state)
-        except FastProxyError as refused:
-            _log.info("session refused to %s: %s", context.peer(), refused.detail)
-            await context.abort(STATUS_OF_REASON[refused.reason], refused.detail,
-                                refusal_trailers(refused, HostRole.IN))
+        except FastProxyError as refused:  # one audit line, as for a refused call
+            policy = self._holder.current
+            refusal = refuse(refused, HostRole.IN, service=self._service, other="",
+                             method=OPEN_METHOD,
+                             revision=policy.revision if policy is not None else 0,
+                             peer=context.peer() or "")
+            await context.abort(refusal.code, refusal.details, refusal.trailers)
             return
         context.set_trailing_metadata(((HELLO_KEY, answer),))
         yield b""

@@ -10,11 +10,11 @@ writer below does when calls pile up) a few microseconds each. With one call in 
 round trip drops from 0.52-0.61 ms to 0.29-0.34 ms.
 
 What is carried: only calls the out-proxy serves on its unary fast path (methods known unary,
-`proxy_svc.kinds`) whose sealed request is at most `MAX_REQUEST_BYTES`; larger ones gain
+`proxy_svc.kinds`) whose request is at most `MAX_REQUEST_BYTES`; larger ones gain
 nothing and would hold up the stream, so they take a call of their own, as do streaming calls
 (HTTP/2 flow control per call matters for them).
 
-What does not change: each carried call has its own signed call header (`fastproxy-call-bin`,
+What does not change: each carried call has its own CALL record (`fastproxy-call-bin`,
 in the frame's metadata) and sealed messages, and the in-proxy runs exactly the stages of a call
 of its own (the same `ForwardingHandler._unary`, through `CarriedCallContext`): authentication,
 authorization, rate limit, replay check, deadline cap, audit, spans and metrics. The stream
@@ -56,7 +56,7 @@ from fastproxy.v1 import tunnel_pb2 as tpb
 _log = logging.getLogger("fastproxy.proxy")
 
 CARRY_METHOD = "/fastproxy.v1.Tunnel/Carry"
-# A sealed request larger than this takes a call of its own.
+# A request larger than this takes a call of its own.
 MAX_REQUEST_BYTES = 256 * 1024
 # The writer packs ready frames into one stream message up to this size (at least one frame).
 MAX_BATCH_BYTES = 256 * 1024

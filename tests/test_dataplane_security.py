@@ -47,6 +47,7 @@ from support.dataplane import (
     new_call,
     open_session,
     out_node,
+    poll,
     random_payload,
     reason_of,
     relayed_file_stack,
@@ -510,10 +511,19 @@ def test_a_call_signed_with_an_unknown_key_is_unauthenticated(stack: FileStack) 
         out_node(policy.with_(secrets={**policy.secrets, "chat-id": os.urandom(32)})
                  .yaml_text()),
     )
+    def refused_handshakes() -> list[str]:
+        return [line for line in stack.inproxy.log().splitlines()
+                if "call refused" in line and OPEN_METHOD in line]
+
+    before = len(refused_handshakes())
     for rogue in rogues:
         with pytest.raises(grpc.RpcError) as raised:
             open_session(rogue, stack.inproxy.address)
         unauthenticated_by_the_in_proxy(raised.value)
+    # each refused handshake is one audit line, as a refused call is
+    poll(lambda: len(refused_handshakes()) >= before + 2, 5, "two audit lines")
+    lines = refused_handshakes()[before:]
+    assert len(lines) == 2 and all("unauthenticated" in line for line in lines), lines
 
 
 def test_a_version_1_call_header_is_unauthenticated(stack: FileStack) -> None:

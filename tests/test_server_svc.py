@@ -408,3 +408,30 @@ def test_a_replayed_call_header_is_unauthenticated(
     with pytest.raises(grpc.RpcError) as replayed:
         raw_unary(target, UNARY, sealed, call.metadata)
     assert_refused(replayed.value, grpc.StatusCode.UNAUTHENTICATED, "unauthenticated")
+
+
+def test_a_method_the_app_lacks_is_unimplemented_sealed(
+        embedded_host: tuple[str, NodePolicy]) -> None:
+    """An allowed call to a method the app does not serve ends UNIMPLEMENTED, and that
+    status is sealed: the caller checks it as it checks any end."""
+    target, chat = embedded_host
+    missing = "/demo.v1.Echo/Missing"
+    for kind in ("unary", "bidi"):
+        call = sealed_call(chat, missing, target)
+        with grpc.insecure_channel(target) as opened:
+            if kind == "unary":
+                rpc = opened.unary_unary(missing).future(
+                    call.seal_request(b"", final=True), metadata=call.metadata, timeout=5)
+            else:
+                first = call.seal_request(b"")
+                end = call.end_requests()
+                assert end is not None
+                rpc = opened.stream_stream(missing)(iter([first, end]),
+                                                    metadata=call.metadata, timeout=5)
+            with pytest.raises(grpc.RpcError):
+                rpc.result() if kind == "unary" else list(rpc)
+            assert rpc.code() == grpc.StatusCode.UNIMPLEMENTED, rpc.details()
+            assert trailer(rpc, "fastproxy-error") is None  # the app's status, not ours
+            call.open_head(tuple(rpc.initial_metadata() or ()))
+            call.open_end(rpc.code().value[0], rpc.details() or "",
+                          tuple(rpc.trailing_metadata() or ()))

@@ -81,14 +81,16 @@ def _signed(data: bytes, what: str) -> spb.SignedHello:
 class CallerSession:
     """A session as the caller holds it: its keys, and the next call number."""
 
-    __slots__ = ("callee", "clear", "max_calls", "next_call", "opened_at", "psk_id",
-                 "rekey_after", "request", "response", "session_id", "signer_id", "suite")
+    __slots__ = ("callee", "callee_key", "clear", "max_calls", "next_call", "opened_at",
+                 "psk_id", "rekey_after", "request", "response", "session_id", "signer_id",
+                 "suite")
 
     def __init__(self, *, session_id: bytes, callee: str, secrets: SessionSecrets, suite: int,
                  psk_id: str, signer_id: str, lifetime_s: int, max_calls: int,
-                 opened_at: float) -> None:
+                 opened_at: float, callee_key: str = "") -> None:
         self.session_id = session_id
         self.callee = callee
+        self.callee_key = callee_key  # the callee's identity key that signed the answer
         self.request = Aead(suite, secrets.request_key)
         self.response = Aead(suite, secrets.response_key)
         self.suite = suite
@@ -158,7 +160,7 @@ class CallerHandshake:
         return CallerSession(session_id=hello.session_id, callee=self.callee, secrets=secrets,
                              suite=self._suite, psk_id=self._psk_id, signer_id=self._signer_id,
                              lifetime_s=hello.lifetime_s, max_calls=hello.max_calls,
-                             opened_at=now)
+                             opened_at=now, callee_key=hello.identity_key)
 
 
 # --- the callee's side ---------------------------------------------------------------------

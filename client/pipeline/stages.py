@@ -171,8 +171,9 @@ class CallerSide:
 
     def serves(self, session: CallerSession, destination: Destination, now: float) -> bool:
         """Whether a new call to `destination` may use `session`."""
-        return self.signer is not None and session.serves(
-            now, self.signer.key_id, destination.psk_id, destination.suite)
+        return (self.signer is not None and session.callee_key in destination.verifiers
+                and session.serves(now, self.signer.key_id, destination.psk_id,
+                                   destination.suite))
 
 
 class OutboundCall:

@@ -15,6 +15,7 @@ from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, Refuse, SdkCore
+from .messages import checked_failure
 from .refusal import aio_refusal
 from .request_log import AioRequestLog
 
@@ -110,9 +111,10 @@ class _Checks:
         if not messages.sealed:
             return err
         try:
-            initial = messages.head(tuple(err.initial_metadata() or ()))
-            trailers = messages.end(err.code().value[0], err.details() or "",
-                                    tuple(err.trailing_metadata() or ()))
+            initial, trailers = checked_failure(messages, err.code().value[0],
+                                                err.details() or "",
+                                                tuple(err.initial_metadata() or ()),
+                                                tuple(err.trailing_metadata() or ()))
         except FastProxyError as refused:
             return self.refuse(self._core.refused(refused, plan, attempt))
         self._refusal = grpc.aio.AioRpcError(err.code(), grpc.aio.Metadata(*initial),

@@ -140,3 +140,11 @@ class SealedMessages:
 
     def end(self, code: int, details: str, trailers: Metadata) -> Metadata:
         return self._call.open_end(code, details or "", tuple(trailers or ()))
+
+
+def checked_failure(messages: MessageCodec, code: int, details: str, initial: Metadata,
+                    trailers: Metadata) -> tuple[Metadata, Metadata]:
+    """The headers and trailers the app gets of an attempt that failed with `code`, once
+    checked against what the callee sealed (sync and aio alike); raises `FastProxyError`
+    when they do not check."""
+    return messages.head(initial), messages.end(code, details, trailers)

@@ -17,7 +17,7 @@ from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
 
 from .core import Attempt, CallPlan, Refuse, SdkCore
-from .messages import MessageCodec
+from .messages import MessageCodec, checked_failure
 from .refusal import RefusedCall
 from .request_log import RequestLog
 
@@ -26,13 +26,15 @@ StartAttempt = Callable[[Attempt], Any]
 Restart = Callable[[], tuple[Any, MessageCodec] | None]
 
 
-def checked_failure(err: grpc.RpcError, messages: MessageCodec) -> RefusedCall:
-    """A failed attempt as the app gets it once its end was checked (embedded mode): the
-    callee's code and details, its trailers without the protocol's entries. Raises
-    `FastProxyError` when the end does not check."""
+def checked_error(err: grpc.RpcError, messages: MessageCodec) -> RefusedCall:
+    """A failed attempt as the app gets it (embedded mode): the callee's code and details,
+    its headers and trailers checked and without the protocol's entries. Raises
+    `FastProxyError` when they do not check."""
     code, details = err.code(), err.details() or ""
-    trailers = messages.end(code.value[0], details, tuple(err.trailing_metadata() or ()))
-    return RefusedCall(Refusal(code, details, trailers))
+    initial, trailers = checked_failure(messages, code.value[0], details,
+                                        tuple(err.initial_metadata() or ()),
+                                        tuple(err.trailing_metadata() or ()))
+    return RefusedCall(Refusal(code, details, trailers), initial)
 
 
 class SyncUnaryCall(grpc.Call, grpc.Future):
@@ -76,7 +78,7 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
             self._outcome, self._messages = again
             return True
         try:
-            self._refusal = checked_failure(err, self._messages)
+            self._refusal = checked_error(err, self._messages)
         except FastProxyError as refused:
             self._refusal = RefusedCall(self._refused(refused))
         return False
@@ -246,7 +248,7 @@ class SyncStreamCall(grpc.Call, grpc.Future):
         if decision is None:
             if not self._attempt.messages.sealed:
                 raise err
-            self._refusal = self._check(lambda: checked_failure(err, self._attempt.messages))
+            self._refusal = self._check(lambda: checked_error(err, self._attempt.messages))
             assert self._refusal is not None
             raise self._refusal from None
         time.sleep(decision.delay)

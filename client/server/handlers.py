@@ -12,6 +12,7 @@ no way to shorten a call's deadline).
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, NoReturn
@@ -161,6 +162,15 @@ def _sealed_handler(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMeth
                     sealed.serializer(serialize) if handler.response_streaming else None)
 
 
+def _unimplemented(call: _Call, requests: Iterator[Any], context: grpc.ServicerContext
+                   ) -> Iterator[Any]:
+    assert call.sealed is not None
+    drain_blocking(requests)
+    sealing = SealingContext(context, call.sealed)
+    sealing.abort(grpc.StatusCode.UNIMPLEMENTED, "Method not found!")
+    yield from ()  # pragma: no cover (abort raises)
+
+
 def _refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
                       error: FastProxyError) -> grpc.RpcMethodHandler:
     streaming = handler is None or handler.request_streaming
@@ -208,10 +218,11 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
             return _refusing_handler(continuation(handler_call_details),
                                      _Call(self.policy, method, None), error)
         handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        return _sealed_handler(handler, _Call(self.policy, method, SealedCall(
-            admitted, handler.request_streaming)))
+        call = _Call(self.policy, method, SealedCall(
+            admitted, handler.request_streaming if handler is not None else True))
+        if handler is None:  # the app lacks the method: said so, sealed
+            return _rebuild(None, functools.partial(_unimplemented, call), None, None)
+        return _sealed_handler(handler, call)
 
 
 # --- grpc.aio.server -----------------------------------------------------------------------
@@ -309,6 +320,15 @@ def _aio_sealed_handler(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.Rpc
                     sealed.serializer(serialize) if handler.response_streaming else None)
 
 
+async def _aio_unimplemented(call: _Call, requests: AsyncIterator[Any],
+                             context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[Any]:
+    assert call.sealed is not None
+    await drain(requests)
+    await AioSealingContext(context, call.sealed).abort(grpc.StatusCode.UNIMPLEMENTED,
+                                                        "Method not found!")
+    yield  # pragma: no cover (abort raises)
+
+
 def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
                           error: FastProxyError) -> grpc.RpcMethodHandler:
     streaming = handler is None or handler.request_streaming
@@ -354,7 +374,8 @@ class AioSealingServerInterceptor(grpc.aio.ServerInterceptor):
             return _aio_refusing_handler(await continuation(handler_call_details),
                                          _Call(self.policy, method, None), error)
         handler = await continuation(handler_call_details)
-        if handler is None:
-            return handler
-        return _aio_sealed_handler(handler, _Call(self.policy, method, SealedCall(
-            admitted, handler.request_streaming)))
+        call = _Call(self.policy, method, SealedCall(
+            admitted, handler.request_streaming if handler is not None else True))
+        if handler is None:  # the app lacks the method: said so, sealed
+            return _rebuild(None, functools.partial(_aio_unimplemented, call), None, None)
+        return _aio_sealed_handler(handler, call)

@@ -138,10 +138,11 @@ class SealedCall:
         return self.call.seal_end(code.value[0], details or "", self.trailers)
 
 
-class SealingContext:
-    """The app's view of a sync servicer context: what sets the answer is sealed."""
+class _Context:
+    """What both twins of the app's context do alike: everything not about the answer
+    passes through to grpc's context; what sets the answer is kept for sealing."""
 
-    def __init__(self, real: grpc.ServicerContext, sealed: SealedCall) -> None:
+    def __init__(self, real: Any, sealed: SealedCall) -> None:
         self._real = real
         self._sealed = sealed
 
@@ -150,9 +151,6 @@ class SealingContext:
 
     def invocation_metadata(self) -> Metadata:
         return self._sealed.app_metadata(tuple(self._real.invocation_metadata() or ()))
-
-    def send_initial_metadata(self, initial_metadata: Metadata) -> None:
-        self._real.send_initial_metadata(self._sealed.head(initial_metadata))
 
     def set_trailing_metadata(self, trailing_metadata: Metadata) -> None:
         self._sealed.trailers = tuple(trailing_metadata)
@@ -164,6 +162,18 @@ class SealingContext:
     def set_details(self, details: str) -> None:
         self._sealed.details = details
         self._real.set_details(details)
+
+    def finish(self) -> None:
+        """The app's answer is complete: seal its end."""
+        if not self._sealed.ended:
+            self._real.set_trailing_metadata(self._sealed.end())
+
+
+class SealingContext(_Context):
+    """The app's view of a sync servicer context."""
+
+    def send_initial_metadata(self, initial_metadata: Metadata) -> None:
+        self._real.send_initial_metadata(self._sealed.head(initial_metadata))
 
     def abort(self, code: grpc.StatusCode, details: str) -> None:
         self._real.set_trailing_metadata(self._sealed.end(code, details))
@@ -173,38 +183,12 @@ class SealingContext:
         self._sealed.trailers = tuple(status.trailing_metadata or ())
         self.abort(status.code, status.details)
 
-    def finish(self) -> None:
-        """The app's answer is complete: seal its end."""
-        if not self._sealed.ended:
-            self._real.set_trailing_metadata(self._sealed.end())
 
-
-class AioSealingContext:
-    """The app's view of a grpc.aio servicer context: what sets the answer is sealed."""
-
-    def __init__(self, real: grpc.aio.ServicerContext[Any, Any], sealed: SealedCall) -> None:
-        self._real = real
-        self._sealed = sealed
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._real, name)
-
-    def invocation_metadata(self) -> Metadata:
-        return self._sealed.app_metadata(tuple(self._real.invocation_metadata() or ()))
+class AioSealingContext(_Context):
+    """The app's view of a grpc.aio servicer context."""
 
     async def send_initial_metadata(self, initial_metadata: Metadata) -> None:
         await self._real.send_initial_metadata(self._sealed.head(initial_metadata))
-
-    def set_trailing_metadata(self, trailing_metadata: Metadata) -> None:
-        self._sealed.trailers = tuple(trailing_metadata)
-
-    def set_code(self, code: grpc.StatusCode) -> None:
-        self._sealed.code = code
-        self._real.set_code(code)
-
-    def set_details(self, details: str) -> None:
-        self._sealed.details = details
-        self._real.set_details(details)
 
     async def abort(self, code: grpc.StatusCode, details: str = "",
                     trailing_metadata: Metadata = ()) -> None:
@@ -225,7 +209,3 @@ class AioSealingContext:
                 return request
             if request is not END:
                 return self._sealed.check(request)
-
-    def finish(self) -> None:
-        if not self._sealed.ended:
-            self._real.set_trailing_metadata(self._sealed.end())

@@ -26,7 +26,9 @@ if _version_not_supported:
 
 
 class SessionStub:
-    """The session handshake: one unary call of raw carriers (docs/protocol.md, section 3).
+    """The session handshake (docs/protocol.md, section 3): the caller's SignedHello travels in
+    the request metadata `fastproxy-hello-bin`, the callee's in the trailer of that name; the
+    messages are empty, so any stub of the app's can make the call.
     """
 
     def __init__(self, channel):
@@ -43,7 +45,9 @@ class SessionStub:
 
 
 class SessionServicer:
-    """The session handshake: one unary call of raw carriers (docs/protocol.md, section 3).
+    """The session handshake (docs/protocol.md, section 3): the caller's SignedHello travels in
+    the request metadata `fastproxy-hello-bin`, the callee's in the trailer of that name; the
+    messages are empty, so any stub of the app's can make the call.
     """
 
     def Open(self, request, context):
@@ -69,7 +73,9 @@ def add_SessionServicer_to_server(servicer, server):
 
  # This class is part of an EXPERIMENTAL API.
 class Session:
-    """The session handshake: one unary call of raw carriers (docs/protocol.md, section 3).
+    """The session handshake (docs/protocol.md, section 3): the caller's SignedHello travels in
+    the request metadata `fastproxy-hello-bin`, the callee's in the trailer of that name; the
+    messages are empty, so any stub of the app's can make the call.
     """
 
     @staticmethod
