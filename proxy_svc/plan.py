@@ -92,7 +92,13 @@ class OutboundRole:
         policy = self._holder.require()
         destination = policy.route(method)
         endpoint = self._pool.health.pick(destination.endpoints, time.monotonic())
-        link = self._tunnels.ready(endpoint) if self._tunnels is not None and carry else None
+        link = None
+        if self._tunnels is not None and carry:
+            tunnel = self._tunnels.link(endpoint)
+            if tunnel.ready():  # (which opens it when idle)
+                link = tunnel
+            elif tunnel.opening:  # the session the calls riding it will need, opened aside
+                self.sessions.warm(policy, destination, tunnel.channel)
         channel = link.channel if link is not None else self._pool.channel(endpoint)
         session = await self.sessions.session(policy, destination, channel, remaining_s)
         call = policy.outbound(destination, session, method,

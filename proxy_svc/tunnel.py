@@ -436,6 +436,10 @@ class TunnelLink:
         """The tunnel's connection (a call of its own on it reaches the same process)."""
         return self._channel()
 
+    @property
+    def opening(self) -> bool:
+        return self.state == _OPENING
+
     def ready(self) -> bool:
         """Whether a call can ride the tunnel now; opens it when it is idle."""
         if self.state != _OPEN:
@@ -569,11 +573,6 @@ class Tunnels:
         if link is None:
             link = self._links[endpoint] = TunnelLink(endpoint, lambda: self._channel(endpoint))
         return link
-
-    def ready(self, endpoint: str) -> TunnelLink | None:
-        """The endpoint's tunnel if a call can ride it now (it is opened when idle)."""
-        link = self.link(endpoint)
-        return link if link.ready() else None
 
     async def close(self) -> None:
         links, self._links = self._links, {}

@@ -313,11 +313,29 @@ def test_call_numbers_of_a_session_start_at_1_and_count_up() -> None:
 
 
 def test_a_caller_opens_its_next_session_after_80_percent_of_the_lifetime() -> None:
+    """Due at 80% of the lifetime (the next one opens), still used until 95% (while the next
+    one opens aside), none after: a call started then has 30 s to reach the callee."""
     caller, callee = Setup().pair()
     session = open_session(caller, callee, NodeState())
     destination = caller.route(METHOD)
-    assert caller.caller.serves(session, destination, T0 + 479)
-    assert not caller.caller.serves(session, destination, T0 + 480)
+    assert not session.due(T0 + 479)
+    assert session.due(T0 + 480)
+    assert caller.caller.serves(session, destination, T0 + 569)
+    assert not caller.caller.serves(session, destination, T0 + 570)
+
+
+def test_a_session_is_due_after_80_percent_of_its_calls() -> None:
+    caller, callee = Setup().pair()
+    hello_policy = callee.callee.hello
+    assert hello_policy is not None
+    handshake = caller.caller.handshake(caller.route(METHOD), T0)
+    answer, _ = accept_hello(handshake.request, dataclasses.replace(hello_policy, max_calls=10),
+                             T0)
+    session = handshake.finish(answer, caller.route(METHOD).verifiers, T0)
+    numbers = []
+    while not session.due(T0):
+        numbers.append(session.take_call_number())
+    assert numbers == list(range(1, 8))
 
 
 def test_a_session_serves_no_more_calls_than_the_callee_allows() -> None:

@@ -32,6 +32,7 @@ RANDOM_BYTES = 32
 SESSION_LIFETIME_S = 600
 SESSION_MAX_CALLS = 1 << 32
 REKEY_AT = 0.8  # a caller opens its next session after this share of the lifetime
+USE_UNTIL = 0.95  # and starts no call in it after this share (time left to reach the callee)
 HELLO_SKEW_S = 30.0
 CALL_WINDOW = 4096  # call numbers a callee still accepts below the highest it has seen
 MAX_SESSIONS = 10_000
@@ -83,7 +84,7 @@ class CallerSession:
 
     __slots__ = ("callee", "callee_key", "clear", "max_calls", "next_call", "opened_at",
                  "psk_id", "rekey_after", "request", "response", "session_id", "signer_id",
-                 "suite")
+                 "suite", "use_until")
 
     def __init__(self, *, session_id: bytes, callee: str, secrets: SessionSecrets, suite: int,
                  psk_id: str, signer_id: str, lifetime_s: int, max_calls: int,
@@ -100,14 +101,21 @@ class CallerSession:
         self.max_calls = max_calls
         self.opened_at = opened_at
         self.rekey_after = opened_at + lifetime_s * REKEY_AT
+        self.use_until = opened_at + lifetime_s * USE_UNTIL
         self.next_call = 1
 
     def serves(self, now: float, signer_id: str, psk_id: str, suite: int) -> bool:
         """Whether a new call may use this session: young enough, calls left, and made with
         the keys the policy names now (a rotation opens a new session)."""
-        return (now < self.rekey_after and self.next_call < self.max_calls
+        return (now < self.use_until and self.next_call < self.max_calls
                 and signer_id == self.signer_id and psk_id == self.psk_id
                 and suite == self.suite)
+
+    def due(self, now: float) -> bool:
+        """Whether the next session should be opened now: past `REKEY_AT` of the lifetime or
+        of the calls. A host that can open it aside keeps using this one meanwhile; one that
+        cannot opens it before its next call."""
+        return now >= self.rekey_after or self.next_call >= self.max_calls * REKEY_AT
 
     def take_call_number(self) -> int:
         number = self.next_call

@@ -136,10 +136,14 @@ class SdkCore:
         policy = self._policy()
         destination = policy.route(plan.method)
         session = self._sessions.get(destination.name)
-        if session is not None and policy.caller.serves(session, destination, time.time()):
+        now = time.time()
+        # No aside here (a handshake rides the app's channel, in a call): a session that is
+        # due is renewed before the next call.
+        if session is not None and policy.caller.serves(session, destination, now) \
+                and not session.due(now):
             plan.session = session
             return None
-        return policy.caller.handshake(destination, time.time())
+        return policy.caller.handshake(destination, now)
 
     def handshake_timeout(self, plan: CallPlan) -> float:
         remaining = plan.remaining()

@@ -181,8 +181,7 @@ def _refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
 
 
 def _session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
-    def open_session(requests: Iterator[bytes], context: grpc.ServicerContext
-                     ) -> Iterator[bytes]:
+    def open_session(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         for _ in requests:  # a message, if the caller's stub sent one, says nothing
             pass
         try:
@@ -190,8 +189,10 @@ def _session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
         except FastProxyError as error:
             _abort(context, _Call(policy, OPEN_SESSION_METHOD, None), error)
         context.set_trailing_metadata(answer)
-        yield b""
-    return grpc.stream_stream_rpc_method_handler(open_session)
+        return b""
+    # Requests as a stream (a caller's stream stub may send none), one answer: any stub of
+    # the app's can make the call, and it costs about what a unary call costs.
+    return grpc.stream_unary_rpc_method_handler(open_session)
 
 
 class SealingServerInterceptor(grpc.ServerInterceptor):
@@ -340,7 +341,7 @@ def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
 
 def _aio_session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
     async def open_session(requests: AsyncIterator[bytes],
-                           context: grpc.aio.ServicerContext[Any, Any]) -> AsyncIterator[bytes]:
+                           context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         async for _ in requests:
             pass
         try:
@@ -348,8 +349,8 @@ def _aio_session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
         except FastProxyError as error:
             await _aio_abort(context, _Call(policy, OPEN_SESSION_METHOD, None), error)
         context.set_trailing_metadata(answer)
-        yield b""
-    return grpc.stream_stream_rpc_method_handler(open_session)
+        return b""
+    return grpc.stream_unary_rpc_method_handler(open_session)
 
 
 class AioSealingServerInterceptor(grpc.aio.ServerInterceptor):
