@@ -6,9 +6,11 @@ Starts the echo upstream and an in-proxy on loopback (policy file, no Center), t
 open gRPC connection, many times over: a new embedded SDK interceptor set (a new caller node,
 hence a new session) makes `--calls` unary 1 KiB calls. The first call of each set includes
 the `Session/Open` round trip and both sides' handshake work; the others run in the session.
-Reports the median and p90 of first calls and of later calls, and their difference: the
-latency a handshake adds. The connection is opened before any timing, so no TCP or HTTP/2
-setup is counted.
+Reports the median and p90 of first calls and of later calls, and their difference (the
+handshake, and what else a new SDK instance does on its first call); then the handshake
+alone, as the out-proxy makes it: hello, `Session/Open` round trip, finish. The connection
+is opened before any timing, so no TCP or HTTP/2 setup is counted. Run with an older
+checkout's Python (protocol version 1) for the first-call figures without a handshake.
 """
 
 from __future__ import annotations
@@ -71,9 +73,46 @@ def measure(address: str, policy: Path, sessions: int, calls: int
     return firsts, laters
 
 
+def measure_handshakes(address: str, policy_text: str, count: int) -> list[float]:
+    """The handshake alone, as the out-proxy makes it on an open connection: the caller's
+    hello, the `Session/Open` round trip to the in-proxy (its answer included), and the
+    caller's `finish`. (Protocol version 2 only.)"""
+    from fastproxy.pipeline.handshake import OPEN_METHOD
+    from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
+    from fastproxy.pipeline.node_policy import NodePolicy
+    from fastproxy.policy import load_policy
+    from fastproxy.policy.scope import scope_snapshot
+    from fastproxy.v1 import policy_pb2
+
+    node = NodePolicy.from_snapshot(scope_snapshot(load_policy(policy_text),
+                                                   policy_pb2.ROLE_OUT, "caller"))
+    destination = node.route(METHOD)
+    took: list[float] = []
+    with grpc.insecure_channel(address) as opened:
+        grpc.channel_ready_future(opened).result(timeout=10)
+        open_call = opened.unary_unary(OPEN_METHOD)
+        for _ in range(count):
+            started = time.perf_counter()
+            handshake = node.caller.handshake(destination, time.time())
+            _, rpc = open_call.with_call(b"", metadata=((HELLO_KEY, handshake.request),),
+                                         timeout=5)
+            handshake.finish(hello_of(rpc.trailing_metadata()), destination.verifiers,
+                             time.time())
+            took.append(time.perf_counter() - started)
+    return took
+
+
 def _ms(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return 1000 * ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def _speaks_sessions() -> bool:
+    try:
+        import fastproxy.pipeline.handshake  # noqa: F401
+    except ImportError:  # protocol version 1 (a checkout from before it, for comparison)
+        return False
+    return True
 
 
 def main() -> int:
@@ -96,6 +135,8 @@ def main() -> int:
         wait_listening(upstream)
         wait_serving(inproxy)
         firsts, laters = measure(inproxy.address, policy, args.sessions, args.calls)
+        alone = (measure_handshakes(inproxy.address, policy.read_text(), args.sessions)
+                 if _speaks_sessions() else [])
     finally:
         stop(inproxy)
         stop(upstream)
@@ -104,7 +145,10 @@ def main() -> int:
           "in-proxy -> echo upstream, one connection)")
     print(f"first call of a session: p50 {1000 * first:.3f} ms, p90 {_ms(firsts, 0.9):.3f} ms")
     print(f"later calls:             p50 {1000 * later:.3f} ms, p90 {_ms(laters, 0.9):.3f} ms")
-    print(f"added by the handshake:  p50 {1000 * (first - later):.3f} ms")
+    print(f"first minus later:       p50 {1000 * (first - later):.3f} ms")
+    if alone:
+        print(f"handshake alone:         p50 {1000 * statistics.median(alone):.3f} ms, "
+              f"p90 {_ms(alone, 0.9):.3f} ms (hello, Session/Open round trip, finish)")
     return 0
 
 

@@ -7,7 +7,6 @@ never per call or message.
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import struct
 
@@ -39,13 +38,13 @@ def nonce(call_number: int, position: int) -> bytes:
 
 
 def hkdf_extract(salt: bytes, ikm: bytes) -> bytes:
-    return hmac.new(salt, ikm, hashlib.sha256).digest()
+    return hmac.digest(salt, ikm, "sha256")
 
 
 def hkdf_expand(prk: bytes, info: bytes, length: int = KEY_BYTES) -> bytes:
     out, block, counter = b"", b"", 1
     while len(out) < length:
-        block = hmac.new(prk, block + info + bytes((counter,)), hashlib.sha256).digest()
+        block = hmac.digest(prk, block + info + bytes((counter,)), "sha256")
         out += block
         counter += 1
     return out[:length]
@@ -84,7 +83,7 @@ class Signer:
         key = self._pairs.get(peer)
         if key is None:
             key = self._pairs[peer] = pair_key(self._secret, self.owner, peer)
-        return hmac.new(key, message, hashlib.sha256).digest()
+        return hmac.digest(key, message, "sha256")
 
     def verifier_for(self, peer: str) -> Verifier:
         """The key that verifies this signer's signatures towards `peer` (a service that
@@ -122,8 +121,7 @@ class Verifier:
                 return False
             return True
         assert self._hmac is not None
-        return hmac.compare_digest(hmac.new(self._hmac, message, hashlib.sha256).digest(),
-                                   signature)
+        return hmac.compare_digest(hmac.digest(self._hmac, message, "sha256"), signature)
 
     def __repr__(self) -> str:
         return f"Verifier({self.key_id!r})"
