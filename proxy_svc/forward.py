@@ -195,6 +195,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         timeout_left = context.time_remaining()
         plan = await self._side.begin(method, metadata, self._clock(), single=single,
                                       carry=carry, remaining_s=timeout_left)
+        if plan.would_deny:
+            self._observer.would_deny(record, plan, method, context.peer())
         if record is not None:
             plan = self._observer.admitted(record, plan)
         self._exchange.consider(method)

@@ -24,6 +24,7 @@ from opentelemetry.trace import Span, SpanKind
 from fastproxy.hosting.refusal import HostRole
 from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
+from fastproxy.telemetry.logs import audit_would_deny
 from fastproxy.telemetry.metrics import ProxyMetrics
 from fastproxy.telemetry.tracing import (
     CallSpans,
@@ -45,7 +46,8 @@ class CallRecord:
     """One call through the proxy, as telemetry sees it."""
 
     __slots__ = ("callee", "caller", "code", "detail", "forward_metadata", "opened_s",
-                 "reason", "received", "sealed_s", "sent", "span", "started", "trace_id")
+                 "reason", "received", "sealed_s", "sent", "span", "started", "trace_id",
+                 "would_deny")
 
     def __init__(self, span: Span | None, forward_metadata: Metadata | None,
                  trace_id: str | None = None) -> None:
@@ -63,6 +65,7 @@ class CallRecord:
         self.sent = 0
         self.sealed_s = 0.0
         self.opened_s = 0.0
+        self.would_deny = ""
 
     def refused(self, err: FastProxyError, code: grpc.StatusCode) -> None:
         self.code = code
@@ -138,6 +141,19 @@ class CallObserver:
         # The next hop's parent is this span: replace the incoming trace context.
         return CallRecord(started, without_trace_context(metadata) + trace_metadata_of(started))
 
+    def would_deny(self, record: CallRecord | None, plan: CallPlan, method: str,
+                   peer: str | None) -> None:
+        """A call that passed only in audit mode: its audit line (telemetry on or off), and
+        when on, the metric and the mark on its span (at its end)."""
+        audit_would_deny(proxy=self.role.value, caller=plan.caller, callee=plan.callee,
+                         method=method, revision=self.revision(), audit=plan.would_deny,
+                         peer=peer or "",
+                         trace_id=record.trace_id_now() if record is not None else None)
+        if record is not None:
+            record.would_deny = plan.would_deny
+            if self.metrics is not None:
+                self.metrics.would_deny(plan.caller, method)
+
     def admitted(self, record: CallRecord, plan: CallPlan) -> CallPlan:
         record.caller, record.callee = plan.caller, plan.callee
         if self.metrics is None:
@@ -156,7 +172,8 @@ class CallObserver:
             end_call_span(span, code,
                           caller=record.caller if guards or not known else "",
                           callee=record.callee if not guards or not known else "",
-                          reason=record.reason, revision=self.revision(), detail=record.detail)
+                          reason=record.reason, revision=self.revision(), detail=record.detail,
+                          would_deny=record.would_deny)
         metrics = self.metrics
         if metrics is not None:
             metrics.active -= 1

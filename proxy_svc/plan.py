@@ -59,6 +59,7 @@ class CallPlan:
     link: TunnelLink | None = None  # the tunnel to carry the call (fast path, tunnel open)
     channel: grpc.aio.Channel | None = None  # else the channel of a call of its own
     outbound: OutboundCall | None = None  # the out-proxy's call, for session bookkeeping
+    would_deny: str = ""  # in-proxy: passed only in audit mode (the service or rule in it)
 
 
 class Role(Protocol):
@@ -142,4 +143,4 @@ class InboundRole:
         return CallPlan(call.caller, self._service, self._upstream, call.timeout_ms,
                         forwarded_request_metadata(metadata) + call.restored, request,
                         requests_done, call.seal_head, call.seal_response, call.seal_end,
-                        call.seal_end)
+                        call.seal_end, would_deny=call.would_deny)

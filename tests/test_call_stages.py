@@ -66,11 +66,21 @@ def test_a_destination_without_endpoints_is_still_routed_the_host_picks_the_endp
     assert Setup(endpoints=[]).caller_policy().route(METHOD).endpoints == ()
 
 
-def test_a_node_no_rule_concerns_routes_nothing() -> None:
+def test_a_node_no_rule_concerns_routes_nothing_and_denies_calls_to_known_services() -> None:
+    """Denied means denied: the caller's own node answers `denied` for a service that exists
+    but has no rule for it (it holds only the service's name and gRPC services: no key, no
+    endpoint), and `no_route` only for a gRPC service nobody serves."""
     text = Setup().yaml_text().replace("caller: chat_service", "caller: song_service")
-    node = NodePolicy.from_snapshot(scope_snapshot(load_policy(text), pb.ROLE_OUT, CALLER))
-    refused(Reason.NO_ROUTE, lambda: node.route(METHOD))
+    snapshot = scope_snapshot(load_policy(text), pb.ROLE_OUT, CALLER)
+    snapshot.revision = 7
+    node = NodePolicy.from_snapshot(snapshot)
+    denied = refused(Reason.DENIED, lambda: node.route(METHOD))
+    assert denied.rule == "none"
+    assert denied.detail == ("no rule of 'song_service' lets 'chat_service' call "
+                             f"{METHOD} (policy revision 7, rule none)")
+    refused(Reason.NO_ROUTE, lambda: node.route("/other.v1.Nobody/Call"))
     assert node.routes == {}
+    assert not snapshot.keys and all(not s.endpoints for s in snapshot.services)
 
 
 def test_each_call_of_a_session_takes_the_next_call_number() -> None:

@@ -200,6 +200,24 @@ def test_allow_to_deny_takes_effect_within_two_seconds(serving: CenterStack) -> 
     poll(lambda: succeeds(serving.out_address), TAKES_EFFECT_S, "calls allowed again")
 
 
+def test_a_removed_rule_is_denied_by_the_callers_own_out_proxy_within_two_seconds(
+        serving: CenterStack) -> None:
+    """No rule names chat_service any more: its out-proxy (sent song_service's name only)
+    answers `denied`, never `no_route`."""
+    original = serving.policy
+    start = time.monotonic()
+    serving.admin.apply(original.with_(chat_rule=False), "no rule for chat_service")
+    serving.policy = original.with_(chat_rule=False)
+    poll(lambda: refused_with(serving.out_address, "denied"), 5, "denied")
+    assert time.monotonic() - start <= TAKES_EFFECT_S
+    with pytest.raises(grpc.RpcError) as denied:
+        unary(serving.out_address)
+    trailers = dict(denied.value.trailing_metadata() or ())
+    assert (trailers.get("fastproxy-proxy"), trailers.get("fastproxy-rule")) == ("out", "none")
+    serving.apply(original, "allow again")
+    poll(lambda: succeeds(serving.out_address), TAKES_EFFECT_S, "calls allowed again")
+
+
 def test_a_new_key_takes_effect_within_two_seconds(serving: CenterStack) -> None:
     old = serving.policy
     new = old.with_(enc_key="song-enc-v2" if old.enc_key == "song-enc-v1" else "song-enc-v1",

@@ -554,14 +554,25 @@ def test_a_caller_outside_its_method_pattern_is_denied(stack: FileStack) -> None
     assert reason_of(raised.value) == "denied"
 
 
-def test_a_caller_no_rule_names_gets_no_route_at_its_out_proxy(stack: FileStack) -> None:
-    with channel(stack.outproxies[STRANGER].address) as ch, \
-            pytest.raises(grpc.RpcError) as raised:
-        call_kind(ch, "unary", b"hello?")
-    assert raised.value.code() == grpc.StatusCode.UNIMPLEMENTED
-    assert reason_of(raised.value) == "no_route"
+def test_a_caller_no_rule_names_is_denied_by_its_own_out_proxy(stack: FileStack) -> None:
+    """Denied means denied: the caller's out-proxy knows the service exists (not its keys or
+    endpoints) and answers `denied` naming caller, callee and method; a gRPC service nobody
+    serves stays `no_route`."""
+    with channel(stack.outproxies[STRANGER].address) as ch:
+        with pytest.raises(grpc.RpcError) as raised:
+            call_kind(ch, "unary", b"hello?")
+        with pytest.raises(grpc.RpcError) as unknown:
+            ch.unary_unary("/nobody.v1.Serves/This")(b"?", timeout=5)
+    assert raised.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert reason_of(raised.value) == "denied"
     trailers = dict(raised.value.trailing_metadata())
     assert trailers.get("fastproxy-proxy") == "out"
+    assert trailers.get("fastproxy-rule") == "none"
+    details = raised.value.details() or ""
+    assert STRANGER in details and CALLEE in details and UNARY in details
+    assert "policy revision" in details
+    assert unknown.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    assert reason_of(unknown.value) == "no_route"
 
 
 def test_rate_limit_lets_at_most_burst_plus_rps_through_in_one_second(stack: FileStack) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import pytest
 from support.dataplane import Proxies, free_address
-from support.sdk_stack import CALLEE, CALLER, OPTIONS, UpstreamServer, sdk_policy_yaml
+from support.sdk_stack import CALLEE, CALLER, LONELY, OPTIONS, UpstreamServer, sdk_policy_yaml
 
 import fastproxy
 from fastproxy.sdk import InterceptorSet
@@ -173,6 +173,29 @@ def test_a_method_no_service_serves_fails_with_no_route(
     for audit in audits:
         assert (audit["event"], audit["proxy"], audit["caller"]) == ("refused", "client", CALLER)
         assert audit["revision"] >= 1
+
+
+def test_a_caller_no_rule_names_is_denied_by_its_own_sdk(
+        stack: tuple[str, Path], caplog: pytest.LogCaptureFixture) -> None:
+    """Denied means denied: the SDK knows song_service exists (no key, no endpoint of it)
+    and refuses lonely_service's call itself, naming caller, callee and method."""
+    caplog.set_level(logging.WARNING, logger="fastproxy.audit")
+    with fastproxy.client_interceptors(service=LONELY, embedded=True,
+                                       policy_file=str(stack[1])) as lonely, \
+            grpc.insecure_channel(stack[0]) as plain:
+        echo = demo_pb2_grpc.EchoStub(grpc.intercept_channel(plain, *lonely))
+        with pytest.raises(grpc.RpcError) as caught:
+            echo.Unary(request("may I?"), timeout=5)
+    error = caught.value
+    assert error.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert trailer(error, "fastproxy-error") == "denied"
+    assert trailer(error, "fastproxy-proxy") == "client"
+    assert trailer(error, "fastproxy-rule") == "none"
+    assert error.details() == (f"no rule of {CALLEE!r} lets {LONELY!r} call "
+                               "/demo.v1.Echo/Unary (policy revision 1, rule none)")
+    [audit] = audit_lines(caplog)
+    assert (audit["caller"], audit["callee"], audit["reason"], audit["rule"]) == (
+        LONELY, CALLEE, "denied", "none")
 
 
 def test_a_response_from_a_plain_server_is_refused_as_unauthenticated(

@@ -23,6 +23,7 @@ from support.sdk_stack import (
     CALLER,
     FLAKY_SERVER_STREAM,
     FLAKY_UNARY,
+    LONELY,
     OPTIONS,
     UpstreamServer,
     sdk_policy_yaml,
@@ -42,6 +43,7 @@ class Stack:
     out_address: str
     policy: Path
     upstream: UpstreamServer
+    lonely_out_address: str  # the out-proxy of lonely_service (no rule names it)
 
 
 @pytest.fixture(scope="module")
@@ -57,9 +59,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         inproxy = proxies.start("in", CALLEE, in_address, policy=policy,
                                 upstream=upstream.address, wait=False)
         outproxy = proxies.start("out", CALLER, out_address, policy=policy, wait=False)
-        for proxy in (inproxy, outproxy):
+        lonely = proxies.start("out", LONELY, free_address(), policy=policy, wait=False)
+        for proxy in (inproxy, outproxy, lonely):
             proxy.wait_status(1)  # SERVING
-        yield Stack(out_address, policy, upstream)
+        yield Stack(out_address, policy, upstream, lonely.address)
     finally:
         proxies.stop_all()
         upstream.stop()
@@ -92,6 +95,21 @@ def test_a_call_without_deadline_gets_the_destination_timeout(
     assert remaining is not None and 15 < remaining <= 20  # timeout_ms: 20000
     seen = stack.upstream.flaky.records[ident].time_remaining
     assert seen is not None and seen <= 20.2
+
+
+def test_a_caller_no_rule_names_is_denied_by_its_out_proxy_through_the_sdk(
+        stack: Stack) -> None:
+    with fastproxy.client_interceptors(service=LONELY, policy_file=str(stack.policy)) as made, \
+            grpc.insecure_channel(stack.lonely_out_address) as plain:
+        assert made.wait_for_policy(5)
+        channel = grpc.intercept_channel(plain, *made)
+        with pytest.raises(grpc.RpcError) as caught:
+            channel.unary_unary(FLAKY_UNARY)(b"may I?", timeout=5)
+    trailers = dict(caught.value.trailing_metadata() or ())
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert (trailers["fastproxy-error"], trailers["fastproxy-proxy"],
+            trailers["fastproxy-rule"]) == ("denied", "out", "none")
+    assert f"{LONELY!r} call {FLAKY_UNARY}" in (caught.value.details() or "")
 
 
 def test_from_a_center_the_sdk_watches_as_an_app_node_and_is_sent_no_key(

@@ -140,7 +140,11 @@ def test_a_refused_call_is_one_json_audit_line_in_the_in_proxy_log(
 
     _eventually(lambda: bool(found()), f"an audit line for {reason}")
     line = found()[-1]
-    assert line["message"] == "call refused"
+    # the message names the call (an app's plain logging shows it), the fields stay apart
+    assert line["message"] == (f"call refused: {CALLER} -> {CALLEE} {method}: {reason} "
+                               f"(proxy in, revision 1, rule {line['rule']})")
+    assert line["rule"] == ("none" if reason == "denied"
+                            else "services.song_service.allow[1]")
     assert line["level"] == "warning"
     assert line["caller"] == CALLER
     assert line["callee"] == CALLEE

@@ -15,7 +15,13 @@ from dataclasses import dataclass
 import grpc
 
 from fastproxy.pipeline.metadata import SESSION_KEY, Metadata
-from fastproxy.pipeline.reasons import ERROR_TRAILER, PROXY_TRAILER, FastProxyError, Reason
+from fastproxy.pipeline.reasons import (
+    ERROR_TRAILER,
+    PROXY_TRAILER,
+    RULE_TRAILER,
+    FastProxyError,
+    Reason,
+)
 from fastproxy.pipeline.stages import UNKNOWN_SESSION
 from fastproxy.telemetry.logs import audit_refused_call
 
@@ -49,7 +55,9 @@ Trailers = tuple[tuple[str, str], ...]  # ours: text only
 
 
 def refusal_trailers(err: FastProxyError, role: HostRole) -> Trailers:
-    trailers = ((ERROR_TRAILER, err.reason.value), (PROXY_TRAILER, role.value))
+    trailers: Trailers = ((ERROR_TRAILER, err.reason.value), (PROXY_TRAILER, role.value))
+    if err.rule:
+        trailers += ((RULE_TRAILER, err.rule),)
     if err.session_unknown:  # the caller opens a new session and may try again
         return (*trailers, (SESSION_KEY, UNKNOWN_SESSION))
     return trailers
@@ -72,10 +80,10 @@ def refuse(err: FastProxyError, role: HostRole, *, service: str, other: str, met
     if role.guards:
         caller, callee = err.caller or other, service
     else:
-        caller, callee = service, other
+        caller, callee = service, other or err.callee
     audit_refused_call(proxy=role.value, caller=caller, callee=callee, method=method,
                        reason=err.reason.value, revision=revision, peer=peer,
-                       detail=err.detail, trace_id=trace_id)
+                       detail=err.detail, trace_id=trace_id, rule=err.rule)
     return Refusal(STATUS_OF_REASON[err.reason], err.detail, refusal_trailers(err, role))
 
 

@@ -16,7 +16,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from fastproxy.pipeline.authz import AllowList, CompiledAllowRule, MethodMatcher
+from fastproxy.pipeline.authz import AllowList, CompiledAllowRule, MethodMatcher, rule_path
 from fastproxy.pipeline.compression import Compressor
 from fastproxy.pipeline.handshake import CalleeSessions, CallerSession, HelloPolicy
 from fastproxy.pipeline.keys import Signer, Verifier
@@ -125,10 +125,10 @@ class NodePolicy:
         callee_side: CalleeSide | None = None
         if role == pb.ROLE_IN:
             callee_side = _compile_callee(me, services, keys, max_message_bytes,
-                                          clock_window_s)
+                                          clock_window_s, snapshot.revision)
         elif role in (pb.ROLE_OUT, pb.ROLE_CLIENT):
             caller_side = _compile_caller(me, services, keys, max_message_bytes,
-                                          clock_window_s)
+                                          clock_window_s, snapshot)
         else:
             raise NodePolicyError(f"snapshot has no valid role ({role})")
         return cls(revision=snapshot.revision, service=me, role=role,
@@ -311,11 +311,14 @@ def _secret_keys(service: pb.Service) -> frozenset[str]:
 
 
 def _compile_caller(me: str, services: dict[str, pb.Service], keys: _Keys,
-                    max_message_bytes: int, window_s: float) -> CallerSide:
+                    max_message_bytes: int, window_s: float,
+                    snapshot: pb.PolicySnapshot) -> CallerSide:
     own = services.get(me)
     destinations = [s for s in services.values() if s.grpc_services]
+    others = {grpc_service: other.name for other in snapshot.others
+              for grpc_service in other.grpc_services}
     if not destinations:
-        return CallerSide(me, None, {}, window_s, max_message_bytes)
+        return CallerSide(me, None, {}, window_s, max_message_bytes, others, snapshot.revision)
     if own is None:
         raise NodePolicyError(f"snapshot routes calls but has no entry for {me!r}")
     signer = _signer(own, keys)
@@ -334,16 +337,18 @@ def _compile_caller(me: str, services: dict[str, pb.Service], keys: _Keys,
                 raise NodePolicyError(f"gRPC service {grpc_service!r} is routed to both "
                                       f"{other.name!r} and {service.name!r}")
             routes[grpc_service] = destination
-    return CallerSide(me, signer, routes, window_s, max_message_bytes)
+    return CallerSide(me, signer, routes, window_s, max_message_bytes, others,
+                      snapshot.revision)
 
 
 def _compile_callee(me: str, services: dict[str, pb.Service], keys: _Keys,
-                    max_message_bytes: int, window_s: float) -> CalleeSide:
+                    max_message_bytes: int, window_s: float, revision: int) -> CalleeSide:
     own = services.get(me)
     if own is None:  # a service no rule concerns: every caller is unknown, hence refused
-        return CalleeSide(me, {}, AllowList(()), 0, max_message_bytes, None,
-                          window_s=window_s)
-    allow = AllowList(tuple(_compile_rule(me, i, rule) for i, rule in enumerate(own.allow)))
+        return CalleeSide(me, {}, AllowList((), me), 0, max_message_bytes, None,
+                          window_s=window_s, revision=revision)
+    allow = AllowList(tuple(_compile_rule(me, i, rule) for i, rule in enumerate(own.allow)),
+                      me, own.audit)
     callers = {service.name: _verifiers(service, keys, me) for service in services.values()
                if service.HasField("identity") and service.identity.key}
     suite, _, _, accepted = _encryption(own, keys)
@@ -351,7 +356,7 @@ def _compile_callee(me: str, services: dict[str, pb.Service], keys: _Keys,
                         psks=accepted)
     return CalleeSide(me, callers, allow, own.timeout_ms, max_message_bytes, hello,
                       compressor=_compressor(own), secret_keys=_secret_keys(own),
-                      window_s=window_s)
+                      window_s=window_s, revision=revision)
 
 
 def _compile_rule(service: str, index: int, rule: pb.AllowRule) -> CompiledAllowRule:
@@ -367,4 +372,5 @@ def _compile_rule(service: str, index: int, rule: pb.AllowRule) -> CompiledAllow
         if not rule.rate_limit.rps > 0 or rule.rate_limit.burst < 1:
             raise NodePolicyError(f"{where}: rate limit needs rps > 0 and burst >= 1")
         limit = RateLimit(rule.rate_limit.rps, rule.rate_limit.burst)
-    return CompiledAllowRule(index, rule.caller, tuple(rule.methods), methods, limit)
+    return CompiledAllowRule(index, rule.caller, tuple(rule.methods), methods, limit,
+                             rule.audit, rule_path(service, index))

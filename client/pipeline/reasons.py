@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 ERROR_TRAILER = "fastproxy-error"
 PROXY_TRAILER = "fastproxy-proxy"
+RULE_TRAILER = "fastproxy-rule"  # denied and rate_limited: the deciding rule, or "none"
 
 
 class Reason(enum.Enum):
@@ -32,10 +33,15 @@ class Reason(enum.Enum):
 class FastProxyError(Exception):
     """A refused call: a contracted reason plus a detail safe to show the caller."""
 
-    def __init__(self, reason: Reason, detail: str, caller: str = "") -> None:
+    def __init__(self, reason: Reason, detail: str, caller: str = "", *, rule: str = "",
+                 callee: str = "") -> None:
         super().__init__(f"{reason.value}: {detail}")
         self.reason = reason
         self.detail = detail
+        # denied and rate_limited: the rule that decided (`services.S.allow[I]`) or "none"
+        self.rule = rule
+        # the callee when a caller's node refused before any plan named it (audit lines)
+        self.callee = callee
         # The authenticated caller when the refusal came after authentication (for audit
         # lines and metrics; "" when not known). Never sent to the caller.
         self.caller = caller

@@ -20,12 +20,12 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from google.protobuf.message import DecodeError
 
-from fastproxy.pipeline.authz import AllowList, CompiledAllowRule
+from fastproxy.pipeline.authz import NO_RULE, AllowList, CompiledAllowRule
 from fastproxy.pipeline.compression import Compressor
 from fastproxy.pipeline.handshake import (
     CalleeSession,
@@ -151,13 +151,23 @@ class CallerSide:
     routes: Mapping[str, Destination]  # gRPC service name -> destination
     window_s: float
     max_message_bytes: int
+    others: Mapping[str, str] = field(default_factory=dict)  # gRPC service -> a service
+    revision: int = 0  # this node may not call
 
     def route(self, method: str) -> Destination:
-        """The destination serving `method`'s gRPC service: NO_ROUTE when none does."""
-        destination = self.routes.get(grpc_service_of(method))
+        """The destination serving `method`'s gRPC service: DENIED when a service this node
+        may not call serves it, NO_ROUTE when none does."""
+        grpc_service = grpc_service_of(method)
+        destination = self.routes.get(grpc_service)
         if destination is None:
+            owner = self.others.get(grpc_service)
+            if owner is not None:
+                raise FastProxyError(
+                    Reason.DENIED, f"no rule of {owner!r} lets {self.service!r} call {method} "
+                                   f"(policy revision {self.revision}, rule {NO_RULE})",
+                    rule=NO_RULE, callee=owner)
             raise FastProxyError(Reason.NO_ROUTE,
-                                 f"no service serves {grpc_service_of(method) or method!r}")
+                                 f"no service serves {grpc_service or method!r}")
         return destination
 
     def handshake(self, destination: Destination, now: float, *,
@@ -290,6 +300,7 @@ class CalleeSide:
     compressor: Compressor | None = None
     secret_keys: frozenset[str] = SECRET_KEYS  # and the service's own
     window_s: float = DEFAULT_CLOCK_WINDOW_S
+    revision: int = 0
 
     def accept(self, request: bytes, now: float, state: NodeState, *,
                ephemeral: Ephemeral | None = None,
@@ -364,8 +375,9 @@ class OpenCall:
         # From here on, a refusal is sealed: this call number is spent.
         call.call = inbound = InboundCall(side, session, number, call.method, call.metadata)
         if keys is None:
-            raise FastProxyError(Reason.DENIED, f"no allow rule of {side.service!r} names "
-                                                f"caller {session.caller!r}")
+            raise FastProxyError(Reason.DENIED,
+                                 f"{side.allow.denial(session.caller, call.method)} (policy "
+                                 f"revision {side.revision}, rule {NO_RULE})", rule=NO_RULE)
         head = _parse(spb.CallHead, plaintext, "the call header")
         assert isinstance(head, spb.CallHead)
         if head.method != call.method:
@@ -383,28 +395,35 @@ def _psk_retired(side: CalleeSide, session: CalleeSession) -> bool:
 
 
 class Authorize:
+    """The allow rules decide (`AllowList.decide`); a call that passes only in audit mode
+    is marked `would_deny` for the host to count, audit and mark on its span."""
+
     def admit(self, call: InboundAdmission) -> None:
         assert call.call is not None
-        caller = call.call.caller
-        rule = call.side.allow.first_match(caller, call.method)
-        if rule is None:
+        side, caller = call.side, call.call.caller
+        decision = side.allow.decide(caller, call.method)
+        if not decision.allowed:
             raise FastProxyError(Reason.DENIED,
-                                 f"no allow rule lets {caller!r} call {call.method}")
-        call.rule = call.call.rule = rule
+                                 f"{side.allow.denial(caller, call.method)} (policy revision "
+                                 f"{side.revision}, rule {NO_RULE})", rule=NO_RULE)
+        call.rule = call.call.rule = decision.rule
+        call.call.would_deny = decision.audit if decision.would_deny else ""
 
 
 class SpendRateLimit:
     def admit(self, call: InboundAdmission) -> None:
-        assert call.call is not None and call.rule is not None
-        limit = call.rule.rate_limit
-        if limit is None:
+        assert call.call is not None
+        rule = call.rule
+        if rule is None or rule.rate_limit is None:
             return
-        key = (call.side.service, call.call.caller, call.rule.bucket_key)
+        limit = rule.rate_limit
+        key = (call.side.service, call.call.caller, rule.bucket_key)
         if not call.state.take_token(key, limit, call.now):
             raise FastProxyError(
                 Reason.RATE_LIMITED,
-                f"rate limit of {limit.rps:g}/s for {call.call.caller!r} is spent",
-            )
+                f"rate limit of {limit.rps:g}/s (burst {limit.burst}) for "
+                f"{call.call.caller!r} is spent (policy revision {call.side.revision}, rule "
+                f"{rule.path})", rule=rule.path)
 
 
 INBOUND_STAGES: tuple[InboundStage, ...] = (OpenCall(), Authorize(), SpendRateLimit())
@@ -415,7 +434,7 @@ class InboundCall:
 
     __slots__ = ("_compressor", "_head_sent", "_requests", "_responses", "call_number",
                  "caller", "method", "restored", "rule", "secret_keys", "session", "timeout_ms",
-                 "wire_metadata")
+                 "wire_metadata", "would_deny")
 
     def __init__(self, side: CalleeSide, session: CalleeSession, number: int, method: str,
                  metadata: Metadata) -> None:
@@ -425,6 +444,8 @@ class InboundCall:
         self.call_number = number
         self.timeout_ms = side.timeout_ms
         self.rule: CompiledAllowRule | None = None
+        # what let it pass in audit mode (a service or rule path): "" for an allowed call
+        self.would_deny = ""
         self.secret_keys = side.secret_keys
         self.wire_metadata = _without(metadata, PROTOCOL_KEYS)
         self.restored: Metadata = ()  # the credential entries the CALL record carried

@@ -57,11 +57,22 @@ class RateLimit:
     burst: int
 
 
+class Mode(enum.Enum):
+    """`enforce`: calls the rules do not allow are denied. `audit` (a dry run): they pass, and
+    are counted, audited and marked on their spans as `would_deny`."""
+
+    ENFORCE = "enforce"
+    AUDIT = "audit"
+
+
 @dataclass(frozen=True, slots=True)
 class AllowRule:
     caller: str  # a service name or "*"
     methods: tuple[str, ...]
     rate_limit: RateLimit | None = None
+    # audit: a call of this rule's caller that no rule allows passes as `would_deny` (the
+    # rule is being narrowed); enforce: it is denied
+    mode: Mode = Mode.ENFORCE
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,6 +100,7 @@ class ServiceSpec:
     allow: tuple[AllowRule, ...] = ()
     retry: RetryPolicy | None = None
     secret_metadata: tuple[str, ...] = ()  # encrypted on the wire, beyond the built-in names
+    mode: Mode = Mode.ENFORCE  # audit: every call the rules do not allow passes as would_deny
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,8 +109,12 @@ class Policy:
     services: Mapping[str, ServiceSpec]
 
     def callers_of(self, service: ServiceSpec) -> tuple[str, ...]:
-        """Services that some allow rule of `service` lets call it ("*" expands to all)."""
+        """Services that may reach `service`: those some allow rule names ("*" expands to
+        all), and, in audit mode, every service with an identity (its calls pass as
+        would_deny)."""
         names: set[str] = set()
+        if service.mode is Mode.AUDIT:
+            names.update(n for n, s in self.services.items() if s.identity is not None)
         for rule in service.allow:
             if rule.caller == "*":
                 names.update(n for n, s in self.services.items() if s.identity is not None)
@@ -107,11 +123,22 @@ class Policy:
         return tuple(sorted(names))
 
     def callees_of(self, caller: str) -> tuple[str, ...]:
-        """Services with an allow rule that names `caller` (or "*")."""
+        """Services `caller` may reach: with an allow rule that names it (or "*"), or in
+        audit mode (services serving gRPC services, the caller having an identity)."""
+        own = self.services.get(caller)
         return tuple(
             sorted(
                 name
                 for name, svc in self.services.items()
                 if any(rule.caller in (caller, "*") for rule in svc.allow)
+                or (svc.mode is Mode.AUDIT and svc.grpc_services and own is not None
+                    and own.identity is not None)
             )
         )
+
+    def owner_of(self, grpc_service: str) -> ServiceSpec | None:
+        """The service that serves `grpc_service` (validation makes it at most one)."""
+        for spec in self.services.values():
+            if grpc_service in spec.grpc_services:
+                return spec
+        return None

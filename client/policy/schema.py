@@ -24,6 +24,7 @@ from fastproxy.policy.model import (
     KeyRef,
     KeySpec,
     KeyType,
+    Mode,
     Policy,
     RateLimit,
     RetryPolicy,
@@ -268,7 +269,8 @@ def _ed25519_seed(material: bytes) -> bytes | None:
 
 
 SERVICE_FIELDS = ("grpc_services", "endpoints", "identity", "encrypt", "compress",
-                  "timeout_ms", "allow", "retry", "secret_metadata")
+                  "timeout_ms", "allow", "retry", "secret_metadata", "mode")
+MODES = ", ".join(m.value for m in Mode)
 # A metadata name gRPC accepts (lower case), not one of ours, not a pseudo-header.
 METADATA_NAME_RE = re.compile(r"(?!fastproxy-)[a-z0-9_.-]{1,128}")
 
@@ -322,6 +324,7 @@ def _services(check: _Check, value: Any) -> tuple[dict[str, ServiceSpec], _Decla
             secret_metadata=check.string_list(fields.get("secret_metadata"),
                                               f"{path}.secret_metadata", METADATA_NAME_RE,
                                               "lower-case metadata name"),
+            mode=_mode(check, fields.get("mode"), f"{path}.mode"),
         )
     return out, declared
 
@@ -373,7 +376,7 @@ def _allow(check: _Check, value: Any, path: str, callers: CallerRefs) -> tuple[A
     rules: list[AllowRule] = []
     for i, item in enumerate(value):
         rule_path = f"{path}[{i}]"
-        fields = check.fields(item, rule_path, ("caller", "methods"), ("rate_limit",))
+        fields = check.fields(item, rule_path, ("caller", "methods"), ("rate_limit", "mode"))
         if fields is None:
             continue
         caller = None
@@ -395,9 +398,20 @@ def _allow(check: _Check, value: Any, path: str, callers: CallerRefs) -> tuple[A
                 if len(check.errors) != errors_before:
                     methods = ()  # a rule is kept whole or not at all
         rate = _rate_limit(check, fields.get("rate_limit"), f"{rule_path}.rate_limit")
+        mode = _mode(check, fields.get("mode"), f"{rule_path}.mode")
         if caller is not None and methods:
-            rules.append(AllowRule(caller, methods, rate))
+            rules.append(AllowRule(caller, methods, rate, mode))
     return tuple(rules)
+
+
+def _mode(check: _Check, value: Any, path: str) -> Mode:
+    if value is None:
+        return Mode.ENFORCE
+    try:
+        return Mode(value)
+    except ValueError:
+        check.error(path, f"must be one of {MODES}")
+        return Mode.ENFORCE
 
 
 def _rate_limit(check: _Check, value: Any, path: str) -> RateLimit | None:
@@ -487,7 +501,8 @@ def _check_callers(check: _Check, services: Mapping[str, ServiceSpec],
                    declared: _Declared) -> None:
     """Every caller a rule names exists, and every service that calls or is called has an
     identity."""
-    called_or_calling = {name for name, svc in services.items() if svc.allow}
+    called_or_calling = {name for name, svc in services.items()
+                         if svc.allow or svc.mode is Mode.AUDIT}
     for caller_path, caller in declared.callers:
         if caller == "*":
             continue

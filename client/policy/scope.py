@@ -9,6 +9,8 @@
   for ed25519, the pair key D -> C for HMAC), compression, timeout and retry policy.
 - An app-node of service C (the client SDK sending through an out-proxy) gets, for each
   service C may call, only its routes, timeout and retry policy: no key, no endpoint.
+- Out-, client- and app-nodes also get, for every other service serving gRPC services, its
+  name and gRPC service names (`others`): they answer `denied` for those themselves.
 - A node of a service no rule concerns gets an empty snapshot and no secret.
 """
 
@@ -18,7 +20,15 @@ import hashlib
 from collections.abc import Iterable, Mapping, Sequence
 
 from fastproxy.pipeline.keys import pair_key
-from fastproxy.policy.model import KeyRef, KeySpec, KeyType, Policy, RetryPolicy, ServiceSpec
+from fastproxy.policy.model import (
+    KeyRef,
+    KeySpec,
+    KeyType,
+    Mode,
+    Policy,
+    RetryPolicy,
+    ServiceSpec,
+)
 from fastproxy.v1 import policy_pb2 as pb
 
 KEY_TYPE_TO_PB = {
@@ -56,7 +66,7 @@ def scope_snapshot(
 def _scope_in(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
               keys: _KeyCollector) -> None:
     """The guarded service's own entry and keys, and each caller's identity."""
-    if not own.allow:
+    if not own.allow and own.mode is not Mode.AUDIT:
         return
     snapshot.services.append(_service_pb(own, with_rules=True))
     keys.add(own.identity, private=True)
@@ -74,6 +84,7 @@ def _scope_out(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
     """The caller's own identity, and each service it may call: routes, endpoints (static
     and registered), keys, limits."""
     callees = policy.callees_of(own.name)
+    _others(policy, callees, snapshot)
     if not callees:
         return
     keys.add(own.identity, private=True)
@@ -90,8 +101,17 @@ def _scope_out(policy: Policy, own: ServiceSpec, snapshot: pb.PolicySnapshot,
         keys.add(spec.identity, private=name == own.name, owner=name, peer=own.name)
 
 
+def _others(policy: Policy, callees: Sequence[str], snapshot: pb.PolicySnapshot) -> None:
+    """Services the node may not call: their names and gRPC services only, so that the
+    node itself answers `denied` for them (and `no_route` only for what nobody serves)."""
+    for name, spec in sorted(policy.services.items()):
+        if spec.grpc_services and name not in callees:
+            snapshot.others.append(pb.OtherService(name=name, grpc_services=spec.grpc_services))
+
+
 def _scope_app(policy: Policy, service: str, snapshot: pb.PolicySnapshot) -> None:
     """Through an out-proxy: routes, timeouts and retry policies only, no key at all."""
+    _others(policy, policy.callees_of(service), snapshot)
     for name in policy.callees_of(service):
         spec = policy.services[name]
         entry = pb.Service(name=name, grpc_services=spec.grpc_services,
@@ -127,8 +147,10 @@ def _service_pb(spec: ServiceSpec, *, with_rules: bool) -> pb.Service:
     if spec.retry is not None:
         entry.retry.CopyFrom(_retry_pb(spec.retry))
     if with_rules:
+        entry.audit = spec.mode is Mode.AUDIT
         for rule in spec.allow:
-            pb_rule = entry.allow.add(caller=rule.caller, methods=rule.methods)
+            pb_rule = entry.allow.add(caller=rule.caller, methods=rule.methods,
+                                      audit=rule.mode is Mode.AUDIT)
             if rule.rate_limit is not None:
                 pb_rule.rate_limit.rps = rule.rate_limit.rps
                 pb_rule.rate_limit.burst = rule.rate_limit.burst

@@ -17,6 +17,7 @@ from fastproxy.pipeline.metadata import HELLO_KEY, Metadata, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES, InboundCall
+from fastproxy.telemetry.logs import audit_would_deny
 from fastproxy.v1 import policy_pb2 as pb
 
 # Reachable without a sealed call: orchestrators' health checks speak plain grpc.health.v1.
@@ -86,8 +87,14 @@ class EmbeddedPolicy:
         return method.startswith(self._open_prefixes)
 
     def admit(self, method: str, metadata: Metadata) -> InboundCall:
-        """The opened, admitted call; raises `FastProxyError` when it is refused."""
-        return self.holder.require().inbound(method, metadata, self._clock(), self.state)
+        """The opened, admitted call; raises `FastProxyError` when it is refused. A call let
+        through by audit mode gets its audit line here (as at the in-proxy)."""
+        call = self.holder.require().inbound(method, metadata, self._clock(), self.state)
+        if call.would_deny:
+            audit_would_deny(proxy=HostRole.IN.value, caller=call.caller, callee=self.service,
+                             method=method, revision=self.revision, audit=call.would_deny,
+                             peer="")
+        return call
 
     def answer_hello(self, metadata: Metadata) -> Metadata:
         """The trailers answering a caller's handshake (its hello is in `metadata`); raises

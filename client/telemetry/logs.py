@@ -35,18 +35,40 @@ audit_log = logging.getLogger("fastproxy.audit")
 
 def audit_refused_call(*, proxy: str, caller: str, callee: str, method: str, reason: str,
                        revision: int, peer: str, detail: str,
-                       trace_id: str | None = None) -> None:
+                       trace_id: str | None = None, rule: str = "") -> None:
     """The one audit line of a refused call, wherever it was refused (proxy or embedded
-    host): who called whom, what, why, under which revision, from where. `detail` is what
-    the caller was told (never a secret)."""
+    host): who called whom, what, why, under which revision and rule, from where. `detail`
+    is what the caller was told (never a secret). The message itself names the parties and
+    the reason, so that an app's own logging setup (`logging.basicConfig`) shows them too;
+    JSON logs carry each field apart."""
     fields: dict[str, Any] = {
         "event": "refused", "proxy": proxy, "caller": caller, "callee": callee,
         "method": method, "reason": reason, "revision": revision, "peer": peer,
         "detail": detail,
     }
+    if rule:
+        fields["rule"] = rule
     if trace_id:
         fields["trace_id"] = trace_id
-    log_event(audit_log, logging.WARNING, "call refused", **fields)
+    log_event(audit_log, logging.WARNING,
+              f"call refused: {caller or '?'} -> {callee or '?'} {method}: {reason} "
+              f"(proxy {proxy}, revision {revision}{f', rule {rule}' if rule else ''})", **fields)
+
+
+def audit_would_deny(*, proxy: str, caller: str, callee: str, method: str, revision: int,
+                     audit: str, peer: str, trace_id: str | None = None) -> None:
+    """The audit line of a call that passed only because of audit mode (`audit` names the
+    service or rule in that mode): enforced, it would have been denied."""
+    fields: dict[str, Any] = {
+        "event": "would_deny", "proxy": proxy, "caller": caller, "callee": callee,
+        "method": method, "reason": "denied", "rule": "none", "audit": audit,
+        "revision": revision, "peer": peer,
+    }
+    if trace_id:
+        fields["trace_id"] = trace_id
+    log_event(audit_log, logging.WARNING,
+              f"call would be denied: {caller} -> {callee} {method} passed in audit mode "
+              f"({audit}, revision {revision})", **fields)
 
 
 def _trace_fields(record: logging.LogRecord) -> dict[str, str]:

@@ -85,6 +85,8 @@ class ProxyMetrics:
         # (caller, callee, method, code) -> its series
         self._calls: dict[tuple[str, str, str, str], CallSeries] = {}
         self._refusals: dict[str, int] = {}
+        # (caller, method) -> calls that passed only because of audit mode
+        self._would_deny: dict[tuple[str, str], int] = {}
         self.received_bytes = 0
         self.sent_bytes = 0
         self.sealed_s = 0.0
@@ -101,6 +103,10 @@ class ProxyMetrics:
         m.create_observable_counter(
             "fastproxy.refusals", unit="{call}", callbacks=[self._observe_refusals],
             description="Calls refused by this proxy, by reason")
+        m.create_observable_counter(
+            "fastproxy.would_deny", unit="{call}", callbacks=[self._observe_would_deny],
+            description="Calls let through by audit mode that enforcing would deny, by caller "
+                        "and method")
         m.create_observable_counter(
             "fastproxy.received", unit="By",
             callbacks=[_observe(lambda: self.received_bytes, attrs)],
@@ -158,6 +164,18 @@ class ProxyMetrics:
         series.durations.record(duration_s)
         if reason is not None:
             self._refusals[reason] = self._refusals.get(reason, 0) + 1
+
+    def would_deny(self, caller: str, method: str) -> None:
+        key = (caller, method)
+        if key not in self._would_deny and len(self._would_deny) >= ATTRIBUTE_CACHE_LIMIT:
+            key = (caller, "other")
+        self._would_deny[key] = self._would_deny.get(key, 0) + 1
+
+    def _observe_would_deny(self, _options: otel_metrics.CallbackOptions
+                            ) -> Iterable[otel_metrics.Observation]:
+        return [otel_metrics.Observation(count, {"caller": caller, "method": method,
+                                                 "proxy": self.proxy})
+                for (caller, method), count in list(self._would_deny.items())]
 
     def _observe_calls(self, _options: otel_metrics.CallbackOptions
                        ) -> Iterable[otel_metrics.Observation]:

@@ -39,6 +39,7 @@ CALLER = "fastproxy.caller"
 CALLEE = "fastproxy.callee"
 REASON = "fastproxy.reason"
 REVISION = "fastproxy.policy.revision"
+WOULD_DENY = "fastproxy.would_deny"
 
 TRACE_KEYS = frozenset({"traceparent", "tracestate", "baggage"})
 
@@ -197,7 +198,7 @@ class CallSpans:
 
 def end_call_span(span: Span, code: grpc.StatusCode, *, caller: str = "", callee: str = "",
                   reason: str | None = None, revision: int | None = None,
-                  detail: str = "") -> None:
+                  detail: str = "", would_deny: str = "") -> None:
     """Sets the outcome (`rpc.grpc.status_code`, ours) and ends `span`. Per the RPC
     conventions a SERVER span is an error for codes a server is to blame for; we mark every
     refusal and every non-OK code as an error, with the code's name as description.
@@ -216,6 +217,8 @@ def end_call_span(span: Span, code: grpc.StatusCode, *, caller: str = "", callee
         attributes[REASON] = reason
     if revision is not None:
         attributes[REVISION] = revision
+    if would_deny:  # passed in audit mode; enforcing would deny it (the mode's owner)
+        attributes[WOULD_DENY] = would_deny
     span.set_attributes(attributes)
     if code != grpc.StatusCode.OK:
         span.set_status(Status(StatusCode.ERROR, f"{code.name}{': ' + detail if detail else ''}"))

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from fastproxy.pipeline.handshake import CallerSession, SessionSecrets
+from fastproxy.pipeline.handshake import OPEN_METHOD, CallerSession, SessionSecrets
 from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.records import SESSION_ID_BYTES
@@ -49,7 +49,6 @@ from fastproxy.policy import load_policy
 from fastproxy.policy.scope import scope_snapshot
 from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
-from proxy_svc.sessions import OPEN_METHOD
 from proxy_svc.tunnel import CARRY_METHOD
 from proxy_svc.upstream import StatusLog
 from support.upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
@@ -91,6 +90,9 @@ class DataplanePolicy:
     enc_key: str = "song-enc-v1"
     enc_accept: tuple[str, ...] = ()
     secret_metadata: tuple[str, ...] = ()  # song_service's own credential metadata names
+    chat_rule: bool = True  # False: no rule names chat_service
+    song_mode: str = ""  # song_service's `mode` ("" leaves it out: enforce)
+    narrow_mode: str = ""  # the `mode` of narrow_service's rule
     secrets: dict[str, bytes] = field(default_factory=lambda: {
         "song-id": ed25519_seed(),
         "song-enc-v1": os.urandom(32),
@@ -123,14 +125,16 @@ class DataplanePolicy:
             f"    timeout_ms: {self.timeout_ms}",
             *([f"    secret_metadata: [{', '.join(self.secret_metadata)}]"]
               if self.secret_metadata else []),
+            *([f"    mode: {self.song_mode}"] if self.song_mode else []),
             "    allow:",
-            f"      - caller: {CALLER}",
-            f"        methods: [{methods}]",
+            *([f"      - caller: {CALLER}", f"        methods: [{methods}]"]
+              if self.chat_rule else []),
             f"      - caller: {METERED}",
             '        methods: ["/test.v1.Echo/*"]',
             "        rate_limit: {rps: 10, burst: 5}",
             f"      - caller: {NARROW}",
             '        methods: ["/test.v1.Echo/Unary"]',
+            *([f"        mode: {self.narrow_mode}"] if self.narrow_mode else []),
             f"  {CALLER}:",
             "    identity: {key: chat-id}",
             f"  {METERED}:",
@@ -176,12 +180,13 @@ class ProxyProcess:
     address: str
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    env: dict[str, str] | None = None  # None: the test's own environment
 
     def start(self) -> ProxyProcess:
         with self.log_path.open("ab") as log_file:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "proxy_svc", *self.args], stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=log_file, start_new_session=True)
+                stdout=log_file, stderr=log_file, start_new_session=True, env=self.env)
         return self
 
     def log(self) -> str:
@@ -242,10 +247,10 @@ class Proxies:
         self.started: list[ProxyProcess] = []
 
     def start(self, role: str, service: str, address: str, *, wait: bool = True,
-              **kwargs: Any) -> ProxyProcess:
+              env: dict[str, str] | None = None, **kwargs: Any) -> ProxyProcess:
         name = f"proxy-{len(self.started)}-{role}-{service}.log"
         proxy = ProxyProcess(proxy_args(role, service, address, **kwargs), address,
-                             self.log_dir / name).start()
+                             self.log_dir / name, env=env).start()
         self.started.append(proxy)
         if wait:
             proxy.wait_status(SERVING)

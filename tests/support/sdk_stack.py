@@ -2,7 +2,8 @@
 in-proxy and out-proxy (`python -m proxy_svc`) started from one policy file.
 
 - `sdk_policy_yaml(...)`: chat_service calls song_service, which serves `demo.v1.Echo` and the
-  raw-bytes `test.v1.Flaky` (HMAC identities, AES-256-GCM, a retry policy, `timeout_ms`).
+  raw-bytes `test.v1.Flaky` (HMAC identities, AES-256-GCM, a retry policy, `timeout_ms`);
+  lonely_service has an identity and no rule names it.
 - `UpstreamServer`: a grpc.aio server on its own loop in a thread, serving the demo
   `EchoServicer` of server_svc and `test.v1.Flaky`, whose behaviour each call picks with
   metadata: `x-call-id` (calls are counted and their metadata and deadline recorded under
@@ -28,6 +29,7 @@ from server_svc.demo import EchoServicer
 
 CALLER = "chat_service"
 CALLEE = "song_service"
+LONELY = "lonely_service"  # a service no rule names
 FLAKY_UNARY = "/test.v1.Flaky/Unary"
 FLAKY_SERVER_STREAM = "/test.v1.Flaky/ServerStream"
 MiB = 1024 * 1024
@@ -41,14 +43,16 @@ def _secret() -> str:
 
 def sdk_policy_yaml(endpoint: str, *, timeout_ms: int = 20000, max_attempts: int = 3,
                     secrets: dict[str, str] | None = None) -> str:
-    keys = secrets if secrets is not None else {"chat": _secret(), "song": _secret(),
-                                                "enc": _secret()}
+    keys = {"lonely": _secret(),
+            **(secrets if secrets is not None else {"chat": _secret(), "song": _secret(),
+                                                    "enc": _secret()})}
     return f"""\
 version: 1
 keys:
   chat-id: {{type: hmac-sha256, secret: "{keys['chat']}"}}
   song-id: {{type: hmac-sha256, secret: "{keys['song']}"}}
   song-enc: {{type: aes-256-gcm, secret: "{keys['enc']}"}}
+  lonely-id: {{type: hmac-sha256, secret: "{keys['lonely']}"}}
 services:
   {CALLEE}:
     grpc_services: [demo.v1.Echo, test.v1.Flaky]
@@ -63,6 +67,8 @@ services:
         methods: ["*"]
   {CALLER}:
     identity: {{key: chat-id}}
+  {LONELY}:
+    identity: {{key: lonely-id}}
 """
 
 

@@ -24,33 +24,35 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61stproxy/v1/policy.proto\x12\x0c\x66\x61stproxy.v1\"\x84\x01\n\x03Key\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.fastproxy.v1.KeyType\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\x12\x13\n\x0bpair_signer\x18\x05 \x01(\t\x12\x11\n\tpair_peer\x18\x06 \x01(\t\"\'\n\tRateLimit\x12\x0b\n\x03rps\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"Y\n\tAllowRule\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07methods\x18\x02 \x03(\t\x12+\n\nrate_limit\x18\x03 \x01(\x0b\x32\x17.fastproxy.v1.RateLimit\"3\n\x0b\x43ompression\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x11\n\tmin_bytes\x18\x02 \x01(\r\"W\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x1a\n\x12initial_backoff_ms\x18\x02 \x01(\r\x12\x16\n\x0emax_backoff_ms\x18\x03 \x01(\r\"%\n\x06KeyRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\t\"\xbc\x02\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgrpc_services\x18\x02 \x03(\t\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12&\n\x08identity\x18\x04 \x01(\x0b\x32\x14.fastproxy.v1.KeyRef\x12%\n\x07\x65ncrypt\x18\x05 \x01(\x0b\x32\x14.fastproxy.v1.KeyRef\x12+\n\x08\x63ompress\x18\x06 \x01(\x0b\x32\x19.fastproxy.v1.Compression\x12\x12\n\ntimeout_ms\x18\x07 \x01(\r\x12&\n\x05\x61llow\x18\x08 \x03(\x0b\x32\x17.fastproxy.v1.AllowRule\x12(\n\x05retry\x18\t \x01(\x0b\x32\x19.fastproxy.v1.RetryPolicy\x12\x17\n\x0fsecret_metadata\x18\n \x03(\t\"\xa4\x01\n\x0ePolicySnapshot\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0cnode_service\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.fastproxy.v1.Role\x12\x1f\n\x04keys\x18\x04 \x03(\x0b\x32\x11.fastproxy.v1.Key\x12\'\n\x08services\x18\x05 \x03(\x0b\x32\x15.fastproxy.v1.Service\"f\n\x0eSignedSnapshot\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x19\n\x11\x63\x65nter_public_key\x18\x04 \x01(\x0c*\x8d\x01\n\x07KeyType\x12\x18\n\x14KEY_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14KEY_TYPE_AES_256_GCM\x10\x01\x12\x1e\n\x1aKEY_TYPE_CHACHA20_POLY1305\x10\x02\x12\x18\n\x14KEY_TYPE_HMAC_SHA256\x10\x03\x12\x14\n\x10KEY_TYPE_ED25519\x10\x04*V\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0b\n\x07ROLE_IN\x10\x01\x12\x0c\n\x08ROLE_OUT\x10\x02\x12\x0f\n\x0bROLE_CLIENT\x10\x03\x12\x0c\n\x08ROLE_APP\x10\x04\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61stproxy/v1/policy.proto\x12\x0c\x66\x61stproxy.v1\"\x84\x01\n\x03Key\x12\x0c\n\x04name\x18\x01 \x01(\t\x12#\n\x04type\x18\x02 \x01(\x0e\x32\x15.fastproxy.v1.KeyType\x12\x0e\n\x06secret\x18\x03 \x01(\x0c\x12\x12\n\npublic_key\x18\x04 \x01(\x0c\x12\x13\n\x0bpair_signer\x18\x05 \x01(\t\x12\x11\n\tpair_peer\x18\x06 \x01(\t\"\'\n\tRateLimit\x12\x0b\n\x03rps\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"h\n\tAllowRule\x12\x0e\n\x06\x63\x61ller\x18\x01 \x01(\t\x12\x0f\n\x07methods\x18\x02 \x03(\t\x12+\n\nrate_limit\x18\x03 \x01(\x0b\x32\x17.fastproxy.v1.RateLimit\x12\r\n\x05\x61udit\x18\x04 \x01(\x08\"3\n\x0b\x43ompression\x12\x11\n\talgorithm\x18\x01 \x01(\t\x12\x11\n\tmin_bytes\x18\x02 \x01(\r\"W\n\x0bRetryPolicy\x12\x14\n\x0cmax_attempts\x18\x01 \x01(\r\x12\x1a\n\x12initial_backoff_ms\x18\x02 \x01(\r\x12\x16\n\x0emax_backoff_ms\x18\x03 \x01(\r\"%\n\x06KeyRef\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x0e\n\x06\x61\x63\x63\x65pt\x18\x02 \x03(\t\"\xcb\x02\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgrpc_services\x18\x02 \x03(\t\x12\x11\n\tendpoints\x18\x03 \x03(\t\x12&\n\x08identity\x18\x04 \x01(\x0b\x32\x14.fastproxy.v1.KeyRef\x12%\n\x07\x65ncrypt\x18\x05 \x01(\x0b\x32\x14.fastproxy.v1.KeyRef\x12+\n\x08\x63ompress\x18\x06 \x01(\x0b\x32\x19.fastproxy.v1.Compression\x12\x12\n\ntimeout_ms\x18\x07 \x01(\r\x12&\n\x05\x61llow\x18\x08 \x03(\x0b\x32\x17.fastproxy.v1.AllowRule\x12(\n\x05retry\x18\t \x01(\x0b\x32\x19.fastproxy.v1.RetryPolicy\x12\x17\n\x0fsecret_metadata\x18\n \x03(\t\x12\r\n\x05\x61udit\x18\x0b \x01(\x08\"3\n\x0cOtherService\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x15\n\rgrpc_services\x18\x02 \x03(\t\"\xd0\x01\n\x0ePolicySnapshot\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0cnode_service\x18\x02 \x01(\t\x12 \n\x04role\x18\x03 \x01(\x0e\x32\x12.fastproxy.v1.Role\x12\x1f\n\x04keys\x18\x04 \x03(\x0b\x32\x11.fastproxy.v1.Key\x12\'\n\x08services\x18\x05 \x03(\x0b\x32\x15.fastproxy.v1.Service\x12*\n\x06others\x18\x06 \x03(\x0b\x32\x1a.fastproxy.v1.OtherService\"f\n\x0eSignedSnapshot\x12\x10\n\x08snapshot\x18\x01 \x01(\x0c\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\x11\n\tsignature\x18\x03 \x01(\x0c\x12\x19\n\x11\x63\x65nter_public_key\x18\x04 \x01(\x0c*\x8d\x01\n\x07KeyType\x12\x18\n\x14KEY_TYPE_UNSPECIFIED\x10\x00\x12\x18\n\x14KEY_TYPE_AES_256_GCM\x10\x01\x12\x1e\n\x1aKEY_TYPE_CHACHA20_POLY1305\x10\x02\x12\x18\n\x14KEY_TYPE_HMAC_SHA256\x10\x03\x12\x14\n\x10KEY_TYPE_ED25519\x10\x04*V\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0b\n\x07ROLE_IN\x10\x01\x12\x0c\n\x08ROLE_OUT\x10\x02\x12\x0f\n\x0bROLE_CLIENT\x10\x03\x12\x0c\n\x08ROLE_APP\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fastproxy.v1.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_KEYTYPE']._serialized_start=1082
-  _globals['_KEYTYPE']._serialized_end=1223
-  _globals['_ROLE']._serialized_start=1225
-  _globals['_ROLE']._serialized_end=1311
+  _globals['_KEYTYPE']._serialized_start=1209
+  _globals['_KEYTYPE']._serialized_end=1350
+  _globals['_ROLE']._serialized_start=1352
+  _globals['_ROLE']._serialized_end=1438
   _globals['_KEY']._serialized_start=44
   _globals['_KEY']._serialized_end=176
   _globals['_RATELIMIT']._serialized_start=178
   _globals['_RATELIMIT']._serialized_end=217
   _globals['_ALLOWRULE']._serialized_start=219
-  _globals['_ALLOWRULE']._serialized_end=308
-  _globals['_COMPRESSION']._serialized_start=310
-  _globals['_COMPRESSION']._serialized_end=361
-  _globals['_RETRYPOLICY']._serialized_start=363
-  _globals['_RETRYPOLICY']._serialized_end=450
-  _globals['_KEYREF']._serialized_start=452
-  _globals['_KEYREF']._serialized_end=489
-  _globals['_SERVICE']._serialized_start=492
-  _globals['_SERVICE']._serialized_end=808
-  _globals['_POLICYSNAPSHOT']._serialized_start=811
-  _globals['_POLICYSNAPSHOT']._serialized_end=975
-  _globals['_SIGNEDSNAPSHOT']._serialized_start=977
-  _globals['_SIGNEDSNAPSHOT']._serialized_end=1079
+  _globals['_ALLOWRULE']._serialized_end=323
+  _globals['_COMPRESSION']._serialized_start=325
+  _globals['_COMPRESSION']._serialized_end=376
+  _globals['_RETRYPOLICY']._serialized_start=378
+  _globals['_RETRYPOLICY']._serialized_end=465
+  _globals['_KEYREF']._serialized_start=467
+  _globals['_KEYREF']._serialized_end=504
+  _globals['_SERVICE']._serialized_start=507
+  _globals['_SERVICE']._serialized_end=838
+  _globals['_OTHERSERVICE']._serialized_start=840
+  _globals['_OTHERSERVICE']._serialized_end=891
+  _globals['_POLICYSNAPSHOT']._serialized_start=894
+  _globals['_POLICYSNAPSHOT']._serialized_end=1102
+  _globals['_SIGNEDSNAPSHOT']._serialized_start=1104
+  _globals['_SIGNEDSNAPSHOT']._serialized_end=1206
 # @@protoc_insertion_point(module_scope)

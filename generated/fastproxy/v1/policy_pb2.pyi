@@ -58,14 +58,16 @@ class RateLimit(_message.Message):
     def __init__(self, rps: _Optional[float] = ..., burst: _Optional[int] = ...) -> None: ...
 
 class AllowRule(_message.Message):
-    __slots__ = ("caller", "methods", "rate_limit")
+    __slots__ = ("caller", "methods", "rate_limit", "audit")
     CALLER_FIELD_NUMBER: _ClassVar[int]
     METHODS_FIELD_NUMBER: _ClassVar[int]
     RATE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     caller: str
     methods: _containers.RepeatedScalarFieldContainer[str]
     rate_limit: RateLimit
-    def __init__(self, caller: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+    audit: bool
+    def __init__(self, caller: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., audit: _Optional[bool] = ...) -> None: ...
 
 class Compression(_message.Message):
     __slots__ = ("algorithm", "min_bytes")
@@ -94,7 +96,7 @@ class KeyRef(_message.Message):
     def __init__(self, key: _Optional[str] = ..., accept: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Service(_message.Message):
-    __slots__ = ("name", "grpc_services", "endpoints", "identity", "encrypt", "compress", "timeout_ms", "allow", "retry", "secret_metadata")
+    __slots__ = ("name", "grpc_services", "endpoints", "identity", "encrypt", "compress", "timeout_ms", "allow", "retry", "secret_metadata", "audit")
     NAME_FIELD_NUMBER: _ClassVar[int]
     GRPC_SERVICES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
@@ -105,6 +107,7 @@ class Service(_message.Message):
     ALLOW_FIELD_NUMBER: _ClassVar[int]
     RETRY_FIELD_NUMBER: _ClassVar[int]
     SECRET_METADATA_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     name: str
     grpc_services: _containers.RepeatedScalarFieldContainer[str]
     endpoints: _containers.RepeatedScalarFieldContainer[str]
@@ -115,21 +118,32 @@ class Service(_message.Message):
     allow: _containers.RepeatedCompositeFieldContainer[AllowRule]
     retry: RetryPolicy
     secret_metadata: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., grpc_services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., identity: _Optional[_Union[KeyRef, _Mapping]] = ..., encrypt: _Optional[_Union[KeyRef, _Mapping]] = ..., compress: _Optional[_Union[Compression, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., allow: _Optional[_Iterable[_Union[AllowRule, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., secret_metadata: _Optional[_Iterable[str]] = ...) -> None: ...
+    audit: bool
+    def __init__(self, name: _Optional[str] = ..., grpc_services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., identity: _Optional[_Union[KeyRef, _Mapping]] = ..., encrypt: _Optional[_Union[KeyRef, _Mapping]] = ..., compress: _Optional[_Union[Compression, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., allow: _Optional[_Iterable[_Union[AllowRule, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., secret_metadata: _Optional[_Iterable[str]] = ..., audit: _Optional[bool] = ...) -> None: ...
+
+class OtherService(_message.Message):
+    __slots__ = ("name", "grpc_services")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    GRPC_SERVICES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    grpc_services: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., grpc_services: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PolicySnapshot(_message.Message):
-    __slots__ = ("revision", "node_service", "role", "keys", "services")
+    __slots__ = ("revision", "node_service", "role", "keys", "services", "others")
     REVISION_FIELD_NUMBER: _ClassVar[int]
     NODE_SERVICE_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     KEYS_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
+    OTHERS_FIELD_NUMBER: _ClassVar[int]
     revision: int
     node_service: str
     role: Role
     keys: _containers.RepeatedCompositeFieldContainer[Key]
     services: _containers.RepeatedCompositeFieldContainer[Service]
-    def __init__(self, revision: _Optional[int] = ..., node_service: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ...) -> None: ...
+    others: _containers.RepeatedCompositeFieldContainer[OtherService]
+    def __init__(self, revision: _Optional[int] = ..., node_service: _Optional[str] = ..., role: _Optional[_Union[Role, str]] = ..., keys: _Optional[_Iterable[_Union[Key, _Mapping]]] = ..., services: _Optional[_Iterable[_Union[Service, _Mapping]]] = ..., others: _Optional[_Iterable[_Union[OtherService, _Mapping]]] = ...) -> None: ...
 
 class SignedSnapshot(_message.Message):
     __slots__ = ("snapshot", "content_hash", "signature", "center_public_key")
