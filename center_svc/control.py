@@ -11,6 +11,7 @@ from center_svc.nodes import NodeSession, NodeTable
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import AuditAction, PolicyStore, Revision
 from fastproxy.policy import PolicyError, load_policy
+from fastproxy.policy.explain import Explanation, explain
 
 log = logging.getLogger("center_svc.control")
 
@@ -81,6 +82,22 @@ class PolicyControl:
             return ApplyOutcome(False, errors=[error], message="rollback refused")
         return await self.apply(target.yaml, author, comment or f"rollback to {revision}",
                                 rolled_back_from=revision, peer=peer)
+
+    def explain(self, caller: str, method: str, revision: int = 0) -> Explanation:
+        """What the callee decides for `caller` calling `method` under `revision` (0: the
+        latest), with today's registered endpoints. LookupError when there is no such
+        revision; ValueError (ExplainError, PolicyError) when it cannot be answered."""
+        state = self.book.state
+        if not revision or (state is not None and revision == state.revision):
+            if state is None:
+                raise LookupError("no policy: nothing was applied yet")
+            policy, revision = state.policy, state.revision
+        else:
+            stored = self.store.get(revision)
+            if stored is None:
+                raise LookupError(f"revision {revision} does not exist")
+            policy = load_policy(stored.yaml)
+        return explain(policy, revision, caller, method, self.nodes.registered())
 
     async def record(self, action: AuditAction, actor: str, detail: str, *, peer: str = "",
                      revision: int = 0) -> None:

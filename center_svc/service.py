@@ -14,6 +14,7 @@ from center_svc.auth import Authenticator, Principal
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
 from center_svc.store import AuditAction, AuditEvent, Revision
+from fastproxy.policy.explain import Explanation
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 log = logging.getLogger("center_svc.watch")
@@ -43,6 +44,21 @@ def audit_event_message(event: AuditEvent) -> center_pb2.AuditEvent:
         revision=event.revision,
         detail=event.detail,
     )
+
+
+def explain_response(found: Explanation) -> center_pb2.ExplainResponse:
+    facts = found.facts
+    response = center_pb2.ExplainResponse(
+        revision=found.revision, caller=found.caller, method=found.method,
+        callee=found.callee, verdict=found.verdict.value, rule=found.rule, audit=found.audit,
+        detail=found.detail, timeout_ms=facts.timeout_ms, encryption=facts.encryption,
+        compression=facts.compression,
+        endpoints=[center_pb2.ExplainEndpoint(address=e.address, registered=e.registered)
+                   for e in facts.endpoints])
+    if found.rate_limit is not None:
+        response.rate_limited = True
+        response.rate_limit_rps, response.rate_limit_burst = found.rate_limit
+    return response
 
 
 def _apply_response(outcome: ApplyOutcome) -> center_pb2.ApplyPolicyResponse:
@@ -135,6 +151,17 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         events = await asyncio.to_thread(self.control.store.audit_events, request.limit or None)
         return center_pb2.ListAuditEventsResponse(
             events=[audit_event_message(e) for e in events])
+
+    async def Explain(self, request: center_pb2.ExplainRequest,
+                      context: grpc.aio.ServicerContext) -> center_pb2.ExplainResponse:
+        await self._admin(context, "Explain")
+        try:
+            found = self.control.explain(request.caller, request.method, request.revision)
+        except LookupError as missing:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(missing))
+        except ValueError as bad:  # ExplainError, or a revision that no longer validates
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad))
+        return explain_response(found)
 
     async def GetCenterInfo(self, request: center_pb2.GetCenterInfoRequest,
                             context: grpc.aio.ServicerContext

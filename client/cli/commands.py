@@ -3,6 +3,7 @@
     fastproxy policy apply FILE [-m COMMENT]     fastproxy policy get [--revision N]
     fastproxy policy history [--audit]           fastproxy policy rollback N [-m COMMENT]
     fastproxy nodes                              fastproxy keys gen TYPE [--name NAME]
+    fastproxy explain --caller S --method /p.S/M [--revision N]
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
 its parser with `add_command` (or `add_command_group`), which sets `run` to a function of the
@@ -138,6 +139,10 @@ class CenterClient:
 
     def nodes(self) -> center_pb2.ListNodesResponse:
         return self._call(self._stub.ListNodes, center_pb2.ListNodesRequest())
+
+    def explain(self, caller: str, method: str, revision: int) -> center_pb2.ExplainResponse:
+        request = center_pb2.ExplainRequest(caller=caller, method=method, revision=revision)
+        return self._call(self._stub.Explain, request)
 
     def _call(self, method: Callable[..., Response], request: object) -> Response:
         try:
@@ -416,6 +421,12 @@ def add_health(subparsers: Subparsers) -> None:
     add_health_command(subparsers)
 
 
+def add_explain(subparsers: Subparsers) -> None:
+    from fastproxy.cli.explain import add_explain_command
+
+    add_explain_command(subparsers, add_command)
+
+
 def add_demo(subparsers: Subparsers) -> None:
     from fastproxy.demo import add_demo_command
 
@@ -427,6 +438,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_policy_commands,
     add_nodes_command,
     add_keys_commands,
+    add_explain,
     add_health,
     add_demo,
 ]

@@ -216,3 +216,55 @@ class ListAuditEventsResponse(_message.Message):
     EVENTS_FIELD_NUMBER: _ClassVar[int]
     events: _containers.RepeatedCompositeFieldContainer[AuditEvent]
     def __init__(self, events: _Optional[_Iterable[_Union[AuditEvent, _Mapping]]] = ...) -> None: ...
+
+class ExplainRequest(_message.Message):
+    __slots__ = ("caller", "method", "revision")
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    caller: str
+    method: str
+    revision: int
+    def __init__(self, caller: _Optional[str] = ..., method: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class ExplainEndpoint(_message.Message):
+    __slots__ = ("address", "registered")
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    REGISTERED_FIELD_NUMBER: _ClassVar[int]
+    address: str
+    registered: bool
+    def __init__(self, address: _Optional[str] = ..., registered: _Optional[bool] = ...) -> None: ...
+
+class ExplainResponse(_message.Message):
+    __slots__ = ("revision", "caller", "method", "callee", "verdict", "rule", "audit", "detail", "rate_limited", "rate_limit_rps", "rate_limit_burst", "timeout_ms", "encryption", "compression", "endpoints")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    CALLER_FIELD_NUMBER: _ClassVar[int]
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    CALLEE_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    RULE_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_RPS_FIELD_NUMBER: _ClassVar[int]
+    RATE_LIMIT_BURST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_MS_FIELD_NUMBER: _ClassVar[int]
+    ENCRYPTION_FIELD_NUMBER: _ClassVar[int]
+    COMPRESSION_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    caller: str
+    method: str
+    callee: str
+    verdict: str
+    rule: str
+    audit: str
+    detail: str
+    rate_limited: bool
+    rate_limit_rps: float
+    rate_limit_burst: int
+    timeout_ms: int
+    encryption: str
+    compression: str
+    endpoints: _containers.RepeatedCompositeFieldContainer[ExplainEndpoint]
+    def __init__(self, revision: _Optional[int] = ..., caller: _Optional[str] = ..., method: _Optional[str] = ..., callee: _Optional[str] = ..., verdict: _Optional[str] = ..., rule: _Optional[str] = ..., audit: _Optional[str] = ..., detail: _Optional[str] = ..., rate_limited: _Optional[bool] = ..., rate_limit_rps: _Optional[float] = ..., rate_limit_burst: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., encryption: _Optional[str] = ..., compression: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[ExplainEndpoint, _Mapping]]] = ...) -> None: ...

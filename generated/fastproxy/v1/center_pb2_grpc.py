@@ -74,6 +74,11 @@ class CenterStub:
                 request_serializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsRequest.SerializeToString,
                 response_deserializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsResponse.FromString,
                 _registered_method=True)
+        self.Explain = channel.unary_unary(
+                '/fastproxy.v1.Center/Explain',
+                request_serializer=fastproxy_dot_v1_dot_center__pb2.ExplainRequest.SerializeToString,
+                response_deserializer=fastproxy_dot_v1_dot_center__pb2.ExplainResponse.FromString,
+                _registered_method=True)
 
 
 class CenterServicer:
@@ -131,6 +136,13 @@ class CenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Explain(self, request, context):
+        """What the callee would decide for one call under a revision, and why (`fastproxy explain`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +185,11 @@ def add_CenterServicer_to_server(servicer, server):
                     servicer.ListAuditEvents,
                     request_deserializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsRequest.FromString,
                     response_serializer=fastproxy_dot_v1_dot_center__pb2.ListAuditEventsResponse.SerializeToString,
+            ),
+            'Explain': grpc.unary_unary_rpc_method_handler(
+                    servicer.Explain,
+                    request_deserializer=fastproxy_dot_v1_dot_center__pb2.ExplainRequest.FromString,
+                    response_serializer=fastproxy_dot_v1_dot_center__pb2.ExplainResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -391,6 +408,33 @@ class Center:
             '/fastproxy.v1.Center/ListAuditEvents',
             fastproxy_dot_v1_dot_center__pb2.ListAuditEventsRequest.SerializeToString,
             fastproxy_dot_v1_dot_center__pb2.ListAuditEventsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Explain(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fastproxy.v1.Center/Explain',
+            fastproxy_dot_v1_dot_center__pb2.ExplainRequest.SerializeToString,
+            fastproxy_dot_v1_dot_center__pb2.ExplainResponse.FromString,
             options,
             channel_credentials,
             insecure,
