@@ -68,6 +68,7 @@ class PolicyControl:
             self.book.set_policy(result.revision.revision, policy)
             self.metrics.applied(action, result.revision.revision, self._views_changed())
         log.info("applied revision %d (author %s)", result.revision.revision, author)
+        self.refresh_all()
         self.notify_all()
         return ApplyOutcome(True, result.revision,
                             message=f"applied as revision {result.revision.revision}")
@@ -115,6 +116,37 @@ class PolicyControl:
                 changed.append(session)
         return changed
 
+    # -- which nodes run the latest content for them ----------------------------------------
+
+    def expected_hash(self, session: NodeSession) -> str:
+        """The content hash of the snapshot `session` is to run now ("" before any policy)."""
+        signed = self.book.snapshot_for(session.role, session.service)
+        return signed.content_hash if signed is not None else ""
+
+    def refresh(self, session: NodeSession) -> None:
+        """Re-evaluates whether `session` is current (after its ACK, or a change)."""
+        expected = self.expected_hash(session)
+        current = bool(expected) and session.acked_hash == expected
+        if current != session.current:
+            self.metrics.node_currency(session.current, -1)
+            self.metrics.node_currency(current, +1)
+            session.current = current
+
+    def refresh_all(self) -> None:
+        for session in self.nodes:
+            self.refresh(session)
+
+    def node_connected(self, session: NodeSession) -> None:
+        self.nodes.add(session)
+        self.metrics.node_connected(session)
+        self.metrics.node_currency(False, +1)
+        self.refresh(session)
+
+    def node_disconnected(self, session: NodeSession) -> None:
+        self.nodes.remove(session)
+        self.metrics.node_disconnected(session)
+        self.metrics.node_currency(session.current, -1)
+
     def notify_all(self) -> None:
         for session in self.nodes:
             session.changed.set()
@@ -127,4 +159,5 @@ class PolicyControl:
     def _registry_changed(self, registered: dict[str, list[str]]) -> None:
         self.book.set_registered(registered)
         self.store.save_registrations(registered)
+        self.refresh_all()
         self.notify_all()

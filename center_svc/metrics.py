@@ -8,6 +8,9 @@ Instruments (OpenTelemetry names; the Prometheus endpoint shows the names on the
   ACKed, `0` for none yet (`fastproxy_center_nodes_at_revision`, gauge).
 - `fastproxy.center.apply_to_last_ack` (s): see `RolloutTracker`
   (`fastproxy_center_apply_to_last_ack_seconds`, histogram).
+- `fastproxy.center.nodes_current` {state: current|behind}: connected nodes that ACKed the
+  snapshot they are to run under the latest revision, and the others
+  (`fastproxy_center_nodes_current`, gauge). A node may be current at an older revision.
 - `fastproxy.center.nacks` {service}: NACKs received (`fastproxy_center_nacks_total`).
 - `fastproxy.center.applies` {action: apply|rollback, outcome: applied|unchanged}: changes
   accepted (`fastproxy_center_applies_total`).
@@ -118,6 +121,12 @@ class CenterMetrics:
         self.rollouts = RolloutTracker(clock)
         self._by_role: Mapping[str, int] = {}
         self._by_revision: Mapping[int, int] = {}
+        self._by_state: Mapping[str, int] = {}
+        m.create_observable_gauge(
+            "fastproxy.center.nodes_current", unit="{node}",
+            description="Connected nodes that run the latest content for them (current) or "
+                        "not yet (behind)",
+            callbacks=[self._observe_states])
         m.create_observable_gauge(
             "fastproxy.center.connected_nodes", unit="{node}",
             description="Nodes with an open WatchPolicy stream, by role",
@@ -146,6 +155,13 @@ class CenterMetrics:
     def node_connected(self, session: NodeSession) -> None:
         self._count_role(session, +1)
         self._count_revision(session.acked_revision, +1)
+
+    def node_currency(self, current: bool, delta: int) -> None:
+        """A node entered (+1) or left (-1) the current or behind state."""
+        state = "current" if current else "behind"
+        counts = dict(self._by_state)
+        counts[state] = counts.get(state, 0) + delta
+        self._by_state = counts
 
     def node_disconnected(self, session: NodeSession) -> None:
         self._count_role(session, -1)
@@ -201,6 +217,12 @@ class CenterMetrics:
         counts = self._by_role
         return [otel_metrics.Observation(counts.get(role, 0), {"role": role})
                 for role in ROLE_LABELS.values()]
+
+    def _observe_states(self, _options: otel_metrics.CallbackOptions
+                        ) -> Iterable[otel_metrics.Observation]:
+        counts = self._by_state
+        return [otel_metrics.Observation(counts.get(state, 0), {"state": state})
+                for state in ("current", "behind")]
 
     def _observe_revisions(self, _options: otel_metrics.CallbackOptions
                            ) -> Iterable[otel_metrics.Observation]:

@@ -32,6 +32,9 @@ class NodeSession:
     nacked_revision: int = 0
     nack_error: str = ""
     closing: bool = False
+    # it ACKed the content it is to run now (its revision may be older: a revision that did
+    # not change its scoped snapshot is not sent to it)
+    current: bool = False
     # address -> monotonic expiry
     leases: dict[str, float] = field(default_factory=dict)
 
@@ -48,6 +51,7 @@ class NodeSession:
             nacked_revision=self.nacked_revision,
             nack_error=self.nack_error,
             registered_addresses=sorted(self.leases),
+            current=self.current,
         )
 
 

@@ -205,9 +205,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                               sent_hash=hello.known_hash)
         if hello.known_hash:
             session.acked_revision, session.acked_hash = hello.known_revision, hello.known_hash
-        nodes, metrics = self.control.nodes, self.control.metrics
-        nodes.add(session)
-        metrics.node_connected(session)
+        self.control.node_connected(session)
         log.info("node %s (%s, %s) connected from %s holding revision %d", hello.node_id,
                  policy_pb2.Role.Name(hello.role), hello.service, session.peer,
                  hello.known_revision)
@@ -218,8 +216,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
-            nodes.remove(session)
-            metrics.node_disconnected(session)
+            self.control.node_disconnected(session)
             log.info("node %s (%s) disconnected", session.node_id, session.service)
 
     async def _push(self, session: NodeSession,
@@ -260,6 +257,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                 session.acked_revision = request.ack.revision
                 session.acked_hash = request.ack.content_hash
                 metrics.node_acked(session, previous)
+                self.control.refresh(session)
             elif kind == "nack":
                 session.nacked_revision = request.nack.revision
                 session.nack_error = request.nack.error[:1000]

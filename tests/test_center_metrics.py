@@ -14,7 +14,7 @@ from support.center_policy import PolicyKeys, apply, policy_yaml
 
 from center_svc.metrics import MAX_TRACKED_ROLLOUTS, RolloutTracker
 from center_svc.nodes import NodeSession
-from fastproxy.v1 import policy_pb2
+from fastproxy.v1 import center_pb2, policy_pb2
 
 OUT = policy_pb2.ROLE_OUT
 
@@ -184,3 +184,38 @@ def test_refused_applies_are_counted(metrics_center: tuple[CenterProcess, int]) 
     refused = apply(center.stub(), policy_yaml(PolicyKeys()) + "colour: blue\n")
     assert not refused.applied and refused.errors
     assert value(port, "fastproxy_center_refusals_total", action="refused_apply") == 1
+
+
+def test_a_node_the_latest_revision_did_not_change_is_current_at_its_older_revision(
+        metrics_center: tuple[CenterProcess, int]) -> None:
+    """`fastproxy nodes` and the metric say whether each node runs the latest content for
+    it: radar_service's node stays at revision 1 after a change it is not concerned by, and
+    is current; chat_service's node is behind until it ACKs revision 2."""
+    center, port = metrics_center
+    keys = PolicyKeys()
+    stub = center.stub()
+    assert apply(stub, policy_yaml(keys)).applied
+    chat = center.watch().hello("chat-1", OUT, "chat_service")
+    radar = center.watch().hello("radar-1", OUT, "radar_service")
+    for watcher in (chat, radar):
+        watcher.ack_snapshot(watcher.next_snapshot())
+
+    def states() -> dict[str, tuple[int, bool]]:
+        nodes = stub.ListNodes(center_pb2.ListNodesRequest(), timeout=5).nodes
+        return {n.node_id: (n.acked_revision, n.current) for n in nodes}
+
+    wait_until(lambda: states() == {"chat-1": (1, True), "radar-1": (1, True)}, timeout=5,
+               what="both nodes current at revision 1")
+    assert value(port, "fastproxy_center_nodes_current", state="current") == 2
+    assert apply(stub, policy_yaml(keys, song_timeout_ms=500)).applied  # chat's view only
+    second = chat.next_snapshot()
+    wait_until(lambda: states() == {"chat-1": (1, False), "radar-1": (1, True)}, timeout=5,
+               what="chat behind, radar current at revision 1")
+    assert value(port, "fastproxy_center_nodes_current", state="behind") == 1
+    chat.ack_snapshot(second)
+    wait_until(lambda: states() == {"chat-1": (2, True), "radar-1": (1, True)}, timeout=5,
+               what="both current")
+    wait_until(lambda: value(port, "fastproxy_center_nodes_current", state="current") == 2,
+               timeout=5, what="the metric: 2 current")
+    assert value(port, "fastproxy_center_nodes_current", state="behind") == 0
+    radar.expect_silence(0.2)  # nothing was pushed to radar

@@ -316,9 +316,10 @@ def test_nodes_table_shows_every_column_of_a_node() -> None:
     lines = cli_format.nodes_table(response).splitlines()
     assert lines[0] == "latest revision: 4"
     assert lines[1].split() == ["NODE", "ROLE", "SERVICE", "PEER", "CONNECTED", "SINCE",
-                                "ACKED", "LAST", "NACK", "ADDRESSES"]
+                                "ACKED", "STATE", "LAST", "NACK", "ADDRESSES"]
     assert lines[2].split() == ["in-1", "in", "song_service", "ipv4:127.0.0.1:5", "2026-01-31",
-                                "12:00:00Z", "3", "4:", "bad", "key", "127.0.0.1:9101"]
+                                "12:00:00Z", "3", "behind", "4:", "bad", "key",
+                                "127.0.0.1:9101"]
 
 
 def test_json_rows_are_made_of_chosen_fields_only() -> None:
@@ -327,7 +328,8 @@ def test_json_rows_are_made_of_chosen_fields_only() -> None:
         "rolled_back_from"}
     assert set(cli_format.node_row(center_pb2.NodeStatus(node_id="n"))) == {
         "node_id", "role", "service", "peer", "connected_since", "connected_since_unix",
-        "sent_revision", "acked_revision", "acked_hash", "nacked_revision", "nack_error",
+        "sent_revision", "acked_revision", "acked_hash", "state", "nacked_revision",
+        "nack_error",
         "registered_addresses"}
 
 

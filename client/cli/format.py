@@ -74,6 +74,7 @@ def node_row(node: center_pb2.NodeStatus) -> dict[str, Any]:
         "sent_revision": node.sent_revision,
         "acked_revision": node.acked_revision,
         "acked_hash": node.acked_hash,
+        "state": "current" if node.current else "behind",
         "nacked_revision": node.nacked_revision or None,
         "nack_error": node.nack_error,
         "registered_addresses": list(node.registered_addresses),
@@ -126,10 +127,13 @@ def nodes_table(response: center_pb2.ListNodesResponse) -> str:
             node.node_id, ROLE_NAMES.get(node.role, str(node.role)), node.service, node.peer,
             format_time(node.connected_since_unix),
             str(node.acked_revision) if node.acked_revision else "-",
+            "current" if node.current else "behind",
             nack, ", ".join(node.registered_addresses),
         ])
-    headers = ["NODE", "ROLE", "SERVICE", "PEER", "CONNECTED SINCE", "ACKED", "LAST NACK",
-               "ADDRESSES"]
+    # STATE: whether the node runs the latest content for it; ACKED may be an older revision
+    # when later ones did not change what the node is sent
+    headers = ["NODE", "ROLE", "SERVICE", "PEER", "CONNECTED SINCE", "ACKED", "STATE",
+               "LAST NACK", "ADDRESSES"]
     return f"{latest}\n{render_table(headers, rows)}"
 
 

@@ -140,7 +140,7 @@ class ListNodesRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class NodeStatus(_message.Message):
-    __slots__ = ("node_id", "role", "service", "peer", "connected_since_unix", "sent_revision", "acked_revision", "acked_hash", "nacked_revision", "nack_error", "registered_addresses")
+    __slots__ = ("node_id", "role", "service", "peer", "connected_since_unix", "sent_revision", "acked_revision", "acked_hash", "nacked_revision", "nack_error", "registered_addresses", "current")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -152,6 +152,7 @@ class NodeStatus(_message.Message):
     NACKED_REVISION_FIELD_NUMBER: _ClassVar[int]
     NACK_ERROR_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    CURRENT_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     role: _policy_pb2.Role
     service: str
@@ -163,7 +164,8 @@ class NodeStatus(_message.Message):
     nacked_revision: int
     nack_error: str
     registered_addresses: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[_policy_pb2.Role, str]] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since_unix: _Optional[float] = ..., sent_revision: _Optional[int] = ..., acked_revision: _Optional[int] = ..., acked_hash: _Optional[str] = ..., nacked_revision: _Optional[int] = ..., nack_error: _Optional[str] = ..., registered_addresses: _Optional[_Iterable[str]] = ...) -> None: ...
+    current: bool
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[_policy_pb2.Role, str]] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since_unix: _Optional[float] = ..., sent_revision: _Optional[int] = ..., acked_revision: _Optional[int] = ..., acked_hash: _Optional[str] = ..., nacked_revision: _Optional[int] = ..., nack_error: _Optional[str] = ..., registered_addresses: _Optional[_Iterable[str]] = ..., current: _Optional[bool] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes", "latest_revision")
