@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 
 from center_svc.metrics import CenterMetrics
 from center_svc.nodes import NodeSession, NodeTable
+from center_svc.preview import Preview, preview
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import AuditAction, PolicyStore, Revision
 from fastproxy.policy import PolicyError, load_policy
@@ -83,6 +84,26 @@ class PolicyControl:
             return ApplyOutcome(False, errors=[error], message="rollback refused")
         return await self.apply(target.yaml, author, comment or f"rollback to {revision}",
                                 rolled_back_from=revision, peer=peer)
+
+    def preview(self, yaml_text: str = "", revision: int = 0) -> tuple[Preview, int]:
+        """What applying `yaml_text` (or going back to `revision`) would change, and the
+        latest revision it is compared with. PolicyError when the candidate does not
+        validate, LookupError when the revision does not exist."""
+        if revision:
+            stored = self.store.get(revision)
+            if stored is None:
+                raise LookupError(f"revision {revision} does not exist")
+            yaml_text, name = stored.yaml, f"revision {revision}"
+        else:
+            name = "candidate"
+        candidate = load_policy(yaml_text)
+        latest = self.store.latest()
+        state = self.book.state
+        found = preview(state.policy if state is not None else None,
+                        latest.yaml if latest is not None else "",
+                        f"revision {latest.revision}" if latest is not None else "nothing",
+                        candidate, yaml_text, name, self.nodes, self.nodes.registered())
+        return found, latest.revision if latest is not None else 0
 
     def explain(self, caller: str, method: str, revision: int = 0) -> Explanation:
         """What the callee decides for `caller` calling `method` under `revision` (0: the

@@ -14,6 +14,7 @@ from center_svc.auth import Authenticator, Principal
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
 from center_svc.store import AuditAction, AuditEvent, Revision
+from fastproxy.policy import PolicyError
 from fastproxy.policy.explain import Explanation
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
@@ -162,6 +163,25 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         except ValueError as bad:  # ExplainError, or a revision that no longer validates
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(bad))
         return explain_response(found)
+
+    async def PreviewPolicy(self, request: center_pb2.PreviewPolicyRequest,
+                            context: grpc.aio.ServicerContext
+                            ) -> center_pb2.PreviewPolicyResponse:
+        await self._admin(context, "PreviewPolicy")
+        try:
+            found, latest = self.control.preview(request.yaml, request.revision)
+        except PolicyError as refused:
+            return center_pb2.PreviewPolicyResponse(errors=refused.errors)
+        except LookupError as missing:
+            await context.abort(grpc.StatusCode.NOT_FOUND, str(missing))
+        return center_pb2.PreviewPolicyResponse(
+            latest_revision=latest, changed=found.changed, diff=found.diff,
+            nodes_to_update=[center_pb2.PreviewNode(node_id=n.node_id, role=n.role,
+                                                    service=n.service)
+                             for n in sorted(found.nodes_to_update,
+                                             key=lambda n: (n.service, n.role, n.node_id))],
+            nodes_unchanged=found.nodes_unchanged, removed_services=found.removed_services,
+            removed_services_with_nodes=found.removed_services_with_nodes)
 
     async def GetCenterInfo(self, request: center_pb2.GetCenterInfoRequest,
                             context: grpc.aio.ServicerContext

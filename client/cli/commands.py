@@ -4,6 +4,7 @@
     fastproxy policy history [--audit]           fastproxy policy rollback N [-m COMMENT]
     fastproxy nodes                              fastproxy keys gen TYPE [--name NAME]
     fastproxy explain --caller S --method /p.S/M [--revision N]
+    fastproxy policy apply --dry-run FILE        fastproxy policy diff [FILE | --revision N]
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
 its parser with `add_command` (or `add_command_group`), which sets `run` to a function of the
@@ -140,6 +141,11 @@ class CenterClient:
     def nodes(self) -> center_pb2.ListNodesResponse:
         return self._call(self._stub.ListNodes, center_pb2.ListNodesRequest())
 
+    def preview(self, yaml_text: str = "", revision: int = 0
+                ) -> center_pb2.PreviewPolicyResponse:
+        request = center_pb2.PreviewPolicyRequest(yaml=yaml_text, revision=revision)
+        return self._call(self._stub.PreviewPolicy, request)
+
     def explain(self, caller: str, method: str, revision: int) -> center_pb2.ExplainResponse:
         request = center_pb2.ExplainRequest(caller=caller, method=method, revision=revision)
         return self._call(self._stub.Explain, request)
@@ -216,10 +222,10 @@ def _finish_apply(args: argparse.Namespace, response: center_pb2.ApplyPolicyResp
     return EXIT_OK
 
 
-def run_policy_apply(args: argparse.Namespace) -> int:
-    path = Path(args.file)
+def read_policy_file(name: str) -> str:
+    path = Path(name)
     try:
-        yaml_text = path.read_text(encoding="utf-8")
+        return path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise CliError(f"policy file {path} not found") from None
     except IsADirectoryError:
@@ -228,9 +234,27 @@ def run_policy_apply(args: argparse.Namespace) -> int:
         raise CliError(f"cannot read policy file {path}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise CliError(f"policy file {path} is not UTF-8 text") from None
+
+
+def run_policy_apply(args: argparse.Namespace) -> int:
+    from fastproxy.cli import preview
+
+    yaml_text = read_policy_file(args.file)
     with center_client(args) as center:
+        if args.dry_run:
+            return preview.show(args, center.preview(yaml_text), applies=True)
+        if not args.yes:
+            preview.confirm_removals(center, yaml_text)
         response = center.apply(yaml_text, args.message)
     return _finish_apply(args, response, "applied", "the policy")
+
+
+def run_policy_diff(args: argparse.Namespace) -> int:
+    from fastproxy.cli import preview
+
+    yaml_text = read_policy_file(args.file) if args.file else ""
+    with center_client(args) as center:
+        return preview.show(args, center.preview(yaml_text, args.revision or 0), applies=False)
 
 
 def run_policy_get(args: argparse.Namespace) -> int:
@@ -377,6 +401,21 @@ def add_policy_commands(subparsers: Subparsers) -> None:
     apply.add_argument("file", metavar="FILE", help="the policy YAML")
     apply.add_argument("-m", "--message", default="", metavar="COMMENT",
                        help="comment stored with the revision")
+    apply.add_argument("--dry-run", action="store_true",
+                       help="apply nothing: validate, show the changes (secrets redacted) and "
+                            "the connected nodes that would get a new snapshot")
+    apply.add_argument("--yes", "--force", dest="yes", action="store_true",
+                       help="apply even when the policy removes services that have connected "
+                            "nodes (otherwise asked on a terminal, refused without one)")
+
+    diff = add_command(policy, "diff", run_policy_diff,
+                       "what applying FILE (or going back to revision N) would change, from "
+                       "the latest revision: the diff (secrets redacted) and the nodes that "
+                       "would get a new snapshot")
+    target = diff.add_mutually_exclusive_group(required=True)
+    target.add_argument("file", metavar="FILE", nargs="?", help="a policy YAML")
+    target.add_argument("--revision", type=_positive_int, metavar="N",
+                        help="a stored revision instead of a file")
 
     get = add_command(policy, "get", run_policy_get,
                       "print a revision's YAML as applied (the latest by default)")

@@ -270,3 +270,41 @@ class ExplainResponse(_message.Message):
     compression: str
     endpoints: _containers.RepeatedCompositeFieldContainer[ExplainEndpoint]
     def __init__(self, revision: _Optional[int] = ..., caller: _Optional[str] = ..., method: _Optional[str] = ..., callee: _Optional[str] = ..., verdict: _Optional[str] = ..., rule: _Optional[str] = ..., audit: _Optional[str] = ..., detail: _Optional[str] = ..., rate_limited: _Optional[bool] = ..., rate_limit_rps: _Optional[float] = ..., rate_limit_burst: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., encryption: _Optional[str] = ..., compression: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[ExplainEndpoint, _Mapping]]] = ...) -> None: ...
+
+class PreviewPolicyRequest(_message.Message):
+    __slots__ = ("yaml", "revision")
+    YAML_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    yaml: str
+    revision: int
+    def __init__(self, yaml: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class PreviewNode(_message.Message):
+    __slots__ = ("node_id", "role", "service")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    role: _policy_pb2.Role
+    service: str
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[_policy_pb2.Role, str]] = ..., service: _Optional[str] = ...) -> None: ...
+
+class PreviewPolicyResponse(_message.Message):
+    __slots__ = ("errors", "latest_revision", "changed", "diff", "nodes_to_update", "nodes_unchanged", "removed_services", "removed_services_with_nodes")
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATEST_REVISION_FIELD_NUMBER: _ClassVar[int]
+    CHANGED_FIELD_NUMBER: _ClassVar[int]
+    DIFF_FIELD_NUMBER: _ClassVar[int]
+    NODES_TO_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    NODES_UNCHANGED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_SERVICES_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_SERVICES_WITH_NODES_FIELD_NUMBER: _ClassVar[int]
+    errors: _containers.RepeatedScalarFieldContainer[str]
+    latest_revision: int
+    changed: bool
+    diff: str
+    nodes_to_update: _containers.RepeatedCompositeFieldContainer[PreviewNode]
+    nodes_unchanged: int
+    removed_services: _containers.RepeatedScalarFieldContainer[str]
+    removed_services_with_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, errors: _Optional[_Iterable[str]] = ..., latest_revision: _Optional[int] = ..., changed: _Optional[bool] = ..., diff: _Optional[str] = ..., nodes_to_update: _Optional[_Iterable[_Union[PreviewNode, _Mapping]]] = ..., nodes_unchanged: _Optional[int] = ..., removed_services: _Optional[_Iterable[str]] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...

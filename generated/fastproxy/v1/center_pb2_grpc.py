@@ -79,6 +79,11 @@ class CenterStub:
                 request_serializer=fastproxy_dot_v1_dot_center__pb2.ExplainRequest.SerializeToString,
                 response_deserializer=fastproxy_dot_v1_dot_center__pb2.ExplainResponse.FromString,
                 _registered_method=True)
+        self.PreviewPolicy = channel.unary_unary(
+                '/fastproxy.v1.Center/PreviewPolicy',
+                request_serializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyRequest.SerializeToString,
+                response_deserializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class CenterServicer:
@@ -143,6 +148,14 @@ class CenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def PreviewPolicy(self, request, context):
+        """What applying a policy (or going back to a revision) would change, applying nothing
+        (`fastproxy policy apply --dry-run`, `fastproxy policy diff`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -190,6 +203,11 @@ def add_CenterServicer_to_server(servicer, server):
                     servicer.Explain,
                     request_deserializer=fastproxy_dot_v1_dot_center__pb2.ExplainRequest.FromString,
                     response_serializer=fastproxy_dot_v1_dot_center__pb2.ExplainResponse.SerializeToString,
+            ),
+            'PreviewPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.PreviewPolicy,
+                    request_deserializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyRequest.FromString,
+                    response_serializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -435,6 +453,33 @@ class Center:
             '/fastproxy.v1.Center/Explain',
             fastproxy_dot_v1_dot_center__pb2.ExplainRequest.SerializeToString,
             fastproxy_dot_v1_dot_center__pb2.ExplainResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PreviewPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fastproxy.v1.Center/PreviewPolicy',
+            fastproxy_dot_v1_dot_center__pb2.PreviewPolicyRequest.SerializeToString,
+            fastproxy_dot_v1_dot_center__pb2.PreviewPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,
