@@ -6,15 +6,20 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+import yaml
+
 from center_svc.metrics import CenterMetrics
 from center_svc.nodes import NodeSession, NodeTable
 from center_svc.preview import Preview, preview
+from center_svc.rotation import Phase, Rotation, RotationError, phase_of, rotated_yaml
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import AuditAction, PolicyStore, Revision
 from fastproxy.policy import PolicyError, load_policy
 from fastproxy.policy.explain import Explanation, explain
+from fastproxy.policy.model import KeyType, Policy
 
 log = logging.getLogger("center_svc.control")
+STEPS_DONE = {Phase.ADDED: 1, Phase.IN_USE: 2, Phase.DONE: 3}
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,22 +62,60 @@ class PolicyControl:
                               revision=rolled_back_from)
             return ApplyOutcome(False, errors=exc.errors, message="policy refused")
         async with self._lock:
-            result = await asyncio.to_thread(
-                self.store.append, yaml_text, author, comment, rolled_back_from, peer=peer
-            )
-            action = AuditAction.ROLLBACK if rolled_back_from else AuditAction.APPLY
-            if not result.applied:
-                self.metrics.applied(action, None, ())
-                return ApplyOutcome(False, result.revision,
-                                    message=f"unchanged: identical to revision "
-                                            f"{result.revision.revision}")
-            self.book.set_policy(result.revision.revision, policy)
-            self.metrics.applied(action, result.revision.revision, self._views_changed())
+            return await self._store_and_publish(yaml_text, policy, author, comment,
+                                                 rolled_back_from, peer)
+
+    async def _store_and_publish(self, yaml_text: str, policy: Policy, author: str,
+                                 comment: str, rolled_back_from: int, peer: str
+                                 ) -> ApplyOutcome:
+        """Stores a validated policy as the next revision and sends it out (under the lock)."""
+        result = await asyncio.to_thread(
+            self.store.append, yaml_text, author, comment, rolled_back_from, peer=peer
+        )
+        action = AuditAction.ROLLBACK if rolled_back_from else AuditAction.APPLY
+        if not result.applied:
+            self.metrics.applied(action, None, ())
+            return ApplyOutcome(False, result.revision,
+                                message=f"unchanged: identical to revision "
+                                        f"{result.revision.revision}")
+        self.book.set_policy(result.revision.revision, policy)
+        self.metrics.applied(action, result.revision.revision, self._views_changed())
         log.info("applied revision %d (author %s)", result.revision.revision, author)
         self.refresh_all()
         self.notify_all()
         return ApplyOutcome(True, result.revision,
                             message=f"applied as revision {result.revision.revision}")
+
+    async def rotation_phase(self, key: str) -> Rotation:
+        latest = self.store.latest()
+        if latest is None:
+            raise RotationError("no policy: nothing was applied yet")
+        document = yaml.safe_load(latest.yaml)
+        if not isinstance(document, dict):
+            raise RotationError("the policy is not a mapping")
+        return phase_of(document, key)
+
+    async def rotate_step(self, key: str, new_type: KeyType | None, author: str, *,
+                          peer: str = "") -> tuple[Rotation, ApplyOutcome]:
+        """Applies the next step of rotating `key` (center_svc.rotation) as a revision made
+        from the latest one under the apply lock, so no concurrent apply is lost.
+        RotationError when there is no next step; the outcome carries validation errors."""
+        async with self._lock:
+            latest = self.store.latest()
+            if latest is None:
+                raise RotationError("no policy: nothing was applied yet")
+            yaml_text, rotation = rotated_yaml(latest.yaml, key, new_type)
+            comment = (f"keys rotate {key}: step {STEPS_DONE[rotation.phase]}/3, "
+                       f"{rotation.phase.value} ({rotation.successor})")
+            try:
+                policy = load_policy(yaml_text)
+            except PolicyError as exc:
+                await self.record(AuditAction.REFUSED_APPLY, author, "; ".join(exc.errors),
+                                  peer=peer)
+                return rotation, ApplyOutcome(False, errors=exc.errors,
+                                              message="rotation step refused")
+            outcome = await self._store_and_publish(yaml_text, policy, author, comment, 0, peer)
+        return rotation, outcome
 
     async def rollback(self, revision: int, author: str, comment: str,
                        *, peer: str = "") -> ApplyOutcome:

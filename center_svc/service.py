@@ -13,9 +13,11 @@ import grpc
 from center_svc.auth import Authenticator, Principal
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
+from center_svc.rotation import RotationError
 from center_svc.store import AuditAction, AuditEvent, Revision
 from fastproxy.policy import PolicyError
 from fastproxy.policy.explain import Explanation
+from fastproxy.policy.model import KeyType
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 log = logging.getLogger("center_svc.watch")
@@ -182,6 +184,28 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                                              key=lambda n: (n.service, n.role, n.node_id))],
             nodes_unchanged=found.nodes_unchanged, removed_services=found.removed_services,
             removed_services_with_nodes=found.removed_services_with_nodes)
+
+    async def RotateKey(self, request: center_pb2.RotateKeyRequest,
+                        context: grpc.aio.ServicerContext) -> center_pb2.RotateKeyResponse:
+        principal = await self._admin(context, "RotateKey")
+        try:
+            new_type = KeyType(request.new_type) if request.new_type else None
+        except ValueError:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"unknown key type {request.new_type!r}")
+        try:
+            if not request.advance:
+                rotation = await self.control.rotation_phase(request.key)
+                return center_pb2.RotateKeyResponse(key=rotation.key,
+                                                    successor=rotation.successor,
+                                                    phase=rotation.phase.value)
+            rotation, outcome = await self.control.rotate_step(
+                request.key, new_type, principal.label, peer=context.peer())
+        except RotationError as refused:
+            await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
+        return center_pb2.RotateKeyResponse(key=rotation.key, successor=rotation.successor,
+                                            phase=rotation.phase.value,
+                                            applied=_apply_response(outcome))
 
     async def GetCenterInfo(self, request: center_pb2.GetCenterInfoRequest,
                             context: grpc.aio.ServicerContext

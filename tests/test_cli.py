@@ -23,8 +23,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from fastproxy.cli import commands as cli
 from fastproxy.cli import format as cli_format
-from fastproxy.cli.keys import default_key_name, generate_key
 from fastproxy.policy import load_policy
+from fastproxy.policy.keygen import default_key_name, generate_key
 from fastproxy.policy.model import KeyType
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 

@@ -5,6 +5,7 @@
     fastproxy nodes                              fastproxy keys gen TYPE [--name NAME]
     fastproxy explain --caller S --method /p.S/M [--revision N]
     fastproxy policy apply --dry-run FILE        fastproxy policy diff [FILE | --revision N]
+    fastproxy keys rotate KEY [--type T] [--resume]
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
 its parser with `add_command` (or `add_command_group`), which sets `run` to a function of the
@@ -32,9 +33,9 @@ import grpc
 
 from fastproxy import __version__
 from fastproxy.cli import format as cli_format
-from fastproxy.cli.keys import KEY_TYPE_NAMES, generate_key
 from fastproxy.hosting.commandline import OneLineArgumentParser, host_port
 from fastproxy.node.credentials import CenterCredentials, CredentialError
+from fastproxy.policy.keygen import KEY_TYPE_NAMES, generate_key
 from fastproxy.policy.model import KeyType
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 
@@ -145,6 +146,11 @@ class CenterClient:
                 ) -> center_pb2.PreviewPolicyResponse:
         request = center_pb2.PreviewPolicyRequest(yaml=yaml_text, revision=revision)
         return self._call(self._stub.PreviewPolicy, request)
+
+    def rotate(self, key: str, new_type: str = "", *, advance: bool
+               ) -> center_pb2.RotateKeyResponse:
+        request = center_pb2.RotateKeyRequest(key=key, new_type=new_type, advance=advance)
+        return self._call(self._stub.RotateKey, request)
 
     def explain(self, caller: str, method: str, revision: int) -> center_pb2.ExplainResponse:
         request = center_pb2.ExplainRequest(caller=caller, method=method, revision=revision)
@@ -443,7 +449,8 @@ def add_nodes_command(subparsers: Subparsers) -> None:
 
 
 def add_keys_commands(subparsers: Subparsers) -> None:
-    keys = add_command_group(subparsers, "keys", "make key material for a policy")
+    keys = add_command_group(subparsers, "keys",
+                             "make key material for a policy, rotate a key of the live policy")
     gen = add_command(keys, "gen", run_keys_gen,
                       "print a fresh key entry to paste under 'keys:' of a policy "
                       "(this prints secret material)", talks_to_center=False)
@@ -452,6 +459,9 @@ def add_keys_commands(subparsers: Subparsers) -> None:
     gen.add_argument("--name", metavar="NAME",
                      help="the key's name in the policy (default: TYPE-YYYYMMDD)")
     gen.add_argument("--json", action="store_true", help="print JSON instead of YAML")
+
+    from fastproxy.cli.rotate import add_keys_rotate_command
+    add_keys_rotate_command(keys, add_command)
 
 
 def add_health(subparsers: Subparsers) -> None:

@@ -308,3 +308,25 @@ class PreviewPolicyResponse(_message.Message):
     removed_services: _containers.RepeatedScalarFieldContainer[str]
     removed_services_with_nodes: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, errors: _Optional[_Iterable[str]] = ..., latest_revision: _Optional[int] = ..., changed: _Optional[bool] = ..., diff: _Optional[str] = ..., nodes_to_update: _Optional[_Iterable[_Union[PreviewNode, _Mapping]]] = ..., nodes_unchanged: _Optional[int] = ..., removed_services: _Optional[_Iterable[str]] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RotateKeyRequest(_message.Message):
+    __slots__ = ("key", "new_type", "advance")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    NEW_TYPE_FIELD_NUMBER: _ClassVar[int]
+    ADVANCE_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    new_type: str
+    advance: bool
+    def __init__(self, key: _Optional[str] = ..., new_type: _Optional[str] = ..., advance: _Optional[bool] = ...) -> None: ...
+
+class RotateKeyResponse(_message.Message):
+    __slots__ = ("key", "successor", "phase", "applied")
+    KEY_FIELD_NUMBER: _ClassVar[int]
+    SUCCESSOR_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    key: str
+    successor: str
+    phase: str
+    applied: ApplyPolicyResponse
+    def __init__(self, key: _Optional[str] = ..., successor: _Optional[str] = ..., phase: _Optional[str] = ..., applied: _Optional[_Union[ApplyPolicyResponse, _Mapping]] = ...) -> None: ...

@@ -84,6 +84,11 @@ class CenterStub:
                 request_serializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyRequest.SerializeToString,
                 response_deserializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyResponse.FromString,
                 _registered_method=True)
+        self.RotateKey = channel.unary_unary(
+                '/fastproxy.v1.Center/RotateKey',
+                request_serializer=fastproxy_dot_v1_dot_center__pb2.RotateKeyRequest.SerializeToString,
+                response_deserializer=fastproxy_dot_v1_dot_center__pb2.RotateKeyResponse.FromString,
+                _registered_method=True)
 
 
 class CenterServicer:
@@ -156,6 +161,14 @@ class CenterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateKey(self, request, context):
+        """Where a rotation of a key stands, and (advance) its next step as a new revision; the new
+        key's material is made here and never leaves the Center (`fastproxy keys rotate`).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CenterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -208,6 +221,11 @@ def add_CenterServicer_to_server(servicer, server):
                     servicer.PreviewPolicy,
                     request_deserializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyRequest.FromString,
                     response_serializer=fastproxy_dot_v1_dot_center__pb2.PreviewPolicyResponse.SerializeToString,
+            ),
+            'RotateKey': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateKey,
+                    request_deserializer=fastproxy_dot_v1_dot_center__pb2.RotateKeyRequest.FromString,
+                    response_serializer=fastproxy_dot_v1_dot_center__pb2.RotateKeyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -480,6 +498,33 @@ class Center:
             '/fastproxy.v1.Center/PreviewPolicy',
             fastproxy_dot_v1_dot_center__pb2.PreviewPolicyRequest.SerializeToString,
             fastproxy_dot_v1_dot_center__pb2.PreviewPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateKey(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/fastproxy.v1.Center/RotateKey',
+            fastproxy_dot_v1_dot_center__pb2.RotateKeyRequest.SerializeToString,
+            fastproxy_dot_v1_dot_center__pb2.RotateKeyResponse.FromString,
             options,
             channel_credentials,
             insecure,

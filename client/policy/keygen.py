@@ -1,4 +1,5 @@
-"""Fresh key material for `fastproxy keys gen`, written as one policy `keys:` entry.
+"""Fresh key material, written as one policy `keys:` entry (`fastproxy keys gen`, and the new
+key of a rotation that the Center makes for `fastproxy keys rotate`).
 
 The entry is a single YAML line (`name: {type: ..., secret: "base64:..."}`) so an operator can
 paste it under `keys:` as is. Generating material is the purpose of this module, so it is the
