@@ -26,6 +26,12 @@ def test_demo_runs_every_kind_on_both_paths_with_refusals_and_exits_zero(
     assert re.search(r"RESOURCE_EXHAUSTED .*\[fastproxy-error: rate_limited\]", out), out
     assert re.search(r"NOT_FOUND\s+[\d.]+ ms\s+item 'nope' not found$", out, re.M), out
     assert "refused by reason: denied 2, rate_limited 1; 0 unexpected" in out, out
+    # a call audit mode lets through, and the Center's explanation of a denial
+    assert re.search(r"ok embedded\s+Catalog\.ListItems \(reports, audit\)\s+OK .*passes; "
+                     r"enforced, it would be denied", out), out
+    assert "  decision:     DENIED" in out and "  rule:         none" in out, out
+    assert "would be denied: reports_service -> song_service /demo.v1.Catalog/ListItems" in \
+        (tmp_path / "in-proxy.log").read_text()
     assert re.search(r"latency sidecar\s+20 unary 1 KiB calls, one in flight: p50 [\d.]+ ms",
                      out), out
     # every component stopped cleanly, and said so in its log

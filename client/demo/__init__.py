@@ -20,8 +20,10 @@ from fastproxy.demo.sample_policy import demo_policy
 from fastproxy.demo.scenario import (
     Outcome,
     Report,
+    audited_call,
     catalog_calls,
     every_kind,
+    explain,
     measure,
     percentile,
     run_call,
@@ -117,6 +119,15 @@ def _run(args: argparse.Namespace, workdir: Path) -> int:
                                                        timeout=5).name,
                                expect=grpc.StatusCode.PERMISSION_DENIED,
                                expect_reason="denied"))
+        with fastproxy.client_interceptors(service="reports_service", center=center,
+                                           embedded=True) as interceptors:
+            interceptors.wait_for_policy(10)
+            with grpc.intercept_channel(grpc.insecure_channel(in_proxy),
+                                        *interceptors) as channel:
+                _show(audited_call(report, channel))
+        _say("» why was analytics_service denied? fastproxy explain --caller analytics_service "
+             "--method /demo.v1.Catalog/GetItem")
+        _say(explain(center, "analytics_service", "/demo.v1.Catalog/GetItem"))
         with grpc.insecure_channel(server) as channel:
             measure(report, "direct", channel, args.calls)
 

@@ -4,7 +4,9 @@ key material given as references (inline `base64:` for the demo, `file:` for con
 chat_service calls song_service (demo.v1.Echo and demo.v1.Catalog): requests signed with an
 HMAC key, responses with an ed25519 key, payloads encrypted with AES-256-GCM and gzipped
 above 1 KiB. Catalog writes have no rule (denied); Catalog counts are limited to one a
-second for every caller (rate limited). analytics_service may only count.
+second for every caller (rate limited). analytics_service may only count. reports_service's
+rule is in audit mode (being narrowed to Count): its other Catalog calls pass, and the
+in-proxy logs each as a call that would be denied.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ KEY_TEMPLATES = {
     "song-id-v1": '{{type: ed25519, private: "{ref}"}}',
     "chat-id-v1": '{{type: hmac-sha256, secret: "{ref}"}}',
     "analytics-id-v1": '{{type: hmac-sha256, secret: "{ref}"}}',
+    "reports-id-v1": '{{type: hmac-sha256, secret: "{ref}"}}',
 }
 
 
@@ -59,10 +62,15 @@ services:
       - caller: chat_service
         methods: ["/demo.v1.Echo/*", "/demo.v1.Catalog/GetItem", "/demo.v1.Catalog/ListItems"]
         rate_limit: {{rps: 500, burst: 100}}
+      - caller: reports_service
+        methods: ["/demo.v1.Catalog/Count"]
+        mode: audit
   chat_service:
     identity: {{key: chat-id-v1}}
   analytics_service:
     identity: {{key: analytics-id-v1}}
+  reports_service:
+    identity: {{key: reports-id-v1}}
 """
 
 

@@ -1,5 +1,6 @@
 """The demo's calls: every RPC kind through the sidecar path and the embedded path, an app
-error that passes through untouched, a denied call and a rate-limited one."""
+error that passes through untouched, a denied call and a rate-limited one, a call let
+through by audit mode, and the Center's explanation of a denial."""
 
 from __future__ import annotations
 
@@ -106,6 +107,27 @@ def catalog_calls(report: Report, path: str, channel: grpc.Channel,
     show(run_call(report, path, "Catalog.Count (again, same second)", lambda: str(
         catalog.Count(count, timeout=5).count), expect=grpc.StatusCode.RESOURCE_EXHAUSTED,
         expect_reason="rate_limited"))
+
+
+def audited_call(report: Report, channel: grpc.Channel) -> Outcome:
+    """reports_service may only count, but its rule is in audit mode: this passes, and the
+    in-proxy logs it as a call that would be denied (`event=would_deny`)."""
+    catalog = demo_pb2_grpc.CatalogStub(channel)
+    return run_call(report, "embedded", "Catalog.ListItems (reports, audit)",
+                    lambda: ", ".join(i.id for i in catalog.ListItems(
+                        demo_pb2.ListItemsRequest(category="tools"), timeout=5))
+                    + "  (passes; enforced, it would be denied)")
+
+
+def explain(center: str, caller: str, method: str) -> str:
+    """What `fastproxy explain` prints for the call."""
+    from fastproxy.cli.explain import explanation_text
+    from fastproxy.v1 import center_pb2, center_pb2_grpc
+
+    with grpc.insecure_channel(center) as channel:
+        answer = center_pb2_grpc.CenterStub(channel).Explain(
+            center_pb2.ExplainRequest(caller=caller, method=method), timeout=5)
+    return explanation_text(answer)
 
 
 def measure(report: Report, path: str, channel: grpc.Channel, calls: int) -> None:
