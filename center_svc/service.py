@@ -197,6 +197,9 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                                 "this Center replica cannot reach its store "
                                 f"({self.control.unreachable_reason}); use another replica")
 
+        # headers now: the node knows its hello was taken even if it holds the latest
+        # revision already and no snapshot follows
+        await context.send_initial_metadata(())
         session = NodeSession(hello.node_id, hello.role, hello.service, context.peer(),
                               time.time(), sent_revision=hello.known_revision,
                               sent_hash=hello.known_hash, floor_revision=hello.known_revision)
