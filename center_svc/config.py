@@ -43,6 +43,7 @@ class CenterConfig:
     policy_poll_s: float
     etcd_credentials: EtcdCredentials = field(default_factory=EtcdCredentials)
     registration_ttl_s: int = 15
+    store_wait_s: float = 10.0
     watch_max_age_s: float | None = DEFAULT_WATCH_MAX_AGE_S
 
     @property
@@ -54,6 +55,9 @@ def build_parser() -> OneLineArgumentParser:
     parser = OneLineArgumentParser(
         prog=PROG,
         description="FastProxy Center: stores versioned policy and streams it to every node.",
+        # no abbreviations: `--etcd-password SECRET` must be refused, not taken for
+        # --etcd-password-file and echoed back in the error
+        allow_abbrev=False,
     )
     parser.add_argument("--listen", type=host_port, default="127.0.0.1:7070",
                         help="HOST:PORT to serve on (default 127.0.0.1:7070)")
@@ -88,6 +92,9 @@ def build_parser() -> OneLineArgumentParser:
     etcd.add_argument("--registration-ttl", type=int, default=15, metavar="SECONDS",
                       help="etcd: how long the endpoints registered through a replica that "
                            "died stay routed to (default 15)")
+    etcd.add_argument("--store-wait", type=float, default=10.0, metavar="SECONDS",
+                      help="etcd: how long to wait at start for the cluster to answer "
+                           "(default 10)")
     parser.add_argument("--watch-max-age", type=float, default=DEFAULT_WATCH_MAX_AGE_S,
                         metavar="SECONDS",
                         help="end each node's watch stream after about this long (less up to "
@@ -176,6 +183,7 @@ def parse_config(argv: Sequence[str] | None = None,
         policy_poll_s=args.policy_poll,
         etcd_credentials=etcd_credentials,
         registration_ttl_s=args.registration_ttl,
+        store_wait_s=args.store_wait,
         watch_max_age_s=args.watch_max_age or None,
     )
     if args.policy and not Path(args.policy).is_file():

@@ -65,7 +65,6 @@ from fastproxy.etcd import rpc_pb2 as etcd
 
 log = logging.getLogger("center_svc.etcd_store")
 
-OPEN_TIMEOUT_S = 10.0
 PROBE_INTERVAL_S = 0.5
 PROBE_TIMEOUT_S = 1.0
 MAX_APPEND_TRIES = 100
@@ -101,7 +100,7 @@ def open_etcd_store(url: str, options: StoreOptions) -> EtcdStore:
     credentials = options.etcd_credentials or EtcdCredentials()
     client = EtcdClient(endpoints, credentials)
     try:
-        wait_reachable(client, OPEN_TIMEOUT_S)
+        wait_reachable(client, options.open_timeout_s)
     except EtcdError as exc:
         client.close()
         raise StoreUnavailableError(f"cannot open policy store {url}: {exc}") from None

@@ -36,7 +36,8 @@ def _open_control(config: CenterConfig) -> tuple[PolicyStore, PolicyControl]:
     # The signing key is kept in the store sealed by this box: the KEK's box goes here once
     # the Center takes --kek; until then development mode's pass-through.
     options = StoreOptions(etcd_credentials=config.etcd_credentials, secret_box=PLAINTEXT_BOX,
-                           registration_ttl_s=config.registration_ttl_s)
+                           registration_ttl_s=config.registration_ttl_s,
+                           open_timeout_s=config.store_wait_s)
     try:
         store = open_store(config.store, options)
     except (ValueError, OSError) as exc:

@@ -219,6 +219,8 @@ class StoreOptions:
     secret_box: SecretBox = PLAINTEXT_BOX
     # etcd: how long a dead replica's registrations outlive it
     registration_ttl_s: int = 15
+    # etcd: how long opening waits for the cluster to answer
+    open_timeout_s: float = 10.0
 
 
 def content_hash_of(yaml_text: str) -> str:
