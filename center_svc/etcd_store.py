@@ -465,7 +465,11 @@ class EtcdStore:
         """Tells `listener` (from this store's threads) of every revision stored and every
         registration change by any replica, and of etcd becoming unreachable or back."""
         self._listener = listener
-        revision = self._resync()
+        try:
+            revision = self._resync()
+        except EtcdError as exc:  # the watch and the probe catch up once etcd answers
+            log.warning("cannot read etcd now: %s", exc)
+            revision = 0
         self._watch = self._client.watch(self._prefix, revision + 1, self._on_watch,
                                          self._on_watch_lost)
         self._probe_thread = threading.Thread(target=self._probe, name="etcd-probe",

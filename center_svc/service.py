@@ -202,7 +202,11 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         await context.send_initial_metadata(())
         session = NodeSession(hello.node_id, hello.role, hello.service, context.peer(),
                               time.time(), sent_revision=hello.known_revision,
-                              sent_hash=hello.known_hash, floor_revision=hello.known_revision)
+                              sent_hash=hello.known_hash,
+                              # replicas share one revision counter: a node that holds N from
+                              # one of them must not get less than N from another
+                              floor_revision=(hello.known_revision
+                                              if self.control.store.shared else 0))
         if hello.known_hash:
             session.acked_revision, session.acked_hash = hello.known_revision, hello.known_hash
         nodes, metrics = self.control.nodes, self.control.metrics
