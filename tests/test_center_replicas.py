@@ -9,16 +9,19 @@ maximum age; a replica behind a node never sends it an older revision.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import grpc
 import pytest
 from conftest import CenterProcess, StartCenter, free_port, wait_until
 from support.center_policy import PolicyKeys, apply, parse, policy_yaml, service_in
-from support.etcd import EtcdCluster, unique_prefix
+from support.dataplane import make_pki
+from support.etcd import EtcdCluster, EtcdTls, unique_prefix
 
 from fastproxy.policy.signing import verify_snapshot
 from fastproxy.v1 import center_pb2, policy_pb2
@@ -202,3 +205,39 @@ def test_etcd_flags_are_checked_and_no_flag_takes_a_password(
                           capture_output=True, text=True, timeout=30)
     assert done.returncode != 0
     assert message in done.stderr
+
+
+def test_a_replica_reaches_etcd_over_tls_as_an_etcd_user_with_the_password_off_its_command_line(
+        start_center: StartCenter, tmp_path: Path) -> None:
+    pki = make_pki(tmp_path, ["etcd", "center"])
+    (tmp_path / "etcd").mkdir()
+    cluster = EtcdCluster(tmp_path / "etcd", tls=EtcdTls(
+        pki.cert("etcd"), pki.key("etcd"), pki.ca, client_certificates=True))
+    password = "s3cret-" + unique_prefix("pw")
+    (tmp_path / "etcd-password").write_text(password + "\n")
+    tls = ("--etcd-ca", str(pki.ca), "--etcd-cert", str(pki.cert("center")),
+           "--etcd-key", str(pki.key("center")))
+    store = cluster.url(unique_prefix())
+    try:
+        cluster.start()
+        cluster.enable_auth(password)
+        center = start_center(*tls, "--etcd-user", "root", "--etcd-password-file",
+                              str(tmp_path / "etcd-password"), store=store)
+        assert apply(center.stub(), policy_yaml(PolicyKeys())).applied
+        assert password not in Path(f"/proc/{center.proc.pid}/cmdline").read_text()
+        assert password not in center.log()
+
+        def refused(*flags: str, env: dict[str, str] | None = None) -> str:
+            done = subprocess.run(
+                [sys.executable, "-m", "center_svc", "--listen", f"127.0.0.1:{free_port()}",
+                 "--store", store, "--store-wait", "1", *flags],
+                capture_output=True, text=True, timeout=30, env={**os.environ, **(env or {})})
+            assert done.returncode != 0
+            return done.stderr
+
+        assert "authentication failed" in refused(
+            *tls, "--etcd-user", "root", env={"FASTPROXY_ETCD_PASSWORD": "wrong"})
+        assert "cannot reach etcd" in refused(
+            "--etcd-user", "root", env={"FASTPROXY_ETCD_PASSWORD": password})  # no TLS
+    finally:
+        cluster.stop()

@@ -65,9 +65,22 @@ class Member:
         return self.proc is not None and self.proc.poll() is None
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """TLS for the members' client port: their certificate and key, and the CA that signs
+    them (and, with `client_certificates`, the clients' certificates etcd demands)."""
+
+    cert: Path
+    key: Path
+    ca: Path
+    client_certificates: bool = False
+
+
 class EtcdCluster:
-    def __init__(self, directory: Path, size: int = 1) -> None:
+    def __init__(self, directory: Path, size: int = 1, tls: EtcdTls | None = None) -> None:
         self.directory = directory
+        self.tls = tls
+        self.scheme = "https" if tls else "http"
         self.members = [
             Member(f"m{i}", _free_port(), _free_port(), directory / f"m{i}.etcd",
                    directory / f"m{i}.log")
@@ -80,6 +93,7 @@ class EtcdCluster:
         return [m.endpoint for m in self.members]
 
     def url(self, prefix: str, members: list[int] | None = None) -> str:
+        """The Center's --store URL (etcd:// whatever the members speak: TLS is a flag)."""
         chosen = self.members if members is None else [self.members[i] for i in members]
         return "etcd://" + ",".join(m.endpoint for m in chosen) + "/" + prefix
 
@@ -92,11 +106,17 @@ class EtcdCluster:
     def start_member(self, index: int, *, wait: bool = True) -> None:
         member = self.members[index]
         state = "existing" if member.data_dir.exists() else "new"
+        tls: list[str] = []
+        if self.tls is not None:
+            tls = ["--cert-file", str(self.tls.cert), "--key-file", str(self.tls.key),
+                   "--trusted-ca-file", str(self.tls.ca)]
+            if self.tls.client_certificates:
+                tls.append("--client-cert-auth")
         with member.log_path.open("ab") as log:
             member.proc = subprocess.Popen(
                 [ETCD, "--name", member.name, "--data-dir", str(member.data_dir),
-                 "--listen-client-urls", f"http://{member.endpoint}",
-                 "--advertise-client-urls", f"http://{member.endpoint}",
+                 "--listen-client-urls", f"{self.scheme}://{member.endpoint}",
+                 "--advertise-client-urls", f"{self.scheme}://{member.endpoint}", *tls,
                  "--listen-peer-urls", f"http://127.0.0.1:{member.peer_port}",
                  "--initial-advertise-peer-urls", f"http://127.0.0.1:{member.peer_port}",
                  "--initial-cluster", self._cluster, "--initial-cluster-state", state,
@@ -125,12 +145,15 @@ class EtcdCluster:
                 self.wait_serving(index, timeout)
 
     def _answers(self, member: Member) -> bool:
-        """A linearizable read through this member succeeds (the cluster has a leader)."""
-        with grpc.insecure_channel(member.endpoint) as channel:
+        """A linearizable read through this member succeeds (the cluster has a leader; with
+        authentication on, a refusal for want of a token says the same)."""
+        with self.client_channel(self.members.index(member)) as channel:
             try:
                 etcd_grpc.KVStub(channel).Range(etcd.RangeRequest(key=b"\x00"), timeout=1.0)
-            except grpc.RpcError:
-                return False
+            except grpc.RpcError as exc:
+                return exc.code() in (grpc.StatusCode.INVALID_ARGUMENT,  # type: ignore[attr-defined]
+                                      grpc.StatusCode.PERMISSION_DENIED,
+                                      grpc.StatusCode.UNAUTHENTICATED)
         return True
 
     def log(self, index: int) -> str:
@@ -157,5 +180,25 @@ class EtcdCluster:
         for index in range(len(self.members)):
             self.kill(index)
 
-    def client_channel(self, index: int = 0) -> grpc.Channel:
-        return grpc.insecure_channel(self.members[index].endpoint)
+    def client_channel(self, index: int = 0, client: tuple[Path, Path] | None = None
+                       ) -> grpc.Channel:
+        """A channel to a member (TLS when the cluster has it; `client`: certificate and
+        key to present)."""
+        endpoint = self.members[index].endpoint
+        if self.tls is None:
+            return grpc.insecure_channel(endpoint)
+        cert, key = client or (self.tls.cert, self.tls.key)
+        credentials = grpc.ssl_channel_credentials(
+            root_certificates=self.tls.ca.read_bytes(), private_key=key.read_bytes(),
+            certificate_chain=cert.read_bytes())
+        return grpc.secure_channel(endpoint, credentials)
+
+    def enable_auth(self, root_password: str) -> None:
+        """Turns etcd's authentication on with one user, root."""
+        with self.client_channel() as channel:
+            auth = etcd_grpc.AuthStub(channel)
+            auth.UserAdd(etcd.AuthUserAddRequest(name="root", password=root_password),
+                         timeout=5)
+            auth.UserGrantRole(etcd.AuthUserGrantRoleRequest(user="root", role="root"),
+                               timeout=5)
+            auth.AuthEnable(etcd.AuthEnableRequest(), timeout=5)
