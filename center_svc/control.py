@@ -1,9 +1,16 @@
-"""Applying, rolling back and publishing policy revisions: the Center's logic, without gRPC."""
+"""Applying, rolling back and publishing policy revisions: the Center's logic, without gRPC.
+
+On a shared store (etcd) this Center is one replica of several: `follow` makes it publish the
+revisions and registrations stored through any replica, and stop taking applies and node
+streams while it cannot reach the store (so that a replica cut off from etcd never serves as
+if it were current, and its nodes move to one that can).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import yaml
@@ -13,7 +20,7 @@ from center_svc.nodes import NodeSession, NodeTable
 from center_svc.preview import Preview, preview
 from center_svc.rotation import Phase, Rotation, RotationError, phase_of, rotated_yaml
 from center_svc.snapshots import SnapshotBook
-from center_svc.store import AuditAction, PolicyStore, Revision
+from center_svc.store import AuditAction, PolicyStore, Revision, StoreUnavailableError
 from fastproxy.policy import PolicyError, load_policy
 from fastproxy.policy.explain import Explanation, explain
 from fastproxy.policy.model import KeyType, Policy
@@ -28,6 +35,7 @@ class ApplyOutcome:
     revision: Revision | None = None
     errors: list[str] = field(default_factory=list)
     message: str = ""
+    removed_services_with_nodes: list[str] = field(default_factory=list)
 
 
 class PolicyControl:
@@ -38,6 +46,19 @@ class PolicyControl:
         self.metrics = metrics or CenterMetrics()
         self.nodes = NodeTable(self._registry_changed)
         self._lock = asyncio.Lock()
+        self.unreachable_reason = ""  # non-empty while the (shared) store cannot be reached
+        self.reachability_listeners: list[Callable[[bool], None]] = []
+
+    @property
+    def reachable(self) -> bool:
+        return not self.unreachable_reason
+
+    def refuse_if_unreachable(self) -> None:
+        """Raises StoreUnavailableError while this replica is cut off from its store."""
+        if self.unreachable_reason:
+            raise StoreUnavailableError(
+                "this Center replica cannot reach its store "
+                f"({self.unreachable_reason}); use another replica")
 
     def load_latest(self) -> Revision | None:
         """Publishes the newest stored revision; raises PolicyError if it no longer validates
@@ -48,9 +69,11 @@ class PolicyControl:
         return latest
 
     async def apply(self, yaml_text: str, author: str, comment: str,
-                    rolled_back_from: int = 0, *, peer: str = "") -> ApplyOutcome:
+                    rolled_back_from: int = 0, *, peer: str = "",
+                    refuse_removals: bool = False) -> ApplyOutcome:
         """Validates, stores and publishes a policy; every outcome is an audit event of
-        `author` (the actor's principal label) from `peer`."""
+        `author` (the actor's principal label) from `peer`. With `refuse_removals`, a policy
+        that removes services with connected nodes is refused, naming them."""
         try:
             policy = load_policy(yaml_text)
         except PolicyError as exc:
@@ -61,6 +84,13 @@ class PolicyControl:
             await self.record(action, author, "; ".join(exc.errors), peer=peer,
                               revision=rolled_back_from)
             return ApplyOutcome(False, errors=exc.errors, message="policy refused")
+        removed = self.removed_with_nodes(policy) if refuse_removals else []
+        if removed:
+            detail = f"removes {', '.join(removed)}, whose nodes are connected"
+            await self.record(AuditAction.REFUSED_APPLY, author, detail, peer=peer)
+            return ApplyOutcome(False, message=f"policy refused: it {detail}",
+                                removed_services_with_nodes=removed)
+        self.refuse_if_unreachable()
         async with self._lock:
             return await self._store_and_publish(yaml_text, policy, author, comment,
                                                  rolled_back_from, peer)
@@ -78,13 +108,25 @@ class PolicyControl:
             return ApplyOutcome(False, result.revision,
                                 message=f"unchanged: identical to revision "
                                         f"{result.revision.revision}")
-        self.book.set_policy(result.revision.revision, policy)
+        if result.revision.revision > self.book.revision:
+            # (another replica's newer revision may have been published meanwhile)
+            self.book.set_policy(result.revision.revision, policy)
         self.metrics.applied(action, result.revision.revision, self._views_changed())
         log.info("applied revision %d (author %s)", result.revision.revision, author)
         self.refresh_all()
         self.notify_all()
         return ApplyOutcome(True, result.revision,
                             message=f"applied as revision {result.revision.revision}")
+
+    def removed_with_nodes(self, policy: Policy) -> list[str]:
+        """Services of the policy in force that `policy` removes and that have nodes
+        connected here."""
+        state = self.book.state
+        if state is None:
+            return []
+        connected = {session.service for session in self.nodes}
+        return sorted(name for name in state.policy.services
+                      if name not in policy.services and name in connected)
 
     async def rotation_phase(self, key: str) -> Rotation:
         latest = self.store.latest()
@@ -119,7 +161,8 @@ class PolicyControl:
 
     async def rollback(self, revision: int, author: str, comment: str,
                        *, peer: str = "") -> ApplyOutcome:
-        target = self.store.get(revision)
+        self.refuse_if_unreachable()
+        target = await asyncio.to_thread(self.store.get, revision)
         if target is None:
             error = f"revision {revision} does not exist"
             await self.record(AuditAction.REFUSED_ROLLBACK, author, error, peer=peer,
@@ -166,10 +209,15 @@ class PolicyControl:
 
     async def record(self, action: AuditAction, actor: str, detail: str, *, peer: str = "",
                      revision: int = 0) -> None:
-        """Stores an audit event (a refusal or a denied call) off the event loop."""
+        """Stores an audit event (a refusal or a denied call) off the event loop; while the
+        store is unreachable the event is only logged."""
         self.metrics.refused(action)
-        await asyncio.to_thread(self.store.record_audit, action, actor, detail, peer=peer,
-                                revision=revision)
+        try:
+            await asyncio.to_thread(self.store.record_audit, action, actor, detail, peer=peer,
+                                    revision=revision)
+        except StoreUnavailableError as exc:
+            log.warning("audit event not stored (%s %s: %s): %s", action.value, actor,
+                        detail, exc)
 
     def _views_changed(self) -> list[NodeSession]:
         """Connected nodes whose snapshot now differs from the last one they were sent."""
@@ -216,12 +264,98 @@ class PolicyControl:
             session.changed.set()
 
     def restore_registry(self) -> None:
-        """Takes back the endpoints registered before a restart (see NodeTable.inherit)."""
+        """Takes back the endpoints registered before a restart (see NodeTable.inherit); on a
+        shared store, the endpoints every replica registered, as they stand."""
+        if self.store.shared:
+            self.book.set_registered(self.store.registrations())
+            return
         self.nodes.inherit(self.store.registrations())
         self.book.set_registered(self.nodes.registered())
 
     def _registry_changed(self, registered: dict[str, list[str]]) -> None:
-        self.book.set_registered(registered)
         self.store.save_registrations(registered)
+        if self.store.shared:
+            return  # the routes change when the store says so, for every replica alike
+        self.book.set_registered(registered)
         self.refresh_all()
         self.notify_all()
+
+    # -- replicas on a shared store ----------------------------------------------------------
+
+    def follow(self) -> None:
+        """Publishes what any replica stores; call once, from the event loop."""
+        self.store.follow(_LoopListener(self, asyncio.get_running_loop()))
+
+    async def catch_up(self, revision: int) -> None:
+        """A revision was stored (maybe through another replica): publish it if it is newer
+        than what this Center serves. Never steps back."""
+        if revision <= self.book.revision:
+            return
+        async with self._lock:
+            if revision <= self.book.revision:
+                return
+            try:
+                stored = await asyncio.to_thread(self.store.get, revision)
+                if stored is None:
+                    return
+                policy = load_policy(stored.yaml)
+            except StoreUnavailableError as exc:
+                log.warning("revision %d not loaded yet: %s", revision, exc)
+                return
+            except PolicyError as exc:
+                log.error("revision %d stored by another replica does not validate here "
+                          "(revision %d stays): %s", revision, self.book.revision,
+                          "; ".join(exc.errors))
+                return
+            self.book.set_policy(revision, policy)
+        log.info("revision %d stored by %s published", revision, stored.author)
+        self.refresh_all()
+        self.notify_all()
+
+    def registrations_changed(self, registered: dict[str, list[str]]) -> None:
+        self.book.set_registered(registered)
+        self.refresh_all()
+        self.notify_all()
+
+    def reachability_changed(self, reachable: bool, reason: str) -> None:
+        self.unreachable_reason = "" if reachable else (reason or "unreachable")
+        if not reachable:
+            # no split brain: nodes must not keep taking policy from a replica that may be
+            # behind; they move to a replica that can reach the store
+            self.close_streams(f"this Center replica cannot reach its store ({reason}); "
+                               "reconnect to another replica")
+        for listener in self.reachability_listeners:
+            listener(reachable)
+
+    def close_streams(self, reason: str) -> None:
+        """Ends every node's Watch stream with UNAVAILABLE and `reason`."""
+        for session in self.nodes:
+            session.closing = reason
+            session.changed.set()
+
+
+class _LoopListener:
+    """The store's StoreListener: hands each report to the Center's event loop."""
+
+    def __init__(self, control: PolicyControl, loop: asyncio.AbstractEventLoop) -> None:
+        self._control = control
+        self._loop = loop
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _soon(self, callback: Callable[[], object]) -> None:
+        if not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(callback)
+
+    def revision_stored(self, revision: int) -> None:
+        self._soon(lambda: self._catch_up(revision))
+
+    def _catch_up(self, revision: int) -> None:
+        task = self._loop.create_task(self._control.catch_up(revision))
+        self._tasks.add(task)  # the loop keeps only a weak reference to a task
+        task.add_done_callback(self._tasks.discard)
+
+    def registrations_changed(self, registered: dict[str, list[str]]) -> None:
+        self._soon(lambda: self._control.registrations_changed(registered))
+
+    def reachability_changed(self, reachable: bool, reason: str) -> None:
+        self._soon(lambda: self._control.reachability_changed(reachable, reason))

@@ -31,7 +31,8 @@ class NodeSession:
     acked_hash: str = ""
     nacked_revision: int = 0
     nack_error: str = ""
-    closing: bool = False
+    closing: str = ""  # non-empty: end the stream with UNAVAILABLE and this message
+    floor_revision: int = 0  # the revision the node holds: never send it an older one
     # it ACKed the content it is to run now (its revision may be older: a revision that did
     # not change its scoped snapshot is not sent to it)
     current: bool = False

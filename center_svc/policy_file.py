@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 from center_svc.control import PolicyControl
+from center_svc.store import StoreUnavailableError
 
 log = logging.getLogger("center_svc.policy_file")
 
@@ -30,9 +31,14 @@ class PolicyFileWatcher:
         digest = hashlib.sha256(text.encode()).hexdigest()
         if digest == self._seen:
             return None
+        try:
+            outcome = await self.control.apply(text, f"file:{self.path}",
+                                               f"from --policy {self.path}")
+        except StoreUnavailableError as exc:
+            # a replica cut off from etcd: try again on the next check
+            log.error("policy file %s not applied yet: %s", self.path, exc)
+            return None
         self._seen = digest
-        outcome = await self.control.apply(text, f"file:{self.path}",
-                                           f"from --policy {self.path}")
         if outcome.errors:
             log.error("policy file %s refused; revision %d keeps serving:\n  %s", self.path,
                       self.control.book.revision, "\n  ".join(outcome.errors))

@@ -14,9 +14,10 @@ from center_svc.auth import Authenticator
 from center_svc.config import CenterConfig
 from center_svc.control import PolicyControl
 from center_svc.policy_file import PolicyFileWatcher
+from center_svc.secretbox import PLAINTEXT_BOX
 from center_svc.service import CenterServicer
 from center_svc.snapshots import SnapshotBook
-from center_svc.store import PolicyStore, open_store
+from center_svc.store import PolicyStore, StoreError, StoreOptions, open_store
 from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
 from fastproxy.telemetry.setup import TELEMETRY_OFF, Telemetry
 from fastproxy.v1 import center_pb2, center_pb2_grpc
@@ -32,16 +33,27 @@ class StartupError(Exception):
 
 
 def _open_control(config: CenterConfig) -> tuple[PolicyStore, PolicyControl]:
+    # The signing key is kept in the store sealed by this box: the KEK's box goes here once
+    # the Center takes --kek; until then development mode's pass-through.
+    options = StoreOptions(etcd_credentials=config.etcd_credentials, secret_box=PLAINTEXT_BOX,
+                           registration_ttl_s=config.registration_ttl_s,
+                           open_timeout_s=config.store_wait_s)
     try:
-        store = open_store(config.store)
+        store = open_store(config.store, options)
     except (ValueError, OSError) as exc:
         raise StartupError(f"--store {config.store}: {exc}") from None
-    key = Ed25519PrivateKey.from_private_bytes(store.signing_key_seed())
-    control = PolicyControl(store, SnapshotBook(key))
+    except StoreError as exc:
+        raise StartupError(str(exc)) from None
     try:
+        key = Ed25519PrivateKey.from_private_bytes(store.signing_key_seed())
+        control = PolicyControl(store, SnapshotBook(key))
         control.load_latest()
         control.restore_registry()
+    except StoreError as exc:
+        store.close()
+        raise StartupError(str(exc)) from None
     except ValueError as exc:
+        store.close()
         raise StartupError(f"stored policy no longer validates: {exc}") from None
     return store, control
 
@@ -74,7 +86,7 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
     auth = Authenticator(development=config.development, node_tokens=config.node_tokens,
                          admin_tokens=config.admin_tokens,
                          client_certificates=config.client_ca is not None)
-    servicer = CenterServicer(control, auth)
+    servicer = CenterServicer(control, auth, max_stream_age_s=config.watch_max_age_s)
     server = grpc.aio.server()
     center_pb2_grpc.add_CenterServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
@@ -93,6 +105,10 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
     log.info("center listening on %s (store %s, revision %d)", config.listen, config.store,
              control.book.revision)
 
+    if store.shared:
+        control.reachability_listeners.append(
+            lambda reachable: _set_health(health_servicer, reachable))
+        control.follow()
     tasks = [asyncio.create_task(_expire_leases(control))]
     if watcher is not None:
         tasks.append(asyncio.create_task(watcher.run()))
@@ -103,6 +119,23 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
                               draining=servicer.close_streams)
     store.close()
     log.info("stopped")
+
+
+_health_updates: set[asyncio.Task[None]] = set()
+
+
+def _set_health(health_servicer: health.aio.HealthServicer, reachable: bool) -> None:
+    """A replica cut off from its store reports NOT_SERVING (to load balancers, probes)."""
+    status = (health_pb2.HealthCheckResponse.SERVING if reachable
+              else health_pb2.HealthCheckResponse.NOT_SERVING)
+
+    async def update() -> None:
+        for name in ("", CENTER_SERVICE):
+            await health_servicer.set(name, status)
+
+    task = asyncio.get_running_loop().create_task(update())
+    _health_updates.add(task)
+    task.add_done_callback(_health_updates.discard)
 
 
 async def _expire_leases(control: PolicyControl) -> None:

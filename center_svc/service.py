@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
+from typing import TypeVar
 
 import grpc
 
@@ -14,13 +16,14 @@ from center_svc.auth import Authenticator, Principal
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
 from center_svc.rotation import RotationError
-from center_svc.store import AuditAction, AuditEvent, Revision
+from center_svc.store import AuditAction, AuditEvent, Revision, StoreUnavailableError
 from fastproxy.policy import PolicyError
 from fastproxy.policy.explain import Explanation
 from fastproxy.policy.model import KeyType
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 log = logging.getLogger("center_svc.watch")
+T = TypeVar("T")
 
 ROLES = (policy_pb2.ROLE_IN, policy_pb2.ROLE_OUT, policy_pb2.ROLE_CLIENT, policy_pb2.ROLE_APP)
 HELLO_TIMEOUT_S = 10.0
@@ -66,18 +69,33 @@ def explain_response(found: Explanation) -> center_pb2.ExplainResponse:
 
 def _apply_response(outcome: ApplyOutcome) -> center_pb2.ApplyPolicyResponse:
     response = center_pb2.ApplyPolicyResponse(
-        applied=outcome.applied, errors=outcome.errors, message=outcome.message
+        applied=outcome.applied, errors=outcome.errors, message=outcome.message,
+        removed_services_with_nodes=outcome.removed_services_with_nodes,
     )
     if outcome.revision is not None:
         response.revision.CopyFrom(revision_info(outcome.revision))
     return response
 
 
+async def _or_unavailable(context: grpc.aio.ServicerContext, work: Awaitable[T]) -> T:
+    """The result of `work`; UNAVAILABLE with the store's message while it is unreachable
+    (a replica cut off from etcd)."""
+    try:
+        return await work
+    except StoreUnavailableError as exc:
+        await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
+        raise  # not reached: abort raises
+
+
 class CenterServicer(center_pb2_grpc.CenterServicer):
-    def __init__(self, control: PolicyControl, auth: Authenticator) -> None:
+    def __init__(self, control: PolicyControl, auth: Authenticator,
+                 max_stream_age_s: float | None = None) -> None:
         self.control = control
         self.auth = auth
         self.stopping = False
+        # Watch streams end after about this long (jittered) so that nodes spread again
+        # over the replicas, e.g. after one came back; None: never
+        self.max_stream_age_s = max_stream_age_s
 
     # -- admin -------------------------------------------------------------------------------
 
@@ -107,16 +125,17 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                           context: grpc.aio.ServicerContext
                           ) -> center_pb2.ApplyPolicyResponse:
         principal = await self._admin(context, "ApplyPolicy")
-        outcome = await self.control.apply(request.yaml, principal.label, request.comment,
-                                           peer=context.peer())
+        outcome = await _or_unavailable(context, self.control.apply(
+            request.yaml, principal.label, request.comment, peer=context.peer(),
+            refuse_removals=request.refuse_removals))
         return _apply_response(outcome)
 
     async def RollbackPolicy(self, request: center_pb2.RollbackPolicyRequest,
                              context: grpc.aio.ServicerContext
                              ) -> center_pb2.ApplyPolicyResponse:
         principal = await self._admin(context, "RollbackPolicy")
-        outcome = await self.control.rollback(request.revision, principal.label, request.comment,
-                                              peer=context.peer())
+        outcome = await _or_unavailable(context, self.control.rollback(
+            request.revision, principal.label, request.comment, peer=context.peer()))
         if outcome.revision is None and outcome.errors:
             await context.abort(grpc.StatusCode.NOT_FOUND, outcome.errors[0])
         return _apply_response(outcome)
@@ -126,7 +145,8 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                         ) -> center_pb2.GetPolicyResponse:
         await self._admin(context, "GetPolicy")
         store = self.control.store
-        found = store.get(request.revision) if request.revision else store.latest()
+        found = await _or_unavailable(context, asyncio.to_thread(
+            lambda: store.get(request.revision) if request.revision else store.latest()))
         if found is None:
             what = f"revision {request.revision}" if request.revision else "any revision"
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy: {what} does not exist")
@@ -137,7 +157,8 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                             context: grpc.aio.ServicerContext
                             ) -> center_pb2.ListRevisionsResponse:
         await self._admin(context, "ListRevisions")
-        history = self.control.store.history(request.limit or None)
+        history = await _or_unavailable(context, asyncio.to_thread(
+            self.control.store.history, request.limit or None))
         return center_pb2.ListRevisionsResponse(revisions=[revision_info(r) for r in history])
 
     async def ListNodes(self, request: center_pb2.ListNodesRequest,
@@ -151,7 +172,8 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                               context: grpc.aio.ServicerContext
                               ) -> center_pb2.ListAuditEventsResponse:
         await self._admin(context, "ListAuditEvents")
-        events = await asyncio.to_thread(self.control.store.audit_events, request.limit or None)
+        events = await _or_unavailable(context, asyncio.to_thread(
+            self.control.store.audit_events, request.limit or None))
         return center_pb2.ListAuditEventsResponse(
             events=[audit_event_message(e) for e in events])
 
@@ -243,10 +265,21 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                                 f"{principal.label} may not watch as service {hello.service}")
         if self.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "center shutting down; reconnect")
+        if not self.control.reachable:
+            await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                "this Center replica cannot reach its store "
+                                f"({self.control.unreachable_reason}); use another replica")
 
+        # headers now: the node knows its hello was taken even if it holds the latest
+        # revision already and no snapshot follows
+        await context.send_initial_metadata(())
         session = NodeSession(hello.node_id, hello.role, hello.service, context.peer(),
                               time.time(), sent_revision=hello.known_revision,
-                              sent_hash=hello.known_hash)
+                              sent_hash=hello.known_hash,
+                              # replicas share one revision counter: a node that holds N from
+                              # one of them must not get less than N from another
+                              floor_revision=(hello.known_revision
+                                              if self.control.store.shared else 0))
         if hello.known_hash:
             session.acked_revision, session.acked_hash = hello.known_revision, hello.known_hash
         self.control.node_connected(session)
@@ -266,13 +299,18 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
     async def _push(self, session: NodeSession,
                     context: grpc.aio.ServicerContext,
                     reader: asyncio.Task[None]) -> None:
-        """Sends the node's snapshot whenever what it sees changes, until either side ends."""
+        """Sends the node's snapshot whenever what it sees changes, until either side ends
+        (or the stream reaches its maximum age)."""
         book = self.control.book
         session.changed.set()
+        deadline = None
+        if self.max_stream_age_s:
+            deadline = time.monotonic() + self.max_stream_age_s * random.uniform(0.75, 1.0)
         while True:
             waiter = asyncio.ensure_future(session.changed.wait())
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0)
             try:
-                done, _ = await asyncio.wait({waiter, reader},
+                done, _ = await asyncio.wait({waiter, reader}, timeout=timeout,
                                              return_when=asyncio.FIRST_COMPLETED)
             finally:
                 # the stream may end (or be cancelled) while waiting: never leave the
@@ -281,13 +319,17 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                     waiter.cancel()
             if reader in done:
                 return
+            if not done:
+                await context.abort(grpc.StatusCode.UNAVAILABLE,
+                                    "watch stream reached its maximum age; reconnect")
             session.changed.clear()
             if session.closing:
-                await context.abort(grpc.StatusCode.UNAVAILABLE,
-                                    "center shutting down; reconnect")
+                await context.abort(grpc.StatusCode.UNAVAILABLE, session.closing)
             signed = book.snapshot_for(session.role, session.service)
             if signed is None or signed.content_hash == session.sent_hash:
                 continue
+            if book.revision < session.floor_revision:
+                continue  # this replica is behind the node: wait until it catches up
             await context.write(center_pb2.WatchResponse(snapshot=signed))
             session.sent_revision, session.sent_hash = book.revision, signed.content_hash
 
@@ -315,6 +357,4 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
     def close_streams(self) -> None:
         """Ends every Watch stream with UNAVAILABLE so nodes reconnect (to us or a peer)."""
         self.stopping = True
-        for session in self.control.nodes:
-            session.closing = True
-            session.changed.set()
+        self.control.close_streams("center shutting down; reconnect")

@@ -1,8 +1,12 @@
 """The Center's policy store: every applied policy as a numbered revision, plus the signing key.
 
-One implementation over the standard library's `sqlite3` serves both URL forms: a file for
-production (`sqlite:///relative.db`, `sqlite:////absolute.db`) and `:memory:` for tests
-(`memory://`, which keeps nothing once the store is closed).
+One interface (`PolicyStore`), three backends:
+- `sqlite:///relative.db`, `sqlite:////absolute.db`: one file, for one Center on one machine
+  (the default), implemented here over the standard library's `sqlite3`;
+- `memory://`: the same on `:memory:`, for tests; nothing outlives the store;
+- `etcd://HOST:PORT[,HOST:PORT...]/PREFIX`: an etcd cluster shared by any number of Center
+  replicas (`center_svc.etcd_store`). Such a store is `shared`: revisions and registrations
+  can change behind a replica's back, and `follow` tells it when.
 
 Durability and crash safety:
 - The file runs in WAL mode with `synchronous=FULL`. NORMAL with WAL already survives a killed
@@ -42,7 +46,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import (
@@ -50,6 +54,11 @@ from cryptography.hazmat.primitives.serialization import (
     NoEncryption,
     PrivateFormat,
 )
+
+from center_svc.secretbox import PLAINTEXT_BOX, SecretBox
+
+if TYPE_CHECKING:
+    from center_svc.etcd_client import EtcdCredentials
 
 DEFAULT_STORE_URL = "sqlite:///fastproxy-center.db"
 
@@ -61,8 +70,10 @@ MAX_DETAIL_CHARS = 2000
 
 _SQLITE_PREFIX = "sqlite:///"
 _MEMORY_URL = "memory://"
+_ETCD_PREFIX = "etcd://"
 _URL_FORMS = (
-    "expected sqlite:///relative/path.db, sqlite:////absolute/path.db or memory://"
+    "expected sqlite:///relative/path.db, sqlite:////absolute/path.db, memory:// or "
+    "etcd://HOST:PORT[,HOST:PORT...]/PREFIX"
 )
 
 _SCHEMA_V1 = """
@@ -117,6 +128,11 @@ class CorruptStoreError(StoreError):
     """The stored data does not check out: the store must not be served from."""
 
 
+class StoreUnavailableError(StoreError):
+    """The store cannot be reached now (etcd down, or this replica cut off from it); nothing
+    was changed, or (for a write cut off midway) the message says it may have been."""
+
+
 @dataclass(frozen=True, slots=True)
 class Revision:
     revision: int
@@ -157,7 +173,23 @@ class AppendResult:
     revision: Revision  # the new revision, or the existing latest one
 
 
+class StoreListener(Protocol):
+    """What a shared store tells its Center, from the store's own threads."""
+
+    def revision_stored(self, revision: int) -> None:
+        """A revision was stored (by this replica or another)."""
+
+    def registrations_changed(self, registered: dict[str, list[str]]) -> None:
+        """The registered in-proxy endpoints of every replica changed."""
+
+    def reachability_changed(self, reachable: bool, reason: str) -> None:
+        """The store became unreachable (`reason` says why) or reachable again."""
+
+
 class PolicyStore(Protocol):
+    # True when other processes write to the same store (etcd): the Center must `follow` it
+    shared: bool
+
     def latest(self) -> Revision | None: ...
     def get(self, revision: int) -> Revision | None: ...
     def history(self, limit: int | None = None) -> list[Revision]: ...
@@ -173,7 +205,22 @@ class PolicyStore(Protocol):
     def signing_key_seed(self) -> bytes: ...
     def registrations(self) -> dict[str, list[str]]: ...
     def save_registrations(self, registered: Mapping[str, Sequence[str]]) -> None: ...
+    def follow(self, listener: StoreListener) -> None: ...
     def close(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class StoreOptions:
+    """What some backends need besides their URL."""
+
+    # etcd: how to authenticate (user/password, TLS); None is plaintext without auth
+    etcd_credentials: EtcdCredentials | None = None
+    # etcd: seals the signing key kept in the store; the KEK's box once --kek is given
+    secret_box: SecretBox = PLAINTEXT_BOX
+    # etcd: how long a dead replica's registrations outlive it
+    registration_ttl_s: int = 15
+    # etcd: how long opening waits for the cluster to answer
+    open_timeout_s: float = 10.0
 
 
 def content_hash_of(yaml_text: str) -> str:
@@ -195,8 +242,12 @@ def sqlite_path_of(url: str) -> str | None:
     raise ValueError(f"unsupported policy store URL {url!r}: {_URL_FORMS}")
 
 
-def open_store(url: str) -> PolicyStore:
+def open_store(url: str, options: StoreOptions | None = None) -> PolicyStore:
     """Open (creating if needed) the store a URL names."""
+    if url.startswith(_ETCD_PREFIX):
+        from center_svc.etcd_store import open_etcd_store  # gRPC stubs only where used
+
+        return open_etcd_store(url, options or StoreOptions())
     path = sqlite_path_of(url)
     if path is None:
         return MemoryStore()
@@ -227,6 +278,8 @@ class SqliteStore:
     Safe to call from several threads (the event loop and `asyncio.to_thread` workers): one
     connection, guarded by one lock.
     """
+
+    shared = False
 
     def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
@@ -429,6 +482,9 @@ class SqliteStore:
                 "INSERT INTO registrations (service, address) VALUES (?, ?)",
                 [(service, address) for service, addresses in registered.items()
                  for address in addresses])
+
+    def follow(self, listener: StoreListener) -> None:
+        """Nothing to follow: one Center owns the file, and it publishes its own changes."""
 
     def close(self) -> None:
         with self._lock:

@@ -1,6 +1,7 @@
-"""Writes the configuration docker/compose.yaml mounts: the sample policy (the one
-`fastproxy demo` runs) with its secrets in key files, a CA with certificates for the Center,
-node and admin tokens.
+"""Writes the configuration docker/compose.yaml and docker/compose-replicas.yaml mount: the
+sample policy (the one `fastproxy demo` runs) with its secrets in key files, a CA with
+certificates for the Center (and its replicas), for the etcd members and for the Centers as
+etcd's clients, node and admin tokens.
 
     python docker/make_config.py docker/config
 
@@ -26,6 +27,8 @@ from cryptography.x509.oid import NameOID
 from fastproxy.demo.sample_policy import KEY_TEMPLATES, new_secret, sample_policy
 
 MOUNT = "/etc/fastproxy"  # where compose.yaml mounts the folder
+CENTER_REPLICAS = ("center-a", "center-b")  # compose-replicas.yaml's Centers
+ETCD_MEMBERS = ("etcd1", "etcd2", "etcd3")  # and its etcd cluster
 
 
 def _write(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -70,10 +73,20 @@ def make_config(out: Path, mount: str = MOUNT) -> None:
     ca = _certificate("fastproxy-demo-ca", ca_key, ca_name, ca_key, ca=True)
     center_key = ec.generate_private_key(ec.SECP256R1())
     center = _certificate("center", center_key, ca_name, ca_key, ca=False,
-                          dns=("center", "localhost"), ips=("127.0.0.1",))
+                          dns=("center", *CENTER_REPLICAS, "localhost"), ips=("127.0.0.1",))
     _write(out / "tls/ca.pem", ca.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(out / "tls/center.pem", center.public_bytes(serialization.Encoding.PEM), 0o644)
     _write(out / "tls/center-key.pem", _pem_key(center_key))
+    # etcd: each member's certificate serves clients and its peers; the Centers prove
+    # themselves to etcd with a client certificate of their own (etcd's --client-cert-auth)
+    for name, common_name, dns in (
+            *((member, member, (member, "localhost")) for member in ETCD_MEMBERS),
+            ("center-etcd-client", "fastproxy-center", ())):
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = _certificate(common_name, key, ca_name, ca_key, ca=False, dns=dns,
+                            ips=("127.0.0.1",) if dns else ())
+        _write(out / f"tls/{name}.pem", cert.public_bytes(serialization.Encoding.PEM), 0o644)
+        _write(out / f"tls/{name}-key.pem", _pem_key(key))
 
     tokens = {name: secrets.token_urlsafe(24)
               for name in ("song_service", "chat_service", "admin")}

@@ -12,6 +12,7 @@
   `expect_silence(seconds)`; `ack`, `ack_snapshot`, `nack`, `register`; `close()`
   half-closes the request stream; `final_code(timeout)` is the status the stream ended with.
 - `wait_until(predicate, timeout, what=...)`: polls with a deadline instead of sleeping.
+- `etcd_cluster` (module scope): one real etcd member on loopback (tests/support/etcd.py).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from typing import Protocol
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from support.etcd import EtcdCluster, etcd_available
 
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
@@ -309,3 +311,19 @@ class WatchClient:
         code: grpc.StatusCode = self.error.code()
         return code
 
+
+
+# -- etcd ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def etcd_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EtcdCluster]:
+    """One real etcd member on loopback for the test module (each test takes its own key
+    prefix with `support.etcd.unique_prefix`); killed at teardown."""
+    if not etcd_available():
+        pytest.skip("etcd is not installed (apt-get install etcd-server)")
+    cluster = EtcdCluster(tmp_path_factory.mktemp("etcd"), size=1)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()

@@ -4,7 +4,8 @@ tunnel, the SDK in embedded mode straight to an in-proxy, the sealed chain with 
 default 1% sampling, and nginx when installed), and its h2load check refuses a run whose
 replies are not all echoes (h2load counts a gRPC error inside HTTP 200 as a success). A
 partial run merged into an earlier JSON file replaces only its own setups. The report pairs
-sealed with sealed-no-tunnel and observed-sampled with sealed within each run."""
+sealed with sealed-no-tunnel and observed-sampled with sealed within each run.
+`bench/watch_fanout.py --replicas` runs Center replicas on an etcd it starts."""
 
 from __future__ import annotations
 
@@ -182,3 +183,15 @@ def test_report_rows_pair_tunnel_and_sampling_setups_within_a_run() -> None:
     assert ("tunnel: sealed / sealed-no-tunnel CPU per hop ratio: unary 1 KiB py single "
             "0.800x. Added p50 / p99 (unary 1 KiB py single, vs direct): sealed 0.00 / 0.00 "
             "ms, sealed-no-tunnel 0.00 / 0.00 ms.") in text
+
+
+@pytest.mark.skipif(shutil.which("etcd") is None, reason="etcd is not installed")
+def test_watch_fanout_measures_replicas_sharing_an_etcd(tmp_path: Path) -> None:
+    out = tmp_path / "fanout.json"
+    subprocess.run([sys.executable, str(ROOT / "bench" / "watch_fanout.py"), "--replicas", "2",
+                    "--watchers", "20", "--channels", "2", "--rounds", "1", "--json", str(out)],
+                   check=True, capture_output=True, timeout=120)
+    result = json.loads(out.read_text())
+    assert result["replicas"] == 2 and result["watchers"] == 40
+    assert len(result["center_rss_peak_mib"]) == 2
+    assert result["apply_to_all_median_s"] < 10

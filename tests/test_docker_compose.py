@@ -149,3 +149,72 @@ def test_compose_file_names_only_our_image_or_the_collector() -> None:
     for name, spec in compose_file["services"].items():
         if name not in THIRD_PARTY | ONE_SHOT:
             assert spec["healthcheck"]["test"][:3] == ["CMD", "fastproxy", "health"], name
+
+
+# -- compose-replicas.yaml: checked statically (its etcd image does not run here) ------------
+
+
+def _replicas_compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DOCKER / "compose-replicas.yaml").read_text())
+    return loaded
+
+
+def _flag(command: list[str], name: str) -> str:
+    return command[command.index(name) + 1]
+
+
+def test_replicas_compose_runs_three_etcd_members_as_one_cluster() -> None:
+    services = _replicas_compose()["services"]
+    members = sorted(name for name, spec in services.items()
+                     if spec["image"].startswith("gcr.io/etcd-development/etcd:"))
+    assert members == ["etcd1", "etcd2", "etcd3"]
+    cluster = {f"{m}=https://{m}:2380" for m in members}
+    for member in members:
+        command = services[member]["command"]
+        assert command[0] == "etcd"
+        assert _flag(command, "--name") == member
+        assert set(_flag(command, "--initial-cluster").split(",")) == cluster
+        assert _flag(command, "--initial-advertise-peer-urls") == f"https://{member}:2380"
+        assert _flag(command, "--advertise-client-urls") == f"https://{member}:2379"
+        # only clients with a certificate from the configuration's CA, over TLS
+        assert "--client-cert-auth" in command and "--peer-client-cert-auth" in command
+        assert _flag(command, "--cert-file") == f"{CONFIG_MOUNT}/tls/{member}.pem"
+        assert any(volume.endswith(":/var/lib/etcd") for volume in services[member]["volumes"])
+        assert "etcdctl" in services[member]["healthcheck"]["test"]
+
+
+def test_replicas_compose_centers_share_the_cluster_and_their_flags_parse(
+        tmp_path: Path) -> None:
+    from center_svc.config import parse_config
+    from center_svc.etcd_store import parse_etcd_url
+
+    services = _replicas_compose()["services"]
+    make_config = runpy.run_path(str(DOCKER / "make_config.py"))["make_config"]
+    make_config(tmp_path / "config", mount=str(tmp_path / "config"))
+    centers = sorted(name for name, spec in services.items()
+                     if spec.get("command", [])[:3] == ["python", "-m", "center_svc"])
+    assert centers == ["center-a", "center-b"]
+    stores = set()
+    for name in centers:
+        command = [word.replace(CONFIG_MOUNT, str(tmp_path / "config"))
+                   for word in services[name]["command"][3:]]
+        config = parse_config(command, env={})  # exits on a flag the Center refuses
+        endpoints, _prefix = parse_etcd_url(config.store)
+        assert sorted(endpoints) == ["etcd1:2379", "etcd2:2379", "etcd3:2379"]
+        assert config.etcd_credentials.uses_tls and config.etcd_credentials.cert
+        assert not config.development
+        stores.add(config.store)
+        assert set(services[name]["depends_on"]) == {"etcd1", "etcd2", "etcd3"}
+        assert services[name]["healthcheck"]["test"][:3] == ["CMD", "fastproxy", "health"]
+    assert len(stores) == 1  # one store, one prefix: replicas of one Center
+
+
+def test_replicas_compose_nodes_take_both_centers() -> None:
+    services = _replicas_compose()["services"]
+    for name in ("in-proxy", "out-proxy"):
+        command = services[name]["command"]
+        assert _flag(command, "--center") == "center-a:7070,center-b:7070", name
+        assert set(services[name]["depends_on"]) >= {"center-a", "center-b"}
+    # the Centers' certificate names both replicas, as the nodes dial them
+    assert {"center-a", "center-b"} <= set(
+        runpy.run_path(str(DOCKER / "make_config.py"))["CENTER_REPLICAS"])

@@ -1,4 +1,9 @@
-"""The Center's policy store: revisions, history, rollback, durability and the signing key."""
+"""The Center's policy store: revisions, history, rollback, durability and the signing key.
+
+The behaviour every backend shares runs against each of them (`backend`: memory://, a SQLite
+file, etcd on loopback); tests of one backend's own ways (SQLite's files and schema, etcd's
+URLs, leases and reachability) name it.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ import os
 import random
 import select
 import signal
+import socket
 import sqlite3
 import stat
 import subprocess
@@ -14,13 +20,19 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from support.etcd import EtcdCluster, unique_prefix
 
 from center_svc import store as store_module
+from center_svc.etcd_client import EtcdClient
+from center_svc.etcd_store import EtcdStore, parse_etcd_url
+from center_svc.secretbox import PLAINTEXT_BOX, SecretBoxError
 from center_svc.store import (
     DEFAULT_STORE_URL,
     AuditAction,
@@ -29,21 +41,70 @@ from center_svc.store import (
     PolicyStore,
     SqliteStore,
     StoreError,
+    StoreOptions,
+    StoreUnavailableError,
     content_hash_of,
     open_store,
     sqlite_path_of,
 )
+from fastproxy.etcd import rpc_pb2 as etcd
+from fastproxy.etcd import rpc_pb2_grpc as etcd_grpc
 
 POLICY_A = "services:\n  billing: {}\n"
 POLICY_B = "services:\n  billing: {}\n  orders: {}\n"
 POLICY_C = "services:\n  orders: {}\n"
 
 
-@pytest.fixture
-def store() -> Iterator[PolicyStore]:
-    opened = open_store("memory://")
+class Backend:
+    """Opens stores of one backend; `open()` again reaches the same data, except memory://."""
+
+    def __init__(self, name: str, tmp_path: Path, cluster: EtcdCluster | None) -> None:
+        self.name = name
+        self._path = tmp_path / "center.db"
+        self._cluster = cluster
+        self._prefix = "/" + unique_prefix("store") + "/"
+        self.opened: list[PolicyStore] = []
+
+    def open(self, clock: Callable[[], float] = time.time) -> PolicyStore:
+        opened: PolicyStore
+        if self.name == "memory":
+            opened = MemoryStore(clock=clock)
+        elif self.name == "sqlite":
+            opened = SqliteStore(str(self._path), clock=clock)
+        else:
+            assert self._cluster is not None
+            opened = EtcdStore(EtcdClient(self._cluster.endpoints), self._prefix,
+                               where=self._cluster.url(self._prefix.strip("/")),
+                               secret_box=PLAINTEXT_BOX, clock=clock)
+        self.opened.append(opened)
+        return opened
+
+    def close_all(self) -> None:
+        for opened in self.opened:
+            opened.close()
+
+
+def _opened_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    cluster = request.getfixturevalue("etcd_cluster") if request.param == "etcd" else None
+    opened = Backend(request.param, tmp_path, cluster)
     yield opened
-    opened.close()
+    opened.close_all()
+
+
+@pytest.fixture(params=["memory", "sqlite", "etcd"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    yield from _opened_backend(request, tmp_path)
+
+
+@pytest.fixture(params=["sqlite", "etcd"])
+def shared_backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    """A backend that two stores (two Centers) can open at once."""
+    yield from _opened_backend(request, tmp_path)
+
+
+@pytest.fixture
+def store(backend: Backend) -> PolicyStore:
+    return backend.open()
 
 
 def file_url(path: Path) -> str:
@@ -67,8 +128,8 @@ def test_revisions_start_at_one_and_grow_by_one(store: PolicyStore) -> None:
     assert latest is not None and latest.revision == 3
 
 
-def test_a_revision_records_who_when_why_and_what() -> None:
-    store = MemoryStore(clock=lambda: 1234.5)
+def test_a_revision_records_who_when_why_and_what(backend: Backend) -> None:
+    store = backend.open(clock=lambda: 1234.5)
     result = store.append(POLICY_A, "alice", "first policy")
     assert result.applied
     stored = store.get(1)
@@ -80,7 +141,6 @@ def test_a_revision_records_who_when_why_and_what() -> None:
     assert stored.yaml == POLICY_A
     assert stored.content_hash == hashlib.sha256(POLICY_A.encode("utf-8")).hexdigest()
     assert stored.rolled_back_from == 0
-    store.close()
 
 
 def test_content_hash_is_sha256_hex_of_utf8() -> None:
@@ -233,19 +293,17 @@ def test_a_missing_folder_is_a_clear_error(tmp_path: Path) -> None:
 # -- durability ------------------------------------------------------------------------------
 
 
-def test_history_survives_close_and_reopen(tmp_path: Path) -> None:
-    url = file_url(tmp_path / "center.db")
-    store = open_store(url)
+def test_history_survives_close_and_reopen(shared_backend: Backend) -> None:
+    store = shared_backend.open()
     store.append(POLICY_A, "alice", "one")
     store.append(POLICY_B, "bob", "two")
     store.append(POLICY_A, "carol", "three", rolled_back_from=1)
     before = store.history()
     store.close()
 
-    reopened = open_store(url)
+    reopened = shared_backend.open()
     assert reopened.history() == before
     assert reopened.append(POLICY_C, "dave", "four").revision.revision == 4
-    reopened.close()
 
 
 def test_memory_store_keeps_nothing() -> None:
@@ -276,39 +334,41 @@ def test_the_file_uses_wal_and_full_sync(tmp_path: Path) -> None:
         assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
 
-def test_two_stores_on_one_file_never_reuse_a_revision(tmp_path: Path) -> None:
-    url = file_url(tmp_path / "center.db")
-    one, two = open_store(url), open_store(url)
+def test_two_stores_on_one_place_never_reuse_a_revision(shared_backend: Backend) -> None:
+    one, two = shared_backend.open(), shared_backend.open()
     assert one.append(POLICY_A, "a", "").revision.revision == 1
     assert two.append(POLICY_B, "b", "").revision.revision == 2
     assert one.append(POLICY_C, "a", "").revision.revision == 3
     assert not two.append(POLICY_C, "b", "").applied
-    one.close()
-    two.close()
 
 
-def test_concurrent_appends_from_threads_get_distinct_revisions(tmp_path: Path) -> None:
-    store = open_store(file_url(tmp_path / "center.db"))
+def test_concurrent_appends_through_two_stores_get_distinct_revisions(
+        shared_backend: Backend) -> None:
+    """Two Centers (two stores on one file or one etcd prefix), two writer threads each: no
+    revision lost, none used twice, and both see one history."""
+    stores = [shared_backend.open(), shared_backend.open()]
     numbers: list[int] = []
     numbers_lock = threading.Lock()
 
-    def writer(name: str) -> None:
-        for i in range(20):
+    def writer(store: PolicyStore, name: str) -> None:
+        for i in range(10):
             number = store.append(f"writer: {name}\nindex: {i}\n", name, "").revision.revision
             with numbers_lock:
                 numbers.append(number)
 
-    threads = [threading.Thread(target=writer, args=(f"w{n}",)) for n in range(4)]
+    threads = [threading.Thread(target=writer, args=(stores[n % 2], f"w{n}"))
+               for n in range(4)]
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=30)
-    assert sorted(numbers) == list(range(1, 81))
-    store.close()
+        thread.join(timeout=60)
+    assert sorted(numbers) == list(range(1, 41))
+    assert stores[0].history() == stores[1].history()
+    assert [e.revision for e in stores[0].audit_events()] == list(range(40, 0, -1))
 
 
-def test_a_closed_store_refuses_calls() -> None:
-    store = open_store("memory://")
+def test_a_closed_store_refuses_calls(backend: Backend) -> None:
+    store = backend.open()
     store.close()
     store.close()  # closing twice is harmless
     with pytest.raises(StoreError, match="closed"):
@@ -394,12 +454,10 @@ def test_signing_key_seed_survives_close_and_reopen(tmp_path: Path) -> None:
     reopened.close()
 
 
-def test_two_stores_on_one_file_share_one_signing_key(tmp_path: Path) -> None:
-    url = file_url(tmp_path / "center.db")
-    one, two = open_store(url), open_store(url)
+def test_two_stores_on_one_place_share_one_signing_key(shared_backend: Backend) -> None:
+    one, two = shared_backend.open(), shared_backend.open()
     assert one.signing_key_seed() == two.signing_key_seed()
-    one.close()
-    two.close()
+    assert shared_backend.open().signing_key_seed() == one.signing_key_seed()
 
 
 # -- SIGKILL in the middle of appends --------------------------------------------------------
@@ -473,14 +531,13 @@ def test_sigkill_during_appends_leaves_only_whole_revisions(tmp_path: Path) -> N
 # -- audit events ----------------------------------------------------------------------------
 
 
-def test_an_apply_is_an_audit_event_naming_actor_peer_and_revision() -> None:
-    store = MemoryStore(clock=lambda: 99.5)
+def test_an_apply_is_an_audit_event_naming_actor_peer_and_revision(backend: Backend) -> None:
+    store = backend.open(clock=lambda: 99.5)
     store.append(POLICY_A, "admin:alice", "first", peer="ipv4:127.0.0.1:5000")
     (event,) = store.audit_events()
     assert (event.time_unix, event.actor, event.peer, event.action, event.revision) == (
         99.5, "admin:alice", "ipv4:127.0.0.1:5000", AuditAction.APPLY, 1)
     assert event.detail == "applied as revision 1"
-    store.close()
 
 
 def test_an_unchanged_apply_is_audited_with_the_revision_it_matched(
@@ -551,17 +608,14 @@ def test_a_long_detail_is_cut(store: PolicyStore) -> None:
     assert store.audit_events()[0].detail == event.detail
 
 
-def test_audit_events_survive_close_and_reopen(tmp_path: Path) -> None:
-    url = file_url(tmp_path / "center.db")
-    first = open_store(url)
+def test_audit_events_survive_close_and_reopen(shared_backend: Backend) -> None:
+    first = shared_backend.open()
     first.append(POLICY_A, "admin:alice", "", peer="ipv4:127.0.0.1:1")
     first.record_audit(AuditAction.REFUSED_ROLLBACK, "admin:bob", "revision 9 does not exist",
                        revision=9)
     before = first.audit_events()
     first.close()
-    reopened = open_store(url)
-    assert reopened.audit_events() == before
-    reopened.close()
+    assert shared_backend.open().audit_events() == before
 
 
 # -- schema migration ------------------------------------------------------------------------
@@ -648,3 +702,212 @@ def test_registrations_are_replaced_whole_and_survive_a_reopen(tmp_path: Path) -
     reopened = open_store(file_url(path))
     assert reopened.registrations() == {"song": ["10.0.0.1:9101", "10.0.0.2:9101"]}
     reopened.close()
+
+
+# -- etcd: URLs, the sealed signing key, registrations, following, reachability -------------
+
+
+def test_etcd_urls_name_members_and_a_prefix() -> None:
+    assert parse_etcd_url("etcd://10.0.0.1:2379,etcd-2:2379,[::1]:2379/fastproxy/prod") == (
+        ("10.0.0.1:2379", "etcd-2:2379", "[::1]:2379"), "/fastproxy/prod/")
+    assert parse_etcd_url("etcd://127.0.0.1:2379/fp/") == (("127.0.0.1:2379",), "/fp/")
+
+
+@pytest.mark.parametrize(("url", "names"), [
+    ("etcd://127.0.0.1:2379", "prefix"),
+    ("etcd://127.0.0.1:2379/", "prefix"),
+    ("etcd://127.0.0.1:2379/a b", "prefix"),
+    ("etcd://127.0.0.1/fp", "HOST:PORT"),
+    ("etcd://127.0.0.1:99999/fp", "HOST:PORT"),
+    ("etcd://a:1,,b:2/fp", "HOST:PORT"),
+    ("etcd://root:secret@127.0.0.1:2379/fp", "credentials do not go in the URL"),
+])
+def test_bad_etcd_urls_are_refused_naming_what_is_wrong(url: str, names: str) -> None:
+    with pytest.raises(ValueError, match=names) as refused:
+        open_store(url)
+    assert "secret" not in str(refused.value)
+
+
+class AesBox:
+    """A SecretBox as the KEK's will be: AES-256-GCM under a key this process holds."""
+
+    def __init__(self) -> None:
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+
+    def seal(self, plaintext: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plaintext, b"signing-key")
+
+    def open(self, sealed: bytes) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], b"signing-key")
+        except InvalidTag:
+            raise SecretBoxError("sealed under another key") from None
+
+
+def etcd_store(cluster: EtcdCluster, prefix: str, **options: object) -> PolicyStore:
+    return open_store(cluster.url(prefix), StoreOptions(**options))  # type: ignore[arg-type]
+
+
+def raw_value(cluster: EtcdCluster, key: str) -> bytes:
+    with cluster.client_channel() as ch:
+        found = etcd_grpc.KVStub(ch).Range(etcd.RangeRequest(key=key.encode()), timeout=5).kvs
+    return bytes(found[0].value) if found else b""
+
+
+def raw_put(cluster: EtcdCluster, key: str, value: bytes) -> None:
+    with cluster.client_channel() as ch:
+        etcd_grpc.KVStub(ch).Put(etcd.PutRequest(key=key.encode(), value=value), timeout=5)
+
+
+def test_the_etcd_signing_key_is_kept_sealed_by_the_secret_box(
+        etcd_cluster: EtcdCluster) -> None:
+    prefix, box = unique_prefix(), AesBox()
+    store = etcd_store(etcd_cluster, prefix, secret_box=box)
+    seed = store.signing_key_seed()
+    sealed = raw_value(etcd_cluster, f"/{prefix}/signing-key")
+    assert sealed and seed not in sealed
+    assert box.open(sealed) == seed
+    again = etcd_store(etcd_cluster, prefix, secret_box=box)
+    assert again.signing_key_seed() == seed
+    for wrong in (AesBox(), PLAINTEXT_BOX):
+        other = etcd_store(etcd_cluster, prefix, secret_box=wrong)
+        with pytest.raises(StoreError, match="cannot open the signing key"):
+            other.signing_key_seed()
+        other.close()
+    store.close()
+    again.close()
+
+
+def test_development_mode_marks_the_etcd_signing_key_as_plaintext(
+        etcd_cluster: EtcdCluster) -> None:
+    prefix = unique_prefix()
+    store = etcd_store(etcd_cluster, prefix)
+    seed = store.signing_key_seed()
+    assert raw_value(etcd_cluster, f"/{prefix}/signing-key") == \
+        b"fastproxy-plaintext-v1:" + seed
+    store.close()
+    sealed_prefix = unique_prefix()
+    etcd_store(etcd_cluster, sealed_prefix, secret_box=AesBox()).signing_key_seed()
+    with pytest.raises(StoreError, match="start the Center with the same --kek"):
+        etcd_store(etcd_cluster, sealed_prefix).signing_key_seed()
+
+
+def test_a_damaged_etcd_revision_is_refused(etcd_cluster: EtcdCluster) -> None:
+    prefix = unique_prefix()
+    store = etcd_store(etcd_cluster, prefix)
+    store.append(POLICY_A, "alice", "")
+    key = f"/{prefix}/revisions/{1:020d}"
+    record = raw_value(etcd_cluster, key).replace(b"billing", b"billinG")
+    raw_put(etcd_cluster, key, record)
+    with pytest.raises(CorruptStoreError, match="revision 1 is corrupt"):
+        store.get(1)
+    raw_put(etcd_cluster, key, b"not json")
+    with pytest.raises(CorruptStoreError, match="not a readable revision record"):
+        etcd_store(etcd_cluster, prefix)
+    store.close()
+
+
+class Heard:
+    """A StoreListener that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.revisions: list[int] = []
+        self.registered: list[dict[str, list[str]]] = [{}]
+        self.reachable: list[bool] = []
+
+    def revision_stored(self, revision: int) -> None:
+        self.revisions.append(revision)
+
+    def registrations_changed(self, registered: dict[str, list[str]]) -> None:
+        self.registered.append(registered)
+
+    def reachability_changed(self, reachable: bool, reason: str) -> None:
+        self.reachable.append(reachable)
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+def test_a_following_etcd_store_hears_revisions_and_registrations_of_the_others(
+        etcd_cluster: EtcdCluster) -> None:
+    prefix = unique_prefix()
+    replica_x, replica_y = etcd_store(etcd_cluster, prefix), etcd_store(etcd_cluster, prefix)
+    heard = Heard()
+    replica_y.follow(heard)
+    replica_x.append(POLICY_A, "alice", "")
+    replica_x.save_registrations({"song": ["10.0.0.1:9101"]})
+    wait_for(lambda: 1 in heard.revisions, 5, "revision 1 through the other store")
+    wait_for(lambda: heard.registered[-1] == {"song": ["10.0.0.1:9101"]}, 5,
+             "the registration through the other store")
+    assert replica_y.registrations() == {"song": ["10.0.0.1:9101"]}
+    replica_x.save_registrations({})
+    wait_for(lambda: heard.registered[-1] == {}, 5, "the registration to go")
+    replica_x.close()
+    replica_y.close()
+
+
+def test_a_replica_deletes_no_registration_another_replica_took_over(
+        etcd_cluster: EtcdCluster) -> None:
+    """The node moved from X to Y: X letting go of its stream must not remove the endpoint
+    Y now holds."""
+    prefix = unique_prefix()
+    replica_x, replica_y = etcd_store(etcd_cluster, prefix), etcd_store(etcd_cluster, prefix)
+    replica_x.save_registrations({"song": ["10.0.0.1:9101"]})
+    wait_for(lambda: replica_y.registrations() == {"song": ["10.0.0.1:9101"]}, 5, "X's put")
+    replica_y.save_registrations({"song": ["10.0.0.1:9101"]})
+    time.sleep(0.3)  # Y's put lands; then X lets go
+    replica_x.save_registrations({})
+    time.sleep(0.5)
+    assert replica_y.registrations() == {"song": ["10.0.0.1:9101"]}
+    replica_x.close()
+    replica_y.close()
+
+
+def test_registrations_lapse_with_the_replica_that_made_them(
+        etcd_cluster: EtcdCluster) -> None:
+    prefix = unique_prefix()
+    dying = etcd_store(etcd_cluster, prefix, registration_ttl_s=1)
+    watching = etcd_store(etcd_cluster, prefix)
+    dying.save_registrations({"song": ["10.0.0.1:9101"]})
+    wait_for(lambda: watching.registrations() == {"song": ["10.0.0.1:9101"]}, 5, "the put")
+    dying.close()  # stops renewing its lease, as a killed replica does
+    gone = time.monotonic()
+    wait_for(lambda: watching.registrations() == {}, 5, "the lease to lapse")
+    assert time.monotonic() - gone < 3.5  # a TTL of 1 s, plus etcd's lease check
+    watching.close()
+
+
+def test_an_unreachable_etcd_is_a_clear_error_in_bounded_time(
+        etcd_cluster: EtcdCluster) -> None:
+    prefix = unique_prefix()
+    store = etcd_store(etcd_cluster, prefix)
+    heard = Heard()
+    store.follow(heard)
+    etcd_cluster.pause(0)  # a member that hangs, as one cut off does
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match="cannot reach etcd"):
+            store.append(POLICY_A, "alice", "")
+        assert time.monotonic() - started < 3 * 2.0 + 1
+        wait_for(lambda: heard.reachable[-1:] == [False], 5, "the probe to notice")
+    finally:
+        etcd_cluster.resume(0)
+    wait_for(lambda: heard.reachable[-1:] == [True], 10, "the probe to see etcd back")
+    assert store.append(POLICY_A, "alice", "").applied
+    store.close()
+
+
+def test_opening_an_etcd_store_nobody_answers_fails_naming_it() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # bound, never listening: refused
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailableError, match=rf"127\.0\.0\.1:{port}"):
+            open_store(f"etcd://127.0.0.1:{port}/fp", StoreOptions(open_timeout_s=0.5))
+        assert time.monotonic() - started < 2.0

@@ -120,8 +120,10 @@ class CenterClient:
         self._target = target
         self._stub = center_pb2_grpc.CenterStub(channel)
 
-    def apply(self, yaml_text: str, comment: str) -> center_pb2.ApplyPolicyResponse:
-        request = center_pb2.ApplyPolicyRequest(yaml=yaml_text, comment=comment)
+    def apply(self, yaml_text: str, comment: str, *, refuse_removals: bool = False
+              ) -> center_pb2.ApplyPolicyResponse:
+        request = center_pb2.ApplyPolicyRequest(yaml=yaml_text, comment=comment,
+                                                refuse_removals=refuse_removals)
         return self._call(self._stub.ApplyPolicy, request)
 
     def get(self, revision: int) -> center_pb2.GetPolicyResponse:
@@ -249,9 +251,10 @@ def run_policy_apply(args: argparse.Namespace) -> int:
     with center_client(args) as center:
         if args.dry_run:
             return preview.show(args, center.preview(yaml_text), applies=True)
-        if not args.yes:
-            preview.confirm_removals(center, yaml_text)
-        response = center.apply(yaml_text, args.message)
+        response = center.apply(yaml_text, args.message, refuse_removals=not args.yes)
+        if not response.applied and response.removed_services_with_nodes:
+            preview.confirm_removals(list(response.removed_services_with_nodes))
+            response = center.apply(yaml_text, args.message)
     return _finish_apply(args, response, "applied", "the policy")
 
 

@@ -6,15 +6,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import TYPE_CHECKING, Any
-
-import grpc
+from typing import Any
 
 from fastproxy.cli import format as cli_format
 from fastproxy.v1 import center_pb2
-
-if TYPE_CHECKING:
-    from fastproxy.cli.commands import CenterClient
 
 EXIT_OK = 0
 
@@ -69,20 +64,11 @@ def show(args: argparse.Namespace, found: center_pb2.PreviewPolicyResponse, *,
     return EXIT_OK
 
 
-def confirm_removals(center: CenterClient, yaml_text: str) -> None:
-    """Before an apply: a policy that removes services whose nodes are connected is applied
-    only when the operator says so (asked on a terminal; refused without one: `--yes`)."""
+def confirm_removals(removed: list[str]) -> None:
+    """The Center refused an apply that removes services whose nodes are connected: go on
+    only when the operator says so on a terminal (without one, `--yes` is the way)."""
     from fastproxy.cli.commands import CliError
 
-    try:
-        found = center.preview(yaml_text)
-    except CliError as failed:
-        if failed.code is grpc.StatusCode.UNIMPLEMENTED:  # an older Center: nothing to check
-            return
-        raise
-    removed = list(found.removed_services_with_nodes)
-    if not removed:
-        return
     question = (f"this policy removes {', '.join(removed)}, whose nodes are connected now "
                 "(they would be sent an empty policy)")
     if not sys.stdin.isatty():

@@ -41,6 +41,13 @@ def host_port(value: str) -> str:
     return value
 
 
+def host_ports(value: str) -> str:
+    """argparse type for one HOST:PORT or several, comma-separated (replicas of a Center)."""
+    for part in value.split(","):
+        host_port(part.strip())
+    return ",".join(part.strip() for part in value.split(","))
+
+
 def is_loopback(address: str) -> bool:
     host = address.rpartition(":")[0].strip("[]")
     if host == "localhost":

@@ -10,7 +10,13 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastproxy.hosting.commandline import OneLineArgumentParser, fail, host_port, read_flag_file
+from fastproxy.hosting.commandline import (
+    OneLineArgumentParser,
+    fail,
+    host_port,
+    host_ports,
+    read_flag_file,
+)
 from fastproxy.node.credentials import CenterCredentials, CredentialError
 from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES
 from fastproxy.policy.signing import parse_center_public_key
@@ -43,7 +49,10 @@ def add_node_flags(parser: OneLineArgumentParser, *, service_help: str,
     parser.add_argument("--service", required=service_required, help=service_help)
     parser.add_argument("--listen", required=True, type=host_port, help="HOST:PORT to serve on")
     source = parser.add_mutually_exclusive_group(required=service_required)
-    source.add_argument("--center", type=host_port, help="the Center's HOST:PORT")
+    source.add_argument("--center", type=host_ports, metavar="HOST:PORT[,HOST:PORT...]",
+                        help="the Center's HOST:PORT; replicas of one Center as several, "
+                             "comma-separated, or as a DNS name with several addresses (the "
+                             "node moves to another when its replica goes away)")
     source.add_argument("--policy", metavar="FILE",
                         help="run without a Center from this YAML policy (reloaded on change)")
     parser.add_argument("--node-id", help="this node's id at the Center "

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import hashlib
+import ipaddress
 import logging
 import os
 import random
+import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -78,8 +81,57 @@ class SnapshotCache:
             os.close(dir_fd)
 
 
+@dataclass(frozen=True, slots=True)
+class CenterTarget:
+    """One Center replica to dial: an address, and the name its TLS certificate carries when
+    the address came from resolving that name."""
+
+    address: str
+    server_name: str = ""
+
+
+def split_centers(center: str) -> list[str]:
+    """`a:7070,b:7070` -> ['a:7070', 'b:7070']."""
+    return [part.strip() for part in center.split(",") if part.strip()]
+
+
+def resolve_centers(centers: Sequence[str]) -> list[CenterTarget]:
+    """Every replica to try: each HOST:PORT given, and each address of a DNS name that has
+    several (one replica per address). A name that does not resolve stays as it is (the
+    dial fails and the node moves on)."""
+    targets: list[CenterTarget] = []
+    for center in centers:
+        host, _, port = center.rpartition(":")
+        bare = host.strip("[]")
+        try:
+            ipaddress.ip_address(bare)
+            targets.append(CenterTarget(center))
+            continue
+        except ValueError:
+            pass
+        try:
+            infos = socket.getaddrinfo(bare, int(port), type=socket.SOCK_STREAM)
+        except (OSError, ValueError):
+            infos = []
+        addresses = list(dict.fromkeys(str(info[4][0]) for info in infos))
+        if len(addresses) <= 1:
+            targets.append(CenterTarget(center))
+            continue
+        for address in addresses:
+            shown = f"[{address}]" if ":" in address else address
+            targets.append(CenterTarget(f"{shown}:{port}", server_name=bare))
+    return targets
+
+
 class CenterWatcher(Generic[T]):
     """Keeps a `WatchPolicy` stream open, reconnecting with backoff and jitter.
+
+    `center` names one Center or several replicas of one (`a:7070,b:7070`, or a DNS name with
+    several addresses). Each connection goes to a replica picked at random among those not yet
+    tried since the last stream that worked, so nodes spread over the replicas, and a node
+    whose replica died moves to another one at once; the backoff grows only when every
+    replica failed in turn. The node says which revision it holds, so a replica never sends
+    it an older one.
 
     Each snapshot is verified (against `pinned_key` if given), compiled and swapped in, then
     ACKed; one that fails is NACKed with the error and the last good policy stays.
@@ -91,6 +143,8 @@ class CenterWatcher(Generic[T]):
                  lease_seconds: int = 15, initial_backoff_s: float = 0.2,
                  max_backoff_s: float = 10.0) -> None:
         self.center = center
+        self.centers = split_centers(center)
+        self.current: CenterTarget | None = None  # the replica of the last connection
         self.node = node
         self.compile = compile_snapshot
         self.holder = holder
@@ -125,42 +179,61 @@ class CenterWatcher(Generic[T]):
         cache_timer = asyncio.get_running_loop().call_later(
             cache_after_s, lambda: self.holder.current is None and self.load_cache())
         backoff = self.initial_backoff_s
+        untried: list[CenterTarget] = []
         try:
             while True:
+                if not untried:
+                    untried = await asyncio.to_thread(resolve_centers, self.centers)
+                    if self.current in untried and len(untried) > 1:
+                        untried.remove(self.current)  # elsewhere first, after a failure
+                target = untried.pop(random.randrange(len(untried)))
+                self.current = target
                 try:
-                    await self._stream_once()
+                    await self._stream_once(target)
                     backoff = self.initial_backoff_s
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
                                       grpc.StatusCode.PERMISSION_DENIED):
-                        log.error("center %s refused this node: %s", self.center, exc.details())
+                        log.error("center %s refused this node: %s", target.address,
+                                  exc.details())
                     else:
-                        log.info("watch stream to %s ended: %s %s", self.center,
+                        log.info("watch stream to %s ended: %s %s", target.address,
                                  exc.code().name, exc.details())
                 if self.connected.is_set():
                     # The stream was up: this is a new outage, so back off from the start
-                    # (not from where the last outage left it, up to max_backoff_s).
+                    # (not from where the last outage left it, up to max_backoff_s), and
+                    # every replica is worth a try again.
                     backoff = self.initial_backoff_s
+                    untried = []
                 self.connected.clear()
                 self.reconnects += 1
                 delay = random.uniform(0.5, 1.0) * backoff
-                backoff = min(backoff * 2, self.max_backoff_s)
+                if not untried:  # every replica failed in turn: back off further
+                    backoff = min(backoff * 2, self.max_backoff_s)
                 await asyncio.sleep(delay)
         finally:
             cache_timer.cancel()
 
-    async def _stream_once(self) -> None:
-        async with self.credentials.aio_channel(self.center) as channel:
+    async def _stream_once(self, target: CenterTarget) -> None:
+        credentials = self.credentials
+        if target.server_name and credentials.uses_tls and not credentials.tls_server_name:
+            # dialled by address: the certificate still names the Center's DNS name
+            credentials = dataclasses.replace(credentials, tls_server_name=target.server_name)
+        async with credentials.aio_channel(target.address) as channel:
             stub = center_pb2_grpc.CenterStub(channel)
             outbox: asyncio.Queue[center_pb2.WatchRequest] = asyncio.Queue()
             outbox.put_nowait(center_pb2.WatchRequest(hello=center_pb2.NodeHello(
                 node_id=self.node.node_id, role=self.node.role, service=self.node.service,
                 known_revision=self.holder.revision, known_hash=self.holder.content_hash)))
-            call = stub.WatchPolicy(self._requests(outbox), metadata=self.credentials.metadata)
+            call = stub.WatchPolicy(self._requests(outbox), metadata=credentials.metadata)
             renew = None
             if self.node.advertise and self.node.role == pb.ROLE_IN:
                 renew = asyncio.create_task(self._renew_lease(outbox))
             try:
+                # up once the Center took the hello (a replica may have nothing new to send
+                # a node that holds the latest revision)
+                await call.wait_for_connection()
+                self.connected.set()
                 async for response in call:
                     self.connected.set()
                     outbox.put_nowait(self._receive(response.snapshot))

@@ -66,12 +66,14 @@ class WatchResponse(_message.Message):
     def __init__(self, snapshot: _Optional[_Union[_policy_pb2.SignedSnapshot, _Mapping]] = ...) -> None: ...
 
 class ApplyPolicyRequest(_message.Message):
-    __slots__ = ("yaml", "comment")
+    __slots__ = ("yaml", "comment", "refuse_removals")
     YAML_FIELD_NUMBER: _ClassVar[int]
     COMMENT_FIELD_NUMBER: _ClassVar[int]
+    REFUSE_REMOVALS_FIELD_NUMBER: _ClassVar[int]
     yaml: str
     comment: str
-    def __init__(self, yaml: _Optional[str] = ..., comment: _Optional[str] = ...) -> None: ...
+    refuse_removals: bool
+    def __init__(self, yaml: _Optional[str] = ..., comment: _Optional[str] = ..., refuse_removals: _Optional[bool] = ...) -> None: ...
 
 class RevisionInfo(_message.Message):
     __slots__ = ("revision", "created_unix", "author", "comment", "content_hash", "rolled_back_from")
@@ -90,16 +92,18 @@ class RevisionInfo(_message.Message):
     def __init__(self, revision: _Optional[int] = ..., created_unix: _Optional[float] = ..., author: _Optional[str] = ..., comment: _Optional[str] = ..., content_hash: _Optional[str] = ..., rolled_back_from: _Optional[int] = ...) -> None: ...
 
 class ApplyPolicyResponse(_message.Message):
-    __slots__ = ("applied", "revision", "errors", "message")
+    __slots__ = ("applied", "revision", "errors", "message", "removed_services_with_nodes")
     APPLIED_FIELD_NUMBER: _ClassVar[int]
     REVISION_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_SERVICES_WITH_NODES_FIELD_NUMBER: _ClassVar[int]
     applied: bool
     revision: RevisionInfo
     errors: _containers.RepeatedScalarFieldContainer[str]
     message: str
-    def __init__(self, applied: _Optional[bool] = ..., revision: _Optional[_Union[RevisionInfo, _Mapping]] = ..., errors: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ...) -> None: ...
+    removed_services_with_nodes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, applied: _Optional[bool] = ..., revision: _Optional[_Union[RevisionInfo, _Mapping]] = ..., errors: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("revision",)

@@ -1,0 +1,40 @@
+"""The seam through which the Center seals the secrets it keeps in its store.
+
+A `SecretBox` turns a secret into an opaque blob and back. The etcd store keeps the snapshot
+signing key only as such a blob, so that every replica can read it and etcd's own backups hold
+nothing usable. The key-encryption key (`--kek`) provides the real box; until a Center is given
+one it runs with `PLAINTEXT_BOX` (development mode), whose blobs are tagged so that a store
+sealed with a KEK is never mistaken for plaintext, nor the other way round.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+
+class SecretBoxError(ValueError):
+    """A blob this box cannot open (sealed by another box, or damaged)."""
+
+
+class SecretBox(Protocol):
+    def seal(self, plaintext: bytes) -> bytes: ...
+    def open(self, sealed: bytes) -> bytes: ...
+
+
+_PLAIN_TAG = b"fastproxy-plaintext-v1:"
+
+
+class PlaintextBox:
+    """Development mode: the secret is stored as it is, behind a tag that says so."""
+
+    def seal(self, plaintext: bytes) -> bytes:
+        return _PLAIN_TAG + plaintext
+
+    def open(self, sealed: bytes) -> bytes:
+        if not sealed.startswith(_PLAIN_TAG):
+            raise SecretBoxError("the secret was sealed with a key-encryption key; "
+                                 "start the Center with the same --kek")
+        return sealed[len(_PLAIN_TAG):]
+
+
+PLAINTEXT_BOX: SecretBox = PlaintextBox()
