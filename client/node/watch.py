@@ -20,11 +20,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.acceptance import SnapshotAcceptor
+from fastproxy.node.credentials import CenterCredentials, check_center_connection
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.policy.scope import content_hash, scope_snapshot
-from fastproxy.policy.signing import SnapshotError, verify_snapshot
+from fastproxy.policy.signing import SnapshotError
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 from fastproxy.v1 import policy_pb2 as pb
 
@@ -81,8 +83,10 @@ class SnapshotCache:
 class CenterWatcher(Generic[T]):
     """Keeps a `WatchPolicy` stream open, reconnecting with backoff and jitter.
 
-    Each snapshot is verified (against `pinned_key` if given), compiled and swapped in, then
-    ACKed; one that fails is NACKed with the error and the last good policy stays.
+    Each snapshot is checked (`SnapshotAcceptor`: signed, by `pinned_key` if given, for this
+    node's role and service, not older than the revision held), compiled and swapped in, then
+    ACKed; one that fails is NACKed with the error and the last good policy stays. A Center
+    off loopback needs TLS and `pinned_key` (CredentialError here otherwise).
     """
 
     def __init__(self, center: str, node: NodeIdentity, compile_snapshot: Compile[T],
@@ -95,13 +99,31 @@ class CenterWatcher(Generic[T]):
         self.compile = compile_snapshot
         self.holder = holder
         self.credentials = credentials or CenterCredentials()
+        check_center_connection(center, uses_tls=self.credentials.uses_tls,
+                                pinned_key=pinned_key)
         self.pinned_key = pinned_key
+        self.acceptor = SnapshotAcceptor(node.role, node.service, pinned_key)
         self.cache = SnapshotCache(cache_dir, node) if cache_dir else None
+        self._remember_cached_revision()
         self.lease_seconds = lease_seconds
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.reconnects = 0
         self.connected = asyncio.Event()
+
+    def _remember_cached_revision(self) -> None:
+        """The cache's revision is the one held, before any snapshot arrives: a restart
+        must not let an older one in."""
+        if self.cache is None:
+            return
+        try:
+            cached = self.cache.load()
+        except (OSError, ValueError, DecodeError) as exc:
+            log.error("cached snapshot %s cannot be read: %s", self.cache.path, exc)
+            return
+        if cached is not None and self.acceptor.remember(cached):
+            log.info("holding revision %d (from %s)", self.acceptor.held_revision,
+                     self.cache.path)
 
     def load_cache(self) -> bool:
         """Serves the cached snapshot (the Center is unreachable); True if one was loaded."""
@@ -199,12 +221,10 @@ class CenterWatcher(Generic[T]):
                                                           content_hash=signed.content_hash))
 
     def _install(self, signed: pb.SignedSnapshot) -> int:
-        snapshot = verify_snapshot(signed, self.pinned_key)
-        if snapshot.node_service != self.node.service:
-            raise SnapshotError(f"snapshot is for service {snapshot.node_service!r}, "
-                                f"not {self.node.service!r}")
+        snapshot = self.acceptor.check(signed)
         compiled = self.compile(snapshot)
         self.holder.replace(compiled, snapshot.revision, signed.content_hash)
+        self.acceptor.accepted(signed, snapshot)
         return int(snapshot.revision)
 
 
