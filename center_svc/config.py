@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from center_svc.auth import TokenFileError, load_token_file
+from center_svc.auth import TokenFileError, TokenFiles
 from center_svc.store import DEFAULT_STORE_URL
 from fastproxy.hosting.commandline import (
     OneLineArgumentParser,
@@ -29,8 +29,8 @@ class CenterConfig:
     tls_cert: bytes | None
     tls_key: bytes | None
     client_ca: bytes | None
-    node_tokens: dict[str, str]
-    admin_tokens: dict[str, str]
+    node_tokens: str | None  # paths; read (and checked) at start, then again on change
+    admin_tokens: str | None
     grace_s: float
     log_level: str
     log_format: str
@@ -60,9 +60,13 @@ def build_parser() -> OneLineArgumentParser:
                         help="CA that signs node and admin client certificates; the "
                              "certificate's common name is the node's service, or admin:NAME")
     parser.add_argument("--node-tokens", metavar="FILE",
-                        help="'service: token' lines: the token each service's nodes present")
+                        help="'service: token' lines (a node of the service, any role) or "
+                             "'service[in,out,client,app]: token' (only those roles); "
+                             "read again when it changes")
     parser.add_argument("--admin-tokens", metavar="FILE",
-                        help="'name: token' lines: tokens allowed to change policy")
+                        help="'name: token' lines: tokens allowed to change policy; "
+                             "'name[read-secrets]: token' may also read its secrets; read "
+                             "again when it changes")
     parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long in-flight calls may finish (default 5)")
     add_logging_flags(parser)
@@ -72,13 +76,8 @@ def build_parser() -> OneLineArgumentParser:
     return parser
 
 
-def _tokens(path: str | None) -> dict[str, str]:
-    if path is None:
-        return {}
-    try:
-        return load_token_file(path)
-    except TokenFileError as exc:
-        fail(PROG, str(exc))
+def token_files(config: CenterConfig) -> TokenFiles:
+    return TokenFiles(config.node_tokens, config.admin_tokens)
 
 
 def parse_config(argv: Sequence[str] | None = None) -> CenterConfig:
@@ -94,14 +93,18 @@ def parse_config(argv: Sequence[str] | None = None) -> CenterConfig:
         tls_cert=read_flag_file(PROG, args.tls_cert, "--tls-cert"),
         tls_key=read_flag_file(PROG, args.tls_key, "--tls-key"),
         client_ca=read_flag_file(PROG, args.client_ca, "--client-ca"),
-        node_tokens=_tokens(args.node_tokens),
-        admin_tokens=_tokens(args.admin_tokens),
+        node_tokens=args.node_tokens,
+        admin_tokens=args.admin_tokens,
         grace_s=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,
         metrics_port=args.metrics_port,
         policy_poll_s=args.policy_poll,
     )
+    try:
+        token_files(config).load()
+    except TokenFileError as exc:
+        fail(PROG, str(exc))
     if args.policy and not Path(args.policy).is_file():
         fail(PROG, f"--policy {args.policy}: no such file")
     loopback = is_loopback(config.listen)

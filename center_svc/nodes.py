@@ -32,6 +32,7 @@ class NodeSession:
     nacked_revision: int = 0
     nack_error: str = ""
     closing: bool = False
+    revoked: str = ""  # why its credential no longer allows this stream (tokens reloaded)
     # address -> monotonic expiry
     leases: dict[str, float] = field(default_factory=dict)
 

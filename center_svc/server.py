@@ -10,8 +10,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from center_svc.auth import Authenticator
-from center_svc.config import CenterConfig
+from center_svc.auth import Authenticator, TokenFiles
+from center_svc.config import CenterConfig, token_files
 from center_svc.control import PolicyControl
 from center_svc.policy_file import PolicyFileWatcher
 from center_svc.service import CenterServicer
@@ -71,8 +71,8 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
         if await watcher.apply_if_changed() is False:
             raise StartupError(f"--policy {config.policy_file} refused (errors logged above)")
 
-    auth = Authenticator(development=config.development, node_tokens=config.node_tokens,
-                         admin_tokens=config.admin_tokens,
+    tokens = token_files(config)
+    auth = Authenticator(development=config.development, tokens=tokens.load(),
                          client_certificates=config.client_ca is not None)
     servicer = CenterServicer(control, auth)
     server = grpc.aio.server()
@@ -93,7 +93,8 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
     log.info("center listening on %s (store %s, revision %d)", config.listen, config.store,
              control.book.revision)
 
-    tasks = [asyncio.create_task(_expire_leases(control))]
+    tasks = [asyncio.create_task(_expire_leases(control)),
+             asyncio.create_task(_reload_tokens(tokens, servicer, config.policy_poll_s))]
     if watcher is not None:
         tasks.append(asyncio.create_task(watcher.run()))
     if ready is not None:
@@ -103,6 +104,18 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
                               draining=servicer.close_streams)
     store.close()
     log.info("stopped")
+
+
+async def _reload_tokens(files: TokenFiles, servicer: CenterServicer, interval_s: float
+                         ) -> None:
+    """Token files take effect when they change: a new service's nodes get in without a
+    restart; a token removed (or its roles narrowed) ends the streams it opened."""
+    while True:
+        await asyncio.sleep(interval_s)
+        table = await asyncio.to_thread(files.reload_if_changed)
+        if table is not None:
+            servicer.auth.tokens = table
+            servicer.recheck_credentials()
 
 
 async def _expire_leases(control: PolicyControl) -> None:

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 
 import grpc
 
-from center_svc.auth import Authenticator, Principal
+from center_svc.auth import Authenticator, Principal, Refused
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
 from center_svc.store import AuditAction, AuditEvent, Revision
@@ -59,6 +59,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         self.control = control
         self.auth = auth
         self.stopping = False
+        self._tokens: dict[NodeSession, bytes] = {}  # the token each stream was opened with
 
     # -- admin -------------------------------------------------------------------------------
 
@@ -68,13 +69,13 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         credential)."""
         principal = self.auth.identify(context)
         peer = context.peer()
-        if principal is None:
-            log.warning("admin call %s without a valid credential from %s", method, peer)
+        if isinstance(principal, Refused):
+            log.warning("admin call %s refused from %s: %s", method, peer, principal.reason)
             await self.control.record(AuditAction.DENIED, "anonymous",
-                                      f"UNAUTHENTICATED on {method}: no valid credential",
-                                      peer=peer)
+                                      f"UNAUTHENTICATED on {method}: no valid credential "
+                                      f"({principal.reason})", peer=peer)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid credential")
-        assert principal is not None
+        assert isinstance(principal, Principal)
         if not principal.is_admin:
             log.warning("admin call %s refused for %s from %s", method, principal.label, peer)
             await self.control.record(AuditAction.DENIED, principal.label,
@@ -151,9 +152,11 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                           context: grpc.aio.ServicerContext
                           ) -> None:
         principal = self.auth.identify(context)
-        if principal is None:
+        peer = context.peer()
+        if isinstance(principal, Refused):
+            log.warning("watch refused from %s: %s", peer, principal.reason)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid node credential")
-        assert principal is not None
+        assert isinstance(principal, Principal)
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, TimeoutError):
@@ -166,10 +169,10 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         if hello.role not in ROLES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "role must be in, out, client or app")
-        if not principal.may_watch_as(hello.service):
-            log.warning("%s refused: may not watch as service %s", principal.label, hello.service)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{principal.label} may not watch as service {hello.service}")
+        refusal = principal.watch_refusal(hello.service, hello.role)
+        if refusal is not None:
+            log.warning("watch refused from %s (node %s): %s", peer, hello.node_id, refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         if self.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "center shutting down; reconnect")
 
@@ -178,6 +181,9 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                               sent_hash=hello.known_hash)
         if hello.known_hash:
             session.acked_revision, session.acked_hash = hello.known_revision, hello.known_hash
+        token = self.auth.bearer_token(context)
+        if token is not None:
+            self._tokens[session] = token
         nodes, metrics = self.control.nodes, self.control.metrics
         nodes.add(session)
         metrics.node_connected(session)
@@ -192,6 +198,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
             nodes.remove(session)
+            self._tokens.pop(session, None)
             metrics.node_disconnected(session)
             log.info("node %s (%s) disconnected", session.node_id, session.service)
 
@@ -217,6 +224,9 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             if session.closing:
                 await context.abort(grpc.StatusCode.UNAVAILABLE,
                                     "center shutting down; reconnect")
+            if session.revoked:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    f"credential revoked: {session.revoked}")
             signed = book.snapshot_for(session.role, session.service)
             if signed is None or signed.content_hash == session.sent_hash:
                 continue
@@ -242,6 +252,19 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             elif (kind == "register" and session.role == policy_pb2.ROLE_IN
                   and request.register.address):
                 nodes.register(session, request.register.address, request.register.lease_seconds)
+
+    def recheck_credentials(self) -> None:
+        """After the token files changed: ends the streams whose token no longer allows
+        them, so a revoked node is sent nothing more."""
+        for session in self.control.nodes:
+            token = self._tokens.get(session)
+            reason = None if token is None else self.auth.recheck(token, session.service,
+                                                                  session.role)
+            if reason is not None:
+                log.warning("watch of node %s (%s) from %s ended: %s", session.node_id,
+                            session.service, session.peer, reason)
+                session.revoked = reason
+                session.changed.set()
 
     def close_streams(self) -> None:
         """Ends every Watch stream with UNAVAILABLE so nodes reconnect (to us or a peer)."""
