@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from center_svc.auth import TokenFileError, TokenFiles
-from center_svc.store import DEFAULT_STORE_URL
+from center_svc.kek import KekError, KekRing, load_ring
+from center_svc.store import DEFAULT_STORE_URL, sqlite_path_of
 from fastproxy.hosting.commandline import (
     OneLineArgumentParser,
     fail,
@@ -31,6 +32,7 @@ class CenterConfig:
     client_ca: bytes | None
     node_tokens: str | None  # paths; read (and checked) at start, then again on change
     admin_tokens: str | None
+    kek: KekRing | None = field(repr=False)
     grace_s: float
     log_level: str
     log_format: str
@@ -67,6 +69,11 @@ def build_parser() -> OneLineArgumentParser:
                         help="'name: token' lines: tokens allowed to change policy; "
                              "'name[read-secrets]: token' may also read its secrets; read "
                              "again when it changes")
+    parser.add_argument("--kek", action="append", default=[], metavar="file:PATH|env:VAR",
+                        help="key-encryption key (32 bytes, raw or base64) that encrypts "
+                             "policy secrets in the store; required with credentials and a "
+                             "store that keeps data. Given twice or more: the first seals, "
+                             "every one opens (rotation)")
     parser.add_argument("--grace", type=float, default=5.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long in-flight calls may finish (default 5)")
     add_logging_flags(parser)
@@ -74,6 +81,20 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--policy-poll", type=float, default=1.0, metavar="SECONDS",
                         help=argparse.SUPPRESS)
     return parser
+
+
+def _kek(refs: list[str]) -> KekRing | None:
+    try:
+        return load_ring(refs)
+    except KekError as exc:
+        fail(PROG, str(exc))
+
+
+def keeps_data(store: str) -> bool:
+    try:
+        return sqlite_path_of(store) is not None
+    except ValueError:
+        return True  # any other backend keeps data (an unknown URL fails when opened)
 
 
 def token_files(config: CenterConfig) -> TokenFiles:
@@ -95,6 +116,7 @@ def parse_config(argv: Sequence[str] | None = None) -> CenterConfig:
         client_ca=read_flag_file(PROG, args.client_ca, "--client-ca"),
         node_tokens=args.node_tokens,
         admin_tokens=args.admin_tokens,
+        kek=_kek(args.kek),
         grace_s=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,
@@ -117,4 +139,7 @@ def parse_config(argv: Sequence[str] | None = None) -> CenterConfig:
                    "add --tls-cert and --tls-key")
     if not config.development and not (config.client_ca or config.node_tokens):
         fail(PROG, "no way to authenticate nodes: add --client-ca or --node-tokens")
+    if not config.development and config.kek is None and keeps_data(config.store):
+        fail(PROG, f"--store {config.store} would keep policy secrets unencrypted: add "
+                   "--kek file:PATH or --kek env:VAR (32 bytes, raw or base64)")
     return config

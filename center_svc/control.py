@@ -11,6 +11,7 @@ from center_svc.nodes import NodeSession, NodeTable
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import AuditAction, PolicyStore, Revision
 from fastproxy.policy import PolicyError, load_policy
+from fastproxy.policy.redaction import RedactedValueError, has_redacted_values, restore_redacted
 
 log = logging.getLogger("center_svc.control")
 
@@ -45,8 +46,12 @@ class PolicyControl:
         """Validates, stores and publishes a policy; every outcome is an audit event of
         `author` (the actor's principal label) from `peer`."""
         try:
+            # a document fetched redacted and applied back keeps the stored secrets
+            if has_redacted_values(yaml_text):
+                latest = await asyncio.to_thread(self.store.latest)
+                yaml_text = restore_redacted(yaml_text, latest.yaml if latest else None)
             policy = load_policy(yaml_text)
-        except PolicyError as exc:
+        except (PolicyError, RedactedValueError) as exc:
             log.warning("policy refused (author %s): %s", author, "; ".join(exc.errors))
             action = (AuditAction.REFUSED_ROLLBACK if rolled_back_from
                       else AuditAction.REFUSED_APPLY)

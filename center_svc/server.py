@@ -13,7 +13,9 @@ from grpc_reflection.v1alpha import reflection
 from center_svc.auth import Authenticator, TokenFiles
 from center_svc.config import CenterConfig, token_files
 from center_svc.control import PolicyControl
+from center_svc.kek import KekError
 from center_svc.policy_file import PolicyFileWatcher
+from center_svc.sealed_policy import SealedStore, plain_secret_paths
 from center_svc.service import CenterServicer
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import PolicyStore, open_store
@@ -33,17 +35,35 @@ class StartupError(Exception):
 
 def _open_control(config: CenterConfig) -> tuple[PolicyStore, PolicyControl]:
     try:
-        store = open_store(config.store)
+        backend = open_store(config.store)
     except (ValueError, OSError) as exc:
         raise StartupError(f"--store {config.store}: {exc}") from None
+    store = SealedStore(backend, config.kek)
     key = Ed25519PrivateKey.from_private_bytes(store.signing_key_seed())
     control = PolicyControl(store, SnapshotBook(key))
     try:
         control.load_latest()
         control.restore_registry()
+    except KekError as exc:
+        raise StartupError(f"--store {config.store}: {exc}") from None
     except ValueError as exc:
         raise StartupError(f"stored policy no longer validates: {exc}") from None
+    _say_how_secrets_are_kept(config, store)
     return store, control
+
+
+def _say_how_secrets_are_kept(config: CenterConfig, store: SealedStore) -> None:
+    if config.kek is None:
+        log.warning("no --kek: policy secrets are kept unencrypted in the store %s",
+                    config.store)
+        return
+    log.info("policy secrets in the store are sealed with KEK %s", config.kek.primary.key_id)
+    latest = store.stored_latest()
+    plain = plain_secret_paths(latest.yaml) if latest is not None else []
+    if latest is not None and plain:
+        log.warning("revision %d holds %d secret(s) stored before --kek was given "
+                    "(unencrypted); the next apply stores them sealed", latest.revision,
+                    len(plain))
 
 
 def _listen(server: grpc.aio.Server, config: CenterConfig) -> None:

@@ -14,6 +14,7 @@ from center_svc.auth import Authenticator, Principal, Refused
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
 from center_svc.store import AuditAction, AuditEvent, Revision
+from fastproxy.policy.redaction import redact_policy
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 log = logging.getLogger("center_svc.watch")
@@ -106,14 +107,24 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
     async def GetPolicy(self, request: center_pb2.GetPolicyRequest,
                         context: grpc.aio.ServicerContext
                         ) -> center_pb2.GetPolicyResponse:
-        await self._admin(context, "GetPolicy")
+        principal = await self._admin(context, "GetPolicy")
+        if request.show_secrets and not principal.may_read_secrets:
+            peer = context.peer()
+            log.warning("GetPolicy with secrets refused for %s from %s", principal.label, peer)
+            await self.control.record(AuditAction.DENIED, principal.label,
+                                      "PERMISSION_DENIED on GetPolicy: may not read secrets",
+                                      peer=peer)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{principal.label} may not read secrets (the "
+                                "read-secrets role allows it)")
         store = self.control.store
         found = store.get(request.revision) if request.revision else store.latest()
         if found is None:
             what = f"revision {request.revision}" if request.revision else "any revision"
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy: {what} does not exist")
         assert found is not None
-        return center_pb2.GetPolicyResponse(revision=revision_info(found), yaml=found.yaml)
+        yaml_text = found.yaml if request.show_secrets else redact_policy(found.yaml)
+        return center_pb2.GetPolicyResponse(revision=revision_info(found), yaml=yaml_text)
 
     async def ListRevisions(self, request: center_pb2.ListRevisionsRequest,
                             context: grpc.aio.ServicerContext

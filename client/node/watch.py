@@ -22,7 +22,7 @@ from typing import Generic, TypeVar
 import grpc
 from google.protobuf.message import DecodeError
 
-from fastproxy.node.acceptance import SnapshotAcceptor
+from fastproxy.node.acceptance import SnapshotAcceptor, role_name
 from fastproxy.node.credentials import CenterCredentials, check_center_connection
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.policy.scope import content_hash, scope_snapshot
@@ -110,6 +110,22 @@ class CenterWatcher(Generic[T]):
         self.max_backoff_s = max_backoff_s
         self.reconnects = 0
         self.connected = asyncio.Event()
+        # why the Center refused this node's credential ("" while it does not): hosts that
+        # wait for a first policy fail at once with it instead of waiting out their time
+        self.refusal = ""
+        self._refusal_listeners: list[Callable[[str], None]] = []
+
+    def on_refused(self, listener: Callable[[str], None]) -> None:
+        self._refusal_listeners.append(listener)
+
+    def _refused(self, details: str) -> None:
+        refusal = (f"center {self.center} refused this node's credential "
+                   f"({self.node.service}, role {role_name(self.node.role)}): {details}")
+        if refusal != self.refusal:  # once, not at every retry
+            log.error("%s", refusal)
+        self.refusal = refusal
+        for listener in self._refusal_listeners:
+            listener(refusal)
 
     def _remember_cached_revision(self) -> None:
         """The cache's revision is the one held, before any snapshot arrives: a restart
@@ -155,7 +171,7 @@ class CenterWatcher(Generic[T]):
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
                                       grpc.StatusCode.PERMISSION_DENIED):
-                        log.error("center %s refused this node: %s", self.center, exc.details())
+                        self._refused(exc.details() or exc.code().name)
                     else:
                         log.info("watch stream to %s ended: %s %s", self.center,
                                  exc.code().name, exc.details())
@@ -174,7 +190,7 @@ class CenterWatcher(Generic[T]):
     async def _stream_once(self) -> None:
         async with self.credentials.aio_channel(self.center) as channel:
             stub = center_pb2_grpc.CenterStub(channel)
-            outbox: asyncio.Queue[center_pb2.WatchRequest] = asyncio.Queue()
+            outbox: asyncio.Queue[center_pb2.WatchRequest | None] = asyncio.Queue()
             outbox.put_nowait(center_pb2.WatchRequest(hello=center_pb2.NodeHello(
                 node_id=self.node.node_id, role=self.node.role, service=self.node.service,
                 known_revision=self.holder.revision, known_hash=self.holder.content_hash)))
@@ -185,18 +201,23 @@ class CenterWatcher(Generic[T]):
             try:
                 async for response in call:
                     self.connected.set()
+                    self.refusal = ""
                     outbox.put_nowait(self._receive(response.snapshot))
             finally:
                 if renew is not None:
                     renew.cancel()
                 call.cancel()
+                # ends the request iterator, else grpc.aio's task that consumes it is left
+                # pending ("Task was destroyed but it is pending!")
+                outbox.put_nowait(None)
 
-    async def _requests(self, outbox: asyncio.Queue[center_pb2.WatchRequest]
+    async def _requests(self, outbox: asyncio.Queue[center_pb2.WatchRequest | None]
                         ) -> AsyncIterator[center_pb2.WatchRequest]:
-        while True:
-            yield await outbox.get()
+        while (request := await outbox.get()) is not None:
+            yield request
 
-    async def _renew_lease(self, outbox: asyncio.Queue[center_pb2.WatchRequest]) -> None:
+    async def _renew_lease(self, outbox: asyncio.Queue[center_pb2.WatchRequest | None]
+                           ) -> None:
         register = center_pb2.WatchRequest(register=center_pb2.Register(
             address=self.node.advertise, lease_seconds=self.lease_seconds))
         while True:

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from fastproxy.v1 import policy_pb2 as fastproxy_dot_v1_dot_policy__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61stproxy/v1/center.proto\x12\x0c\x66\x61stproxy.v1\x1a\x19\x66\x61stproxy/v1/policy.proto\"{\n\tNodeHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.fastproxy.v1.Role\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x16\n\x0eknown_revision\x18\x04 \x01(\x04\x12\x12\n\nknown_hash\x18\x05 \x01(\t\"-\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\"=\n\x04Nack\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"2\n\x08Register\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\r\"\xb2\x01\n\x0cWatchRequest\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.fastproxy.v1.NodeHelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.fastproxy.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.fastproxy.v1.NackH\x00\x12*\n\x08register\x18\x04 \x01(\x0b\x32\x16.fastproxy.v1.RegisterH\x00\x42\x06\n\x04kind\"?\n\rWatchResponse\x12.\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1c.fastproxy.v1.SignedSnapshot\"3\n\x12\x41pplyPolicyRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x87\x01\n\x0cRevisionInfo\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0c\x63reated_unix\x18\x02 \x01(\x01\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x18\n\x10rolled_back_from\x18\x06 \x01(\x04\"u\n\x13\x41pplyPolicyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12,\n\x08revision\x18\x02 \x01(\x0b\x32\x1a.fastproxy.v1.RevisionInfo\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\"$\n\x10GetPolicyRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\"O\n\x11GetPolicyResponse\x12,\n\x08revision\x18\x01 \x01(\x0b\x32\x1a.fastproxy.v1.RevisionInfo\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"%\n\x14ListRevisionsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"F\n\x15ListRevisionsResponse\x12-\n\trevisions\x18\x01 \x03(\x0b\x32\x1a.fastproxy.v1.RevisionInfo\":\n\x15RollbackPolicyRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x12\n\x10ListNodesRequest\"\x8a\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.fastproxy.v1.Role\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x1c\n\x14\x63onnected_since_unix\x18\x05 \x01(\x01\x12\x15\n\rsent_revision\x18\x06 \x01(\x04\x12\x16\n\x0e\x61\x63ked_revision\x18\x07 \x01(\x04\x12\x12\n\nacked_hash\x18\x08 \x01(\t\x12\x17\n\x0fnacked_revision\x18\t \x01(\x04\x12\x12\n\nnack_error\x18\n \x01(\t\x12\x1c\n\x14registered_addresses\x18\x0b \x03(\t\"U\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.fastproxy.v1.NodeStatus\x12\x17\n\x0flatest_revision\x18\x02 \x01(\x04\"\x16\n\x14GetCenterInfoRequest\"^\n\x15GetCenterInfoResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x17\n\x0flatest_revision\x18\x02 \x01(\x04\x12\x18\n\x10\x64\x65velopment_mode\x18\x03 \x01(\x08\"z\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\ttime_unix\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\'\n\x16ListAuditEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"C\n\x17ListAuditEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.fastproxy.v1.AuditEvent2\xb2\x05\n\x06\x43\x65nter\x12J\n\x0bWatchPolicy\x12\x1a.fastproxy.v1.WatchRequest\x1a\x1b.fastproxy.v1.WatchResponse(\x01\x30\x01\x12R\n\x0b\x41pplyPolicy\x12 .fastproxy.v1.ApplyPolicyRequest\x1a!.fastproxy.v1.ApplyPolicyResponse\x12L\n\tGetPolicy\x12\x1e.fastproxy.v1.GetPolicyRequest\x1a\x1f.fastproxy.v1.GetPolicyResponse\x12X\n\rListRevisions\x12\".fastproxy.v1.ListRevisionsRequest\x1a#.fastproxy.v1.ListRevisionsResponse\x12X\n\x0eRollbackPolicy\x12#.fastproxy.v1.RollbackPolicyRequest\x1a!.fastproxy.v1.ApplyPolicyResponse\x12L\n\tListNodes\x12\x1e.fastproxy.v1.ListNodesRequest\x1a\x1f.fastproxy.v1.ListNodesResponse\x12X\n\rGetCenterInfo\x12\".fastproxy.v1.GetCenterInfoRequest\x1a#.fastproxy.v1.GetCenterInfoResponse\x12^\n\x0fListAuditEvents\x12$.fastproxy.v1.ListAuditEventsRequest\x1a%.fastproxy.v1.ListAuditEventsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61stproxy/v1/center.proto\x12\x0c\x66\x61stproxy.v1\x1a\x19\x66\x61stproxy/v1/policy.proto\"{\n\tNodeHello\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.fastproxy.v1.Role\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x16\n\x0eknown_revision\x18\x04 \x01(\x04\x12\x12\n\nknown_hash\x18\x05 \x01(\t\"-\n\x03\x41\x63k\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\"=\n\x04Nack\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0c\x63ontent_hash\x18\x02 \x01(\t\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"2\n\x08Register\x12\x0f\n\x07\x61\x64\x64ress\x18\x01 \x01(\t\x12\x15\n\rlease_seconds\x18\x02 \x01(\r\"\xb2\x01\n\x0cWatchRequest\x12(\n\x05hello\x18\x01 \x01(\x0b\x32\x17.fastproxy.v1.NodeHelloH\x00\x12 \n\x03\x61\x63k\x18\x02 \x01(\x0b\x32\x11.fastproxy.v1.AckH\x00\x12\"\n\x04nack\x18\x03 \x01(\x0b\x32\x12.fastproxy.v1.NackH\x00\x12*\n\x08register\x18\x04 \x01(\x0b\x32\x16.fastproxy.v1.RegisterH\x00\x42\x06\n\x04kind\"?\n\rWatchResponse\x12.\n\x08snapshot\x18\x01 \x01(\x0b\x32\x1c.fastproxy.v1.SignedSnapshot\"3\n\x12\x41pplyPolicyRequest\x12\x0c\n\x04yaml\x18\x01 \x01(\t\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x87\x01\n\x0cRevisionInfo\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0c\x63reated_unix\x18\x02 \x01(\x01\x12\x0e\n\x06\x61uthor\x18\x03 \x01(\t\x12\x0f\n\x07\x63omment\x18\x04 \x01(\t\x12\x14\n\x0c\x63ontent_hash\x18\x05 \x01(\t\x12\x18\n\x10rolled_back_from\x18\x06 \x01(\x04\"u\n\x13\x41pplyPolicyResponse\x12\x0f\n\x07\x61pplied\x18\x01 \x01(\x08\x12,\n\x08revision\x18\x02 \x01(\x0b\x32\x1a.fastproxy.v1.RevisionInfo\x12\x0e\n\x06\x65rrors\x18\x03 \x03(\t\x12\x0f\n\x07message\x18\x04 \x01(\t\":\n\x10GetPolicyRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x14\n\x0cshow_secrets\x18\x02 \x01(\x08\"O\n\x11GetPolicyResponse\x12,\n\x08revision\x18\x01 \x01(\x0b\x32\x1a.fastproxy.v1.RevisionInfo\x12\x0c\n\x04yaml\x18\x02 \x01(\t\"%\n\x14ListRevisionsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"F\n\x15ListRevisionsResponse\x12-\n\trevisions\x18\x01 \x03(\x0b\x32\x1a.fastproxy.v1.RevisionInfo\":\n\x15RollbackPolicyRequest\x12\x10\n\x08revision\x18\x01 \x01(\x04\x12\x0f\n\x07\x63omment\x18\x02 \x01(\t\"\x12\n\x10ListNodesRequest\"\x8a\x02\n\nNodeStatus\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12 \n\x04role\x18\x02 \x01(\x0e\x32\x12.fastproxy.v1.Role\x12\x0f\n\x07service\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x1c\n\x14\x63onnected_since_unix\x18\x05 \x01(\x01\x12\x15\n\rsent_revision\x18\x06 \x01(\x04\x12\x16\n\x0e\x61\x63ked_revision\x18\x07 \x01(\x04\x12\x12\n\nacked_hash\x18\x08 \x01(\t\x12\x17\n\x0fnacked_revision\x18\t \x01(\x04\x12\x12\n\nnack_error\x18\n \x01(\t\x12\x1c\n\x14registered_addresses\x18\x0b \x03(\t\"U\n\x11ListNodesResponse\x12\'\n\x05nodes\x18\x01 \x03(\x0b\x32\x18.fastproxy.v1.NodeStatus\x12\x17\n\x0flatest_revision\x18\x02 \x01(\x04\"\x16\n\x14GetCenterInfoRequest\"^\n\x15GetCenterInfoResponse\x12\x12\n\npublic_key\x18\x01 \x01(\x0c\x12\x17\n\x0flatest_revision\x18\x02 \x01(\x04\x12\x18\n\x10\x64\x65velopment_mode\x18\x03 \x01(\x08\"z\n\nAuditEvent\x12\n\n\x02id\x18\x01 \x01(\x04\x12\x11\n\ttime_unix\x18\x02 \x01(\x01\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12\x0c\n\x04peer\x18\x04 \x01(\t\x12\x0e\n\x06\x61\x63tion\x18\x05 \x01(\t\x12\x10\n\x08revision\x18\x06 \x01(\x04\x12\x0e\n\x06\x64\x65tail\x18\x07 \x01(\t\"\'\n\x16ListAuditEventsRequest\x12\r\n\x05limit\x18\x01 \x01(\r\"C\n\x17ListAuditEventsResponse\x12(\n\x06\x65vents\x18\x01 \x03(\x0b\x32\x18.fastproxy.v1.AuditEvent2\xb2\x05\n\x06\x43\x65nter\x12J\n\x0bWatchPolicy\x12\x1a.fastproxy.v1.WatchRequest\x1a\x1b.fastproxy.v1.WatchResponse(\x01\x30\x01\x12R\n\x0b\x41pplyPolicy\x12 .fastproxy.v1.ApplyPolicyRequest\x1a!.fastproxy.v1.ApplyPolicyResponse\x12L\n\tGetPolicy\x12\x1e.fastproxy.v1.GetPolicyRequest\x1a\x1f.fastproxy.v1.GetPolicyResponse\x12X\n\rListRevisions\x12\".fastproxy.v1.ListRevisionsRequest\x1a#.fastproxy.v1.ListRevisionsResponse\x12X\n\x0eRollbackPolicy\x12#.fastproxy.v1.RollbackPolicyRequest\x1a!.fastproxy.v1.ApplyPolicyResponse\x12L\n\tListNodes\x12\x1e.fastproxy.v1.ListNodesRequest\x1a\x1f.fastproxy.v1.ListNodesResponse\x12X\n\rGetCenterInfo\x12\".fastproxy.v1.GetCenterInfoRequest\x1a#.fastproxy.v1.GetCenterInfoResponse\x12^\n\x0fListAuditEvents\x12$.fastproxy.v1.ListAuditEventsRequest\x1a%.fastproxy.v1.ListAuditEventsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,31 +51,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_APPLYPOLICYRESPONSE']._serialized_start=794
   _globals['_APPLYPOLICYRESPONSE']._serialized_end=911
   _globals['_GETPOLICYREQUEST']._serialized_start=913
-  _globals['_GETPOLICYREQUEST']._serialized_end=949
-  _globals['_GETPOLICYRESPONSE']._serialized_start=951
-  _globals['_GETPOLICYRESPONSE']._serialized_end=1030
-  _globals['_LISTREVISIONSREQUEST']._serialized_start=1032
-  _globals['_LISTREVISIONSREQUEST']._serialized_end=1069
-  _globals['_LISTREVISIONSRESPONSE']._serialized_start=1071
-  _globals['_LISTREVISIONSRESPONSE']._serialized_end=1141
-  _globals['_ROLLBACKPOLICYREQUEST']._serialized_start=1143
-  _globals['_ROLLBACKPOLICYREQUEST']._serialized_end=1201
-  _globals['_LISTNODESREQUEST']._serialized_start=1203
-  _globals['_LISTNODESREQUEST']._serialized_end=1221
-  _globals['_NODESTATUS']._serialized_start=1224
-  _globals['_NODESTATUS']._serialized_end=1490
-  _globals['_LISTNODESRESPONSE']._serialized_start=1492
-  _globals['_LISTNODESRESPONSE']._serialized_end=1577
-  _globals['_GETCENTERINFOREQUEST']._serialized_start=1579
-  _globals['_GETCENTERINFOREQUEST']._serialized_end=1601
-  _globals['_GETCENTERINFORESPONSE']._serialized_start=1603
-  _globals['_GETCENTERINFORESPONSE']._serialized_end=1697
-  _globals['_AUDITEVENT']._serialized_start=1699
-  _globals['_AUDITEVENT']._serialized_end=1821
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1823
-  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1862
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1864
-  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1931
-  _globals['_CENTER']._serialized_start=1934
-  _globals['_CENTER']._serialized_end=2624
+  _globals['_GETPOLICYREQUEST']._serialized_end=971
+  _globals['_GETPOLICYRESPONSE']._serialized_start=973
+  _globals['_GETPOLICYRESPONSE']._serialized_end=1052
+  _globals['_LISTREVISIONSREQUEST']._serialized_start=1054
+  _globals['_LISTREVISIONSREQUEST']._serialized_end=1091
+  _globals['_LISTREVISIONSRESPONSE']._serialized_start=1093
+  _globals['_LISTREVISIONSRESPONSE']._serialized_end=1163
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_start=1165
+  _globals['_ROLLBACKPOLICYREQUEST']._serialized_end=1223
+  _globals['_LISTNODESREQUEST']._serialized_start=1225
+  _globals['_LISTNODESREQUEST']._serialized_end=1243
+  _globals['_NODESTATUS']._serialized_start=1246
+  _globals['_NODESTATUS']._serialized_end=1512
+  _globals['_LISTNODESRESPONSE']._serialized_start=1514
+  _globals['_LISTNODESRESPONSE']._serialized_end=1599
+  _globals['_GETCENTERINFOREQUEST']._serialized_start=1601
+  _globals['_GETCENTERINFOREQUEST']._serialized_end=1623
+  _globals['_GETCENTERINFORESPONSE']._serialized_start=1625
+  _globals['_GETCENTERINFORESPONSE']._serialized_end=1719
+  _globals['_AUDITEVENT']._serialized_start=1721
+  _globals['_AUDITEVENT']._serialized_end=1843
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_start=1845
+  _globals['_LISTAUDITEVENTSREQUEST']._serialized_end=1884
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_start=1886
+  _globals['_LISTAUDITEVENTSRESPONSE']._serialized_end=1953
+  _globals['_CENTER']._serialized_start=1956
+  _globals['_CENTER']._serialized_end=2646
 # @@protoc_insertion_point(module_scope)
