@@ -4,6 +4,7 @@ loopback, and prints the Center's key for nodes to pin (`fastproxy center key`).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import subprocess
@@ -12,10 +13,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 from conftest import StartCenter
 from support.dataplane import CALLER, CenterAdmin, DataplanePolicy, Proxies, free_address
 
+import fastproxy
 from fastproxy.cli import commands as cli
 from fastproxy.policy.signing import parse_center_public_key
 from fastproxy.v1 import center_pb2
@@ -56,6 +59,32 @@ def test_the_sdk_refused_by_the_center_fails_at_once_with_one_clear_line(
     assert done.stderr.count("refused this node's credential") == 1, done.stderr
     assert "Task was destroyed" not in done.stderr
     assert "alice-token" not in done.stderr + done.stdout
+
+
+def test_the_aio_sdk_refused_by_the_center_fails_at_once_too(
+        start_center: StartCenter, tmp_path: Path) -> None:
+    nodes = tmp_path / "node-tokens"
+    nodes.write_text("chat_service[app]: app-token\n")
+    center = start_center("--node-tokens", str(nodes))
+
+    async def call() -> tuple[grpc.StatusCode, str, float]:
+        interceptors = fastproxy.aio_client_interceptors(
+            service="chat_service", center=center.address, embedded=True, token="app-token")
+        started = time.monotonic()
+        try:
+            async with grpc.aio.insecure_channel("127.0.0.1:1",
+                                                 interceptors=interceptors) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await channel.unary_unary("/test.v1.Echo/Unary")(b"ping")
+        finally:
+            interceptors.close()
+        return failed.value.code(), failed.value.details() or "", time.monotonic() - started
+
+    code, details, seconds = asyncio.run(call())
+    assert code == grpc.StatusCode.UNAVAILABLE
+    assert details.endswith("node:chat_service may not watch as role client (its credential "
+                            "allows app)")
+    assert seconds < 2.0
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
