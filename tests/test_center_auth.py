@@ -4,18 +4,21 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import CenterProcess, StartCenter
+from conftest import CenterProcess, StartCenter, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from support.center_policy import PolicyKeys, apply, parse, policy_yaml
+from support.dataplane import CALLER, CenterAdmin, DataplanePolicy, Proxies, free_address
 
 from fastproxy.v1 import center_pb2, policy_pb2
 
@@ -136,9 +139,6 @@ def test_refused_watches_are_logged_with_the_peer_and_the_reason_never_the_token
 ])
 def test_a_bad_token_file_stops_the_center_with_one_line_naming_file_and_line(
         tmp_path: Path, line: str, error: str) -> None:
-    import subprocess
-    import sys
-
     tokens = tmp_path / "node-tokens"
     tokens.write_text(f"# nodes\n{line}\n")
     done = subprocess.run([sys.executable, "-m", "center_svc", "--store", "memory://",
@@ -155,8 +155,6 @@ def test_token_files_are_read_again_when_they_change(start_center: StartCenter,
                                                       tmp_path: Path) -> None:
     """Issue 17: a new service's nodes get in without a restart; a token removed ends the
     streams it opened; a broken edit keeps the tokens in force."""
-    from conftest import wait_until
-
     node_tokens = tmp_path / "node-tokens"
     node_tokens.write_text("chat_service: chat-token\n")
     admin_tokens = tmp_path / "admin-tokens"
@@ -188,6 +186,32 @@ def test_token_files_are_read_again_when_they_change(start_center: StartCenter,
     still = center.watch(bearer("song-token")).hello("song-2", IN, "song_service")
     assert parse(still.next_snapshot()).node_service == "song_service"
     assert "song-token" not in center.log()
+
+
+def test_a_proxy_refused_for_its_token_gets_in_once_the_token_file_lists_it(
+        start_center: StartCenter, tmp_path: Path) -> None:
+    """Issue 17: a new service's proxy needs no Center restart, nor one of its own."""
+    node_tokens = tmp_path / "node-tokens"
+    node_tokens.write_text("# no node yet\n")
+    admin_tokens = tmp_path / "admin-tokens"
+    admin_tokens.write_text("alice: alice-token\n")
+    center = start_center("--node-tokens", str(node_tokens), "--admin-tokens",
+                          str(admin_tokens), "--policy-poll", "0.1")
+    admin = CenterAdmin(center.address, bearer("alice-token"))
+    revision = admin.apply(DataplanePolicy())
+    proxies = Proxies(tmp_path)
+    try:
+        proxy = proxies.start("out", CALLER, free_address(), wait=False,
+                              center=center.address,
+                              extra=("--node-id", "chat-out", "--token", "chat-token"))
+        wait_until(lambda: "refused this node's credential" in proxy.log(), 15,
+                   what="the proxy to be refused")
+        assert "watch refused from ipv4:127.0.0.1:" in center.log()
+        node_tokens.write_text("chat_service[out]: chat-token\n")
+        admin.wait_acked(["chat-out"], revision, timeout=20)
+        assert proxy.log().count("refused this node's credential") == 1
+    finally:
+        proxies.stop_all()
 
 
 def test_admin_rpcs_need_an_admin_token_and_a_refused_apply_changes_nothing(
