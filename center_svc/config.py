@@ -8,9 +8,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from center_svc.auth import TokenFileError, load_token_file
+from center_svc.auth import TokenFileError, TokenFiles
 from center_svc.etcd_client import EtcdCredentials
-from center_svc.store import DEFAULT_STORE_URL
+from center_svc.kek import KekError, KekRing, load_ring
+from center_svc.store import DEFAULT_STORE_URL, sqlite_path_of
 from fastproxy.hosting.commandline import (
     OneLineArgumentParser,
     fail,
@@ -34,8 +35,9 @@ class CenterConfig:
     tls_cert: bytes | None
     tls_key: bytes | None
     client_ca: bytes | None
-    node_tokens: dict[str, str]
-    admin_tokens: dict[str, str]
+    node_tokens: str | None  # paths; read (and checked) at start, then again on change
+    admin_tokens: str | None
+    kek: KekRing | None = field(repr=False)
     grace_s: float
     log_level: str
     log_format: str
@@ -73,9 +75,18 @@ def build_parser() -> OneLineArgumentParser:
                         help="CA that signs node and admin client certificates; the "
                              "certificate's common name is the node's service, or admin:NAME")
     parser.add_argument("--node-tokens", metavar="FILE",
-                        help="'service: token' lines: the token each service's nodes present")
+                        help="'service: token' lines (a node of the service, any role) or "
+                             "'service[in,out,client,app]: token' (only those roles); "
+                             "read again when it changes")
     parser.add_argument("--admin-tokens", metavar="FILE",
-                        help="'name: token' lines: tokens allowed to change policy")
+                        help="'name: token' lines: tokens allowed to change policy; "
+                             "'name[read-secrets]: token' may also read its secrets; read "
+                             "again when it changes")
+    parser.add_argument("--kek", action="append", default=[], metavar="file:PATH|env:VAR",
+                        help="key-encryption key (32 bytes, raw or base64) that encrypts "
+                             "policy secrets in the store; required with credentials and a "
+                             "store that keeps data. Given twice or more: the first seals, "
+                             "every one opens (rotation)")
     etcd = parser.add_argument_group(
         "etcd store", "credentials for --store etcd://... (never on the command line in the "
         f"clear: the password comes from a file or ${ETCD_PASSWORD_ENV})")
@@ -109,13 +120,22 @@ def build_parser() -> OneLineArgumentParser:
     return parser
 
 
-def _tokens(path: str | None) -> dict[str, str]:
-    if path is None:
-        return {}
+def _kek(refs: list[str]) -> KekRing | None:
     try:
-        return load_token_file(path)
-    except TokenFileError as exc:
+        return load_ring(refs)
+    except KekError as exc:
         fail(PROG, str(exc))
+
+
+def keeps_data(store: str) -> bool:
+    try:
+        return sqlite_path_of(store) is not None
+    except ValueError:
+        return True  # any other backend keeps data (an unknown URL fails when opened)
+
+
+def token_files(config: CenterConfig) -> TokenFiles:
+    return TokenFiles(config.node_tokens, config.admin_tokens)
 
 
 def _etcd_credentials(args: argparse.Namespace, env: Mapping[str, str]) -> EtcdCredentials:
@@ -174,8 +194,9 @@ def parse_config(argv: Sequence[str] | None = None,
         tls_cert=read_flag_file(PROG, args.tls_cert, "--tls-cert"),
         tls_key=read_flag_file(PROG, args.tls_key, "--tls-key"),
         client_ca=read_flag_file(PROG, args.client_ca, "--client-ca"),
-        node_tokens=_tokens(args.node_tokens),
-        admin_tokens=_tokens(args.admin_tokens),
+        node_tokens=args.node_tokens,
+        admin_tokens=args.admin_tokens,
+        kek=_kek(args.kek),
         grace_s=args.grace,
         log_level=args.log_level,
         log_format=args.log_format,
@@ -186,6 +207,10 @@ def parse_config(argv: Sequence[str] | None = None,
         store_wait_s=args.store_wait,
         watch_max_age_s=args.watch_max_age or None,
     )
+    try:
+        token_files(config).load()
+    except TokenFileError as exc:
+        fail(PROG, str(exc))
     if args.policy and not Path(args.policy).is_file():
         fail(PROG, f"--policy {args.policy}: no such file")
     loopback = is_loopback(config.listen)
@@ -198,4 +223,7 @@ def parse_config(argv: Sequence[str] | None = None,
                    "add --tls-cert and --tls-key")
     if not config.development and not (config.client_ca or config.node_tokens):
         fail(PROG, "no way to authenticate nodes: add --client-ca or --node-tokens")
+    if not config.development and config.kek is None and keeps_data(config.store):
+        fail(PROG, f"--store {config.store} would keep policy secrets unencrypted: add "
+                   "--kek file:PATH or --kek env:VAR (32 bytes, raw or base64)")
     return config

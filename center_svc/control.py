@@ -24,6 +24,7 @@ from center_svc.store import AuditAction, PolicyStore, Revision, StoreUnavailabl
 from fastproxy.policy import PolicyError, load_policy
 from fastproxy.policy.explain import Explanation, explain
 from fastproxy.policy.model import KeyType, Policy
+from fastproxy.policy.redaction import RedactedValueError, has_redacted_values, restore_redacted
 
 log = logging.getLogger("center_svc.control")
 STEPS_DONE = {Phase.ADDED: 1, Phase.IN_USE: 2, Phase.DONE: 3}
@@ -75,8 +76,12 @@ class PolicyControl:
         `author` (the actor's principal label) from `peer`. With `refuse_removals`, a policy
         that removes services with connected nodes is refused, naming them."""
         try:
+            # a document fetched redacted and applied back keeps the stored secrets
+            if has_redacted_values(yaml_text):
+                latest = await asyncio.to_thread(self.store.latest)
+                yaml_text = restore_redacted(yaml_text, latest.yaml if latest else None)
             policy = load_policy(yaml_text)
-        except PolicyError as exc:
+        except (PolicyError, RedactedValueError) as exc:
             log.warning("policy refused (author %s): %s", author, "; ".join(exc.errors))
             action = (AuditAction.REFUSED_ROLLBACK if rolled_back_from
                       else AuditAction.REFUSED_APPLY)

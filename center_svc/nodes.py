@@ -36,6 +36,7 @@ class NodeSession:
     # it ACKed the content it is to run now (its revision may be older: a revision that did
     # not change its scoped snapshot is not sent to it)
     current: bool = False
+    revoked: str = ""  # why its credential no longer allows this stream (tokens reloaded)
     # address -> monotonic expiry
     leases: dict[str, float] = field(default_factory=dict)
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import Protocol
 
+from center_svc.kek import KekError, KekRing
+
 
 class SecretBoxError(ValueError):
     """A blob this box cannot open (sealed by another box, or damaged)."""
@@ -38,3 +40,24 @@ class PlaintextBox:
 
 
 PLAINTEXT_BOX: SecretBox = PlaintextBox()
+
+
+SIGNING_KEY_CONTEXT = b"fastproxy center signing key"
+
+
+class KekBox:
+    """The KEK's box (`--kek`): AES-256-GCM under the ring's first key, any of its keys
+    opens; the blob is bound to its use (the snapshot-signing key)."""
+
+    def __init__(self, ring: KekRing, context: bytes = SIGNING_KEY_CONTEXT) -> None:
+        self._ring = ring
+        self._context = context
+
+    def seal(self, plaintext: bytes) -> bytes:
+        return self._ring.seal(plaintext, self._context)
+
+    def open(self, sealed: bytes) -> bytes:
+        try:
+            return self._ring.open(sealed, self._context)
+        except KekError as exc:
+            raise SecretBoxError(f"the signing key in the store: {exc}") from None

@@ -10,11 +10,13 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from center_svc.auth import Authenticator
-from center_svc.config import CenterConfig
+from center_svc.auth import Authenticator, TokenFiles
+from center_svc.config import CenterConfig, token_files
 from center_svc.control import PolicyControl
+from center_svc.kek import KekError
 from center_svc.policy_file import PolicyFileWatcher
-from center_svc.secretbox import PLAINTEXT_BOX
+from center_svc.sealed_policy import SealedStore, plain_secret_paths
+from center_svc.secretbox import PLAINTEXT_BOX, KekBox
 from center_svc.service import CenterServicer
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import PolicyStore, StoreError, StoreOptions, open_store
@@ -33,17 +35,19 @@ class StartupError(Exception):
 
 
 def _open_control(config: CenterConfig) -> tuple[PolicyStore, PolicyControl]:
-    # The signing key is kept in the store sealed by this box: the KEK's box goes here once
-    # the Center takes --kek; until then development mode's pass-through.
-    options = StoreOptions(etcd_credentials=config.etcd_credentials, secret_box=PLAINTEXT_BOX,
+    # A shared store (etcd) keeps the signing key sealed by this box: the KEK's, or
+    # development mode's pass-through.
+    box = PLAINTEXT_BOX if config.kek is None else KekBox(config.kek)
+    options = StoreOptions(etcd_credentials=config.etcd_credentials, secret_box=box,
                            registration_ttl_s=config.registration_ttl_s,
                            open_timeout_s=config.store_wait_s)
     try:
-        store = open_store(config.store, options)
+        backend = open_store(config.store, options)
     except (ValueError, OSError) as exc:
         raise StartupError(f"--store {config.store}: {exc}") from None
     except StoreError as exc:
         raise StartupError(str(exc)) from None
+    store = SealedStore(backend, config.kek)
     try:
         key = Ed25519PrivateKey.from_private_bytes(store.signing_key_seed())
         control = PolicyControl(store, SnapshotBook(key))
@@ -52,10 +56,28 @@ def _open_control(config: CenterConfig) -> tuple[PolicyStore, PolicyControl]:
     except StoreError as exc:
         store.close()
         raise StartupError(str(exc)) from None
+    except KekError as exc:
+        store.close()
+        raise StartupError(f"--store {config.store}: {exc}") from None
     except ValueError as exc:
         store.close()
         raise StartupError(f"stored policy no longer validates: {exc}") from None
+    _say_how_secrets_are_kept(config, store)
     return store, control
+
+
+def _say_how_secrets_are_kept(config: CenterConfig, store: SealedStore) -> None:
+    if config.kek is None:
+        log.warning("no --kek: policy secrets are kept unencrypted in the store %s",
+                    config.store)
+        return
+    log.info("policy secrets in the store are sealed with KEK %s", config.kek.primary.key_id)
+    latest = store.stored_latest()
+    plain = plain_secret_paths(latest.yaml) if latest is not None else []
+    if latest is not None and plain:
+        log.warning("revision %d holds %d secret(s) stored before --kek was given "
+                    "(unencrypted); the next apply stores them sealed", latest.revision,
+                    len(plain))
 
 
 def _listen(server: grpc.aio.Server, config: CenterConfig) -> None:
@@ -83,8 +105,8 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
         if await watcher.apply_if_changed() is False:
             raise StartupError(f"--policy {config.policy_file} refused (errors logged above)")
 
-    auth = Authenticator(development=config.development, node_tokens=config.node_tokens,
-                         admin_tokens=config.admin_tokens,
+    tokens = token_files(config)
+    auth = Authenticator(development=config.development, tokens=tokens.load(),
                          client_certificates=config.client_ca is not None)
     servicer = CenterServicer(control, auth, max_stream_age_s=config.watch_max_age_s)
     server = grpc.aio.server()
@@ -109,7 +131,8 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
         control.reachability_listeners.append(
             lambda reachable: _set_health(health_servicer, reachable))
         control.follow()
-    tasks = [asyncio.create_task(_expire_leases(control))]
+    tasks = [asyncio.create_task(_expire_leases(control)),
+             asyncio.create_task(_reload_tokens(tokens, servicer, config.policy_poll_s))]
     if watcher is not None:
         tasks.append(asyncio.create_task(watcher.run()))
     if ready is not None:
@@ -136,6 +159,18 @@ def _set_health(health_servicer: health.aio.HealthServicer, reachable: bool) -> 
     task = asyncio.get_running_loop().create_task(update())
     _health_updates.add(task)
     task.add_done_callback(_health_updates.discard)
+
+
+async def _reload_tokens(files: TokenFiles, servicer: CenterServicer, interval_s: float
+                         ) -> None:
+    """Token files take effect when they change: a new service's nodes get in without a
+    restart; a token removed (or its roles narrowed) ends the streams it opened."""
+    while True:
+        await asyncio.sleep(interval_s)
+        table = await asyncio.to_thread(files.reload_if_changed)
+        if table is not None:
+            servicer.auth.tokens = table
+            servicer.recheck_credentials()
 
 
 async def _expire_leases(control: PolicyControl) -> None:

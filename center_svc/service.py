@@ -12,7 +12,7 @@ from typing import TypeVar
 
 import grpc
 
-from center_svc.auth import Authenticator, Principal
+from center_svc.auth import Authenticator, Principal, Refused
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
 from center_svc.rotation import RotationError
@@ -20,6 +20,7 @@ from center_svc.store import AuditAction, AuditEvent, Revision, StoreUnavailable
 from fastproxy.policy import PolicyError
 from fastproxy.policy.explain import Explanation
 from fastproxy.policy.model import KeyType
+from fastproxy.policy.redaction import redact_policy
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 log = logging.getLogger("center_svc.watch")
@@ -96,6 +97,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         # Watch streams end after about this long (jittered) so that nodes spread again
         # over the replicas, e.g. after one came back; None: never
         self.max_stream_age_s = max_stream_age_s
+        self._tokens: dict[NodeSession, bytes] = {}  # the token each stream was opened with
 
     # -- admin -------------------------------------------------------------------------------
 
@@ -105,13 +107,13 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         credential)."""
         principal = self.auth.identify(context)
         peer = context.peer()
-        if principal is None:
-            log.warning("admin call %s without a valid credential from %s", method, peer)
+        if isinstance(principal, Refused):
+            log.warning("admin call %s refused from %s: %s", method, peer, principal.reason)
             await self.control.record(AuditAction.DENIED, "anonymous",
-                                      f"UNAUTHENTICATED on {method}: no valid credential",
-                                      peer=peer)
+                                      f"UNAUTHENTICATED on {method}: no valid credential "
+                                      f"({principal.reason})", peer=peer)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid credential")
-        assert principal is not None
+        assert isinstance(principal, Principal)
         if not principal.is_admin:
             log.warning("admin call %s refused for %s from %s", method, principal.label, peer)
             await self.control.record(AuditAction.DENIED, principal.label,
@@ -143,7 +145,16 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
     async def GetPolicy(self, request: center_pb2.GetPolicyRequest,
                         context: grpc.aio.ServicerContext
                         ) -> center_pb2.GetPolicyResponse:
-        await self._admin(context, "GetPolicy")
+        principal = await self._admin(context, "GetPolicy")
+        if request.show_secrets and not principal.may_read_secrets:
+            peer = context.peer()
+            log.warning("GetPolicy with secrets refused for %s from %s", principal.label, peer)
+            await self.control.record(AuditAction.DENIED, principal.label,
+                                      "PERMISSION_DENIED on GetPolicy: may not read secrets",
+                                      peer=peer)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"{principal.label} may not read secrets (the "
+                                "read-secrets role allows it)")
         store = self.control.store
         found = await _or_unavailable(context, asyncio.to_thread(
             lambda: store.get(request.revision) if request.revision else store.latest()))
@@ -151,7 +162,8 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             what = f"revision {request.revision}" if request.revision else "any revision"
             await context.abort(grpc.StatusCode.NOT_FOUND, f"no policy: {what} does not exist")
         assert found is not None
-        return center_pb2.GetPolicyResponse(revision=revision_info(found), yaml=found.yaml)
+        yaml_text = found.yaml if request.show_secrets else redact_policy(found.yaml)
+        return center_pb2.GetPolicyResponse(revision=revision_info(found), yaml=yaml_text)
 
     async def ListRevisions(self, request: center_pb2.ListRevisionsRequest,
                             context: grpc.aio.ServicerContext
@@ -244,9 +256,11 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                           context: grpc.aio.ServicerContext
                           ) -> None:
         principal = self.auth.identify(context)
-        if principal is None:
+        peer = context.peer()
+        if isinstance(principal, Refused):
+            log.warning("watch refused from %s: %s", peer, principal.reason)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid node credential")
-        assert principal is not None
+        assert isinstance(principal, Principal)
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
         except (StopAsyncIteration, TimeoutError):
@@ -259,10 +273,10 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         if hello.role not in ROLES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "role must be in, out, client or app")
-        if not principal.may_watch_as(hello.service):
-            log.warning("%s refused: may not watch as service %s", principal.label, hello.service)
-            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
-                                f"{principal.label} may not watch as service {hello.service}")
+        refusal = principal.watch_refusal(hello.service, hello.role)
+        if refusal is not None:
+            log.warning("watch refused from %s (node %s): %s", peer, hello.node_id, refusal)
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED, refusal)
         if self.stopping:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "center shutting down; reconnect")
         if not self.control.reachable:
@@ -282,6 +296,9 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                                               if self.control.store.shared else 0))
         if hello.known_hash:
             session.acked_revision, session.acked_hash = hello.known_revision, hello.known_hash
+        token = self.auth.bearer_token(context)
+        if token is not None:
+            self._tokens[session] = token
         self.control.node_connected(session)
         log.info("node %s (%s, %s) connected from %s holding revision %d", hello.node_id,
                  policy_pb2.Role.Name(hello.role), hello.service, session.peer,
@@ -293,6 +310,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             reader.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await reader
+            self._tokens.pop(session, None)
             self.control.node_disconnected(session)
             log.info("node %s (%s) disconnected", session.node_id, session.service)
 
@@ -325,6 +343,9 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             session.changed.clear()
             if session.closing:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, session.closing)
+            if session.revoked:
+                await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                    f"credential revoked: {session.revoked}")
             signed = book.snapshot_for(session.role, session.service)
             if signed is None or signed.content_hash == session.sent_hash:
                 continue
@@ -353,6 +374,19 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
             elif (kind == "register" and session.role == policy_pb2.ROLE_IN
                   and request.register.address):
                 nodes.register(session, request.register.address, request.register.lease_seconds)
+
+    def recheck_credentials(self) -> None:
+        """After the token files changed: ends the streams whose token no longer allows
+        them, so a revoked node is sent nothing more."""
+        for session in self.control.nodes:
+            token = self._tokens.get(session)
+            reason = None if token is None else self.auth.recheck(token, session.service,
+                                                                  session.role)
+            if reason is not None:
+                log.warning("watch of node %s (%s) from %s ended: %s", session.node_id,
+                            session.service, session.peer, reason)
+                session.revoked = reason
+                session.changed.set()
 
     def close_streams(self) -> None:
         """Ends every Watch stream with UNAVAILABLE so nodes reconnect (to us or a peer)."""

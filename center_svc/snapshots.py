@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from fastproxy.node.acceptance import audience_role
 from fastproxy.policy.model import Policy
 from fastproxy.policy.scope import content_hash, scope_snapshot
 from fastproxy.policy.signing import public_bytes, sign_snapshot
@@ -21,8 +22,9 @@ Audience = tuple[int, str]
 
 
 def audience_of(role: int, service: str) -> Audience:
-    """Out- and client-nodes see the same; in- and app-nodes each see their own."""
-    return (pb.ROLE_OUT if role == pb.ROLE_CLIENT else role, service)
+    """Out- and client-nodes see the same; in- and app-nodes each see their own (the node
+    checks the role its snapshot names against the same rule)."""
+    return (audience_role(role), service)
 
 
 @dataclass(frozen=True, slots=True)

@@ -187,8 +187,10 @@ class StoreListener(Protocol):
 
 
 class PolicyStore(Protocol):
-    # True when other processes write to the same store (etcd): the Center must `follow` it
-    shared: bool
+    @property
+    def shared(self) -> bool:
+        """True when other processes write to the same store (etcd): the Center must
+        `follow` it."""
 
     def latest(self) -> Revision | None: ...
     def get(self, revision: int) -> Revision | None: ...

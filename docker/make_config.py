@@ -1,7 +1,8 @@
 """Writes the configuration docker/compose.yaml and docker/compose-replicas.yaml mount: the
 sample policy (the one `fastproxy demo` runs) with its secrets in key files, a CA with
 certificates for the Center (and its replicas), for the etcd members and for the Centers as
-etcd's clients, node and admin tokens.
+etcd's clients, node and admin tokens, and the key-encryption key the Center seals secrets in
+its store with.
 
     python docker/make_config.py docker/config
 
@@ -94,9 +95,10 @@ def make_config(out: Path, mount: str = MOUNT) -> None:
                                  f"chat_service: {tokens['chat_service']}\n").encode())
     _write(out / "admin-tokens", f"admin: {tokens['admin']}\n".encode())
     for env_name, token in (("song.env", tokens["song_service"]),
-                            ("chat.env", tokens["chat_service"]),
-                            ("admin.env", tokens["admin"])):
+                            ("chat.env", tokens["chat_service"])):
         _write(out / env_name, f"FASTPROXY_TOKEN={token}\n".encode())
+    _write(out / "admin.env", f"FASTPROXY_ADMIN_TOKEN={tokens['admin']}\n".encode())
+    _write(out / "kek", base64.b64encode(secrets.token_bytes(32)) + b"\n")
 
 
 def main() -> int:
@@ -107,7 +109,8 @@ def main() -> int:
         print(f"make_config: error: {args.folder} exists and is not empty", file=sys.stderr)
         return 2
     make_config(args.folder)
-    print(f"wrote {args.folder}: policy.yaml, keys/, tls/, node-tokens, admin-tokens, *.env")
+    print(f"wrote {args.folder}: policy.yaml, keys/, tls/, node-tokens, admin-tokens, kek, "
+          "*.env")
     return 0
 
 

@@ -23,8 +23,9 @@ def sqlite_url(path: Path) -> str:
 
 
 def latest(stub: object) -> center_pb2.GetPolicyResponse:
+    """The latest revision as applied, secrets included (development mode may read them)."""
     response: center_pb2.GetPolicyResponse = stub.GetPolicy(  # type: ignore[attr-defined]
-        center_pb2.GetPolicyRequest(), timeout=5)
+        center_pb2.GetPolicyRequest(show_secrets=True), timeout=5)
     return response
 
 
@@ -90,7 +91,8 @@ def test_history_and_revisions_survive_a_restart_and_rollback_makes_a_new_revisi
     history = stub.ListRevisions(center_pb2.ListRevisionsRequest(), timeout=5).revisions
     assert [(r.revision, r.comment) for r in history] == [(2, "second"), (1, "first")]
     assert history[0].content_hash == hashlib.sha256(v2.encode()).hexdigest()
-    assert stub.GetPolicy(center_pb2.GetPolicyRequest(revision=1), timeout=5).yaml == v1
+    assert stub.GetPolicy(center_pb2.GetPolicyRequest(revision=1, show_secrets=True),
+                          timeout=5).yaml == v1
 
     same = apply(stub, v2, "again")
     assert not same.applied and same.revision.revision == 2 and not same.errors

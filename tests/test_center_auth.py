@@ -4,22 +4,28 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 import pytest
-from conftest import CenterProcess, StartCenter
+from conftest import CenterProcess, StartCenter, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from support.center_policy import PolicyKeys, apply, parse, policy_yaml
+from support.dataplane import CALLER, CenterAdmin, DataplanePolicy, Proxies, free_address
 
 from fastproxy.v1 import center_pb2, policy_pb2
 
 OUT = policy_pb2.ROLE_OUT
+IN = policy_pb2.ROLE_IN
+CLIENT = policy_pb2.ROLE_CLIENT
+APP = policy_pb2.ROLE_APP
 
 
 def bearer(token: str) -> tuple[tuple[str, str], ...]:
@@ -75,6 +81,139 @@ def test_a_node_token_watches_as_its_own_service_only(token_center: CenterProces
     assert admin.final_code() == grpc.StatusCode.PERMISSION_DENIED
 
 
+def test_a_token_bound_to_the_app_role_is_refused_every_role_that_receives_keys(
+        start_center: StartCenter, tmp_path: Path) -> None:
+    """Issue 13, point 3: one token, every role. An app's SDK token (`service[app]`) may
+    watch as `app` only, whose snapshot holds no key; `service: token` keeps every role."""
+    node_tokens = tmp_path / "node-tokens"
+    node_tokens.write_text("chat_service[app]: chat-app-token\n"
+                           "chat_service[out, client]: chat-out-token\n"
+                           "song_service: song-token\n")
+    admin_tokens = tmp_path / "admin-tokens"
+    admin_tokens.write_text("alice: alice-token\n")
+    center = start_center("--node-tokens", str(node_tokens), "--admin-tokens",
+                          str(admin_tokens))
+    assert apply(center.stub(), policy_yaml(PolicyKeys()),
+                 metadata=bearer("alice-token")).applied
+
+    app = center.watch(bearer("chat-app-token")).hello("app-1", APP, "chat_service")
+    app_view = parse(app.next_snapshot())
+    assert app_view.role == APP and not app_view.keys
+    for role in (OUT, CLIENT, IN):
+        refused = center.watch(bearer("chat-app-token")).hello("app-1", role, "chat_service")
+        assert refused.final_code() == grpc.StatusCode.PERMISSION_DENIED
+        assert refused.received == []
+        assert refused.error is not None
+        assert "may not watch as role" in refused.error.details()
+    out = center.watch(bearer("chat-out-token")).hello("out-1", CLIENT, "chat_service")
+    assert parse(out.next_snapshot()).keys
+    out_as_in = center.watch(bearer("chat-out-token")).hello("out-1", IN, "chat_service")
+    assert out_as_in.final_code() == grpc.StatusCode.PERMISSION_DENIED
+    for role in (IN, OUT, CLIENT, APP):  # no brackets: every role, as before
+        song = center.watch(bearer("song-token")).hello("song-1", role, "song_service")
+        assert parse(song.next_snapshot()).node_service == "song_service"
+    log = center.log()
+    assert "watch refused from ipv4:127.0.0.1:" in log
+    assert "node:chat_service may not watch as role out (its credential allows app)" in log
+    assert "chat-app-token" not in log
+
+
+def test_refused_watches_are_logged_with_the_peer_and_the_reason_never_the_token(
+        token_center: CenterProcess) -> None:
+    center = token_center
+    for metadata in (bearer("a-guessed-token"), ()):
+        refused = center.watch(metadata).hello("x-1", OUT, "chat_service")
+        assert refused.final_code() == grpc.StatusCode.UNAUTHENTICATED
+    log = center.log()
+    assert "watch refused from ipv4:127.0.0.1:" in log
+    assert ": unknown token" in log
+    assert ": no credential (no bearer token, no client certificate)" in log
+    assert "a-guessed-token" not in log
+
+
+@pytest.mark.parametrize(("line", "error"), [
+    ("chat_service[inn]: t", "unknown role 'inn' (roles: app, client, in, out)"),
+    ("chat_service[in: t", "expected 'name[role,role]: token'"),
+    ("just-a-name", "expected 'name: token' or 'name[roles]: token'"),
+    ("a: same-token\nb: same-token", "the token of 'b' is already listed at"),
+])
+def test_a_bad_token_file_stops_the_center_with_one_line_naming_file_and_line(
+        tmp_path: Path, line: str, error: str) -> None:
+    tokens = tmp_path / "node-tokens"
+    tokens.write_text(f"# nodes\n{line}\n")
+    done = subprocess.run([sys.executable, "-m", "center_svc", "--store", "memory://",
+                           "--node-tokens", str(tokens)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 2
+    (printed,) = done.stderr.splitlines()
+    assert printed.startswith(f"center_svc: error: {tokens}:")
+    assert error in printed
+    assert "same-token" not in printed
+
+
+def test_token_files_are_read_again_when_they_change(start_center: StartCenter,
+                                                      tmp_path: Path) -> None:
+    """Issue 17: a new service's nodes get in without a restart; a token removed ends the
+    streams it opened; a broken edit keeps the tokens in force."""
+    node_tokens = tmp_path / "node-tokens"
+    node_tokens.write_text("chat_service: chat-token\n")
+    admin_tokens = tmp_path / "admin-tokens"
+    admin_tokens.write_text("alice: alice-token\n")
+    center = start_center("--node-tokens", str(node_tokens), "--admin-tokens",
+                          str(admin_tokens), "--policy-poll", "0.1")
+    assert apply(center.stub(), policy_yaml(PolicyKeys()),
+                 metadata=bearer("alice-token")).applied
+    chat = center.watch(bearer("chat-token")).hello("chat-1", OUT, "chat_service")
+    chat.next_snapshot()
+    early = center.watch(bearer("song-token")).hello("song-1", IN, "song_service")
+    assert early.final_code() == grpc.StatusCode.UNAUTHENTICATED
+
+    node_tokens.write_text("song_service: song-token\n")
+
+    def song_watches() -> bool:
+        song = center.watch(bearer("song-token")).hello("song-1", IN, "song_service")
+        wait_until(lambda: song.received or song.ended.is_set(), 5, what="an answer")
+        return bool(song.received)
+
+    wait_until(song_watches, 10, what="the new song_service token to be taken")
+    assert chat.final_code() == grpc.StatusCode.UNAUTHENTICATED
+    assert chat.error is not None
+    assert "credential revoked: its token is no longer listed" in chat.error.details()
+
+    node_tokens.write_text("song_service: song-token\nbroken line\n")
+    wait_until(lambda: "token file refused; the tokens in force stay" in center.log(), 10,
+               what="the broken token file to be refused")
+    still = center.watch(bearer("song-token")).hello("song-2", IN, "song_service")
+    assert parse(still.next_snapshot()).node_service == "song_service"
+    assert "song-token" not in center.log()
+
+
+def test_a_proxy_refused_for_its_token_gets_in_once_the_token_file_lists_it(
+        start_center: StartCenter, tmp_path: Path) -> None:
+    """Issue 17: a new service's proxy needs no Center restart, nor one of its own."""
+    node_tokens = tmp_path / "node-tokens"
+    node_tokens.write_text("# no node yet\n")
+    admin_tokens = tmp_path / "admin-tokens"
+    admin_tokens.write_text("alice: alice-token\n")
+    center = start_center("--node-tokens", str(node_tokens), "--admin-tokens",
+                          str(admin_tokens), "--policy-poll", "0.1")
+    admin = CenterAdmin(center.address, bearer("alice-token"))
+    revision = admin.apply(DataplanePolicy())
+    proxies = Proxies(tmp_path)
+    try:
+        proxy = proxies.start("out", CALLER, free_address(), wait=False,
+                              center=center.address,
+                              extra=("--node-id", "chat-out", "--token", "chat-token"))
+        wait_until(lambda: "refused this node's credential" in proxy.log(), 15,
+                   what="the proxy to be refused")
+        assert "watch refused from ipv4:127.0.0.1:" in center.log()
+        node_tokens.write_text("chat_service[out]: chat-token\n")
+        admin.wait_acked(["chat-out"], revision, timeout=20)
+        assert proxy.log().count("refused this node's credential") == 1
+    finally:
+        proxies.stop_all()
+
+
 def test_admin_rpcs_need_an_admin_token_and_a_refused_apply_changes_nothing(
         token_center: CenterProcess) -> None:
     center = token_center
@@ -121,11 +260,18 @@ class TestCA:
         )
         self.cert_pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, common_name: str, *, server: bool = False) -> Issued:
+    def issue(self, common_name: str, *, server: bool = False,
+              roles: tuple[str, ...] = ()) -> Issued:
+        """A certificate for `common_name`; `roles` become `urn:fastproxy:role:ROLE` URI
+        subject alternative names."""
         key = ec.generate_private_key(ec.SECP256R1())
         subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
         builder = _builder(subject, self.name, key.public_key()).add_extension(
             x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        if roles:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(f"urn:fastproxy:role:{role}")
+                 for role in roles]), critical=False)
         if server:
             builder = builder.add_extension(x509.SubjectAlternativeName(
                 [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
@@ -166,6 +312,7 @@ def test_tls_client_certificates_name_the_service_or_the_admin(
 
     admin = client(ca.issue("admin:alice"))
     chat = client(ca.issue("chat_service"))
+    chat_app = client(ca.issue("chat_service", roles=("app",)))
     rogue_chat = client(rogue_ca.issue("chat_service"))
     center = start_center("--tls-cert", str(tmp_path / "server.pem"),
                           "--tls-key", str(tmp_path / "server.key"),
@@ -180,6 +327,12 @@ def test_tls_client_certificates_name_the_service_or_the_admin(
     as_song = center.watch(credentials=chat).hello("chat-1", OUT, "song_service")
     assert as_song.final_code() == grpc.StatusCode.PERMISSION_DENIED
     assert as_song.received == []
+    # a certificate naming its roles (URI SAN urn:fastproxy:role:app) is held to them
+    app = center.watch(credentials=chat_app).hello("chat-app", APP, "chat_service")
+    assert parse(app.next_snapshot()).role == APP
+    app_as_out = center.watch(credentials=chat_app).hello("chat-app", OUT, "chat_service")
+    assert app_as_out.final_code() == grpc.StatusCode.PERMISSION_DENIED
+    assert app_as_out.received == []
 
     assert rpc_code(latest_revision, center, credentials=rogue_chat) \
         == grpc.StatusCode.UNAVAILABLE  # the handshake fails: no RPC at all

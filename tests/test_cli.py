@@ -26,6 +26,7 @@ from fastproxy.cli import format as cli_format
 from fastproxy.policy import load_policy
 from fastproxy.policy.keygen import default_key_name, generate_key
 from fastproxy.policy.model import KeyType
+from fastproxy.policy.redaction import redact_policy
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 PYTHON = sys.executable
@@ -132,16 +133,41 @@ def test_bad_command_line_is_one_line_and_exit_2(
     assert result.out == ""
 
 
-def test_center_and_token_default_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_center_option_defaults_from_its_environment_variable(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 17: the CLI's credential is the admin's own variable (FASTPROXY_TOKEN is a
+    node's, read by the SDK and the proxies), and every connection option has one."""
     monkeypatch.setenv("FASTPROXY_CENTER", "10.1.2.3:7171")
-    monkeypatch.setenv("FASTPROXY_TOKEN", "t0ken")
+    monkeypatch.setenv("FASTPROXY_TOKEN", "node-t0ken")
+    monkeypatch.setenv("FASTPROXY_ADMIN_TOKEN", "t0ken")
+    monkeypatch.setenv("FASTPROXY_TLS_CA", "ca.pem")
+    monkeypatch.setenv("FASTPROXY_ADMIN_TLS_CERT", "admin.pem")
+    monkeypatch.setenv("FASTPROXY_ADMIN_TLS_KEY", "admin-key.pem")
+    monkeypatch.setenv("FASTPROXY_TLS_SERVER_NAME", "center.internal")
+    monkeypatch.setenv("FASTPROXY_TIMEOUT", "2.5")
     args = cli.build_parser().parse_args(["nodes"])
     assert args.center == "10.1.2.3:7171"
     assert args.token == "t0ken"
     target = cli.CenterTarget.from_args(args)
     assert target.metadata == (("authorization", "Bearer t0ken"),)
-    assert not target.uses_tls
+    assert (target.tls_ca, target.tls_cert, target.tls_key) == (
+        Path("ca.pem"), Path("admin.pem"), Path("admin-key.pem"))
+    assert target.tls_server_name == "center.internal"
+    assert target.timeout == 2.5
+    assert target.uses_tls
     assert "t0ken" not in repr(target)
+    flags = cli.CenterTarget.from_args(cli.build_parser().parse_args(
+        ["nodes", "--token", "flag", "--timeout", "9", "--tls-ca", "other.pem"]))
+    assert (flags.token, flags.timeout, flags.tls_ca) == ("flag", 9.0, Path("other.pem"))
+
+
+def test_a_bad_timeout_variable_is_one_line(capsys: pytest.CaptureFixture[str],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FASTPROXY_TIMEOUT", "soon")
+    result = run_cli(capsys, "nodes")
+    assert result.code == 1
+    assert result.err_lines == ["fastproxy: FASTPROXY_TIMEOUT='soon': expected a number of "
+                                "seconds"]
 
 
 def test_center_defaults_to_local_port_7070_without_environment(
@@ -413,8 +439,8 @@ def write(tmp_path: Path, name: str, text: str) -> str:
 
 @pytest.fixture(autouse=True)
 def _no_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("FASTPROXY_CENTER", raising=False)
-    monkeypatch.delenv("FASTPROXY_TOKEN", raising=False)
+    for name in ("FASTPROXY_CENTER", "FASTPROXY_TOKEN", *cli.ENV.values()):
+        monkeypatch.delenv(name, raising=False)
 
 
 def test_apply_valid_policy_makes_revision_1(center: RunningCenter, tmp_path: Path,
@@ -475,13 +501,17 @@ def test_get_prints_the_yaml_as_applied_and_any_revision(
     run_cli(capsys, "policy", "apply", write(tmp_path, "2.yaml", second_text), *center.args())
     latest = run_cli(capsys, "policy", "get", *center.args())
     assert latest.code == 0
-    assert latest.out == second_text
-    older = run_cli(capsys, "policy", "get", "--revision", "1", *center.args())
+    assert latest.out == redact_policy(second_text)  # secret values: <redacted>
+    assert latest.out.count('"<redacted>"') == 2
+    shown = run_cli(capsys, "policy", "get", "--show-secrets", *center.args())
+    assert shown.out == second_text
+    older = run_cli(capsys, "policy", "get", "--revision", "1", "--show-secrets",
+                    *center.args())
     assert older.out == first_text
     as_json = json.loads(run_cli(capsys, "policy", "get", "--revision", "1", "--json",
                                  *center.args()).out)
     assert as_json["revision"]["revision"] == 1
-    assert as_json["yaml"] == first_text
+    assert as_json["yaml"] == redact_policy(first_text)
     missing = run_cli(capsys, "policy", "get", "--revision", "7", *center.args())
     assert missing.code == 1
     assert missing.err_lines == ["fastproxy: revision 7 does not exist"]
@@ -497,7 +527,8 @@ def test_history_and_rollback(center: RunningCenter, tmp_path: Path,
     rolled = run_cli(capsys, "policy", "rollback", "1", "-m", "undo two", *center.args())
     assert rolled.code == 0, rolled.err
     assert rolled.out.startswith("rolled back to revision 1: revision 3, hash ")
-    assert run_cli(capsys, "policy", "get", *center.args()).out == first_text
+    assert run_cli(capsys, "policy", "get", "--show-secrets",
+                   *center.args()).out == first_text
 
     again = run_cli(capsys, "policy", "rollback", "1", *center.args())
     assert again.code == 0
@@ -697,7 +728,7 @@ def test_the_admin_token_works_and_names_the_author(
         guarded_center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
-    monkeypatch.setenv("FASTPROXY_TOKEN", "right-admin-token")
+    monkeypatch.setenv("FASTPROXY_ADMIN_TOKEN", "right-admin-token")
     applied = run_cli(capsys, "policy", "apply", policy, *guarded_center.args())
     assert applied.code == 0, applied.err
     (entry,) = json.loads(run_cli(capsys, "policy", "history", "--json",

@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 THIRD_PARTY = {"otel-collector"}  # an upstream image; nothing of ours runs in it
-ONE_SHOT = {"client"}
+ONE_SHOT = {"center-key", "client"}  # run to completion; the client checks its calls
 CONFIG_MOUNT = "/etc/fastproxy"
 
 
@@ -51,8 +51,9 @@ class LoopbackCompose:
             return f"{scheme}127.0.0.1:{self._port(match.group(2))}"
         for volume in self.services[service].get("volumes", []):
             source, target = volume.split(":")[:2]
+            # a named volume is one folder, whichever service mounts it
             local = (self.workdir / "config" if source == "./config"
-                     else self.workdir / f"{service}-{source.strip('./')}")
+                     else self.workdir / f"volume-{source}")
             local.mkdir(parents=True, exist_ok=True)
             arg = arg.replace(target, str(local))
         return arg
@@ -121,7 +122,8 @@ def test_compose_stack_runs_on_loopback_and_the_client_succeeds(tmp_path: Path) 
                                           stderr=subprocess.STDOUT, timeout=90)
                     output = logs[service].read_text()
                     assert done.returncode == 0, output
-                    assert "0 unexpected" in output, output
+                    if service == "client":
+                        assert "0 unexpected" in output, output
                     continue
                 running[service] = subprocess.Popen(argv, env=compose.env(service),
                                                     stdout=log, stderr=subprocess.STDOUT)

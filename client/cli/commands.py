@@ -6,6 +6,7 @@
     fastproxy explain --caller S --method /p.S/M [--revision N]
     fastproxy policy apply --dry-run FILE        fastproxy policy diff [FILE | --revision N]
     fastproxy keys rotate KEY [--type T] [--resume]
+    fastproxy center key [--pem] [-o FILE]
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
 its parser with `add_command` (or `add_command_group`), which sets `run` to a function of the
@@ -16,6 +17,7 @@ Failures raise `CliError`; `main` prints them to stderr, one clear line each, an
 from __future__ import annotations
 
 import argparse
+import base64
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -34,13 +36,19 @@ import grpc
 from fastproxy import __version__
 from fastproxy.cli import format as cli_format
 from fastproxy.hosting.commandline import OneLineArgumentParser, host_port
-from fastproxy.node.credentials import CenterCredentials, CredentialError
+from fastproxy.node.credentials import (
+    CenterCredentials,
+    CredentialError,
+    check_center_connection,
+)
 from fastproxy.policy.keygen import KEY_TYPE_NAMES, generate_key
 from fastproxy.policy.model import KeyType
+from fastproxy.policy.signing import public_key_pem
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 
 DEFAULT_CENTER = "127.0.0.1:7070"
 DEFAULT_TIMEOUT_SECONDS = 5.0
+CENTER_KEY_BYTES = 32
 EXIT_OK = 0
 EXIT_FAILURE = 1
 
@@ -88,13 +96,24 @@ class CenterTarget:
     def from_args(cls, args: argparse.Namespace) -> CenterTarget:
         if bool(args.tls_cert) != bool(args.tls_key):
             raise CliError("--tls-cert and --tls-key must be given together")
-        if args.timeout <= 0:
+        timeout = args.timeout if args.timeout is not None else _env_timeout()
+        if timeout <= 0:
             raise CliError("--timeout must be greater than 0")
         return cls(
             address=args.center, token=args.token or "",
             tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key,
-            tls_server_name=args.tls_server_name or "", timeout=args.timeout,
+            tls_server_name=args.tls_server_name or "", timeout=timeout,
         )
+
+
+def _env_timeout() -> float:
+    raw = os.environ.get(ENV["timeout"], "").strip()
+    if not raw:
+        return DEFAULT_TIMEOUT_SECONDS
+    try:
+        return float(raw)
+    except ValueError:
+        raise CliError(f"{ENV['timeout']}={raw!r}: expected a number of seconds") from None
 
 
 def open_channel(target: CenterTarget) -> grpc.Channel:
@@ -107,6 +126,8 @@ def open_channel(target: CenterTarget) -> grpc.Channel:
             tls_key=str(target.tls_key) if target.tls_key else None,
             tls_server_name=target.tls_server_name,
         )
+        check_center_connection(target.address, uses_tls=credentials.uses_tls,
+                                pinned_key=None, node=False)
     except CredentialError as exc:
         raise CliError(str(exc)) from None
     return credentials.channel(target.address)
@@ -126,8 +147,12 @@ class CenterClient:
                                                 refuse_removals=refuse_removals)
         return self._call(self._stub.ApplyPolicy, request)
 
-    def get(self, revision: int) -> center_pb2.GetPolicyResponse:
-        return self._call(self._stub.GetPolicy, center_pb2.GetPolicyRequest(revision=revision))
+    def get(self, revision: int, show_secrets: bool = False) -> center_pb2.GetPolicyResponse:
+        request = center_pb2.GetPolicyRequest(revision=revision, show_secrets=show_secrets)
+        return self._call(self._stub.GetPolicy, request)
+
+    def info(self) -> center_pb2.GetCenterInfoResponse:
+        return self._call(self._stub.GetCenterInfo, center_pb2.GetCenterInfoRequest())
 
     def history(self, limit: int) -> center_pb2.ListRevisionsResponse:
         request = center_pb2.ListRevisionsRequest(limit=limit)
@@ -177,7 +202,12 @@ def rpc_failure(error: grpc.RpcError, target: CenterTarget) -> CliError:
         return CliError(f"{where} did not answer within {target.timeout:g} s "
                         "(is it running? see --timeout)", code=code)
     if code is grpc.StatusCode.UNAUTHENTICATED:
-        hint = "" if target.token or target.tls_cert else " (no --token or client certificate)"
+        hint = ""
+        if not (target.token or target.tls_cert):
+            hint = f" (no --token or client certificate; {ENV['token']} is not set)"
+            if os.environ.get("FASTPROXY_TOKEN"):
+                hint = (f" (no --token: FASTPROXY_TOKEN is a node's token, the CLI reads "
+                        f"{ENV['token']})")
         return CliError(f"{where} refused the credential: unauthenticated{hint}: {details}",
                         code=code)
     if code is grpc.StatusCode.PERMISSION_DENIED:
@@ -269,7 +299,7 @@ def run_policy_diff(args: argparse.Namespace) -> int:
 def run_policy_get(args: argparse.Namespace) -> int:
     try:
         with center_client(args) as center:
-            response = center.get(args.revision)
+            response = center.get(args.revision, show_secrets=args.show_secrets)
     except CliError as exc:
         if exc.code is grpc.StatusCode.NOT_FOUND:
             raise CliError(f"revision {args.revision} does not exist" if args.revision
@@ -329,6 +359,29 @@ def run_nodes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def run_center_key(args: argparse.Namespace) -> int:
+    """The Center's snapshot-signing public key, as `--center-public-key` takes it."""
+    with center_client(args) as center:
+        info = center.info()
+    key = bytes(info.public_key)
+    if len(key) != CENTER_KEY_BYTES:
+        raise CliError(f"the Center at {args.center} sent no valid public key")
+    encoded = base64.b64encode(key).decode("ascii")
+    text = public_key_pem(key) if args.pem else encoded + "\n"
+    if args.output is not None:
+        try:
+            Path(args.output).write_text(text, encoding="ascii")
+        except OSError as exc:
+            raise CliError(f"cannot write {args.output}: {exc.strerror}") from None
+        text = f"wrote the Center's public key to {args.output} (for --center-public-key)\n"
+    if args.json:
+        text = cli_format.to_json({"public_key": encoded,
+                                   "latest_revision": info.latest_revision,
+                                   "development_mode": info.development_mode}) + "\n"
+    sys.stdout.write(text)
+    return EXIT_OK
+
+
 def run_keys_gen(args: argparse.Namespace) -> int:
     try:
         key = generate_key(KeyType(args.type), args.name)
@@ -358,27 +411,49 @@ def _positive_int(text: str) -> int:
     return value
 
 
+# Every Center connection option has its variable. Those that say who the operator is
+# (token, client certificate) are the admin's own: a node's FASTPROXY_TOKEN left in a shell
+# must not become the CLI's credential, nor an admin's the SDK's.
+ENV = {
+    "center": "FASTPROXY_CENTER",
+    "token": "FASTPROXY_ADMIN_TOKEN",
+    "tls_ca": "FASTPROXY_TLS_CA",
+    "tls_cert": "FASTPROXY_ADMIN_TLS_CERT",
+    "tls_key": "FASTPROXY_ADMIN_TLS_KEY",
+    "tls_server_name": "FASTPROXY_TLS_SERVER_NAME",
+    "timeout": "FASTPROXY_TIMEOUT",
+}
+
+
+def _env(option: str) -> str | None:
+    return os.environ.get(ENV[option]) or None
+
+
 def center_options() -> argparse.ArgumentParser:
     """Options of every command that talks to the Center (a parent parser)."""
     parent = argparse.ArgumentParser(add_help=False)
     group = parent.add_argument_group("Center connection")
     group.add_argument("--center", metavar="HOST:PORT", type=host_port,
-                       default=os.environ.get("FASTPROXY_CENTER") or DEFAULT_CENTER,
-                       help="the Center's address (env FASTPROXY_CENTER; default %(default)s)")
-    group.add_argument("--token", default=os.environ.get("FASTPROXY_TOKEN"),
+                       default=_env("center") or DEFAULT_CENTER,
+                       help=f"the Center's address (env {ENV['center']}; default "
+                            "%(default)s). Off loopback the CLI only speaks TLS")
+    group.add_argument("--token", default=_env("token"),
                        help="admin token, sent as 'authorization: Bearer TOKEN' "
-                            "(env FASTPROXY_TOKEN)")
-    group.add_argument("--tls-ca", type=Path, metavar="FILE",
-                       help="CA bundle that verifies the Center (implies TLS)")
-    group.add_argument("--tls-cert", type=Path, metavar="FILE",
-                       help="client certificate (with --tls-key; implies TLS)")
-    group.add_argument("--tls-key", type=Path, metavar="FILE",
-                       help="private key of the client certificate")
-    group.add_argument("--tls-server-name", metavar="NAME",
-                       help="name expected in the Center's certificate (implies TLS)")
-    group.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT_SECONDS,
-                       metavar="SECONDS",
-                       help="give up on the Center after this long (default %(default)g)")
+                            f"(env {ENV['token']}; FASTPROXY_TOKEN is a node's)")
+    group.add_argument("--tls-ca", type=Path, metavar="FILE", default=_env("tls_ca"),
+                       help=f"CA bundle that verifies the Center (implies TLS; env "
+                            f"{ENV['tls_ca']})")
+    group.add_argument("--tls-cert", type=Path, metavar="FILE", default=_env("tls_cert"),
+                       help=f"admin client certificate (with --tls-key; implies TLS; env "
+                            f"{ENV['tls_cert']})")
+    group.add_argument("--tls-key", type=Path, metavar="FILE", default=_env("tls_key"),
+                       help=f"private key of the client certificate (env {ENV['tls_key']})")
+    group.add_argument("--tls-server-name", metavar="NAME", default=_env("tls_server_name"),
+                       help="name expected in the Center's certificate (implies TLS; env "
+                            f"{ENV['tls_server_name']})")
+    group.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
+                       help=f"give up on the Center after this long (env {ENV['timeout']}; "
+                            f"default {DEFAULT_TIMEOUT_SECONDS:g})")
     parent.add_argument("--json", action="store_true", help="print JSON instead of a table")
     return parent
 
@@ -427,8 +502,12 @@ def add_policy_commands(subparsers: Subparsers) -> None:
                         help="a stored revision instead of a file")
 
     get = add_command(policy, "get", run_policy_get,
-                      "print a revision's YAML as applied (the latest by default)")
+                      "print a revision's YAML as applied (the latest by default), inline "
+                      "secret values shown as <redacted>; the document can be edited and "
+                      "applied back as is (<redacted> keeps the stored value)")
     get.add_argument("--revision", type=_non_negative_int, default=0, metavar="N")
+    get.add_argument("--show-secrets", action="store_true",
+                     help="print secret values too (an admin with the read-secrets role)")
 
     history = add_command(policy, "history", run_policy_history,
                           "list the revisions, then who applied, rolled back or was refused "
@@ -449,6 +528,17 @@ def add_policy_commands(subparsers: Subparsers) -> None:
 def add_nodes_command(subparsers: Subparsers) -> None:
     add_command(subparsers, "nodes", run_nodes,
                 "list connected nodes and the revision each one runs")
+
+
+def add_center_commands(subparsers: Subparsers) -> None:
+    center = add_command_group(subparsers, "center", "ask the Center about itself")
+    key = add_command(center, "key", run_center_key,
+                      "print the Center's snapshot-signing public key, the value nodes pin "
+                      "with --center-public-key (fetch it over TLS or on loopback)")
+    key.add_argument("--pem", action="store_true",
+                     help="print it as a PEM public key (the default is base64)")
+    key.add_argument("-o", "--output", metavar="FILE",
+                     help="write it to FILE instead of printing it")
 
 
 def add_keys_commands(subparsers: Subparsers) -> None:
@@ -489,6 +579,7 @@ def add_demo(subparsers: Subparsers) -> None:
 COMMANDS: list[Callable[[Subparsers], None]] = [
     add_policy_commands,
     add_nodes_command,
+    add_center_commands,
     add_keys_commands,
     add_explain,
     add_health,

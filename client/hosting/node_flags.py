@@ -17,7 +17,11 @@ from fastproxy.hosting.commandline import (
     host_ports,
     read_flag_file,
 )
-from fastproxy.node.credentials import CenterCredentials, CredentialError
+from fastproxy.node.credentials import (
+    CenterCredentials,
+    CredentialError,
+    check_center_connection,
+)
 from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES
 from fastproxy.policy.signing import parse_center_public_key
 from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
@@ -117,6 +121,13 @@ def node_flags(prog: str, args: argparse.Namespace, role_name: str) -> NodeFlags
             token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
     except CredentialError as exc:
         fail(prog, str(exc))
+    center_public_key = _public_key(prog, args.center_public_key)
+    if args.center:
+        try:
+            check_center_connection(args.center, uses_tls=credentials.uses_tls,
+                                    pinned_key=center_public_key)
+        except CredentialError as exc:
+            fail(prog, str(exc))
     return NodeFlags(
         service=args.service,
         listen=args.listen,
@@ -127,7 +138,7 @@ def node_flags(prog: str, args: argparse.Namespace, role_name: str) -> NodeFlags
         cache_dir=args.cache_dir,
         advertise=args.advertise or args.listen,
         center_credentials=credentials,
-        center_public_key=_public_key(prog, args.center_public_key),
+        center_public_key=center_public_key,
         max_message_bytes=args.max_message_bytes,
         grace_s=args.grace,
         log_level=args.log_level,

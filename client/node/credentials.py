@@ -1,4 +1,11 @@
-"""How a node, the SDK or the CLI proves who it is to the Center, and the channel that does it."""
+"""How a node, the SDK or the CLI proves who it is to the Center, and the channel that does it.
+
+Off loopback a node or the CLI only talks TLS to the Center (its token, and the secrets a
+node receives, never travel in the clear), and a node pins the Center's key
+(`check_center_connection`). An address is on loopback when its host is a loopback IP
+literal (`127.0.0.0/8`, `::1`) or `localhost`; any other name counts as off loopback, since
+what it resolves to may change.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +14,45 @@ from pathlib import Path
 
 import grpc
 
+from fastproxy.hosting.commandline import is_loopback
+
 
 class CredentialError(ValueError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionFlags:
+    """How the host names the settings `check_center_connection` asks for (flags for the
+    commands, keyword arguments for the SDK)."""
+
+    tls: str = "--tls-ca FILE"
+    pin: str = "--center-public-key FILE"
+
+
+def off_loopback(center: str) -> list[str]:
+    """The addresses of `center` (one, or several comma-separated) not on loopback."""
+    return [part.strip() for part in center.split(",")
+            if part.strip() and not is_loopback(part.strip())]
+
+
+def check_center_connection(center: str, *, uses_tls: bool, pinned_key: bytes | None,
+                            node: bool = True, names: ConnectionFlags = ConnectionFlags()
+                            ) -> None:
+    """Raises CredentialError (one line, naming the setting to add) when a connection to a
+    Center off loopback would be plaintext, or, for a node (`node`), would take snapshots
+    without a pinned Center key (any self-signed snapshot would then verify)."""
+    remote = off_loopback(center)
+    if not remote:
+        return
+    where = f"the Center at {remote[0]} is not on loopback"
+    if not uses_tls:
+        raise CredentialError(f"refusing plaintext to the Center: {where}, and the "
+                              f"credential{' and the secrets' if node else ''} would travel "
+                              f"in the clear; use TLS ({names.tls})")
+    if node and pinned_key is None:
+        raise CredentialError(f"{where}: pin its snapshot-signing key with {names.pin} "
+                              "(`fastproxy center key` prints it)")
 
 
 @dataclass(frozen=True, slots=True)

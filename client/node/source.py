@@ -90,9 +90,24 @@ class PolicyThread:
         self.name = name
         self._task: asyncio.Task[None] | None = None
         self._loaded = threading.Event()
-        source.holder.on_change(lambda _policy: self._loaded.set())
+        # woken when a policy is in or the Center refuses the node's credential
+        self._changed = threading.Condition()
+        source.holder.on_change(lambda _policy: self._notify(loaded=True))
+        if isinstance(source, CenterWatcher):
+            source.on_refused(lambda _refusal: self._notify())
         if source.holder.current is not None:
             self._loaded.set()
+
+    def _notify(self, loaded: bool = False) -> None:
+        with self._changed:
+            if loaded:
+                self._loaded.set()
+            self._changed.notify_all()
+
+    @property
+    def refusal(self) -> str:
+        """Why the Center refuses this node's credential ("" unless it does)."""
+        return self._source.refusal if isinstance(self._source, CenterWatcher) else ""
 
     def start(self) -> PolicyThread:
         async def create() -> asyncio.Task[None]:
@@ -102,7 +117,12 @@ class PolicyThread:
         return self
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
-        return self._loaded.wait(timeout)
+        """True once a policy is in; False after `timeout`, or at once while the Center
+        refuses the node's credential (see `refusal`)."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._loaded.is_set() or bool(self.refusal),
+                                   timeout)
+        return self._loaded.is_set()
 
     def stop(self, timeout: float = 5.0) -> None:
         task = self._task

@@ -23,11 +23,13 @@ from pathlib import Path
 from typing import Generic, TypeVar
 
 import grpc
+from google.protobuf.message import DecodeError
 
-from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.acceptance import SnapshotAcceptor, role_name
+from fastproxy.node.credentials import CenterCredentials, check_center_connection
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.policy.scope import content_hash, scope_snapshot
-from fastproxy.policy.signing import SnapshotError, verify_snapshot
+from fastproxy.policy.signing import SnapshotError
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 from fastproxy.v1 import policy_pb2 as pb
 
@@ -133,8 +135,10 @@ class CenterWatcher(Generic[T]):
     replica failed in turn. The node says which revision it holds, so a replica never sends
     it an older one.
 
-    Each snapshot is verified (against `pinned_key` if given), compiled and swapped in, then
-    ACKed; one that fails is NACKed with the error and the last good policy stays.
+    Each snapshot is checked (`SnapshotAcceptor`: signed, by `pinned_key` if given, for this
+    node's role and service, not older than the revision held), compiled and swapped in, then
+    ACKed; one that fails is NACKed with the error and the last good policy stays. A Center
+    off loopback needs TLS and `pinned_key` (CredentialError here otherwise).
     """
 
     def __init__(self, center: str, node: NodeIdentity, compile_snapshot: Compile[T],
@@ -149,13 +153,47 @@ class CenterWatcher(Generic[T]):
         self.compile = compile_snapshot
         self.holder = holder
         self.credentials = credentials or CenterCredentials()
+        check_center_connection(center, uses_tls=self.credentials.uses_tls,
+                                pinned_key=pinned_key)
         self.pinned_key = pinned_key
+        self.acceptor = SnapshotAcceptor(node.role, node.service, pinned_key)
         self.cache = SnapshotCache(cache_dir, node) if cache_dir else None
+        self._remember_cached_revision()
         self.lease_seconds = lease_seconds
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self.reconnects = 0
         self.connected = asyncio.Event()
+        # why the Center refused this node's credential ("" while it does not): hosts that
+        # wait for a first policy fail at once with it instead of waiting out their time
+        self.refusal = ""
+        self._refusal_listeners: list[Callable[[str], None]] = []
+
+    def on_refused(self, listener: Callable[[str], None]) -> None:
+        self._refusal_listeners.append(listener)
+
+    def _refused(self, details: str) -> None:
+        refusal = (f"center {self.center} refused this node's credential "
+                   f"({self.node.service}, role {role_name(self.node.role)}): {details}")
+        if refusal != self.refusal:  # once, not at every retry
+            log.error("%s", refusal)
+        self.refusal = refusal
+        for listener in self._refusal_listeners:
+            listener(refusal)
+
+    def _remember_cached_revision(self) -> None:
+        """The cache's revision is the one held, before any snapshot arrives: a restart
+        must not let an older one in."""
+        if self.cache is None:
+            return
+        try:
+            cached = self.cache.load()
+        except (OSError, ValueError, DecodeError) as exc:
+            log.error("cached snapshot %s cannot be read: %s", self.cache.path, exc)
+            return
+        if cached is not None and self.acceptor.remember(cached):
+            log.info("holding revision %d (from %s)", self.acceptor.held_revision,
+                     self.cache.path)
 
     def load_cache(self) -> bool:
         """Serves the cached snapshot (the Center is unreachable); True if one was loaded."""
@@ -194,8 +232,7 @@ class CenterWatcher(Generic[T]):
                 except grpc.aio.AioRpcError as exc:
                     if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
                                       grpc.StatusCode.PERMISSION_DENIED):
-                        log.error("center %s refused this node: %s", target.address,
-                                  exc.details())
+                        self._refused(exc.details() or exc.code().name)
                     else:
                         log.info("watch stream to %s ended: %s %s", target.address,
                                  exc.code().name, exc.details())
@@ -221,7 +258,7 @@ class CenterWatcher(Generic[T]):
             credentials = dataclasses.replace(credentials, tls_server_name=target.server_name)
         async with credentials.aio_channel(target.address) as channel:
             stub = center_pb2_grpc.CenterStub(channel)
-            outbox: asyncio.Queue[center_pb2.WatchRequest] = asyncio.Queue()
+            outbox: asyncio.Queue[center_pb2.WatchRequest | None] = asyncio.Queue()
             outbox.put_nowait(center_pb2.WatchRequest(hello=center_pb2.NodeHello(
                 node_id=self.node.node_id, role=self.node.role, service=self.node.service,
                 known_revision=self.holder.revision, known_hash=self.holder.content_hash)))
@@ -236,18 +273,23 @@ class CenterWatcher(Generic[T]):
                 self.connected.set()
                 async for response in call:
                     self.connected.set()
+                    self.refusal = ""
                     outbox.put_nowait(self._receive(response.snapshot))
             finally:
                 if renew is not None:
                     renew.cancel()
                 call.cancel()
+                # ends the request iterator, else grpc.aio's task that consumes it is left
+                # pending ("Task was destroyed but it is pending!")
+                outbox.put_nowait(None)
 
-    async def _requests(self, outbox: asyncio.Queue[center_pb2.WatchRequest]
+    async def _requests(self, outbox: asyncio.Queue[center_pb2.WatchRequest | None]
                         ) -> AsyncIterator[center_pb2.WatchRequest]:
-        while True:
-            yield await outbox.get()
+        while (request := await outbox.get()) is not None:
+            yield request
 
-    async def _renew_lease(self, outbox: asyncio.Queue[center_pb2.WatchRequest]) -> None:
+    async def _renew_lease(self, outbox: asyncio.Queue[center_pb2.WatchRequest | None]
+                           ) -> None:
         register = center_pb2.WatchRequest(register=center_pb2.Register(
             address=self.node.advertise, lease_seconds=self.lease_seconds))
         while True:
@@ -272,12 +314,10 @@ class CenterWatcher(Generic[T]):
                                                           content_hash=signed.content_hash))
 
     def _install(self, signed: pb.SignedSnapshot) -> int:
-        snapshot = verify_snapshot(signed, self.pinned_key)
-        if snapshot.node_service != self.node.service:
-            raise SnapshotError(f"snapshot is for service {snapshot.node_service!r}, "
-                                f"not {self.node.service!r}")
+        snapshot = self.acceptor.check(signed)
         compiled = self.compile(snapshot)
         self.holder.replace(compiled, snapshot.revision, signed.content_hash)
+        self.acceptor.accepted(signed, snapshot)
         return int(snapshot.revision)
 
 

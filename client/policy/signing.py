@@ -9,7 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
     Ed25519PrivateKey,
@@ -67,11 +67,27 @@ def verify_snapshot(signed: pb.SignedSnapshot,
     return snapshot
 
 
+def public_key_pem(key: bytes) -> str:
+    """A raw Ed25519 public key as a PEM `PUBLIC KEY` block."""
+    return Ed25519PublicKey.from_public_bytes(key).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    ).decode("ascii")
+
+
 def parse_center_public_key(raw: bytes) -> bytes | None:
-    """A pinned Center key as operators write it: 32 raw bytes, or base64 text (optionally
-    `base64:`-prefixed); None if it is neither."""
+    """A pinned Center key as operators write it: 32 raw bytes, base64 text (optionally
+    `base64:`-prefixed) or a PEM `PUBLIC KEY` block (`fastproxy center key` prints the
+    first and, with `--pem`, the last); None if it is none of them."""
     if len(raw) == 32:
         return raw
+    if raw.lstrip().startswith(b"-----BEGIN PUBLIC KEY-----"):
+        try:
+            key = serialization.load_pem_public_key(raw)
+        except (ValueError, UnsupportedAlgorithm):
+            return None
+        if not isinstance(key, Ed25519PublicKey):
+            return None
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     try:
         decoded = base64.b64decode(raw.strip().removeprefix(b"base64:"), validate=True)
     except (binascii.Error, ValueError):

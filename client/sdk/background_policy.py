@@ -49,8 +49,14 @@ class BackgroundPolicy(Generic[T]):
     def current(self) -> T | None:
         return self.holder.current
 
+    @property
+    def refusal(self) -> str:
+        """Why the Center refuses this SDK's credential ("" unless it does)."""
+        return self._thread.refusal
+
     def wait(self, timeout_s: float | None) -> T | None:
-        """Blocks until a policy is in (or the timeout ran out); the policy or None."""
+        """Blocks until a policy is in (or the timeout ran out, or the Center refused the
+        credential); the policy or None."""
         self._thread.wait_loaded(timeout_s)
         return self.holder.current
 

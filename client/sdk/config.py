@@ -8,13 +8,20 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.credentials import (
+    CenterCredentials,
+    ConnectionFlags,
+    CredentialError,
+    check_center_connection,
+)
 from fastproxy.policy.signing import parse_center_public_key
 
 ENV_PREFIX = "FASTPROXY_"
 TRUE_WORDS = frozenset({"1", "true", "yes", "on"})
 FALSE_WORDS = frozenset({"", "0", "false", "no", "off"})
 DEFAULT_POLICY_WAIT_S = 5.0
+SDK_NAMES = ConnectionFlags(tls="tls_ca= or FASTPROXY_TLS_CA",
+                            pin="center_public_key= or FASTPROXY_CENTER_PUBLIC_KEY")
 
 
 class SdkConfigError(ValueError):
@@ -72,10 +79,17 @@ def resolve_config(*, service: str | None, center: str | None, embedded: bool | 
         tls_cert=pick(tls_cert, "TLS_CERT"), tls_key=pick(tls_key, "TLS_KEY"))
     public_key = center_public_key if center_public_key is not None else pick(
         None, "CENTER_PUBLIC_KEY")
+    pinned = _public_key(public_key)
+    if center_address:
+        try:
+            check_center_connection(center_address, uses_tls=credentials.uses_tls,
+                                    pinned_key=pinned, names=SDK_NAMES)
+        except CredentialError as exc:
+            raise SdkConfigError(str(exc)) from None
     return SdkConfig(
         service=service_name, center=center_address, policy_file=policy_path,
         embedded=is_embedded, credentials=credentials,
-        center_public_key=_public_key(public_key), timeout_ms=timeout,
+        center_public_key=pinned, timeout_ms=timeout,
         cache_dir=pick(cache_dir, "CACHE_DIR"), policy_wait_s=wait,
         node_id=node_id or f"{service_name or 'app'}-client-{os.uname().nodename}-{os.getpid()}",
     )

@@ -107,15 +107,23 @@ class SdkCore:
         return CallPlan(name, timeout, kept)
 
     def needs_policy(self) -> bool:
-        """Embedded calls cannot start before the first policy is in."""
-        return (self.config.embedded and self.source is not None
-                and self.source.current is None)
+        """Embedded calls cannot start before the first policy is in; while the Center
+        refuses the credential they fail at once (FastProxyError, `unavailable`, saying why)
+        rather than wait for a policy that will not come."""
+        if not (self.config.embedded and self.source is not None
+                and self.source.current is None):
+            return False
+        if self.source.refusal:
+            raise self.no_policy(0.0)
+        return True
 
     def policy_wait_s(self, plan: CallPlan) -> float:
         remaining = plan.remaining()
         return max(remaining, 0.0) if remaining is not None else self.config.policy_wait_s
 
     def no_policy(self, waited_s: float) -> FastProxyError:
+        if self.source is not None and self.source.refusal:
+            return FastProxyError(Reason.UNAVAILABLE, self.source.refusal)
         where = self.source.where if self.source is not None else "nowhere"
         return FastProxyError(Reason.UNAVAILABLE,
                               f"no policy from {where} within {waited_s:.3f}s")

@@ -75,7 +75,8 @@ class EmbeddedPolicy:
         self._thread.stop(timeout)
 
     def wait_loaded(self, timeout: float | None = None) -> bool:
-        """True once a policy is in force (False after `timeout` seconds without one)."""
+        """True once a policy is in force (False after `timeout` seconds without one, or at
+        once while the Center refuses this node's credential)."""
         return self._thread.wait_loaded(timeout)
 
     @property

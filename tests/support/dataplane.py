@@ -616,8 +616,9 @@ class RecordingRelay:
 class CenterAdmin:
     """Applies policies through a Center's admin RPCs and waits for nodes' ACKs."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, metadata: Metadata = ()) -> None:
         self.address = address
+        self.metadata = tuple(metadata)  # the admin's credential, if the Center wants one
 
     def _stub(self, ch: grpc.Channel) -> center_pb2_grpc.CenterStub:
         return center_pb2_grpc.CenterStub(ch)
@@ -626,7 +627,7 @@ class CenterAdmin:
         with grpc.insecure_channel(self.address) as ch:
             reply = self._stub(ch).ApplyPolicy(
                 center_pb2.ApplyPolicyRequest(yaml=policy.yaml_text(), comment=comment),
-                timeout=10)
+                timeout=10, metadata=self.metadata)
         assert not reply.errors, list(reply.errors)
         revision: int = reply.revision.revision
         return revision
@@ -634,7 +635,7 @@ class CenterAdmin:
     def nodes(self) -> center_pb2.ListNodesResponse:
         with grpc.insecure_channel(self.address) as ch:
             reply: center_pb2.ListNodesResponse = self._stub(ch).ListNodes(
-                center_pb2.ListNodesRequest(), timeout=5)
+                center_pb2.ListNodesRequest(), timeout=5, metadata=self.metadata)
             return reply
 
     def acked(self, node_ids: Sequence[str], revision: int) -> bool:

@@ -106,10 +106,12 @@ class ApplyPolicyResponse(_message.Message):
     def __init__(self, applied: _Optional[bool] = ..., revision: _Optional[_Union[RevisionInfo, _Mapping]] = ..., errors: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
-    __slots__ = ("revision",)
+    __slots__ = ("revision", "show_secrets")
     REVISION_FIELD_NUMBER: _ClassVar[int]
+    SHOW_SECRETS_FIELD_NUMBER: _ClassVar[int]
     revision: int
-    def __init__(self, revision: _Optional[int] = ...) -> None: ...
+    show_secrets: bool
+    def __init__(self, revision: _Optional[int] = ..., show_secrets: _Optional[bool] = ...) -> None: ...
 
 class GetPolicyResponse(_message.Message):
     __slots__ = ("revision", "yaml")
