@@ -35,8 +35,10 @@ class StartupError(Exception):
     pass
 
 
-def compile_snapshot(snapshot: pb.PolicySnapshot, max_message_bytes: int) -> NodePolicy:
-    return NodePolicy.from_snapshot(snapshot, max_message_bytes=max_message_bytes)
+def compile_snapshot(snapshot: pb.PolicySnapshot, max_message_bytes: int,
+                     clock_ahead_s: float) -> NodePolicy:
+    return NodePolicy.from_snapshot(snapshot, max_message_bytes=max_message_bytes,
+                                    clock_ahead_s=clock_ahead_s)
 
 
 def _server_credentials(config: ProxyConfig) -> grpc.ServerCredentials | None:
@@ -81,7 +83,8 @@ def _open_source(config: ProxyConfig, holder: PolicyHolder[NodePolicy]
                  ) -> PolicySource[NodePolicy]:
     node = NodeIdentity(config.node.node_id, config.role_pb, config.service,
                         advertise=config.node.advertise if config.role is HostRole.IN else "")
-    compile_ = functools.partial(compile_snapshot, max_message_bytes=config.node.max_message_bytes)
+    compile_ = functools.partial(compile_snapshot, max_message_bytes=config.node.max_message_bytes,
+                                 clock_ahead_s=config.node.clock_skew_s)
     try:
         return open_policy_source(
             node, compile_, holder, center=config.node.center, policy_file=config.node.policy_file,
@@ -100,7 +103,7 @@ class _Parts:
                  pool: UpstreamPool) -> None:
         self.learner: ReflectionLearner | None = None
         self.tunnels: Tunnels | None = None
-        self.state = NodeState()
+        self.state = NodeState(max_sessions=config.node.max_sessions)
         kinds = MethodKinds()
         self.side: Role
         self.exchange: KindExchange

@@ -18,8 +18,11 @@ What does not change: each carried call has its own CALL record (`fastproxy-call
 in the frame's metadata) and sealed messages, and the in-proxy runs exactly the stages of a call
 of its own (the same `ForwardingHandler._unary`, through `CarriedCallContext`): authentication,
 authorization, rate limit, replay check, deadline cap, audit, spans and metrics. The stream
-itself grants nothing: anyone may open one, as anyone may open a call. mTLS between the
-proxies covers it as it covers calls (same credentials).
+itself grants nothing: anyone may open one, as anyone may open a call, and a peer without a
+session gets every carried call refused before any upstream work (as its calls of its own
+would be). Opening a stream asks for nothing more (docs/security.md, "Hardening", says why);
+the limits below bound what one stream can cost. mTLS between the proxies covers it as it
+covers calls (same credentials).
 
 Protocol (`protos/fastproxy/v1/tunnel.proto`): the out-proxy opens `Tunnel/Carry` to one
 in-proxy endpoint, on a connection of its own (bigger message limits: a reply carries a
@@ -30,6 +33,16 @@ metadata, trailers, sealed response), `cancel` (out -> in: the caller gave up, e
 deadline), `goaway` (in -> out: draining; the out-proxy sends no new call there and
 half-closes once its calls are answered). A stream message that is not frames ends that
 stream with INVALID_ARGUMENT.
+
+Limits (what one stream may hold at the in-proxy; the out-proxy keeps to them): at most
+`MAX_PENDING` carried calls in flight, `MAX_FRAMES_PER_MESSAGE` frames and
+`MAX_MESSAGE_BYTES` bytes in one stream message, `MAX_CALL_FRAME_BYTES` in one call frame,
+and a call's metadata within gRPC's own header limit (`MAX_METADATA_BYTES`, counted as gRPC
+counts it). They are checked frame by frame as a message is read, before any call of it
+starts: a peer that breaks one loses its stream (RESOURCE_EXHAUSTED, or INVALID_ARGUMENT for
+a reused call id), and its calls in flight are cancelled. The out-proxy sends a call whose
+metadata or frame would break them on a stream of its own, and puts no more frames in one
+message than allowed, so a well-behaved peer never meets them.
 
 Failures: a broken stream fails its calls in flight with UNAVAILABLE (`TunnelBroken`,
 counted as a transport failure of the endpoint, like a broken connection). While no stream
@@ -66,6 +79,19 @@ MAX_BATCH_BYTES = 256 * 1024
 MAX_PENDING = 1024
 # Bytes waiting for a stream's writer, at most, on either side (the same two effects).
 MAX_QUEUED_BYTES = 8 * 1024 * 1024
+# gRPC's own limit on a call's headers (`grpc.absolute_max_metadata_size`, 16 KiB): a carried
+# call's metadata may not exceed what a call of its own may send, counted as gRPC counts it
+# (name, value and 32 bytes per entry, the method's `:path` included).
+MAX_METADATA_BYTES = 16 * 1024
+METADATA_ENTRY_OVERHEAD = 32
+# The largest call frame an out-proxy sends: a request of MAX_REQUEST_BYTES sealed (record
+# overhead, compression's worst case), its metadata, the frame's own fields.
+MAX_CALL_FRAME_BYTES = MAX_REQUEST_BYTES + MAX_METADATA_BYTES + 4096
+# The largest stream message an out-proxy sends: frames joined up to MAX_BATCH_BYTES, or one
+# larger frame.
+MAX_MESSAGE_BYTES = MAX_BATCH_BYTES + MAX_CALL_FRAME_BYTES
+# Frames in one stream message, at most: a call and its cancel for every call in flight.
+MAX_FRAMES_PER_MESSAGE = 2 * MAX_PENDING
 # The tunnel connection's message limits exceed the proxy's by this: room for a reply's
 # metadata and framing around a response of the largest allowed size.
 FRAME_SLACK_BYTES = 1 << 20
@@ -91,6 +117,99 @@ def metadata_of(entries: Iterable[tpb.MetadataEntry]) -> Metadata:
                   else entry.value.decode("utf-8", "replace")) for entry in entries)
 
 
+def metadata_bytes(method: str, metadata: Iterable[tuple[str, str | bytes]]) -> int:
+    """A call's header size as gRPC counts it against its limit: name, value and 32 bytes a
+    entry, the `:path` that carries the method included."""
+    size = len(":path") + len(method.encode()) + METADATA_ENTRY_OVERHEAD
+    for key, value in metadata:
+        size += len(key) + len(value if isinstance(value, bytes) else value.encode())
+        size += METADATA_ENTRY_OVERHEAD
+    return size
+
+
+class TunnelViolation(Exception):
+    """A stream message breaks the tunnel's framing or limits: the peer loses its stream,
+    ended with `code` and `details`."""
+
+    def __init__(self, code: grpc.StatusCode, details: str) -> None:
+        super().__init__(details)
+        self.code = code
+        self.details = details
+
+
+def _too_much(details: str) -> TunnelViolation:
+    return TunnelViolation(grpc.StatusCode.RESOURCE_EXHAUSTED, details)
+
+
+def _malformed(details: str) -> TunnelViolation:
+    return TunnelViolation(grpc.StatusCode.INVALID_ARGUMENT, f"malformed tunnel frame: {details}")
+
+
+def _varint_at(data: bytes, at: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        if at >= len(data) or shift > 63:
+            raise _malformed("a field is cut short")
+        byte = data[at]
+        at += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, at
+
+
+def frame_count(message: bytes) -> int:
+    """The frames a serialized `TunnelFrames` holds, counted on the wire without parsing it
+    (parsing 100,000 empty frames takes some 11 MiB); stops counting past the limit."""
+    count = at = 0
+    while at < len(message):
+        tag, at = _varint_at(message, at)
+        wire = tag & 0x07
+        if wire == 0:
+            _, at = _varint_at(message, at)
+        elif wire == 1:
+            at += 8
+        elif wire == 2:
+            length, at = _varint_at(message, at)
+            at += length
+        elif wire == 5:
+            at += 4
+        else:
+            raise _malformed(f"wire type {wire}")
+        if tag >> 3 == 1:
+            count += 1
+            if count > MAX_FRAMES_PER_MESSAGE:
+                break
+    return count
+
+
+def frames_of(message: bytes) -> list[tpb.TunnelFrame]:
+    """The frames of one stream message from an out-proxy, each within the tunnel's limits;
+    `TunnelViolation` when the message is not frames or breaks a limit (the calls in flight
+    are the reader's to count)."""
+    if len(message) > MAX_MESSAGE_BYTES:
+        raise _too_much(f"a tunnel message of {len(message)} bytes exceeds the limit of "
+                        f"{MAX_MESSAGE_BYTES}")
+    if frame_count(message) > MAX_FRAMES_PER_MESSAGE:
+        raise _too_much(f"a tunnel message holds more than {MAX_FRAMES_PER_MESSAGE} frames")
+    try:
+        frames = list(tpb.TunnelFrames.FromString(message).frames)
+    except DecodeError as exc:
+        raise _malformed(str(exc)) from None
+    for frame in frames:
+        if frame.WhichOneof("body") != "call":
+            continue
+        if frame.ByteSize() > MAX_CALL_FRAME_BYTES:
+            raise _too_much(f"a carried call of {frame.ByteSize()} bytes exceeds the limit "
+                            f"of {MAX_CALL_FRAME_BYTES}")
+        size = metadata_bytes(frame.call.method,
+                              ((entry.key, entry.value) for entry in frame.call.metadata))
+        if size > MAX_METADATA_BYTES:
+            raise _too_much(f"a carried call's metadata of {size} bytes exceeds gRPC's limit "
+                            f"of {MAX_METADATA_BYTES}")
+    return frames
+
+
 def encoded_frame(frame: tpb.TunnelFrame) -> bytes:
     """One frame as a serialized `TunnelFrames`: concatenated, such messages parse as one
     `TunnelFrames` holding all their frames (protobuf merges repeated fields), so a batch is
@@ -100,7 +219,8 @@ def encoded_frame(frame: tpb.TunnelFrame) -> bytes:
 
 
 class Outbox:
-    """Frames waiting for the stream's writer; `next_batch` joins every frame ready."""
+    """Frames waiting for the stream's writer (one frame a chunk); `next_batch` joins every
+    frame ready, up to MAX_BATCH_BYTES and MAX_FRAMES_PER_MESSAGE."""
 
     __slots__ = ("_chunks", "_closed", "_ready", "size")
 
@@ -127,12 +247,14 @@ class Outbox:
             self._ready.clear()
             await self._ready.wait()
         chunks = self._chunks
-        if len(chunks) == 1 or self.size <= MAX_BATCH_BYTES:
+        if len(chunks) == 1 or (self.size <= MAX_BATCH_BYTES
+                                and len(chunks) <= MAX_FRAMES_PER_MESSAGE):
             self._chunks = []
             self.size = 0
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
         size = taken = 0
-        while taken < len(chunks) and (taken == 0 or size + len(chunks[taken]) <= MAX_BATCH_BYTES):
+        while taken < min(len(chunks), MAX_FRAMES_PER_MESSAGE) and (
+                taken == 0 or size + len(chunks[taken]) <= MAX_BATCH_BYTES):
             size += len(chunks[taken])
             taken += 1
         self._chunks = chunks[taken:]
@@ -211,14 +333,16 @@ class _Session:
         self._reading = True
         self._room = asyncio.Event()  # set while the stream may start more calls
         self._room.set()
-        self.malformed: str | None = None
+        self.violation: TunnelViolation | None = None
 
     async def read(self, requests: AsyncIterator[bytes]) -> None:
         try:
             await self._read(requests)
-        except DecodeError as exc:
-            # A peer that sends what is not a frame loses its stream (and only it).
-            self.malformed = f"malformed tunnel frame: {exc}"
+        except TunnelViolation as exc:
+            # A peer that sends what is not frames, or more than a stream may hold, loses its
+            # stream (and only it): its calls in flight are cancelled.
+            _log.warning("tunnel from %s ended: %s", self._peer, exc.details)
+            self.violation = exc
             self.stop()
         except (grpc.RpcError, asyncio.InvalidStateError) as exc:
             _log.debug("tunnel from %s: read ended: %s", self._peer, exc)
@@ -228,9 +352,12 @@ class _Session:
 
     async def _read(self, requests: AsyncIterator[bytes]) -> None:
         async for message in requests:
-            for frame in tpb.TunnelFrames.FromString(message).frames:
+            for frame in frames_of(message):
                 body = frame.WhichOneof("body")
                 if body == "call":
+                    if len(self.calls) >= MAX_PENDING:
+                        raise _too_much(f"more than {MAX_PENDING} carried calls in flight "
+                                        "on one stream")
                     self._start(frame.id, frame.call)
                 elif body == "cancel":
                     task = self.calls.pop(frame.id, None)
@@ -253,8 +380,8 @@ class _Session:
 
     def _start(self, call_id: int, call: tpb.TunnelCall) -> None:
         if call_id in self.calls:
-            _log.warning("tunnel from %s: call id %d reused; ignored", self._peer, call_id)
-            return
+            raise TunnelViolation(grpc.StatusCode.INVALID_ARGUMENT,
+                                  f"call id {call_id} reused while its call is in flight")
         context = CarriedCallContext(call, self._peer, time.monotonic())
         self.calls[call_id] = asyncio.ensure_future(
             self._serve_one(call_id, call.method, call.message, context))
@@ -332,8 +459,8 @@ class TunnelService(grpc.GenericRpcHandler):
             while (batch := await session.outbox.next_batch()) is not None:
                 session.check_room()
                 yield batch
-            if session.malformed is not None:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, session.malformed)
+            if session.violation is not None:
+                await context.abort(session.violation.code, session.violation.details)
         finally:
             self._sessions.discard(session)
             reader.cancel()
@@ -458,14 +585,19 @@ class TunnelLink:
             return None
         if len(self._pending) >= MAX_PENDING or self._outbox.size >= MAX_QUEUED_BYTES:
             return None
+        if metadata_bytes(method, metadata) > MAX_METADATA_BYTES:
+            return None  # a call of its own, where gRPC's own limit decides
+        frame = encoded_frame(tpb.TunnelFrame(id=self._next_id, call=tpb.TunnelCall(
+            method=method, metadata=metadata_entries(metadata),
+            timeout_us=0 if timeout is None else max(int(timeout * 1e6), 1),
+            message=message)))
+        if len(frame) > MAX_CALL_FRAME_BYTES:
+            return None
         call_id = self._next_id
         self._next_id += 1
         carried = TunnelCall(self, call_id, timeout, asyncio.get_running_loop())
         self._pending[call_id] = carried
-        self._outbox.put(encoded_frame(tpb.TunnelFrame(id=call_id, call=tpb.TunnelCall(
-            method=method, metadata=metadata_entries(metadata),
-            timeout_us=0 if timeout is None else max(int(timeout * 1e6), 1),
-            message=message))))
+        self._outbox.put(frame)
         return carried
 
     def forget(self, call_id: int) -> TunnelCall | None:

@@ -34,7 +34,8 @@ def _embedded_policy(config: ServerConfig) -> EmbeddedPolicy | None:
             service=node.service, center=node.center, policy_file=node.policy_file,
             node_id=node.node_id, credentials=node.center_credentials,
             advertise=node.advertise if node.center else "", cache_dir=node.cache_dir,
-            pinned_key=node.center_public_key, max_message_bytes=node.max_message_bytes)
+            pinned_key=node.center_public_key, max_message_bytes=node.max_message_bytes,
+            clock_skew_s=node.clock_skew_s, max_sessions=node.max_sessions)
     except PolicySourceError as exc:
         raise StartupError(str(exc)) from None
 

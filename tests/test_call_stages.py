@@ -18,6 +18,7 @@ from support.core_policies import (
     refused,
 )
 
+from fastproxy.pipeline.handshake import CLOCK_AHEAD_S
 from fastproxy.pipeline.metadata import CALL_KEY
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline.reasons import FastProxyError, Reason
@@ -170,8 +171,9 @@ def test_a_call_outside_the_clock_window_is_refused(skew: float) -> None:
     assert "too old or too far ahead" in error.detail
 
 
-@pytest.mark.parametrize("skew", [-29.0, 29.0])
+@pytest.mark.parametrize("skew", [-(CLOCK_AHEAD_S - 1), 29.0])
 def test_a_call_inside_the_clock_window_is_admitted(skew: float) -> None:
+    """At most 30 s old, and at most `CLOCK_AHEAD_S` ahead of the callee's clock."""
     caller, callee = Setup().pair()
     state = NodeState()
     session = open_session(caller, callee, state)

@@ -56,10 +56,12 @@ def test_a_call_never_admitted_is_refused_after_a_restart_as_an_unknown_session(
 
 
 def test_a_replayed_hello_opens_a_session_whose_calls_the_replayer_cannot_make() -> None:
+    """Replayed to another instance (the one that answered it refuses it while it holds the
+    session it opened: `test_lockout.py`)."""
     caller, callee = Setup().pair()
     state = NodeState()
     handshake = caller.caller.handshake(caller.route(METHOD), T0)
-    callee.accept(handshake.request, T0, state)
+    callee.accept(handshake.request, T0, NodeState())
     replayed = spb.ServerHello.FromString(spb.SignedHello.FromString(
         callee.accept(handshake.request, T0 + 1, state)).hello)
     destination = caller.route(METHOD)

@@ -22,6 +22,7 @@ from fastproxy.node.credentials import (
     CredentialError,
     check_center_connection,
 )
+from fastproxy.pipeline.handshake import CLOCK_AHEAD_S, MAX_SESSIONS
 from fastproxy.pipeline.stages import DEFAULT_MAX_MESSAGE_BYTES
 from fastproxy.policy.signing import parse_center_public_key
 from fastproxy.telemetry.logs import add_logging_flags, add_metrics_flag
@@ -46,6 +47,8 @@ class NodeFlags:
     log_format: str
     metrics_port: int | None
     policy_poll_s: float
+    clock_skew_s: float = CLOCK_AHEAD_S
+    max_sessions: int = MAX_SESSIONS
 
 
 def add_node_flags(parser: OneLineArgumentParser, *, service_help: str,
@@ -77,6 +80,14 @@ def add_node_flags(parser: OneLineArgumentParser, *, service_help: str,
                         help="CA that verifies the Center (and, for proxies, peer proxies)")
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message in either direction (default 64 MiB)")
+    parser.add_argument("--clock-skew", type=float, default=CLOCK_AHEAD_S, metavar="SECONDS",
+                        help="how far ahead of this node's clock a caller's handshake or "
+                             f"call may be stamped (default {CLOCK_AHEAD_S:g}); either may "
+                             "be 30 s old")
+    parser.add_argument("--max-sessions", type=int, default=MAX_SESSIONS, metavar="N",
+                        help="sessions with callers this node keeps (default "
+                             f"{MAX_SESSIONS:,}); when full, the least recently used one of "
+                             "the caller holding the most is forgotten")
     parser.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                         help="on SIGTERM/SIGINT, how long in-flight calls may finish")
     add_logging_flags(parser)
@@ -97,6 +108,10 @@ def _check(prog: str, args: argparse.Namespace) -> None:
         fail(prog, "--max-message-bytes must be at least 1024")
     if not args.grace >= 0:
         fail(prog, "--grace must be zero or more seconds")
+    if not 0 <= args.clock_skew <= 30:
+        fail(prog, "--clock-skew must be between 0 and 30 seconds")
+    if args.max_sessions < 1:
+        fail(prog, "--max-sessions must be at least 1")
     if args.metrics_port is not None and not 0 < args.metrics_port < 65536:
         fail(prog, "--metrics-port must be between 1 and 65535")
 
@@ -145,4 +160,6 @@ def node_flags(prog: str, args: argparse.Namespace, role_name: str) -> NodeFlags
         log_format=args.log_format,
         metrics_port=args.metrics_port,
         policy_poll_s=args.policy_poll,
+        clock_skew_s=args.clock_skew,
+        max_sessions=args.max_sessions,
     )

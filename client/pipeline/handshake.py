@@ -33,7 +33,11 @@ SESSION_LIFETIME_S = 600
 SESSION_MAX_CALLS = 1 << 32
 REKEY_AT = 0.8  # a caller opens its next session after this share of the lifetime
 USE_UNTIL = 0.95  # and starts no call in it after this share (time left to reach the callee)
-HELLO_SKEW_S = 30.0
+HELLO_SKEW_S = 30.0  # how old a hello may be
+# How far ahead of the callee's clock a hello or a call may be stamped (`--clock-skew`): a
+# few seconds of clock difference, no more, so a stamp is never good for longer than
+# HELLO_SKEW_S and this after it was made.
+CLOCK_AHEAD_S = 5.0
 CALL_WINDOW = 4096  # call numbers a callee still accepts below the highest it has seen
 MAX_SESSIONS = 10_000
 NO_PSK = bytes(32)
@@ -204,12 +208,14 @@ class CallWindow:
 class CalleeSession:
     """A session as the callee holds it (in memory only)."""
 
-    __slots__ = ("caller", "clear", "expires_at", "identity_key", "max_calls", "psk_id",
-                 "request", "response", "session_id", "window")
+    __slots__ = ("caller", "clear", "expires_at", "hello_digest", "identity_key", "max_calls",
+                 "psk_id", "request", "response", "session_id", "window")
 
     def __init__(self, *, session_id: bytes, caller: str, identity_key: str, psk_id: str,
-                 secrets: SessionSecrets, suite: int, expires_at: float, max_calls: int) -> None:
+                 secrets: SessionSecrets, suite: int, expires_at: float, max_calls: int,
+                 hello_digest: bytes = b"") -> None:
         self.session_id = session_id
+        self.hello_digest = hello_digest  # of the signed client hello that opened it
         self.caller = caller
         self.identity_key = identity_key
         self.psk_id = psk_id
@@ -233,6 +239,7 @@ class HelloPolicy:
     lifetime_s: int = SESSION_LIFETIME_S
     max_calls: int = SESSION_MAX_CALLS
     skew_s: float = HELLO_SKEW_S
+    ahead_s: float = CLOCK_AHEAD_S
 
 
 def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
@@ -256,7 +263,7 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
         # One answer for an unknown caller, an unknown key and a bad signature: a client
         # learns nothing of who is allowed.
         raise _refused("the hello is not signed by a caller this service knows")
-    if abs(hello.timestamp_ms / 1000 - now) > policy.skew_s:
+    if not stamped_within(hello.timestamp_ms, now, policy.skew_s, policy.ahead_s):
         raise _refused("the hello is too old or too far ahead")
     if hello.suite != policy.suite:
         raise _refused("the hello names another AEAD suite")
@@ -265,10 +272,11 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
     ephemeral = ephemeral or Ephemeral()
     shared = ephemeral.exchange(hello.ephemeral)
     session_id = random(SESSION_ID_BYTES)
+    hello_digest = hashlib.sha256(request).digest()
     answer_hello = spb.ServerHello(
         version=PROTOCOL_VERSION, session_id=session_id, ephemeral=ephemeral.public,
         identity_key=policy.signer.key_id, lifetime_s=policy.lifetime_s,
-        max_calls=policy.max_calls, client_hello_digest=hashlib.sha256(request).digest(),
+        max_calls=policy.max_calls, client_hello_digest=hello_digest,
     ).SerializeToString()
     answer = spb.SignedHello(
         hello=answer_hello,
@@ -278,27 +286,70 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
     session = CalleeSession(session_id=session_id, caller=hello.caller,
                             identity_key=hello.identity_key, psk_id=hello.psk, secrets=secrets,
                             suite=policy.suite, expires_at=now + policy.lifetime_s,
-                            max_calls=policy.max_calls)
+                            max_calls=policy.max_calls, hello_digest=hello_digest)
     return answer, session
 
 
+def stamped_within(timestamp_ms: int, now: float, max_age_s: float, max_ahead_s: float) -> bool:
+    """Whether a stamp (milliseconds since the epoch) is at most `max_age_s` old and at most
+    `max_ahead_s` ahead of `now`."""
+    age = now - timestamp_ms / 1000
+    return -max_ahead_s <= age <= max_age_s
+
+
 class CalleeSessions:
-    """The sessions one callee process holds, least recently used forgotten first. Locked:
-    the thread pools of a sync gRPC server use it too."""
+    """The sessions one callee process holds, at most `max_sessions`. Locked: the thread
+    pools of a sync gRPC server use it too.
+
+    Sessions are kept per caller, so that no caller can push out another's: when full, the
+    least recently used session of the caller holding the most is forgotten (a caller that
+    floods handshakes loses its own sessions first). A hello that opened a session still held
+    is refused when it comes again (`add`): a replayed hello opens no second session."""
 
     def __init__(self, max_sessions: int = MAX_SESSIONS) -> None:
-        self._sessions: OrderedDict[bytes, CalleeSession] = OrderedDict()
+        self._sessions: dict[bytes, CalleeSession] = {}
+        self._by_caller: dict[str, OrderedDict[bytes, CalleeSession]] = {}
+        self._hellos: dict[bytes, bytes] = {}  # hello digest -> the session it opened
         self._max = max_sessions
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def held_by(self, caller: str) -> int:
+        return len(self._by_caller.get(caller, ()))
+
     def add(self, session: CalleeSession) -> None:
+        """Keeps `session`; UNAUTHENTICATED when its hello already opened a session held
+        here (a replay: the caller made a new hello for each handshake)."""
         with self._lock:
+            if session.hello_digest and session.hello_digest in self._hellos:
+                raise _refused("the hello was answered before (replayed)")
             self._sessions[session.session_id] = session
+            self._by_caller.setdefault(session.caller, OrderedDict())[
+                session.session_id] = session
+            if session.hello_digest:
+                self._hellos[session.hello_digest] = session.session_id
             while len(self._sessions) > self._max:
-                self._sessions.popitem(last=False)
+                self._drop(self._largest_holder(session.caller))
+
+    def _largest_holder(self, newcomer: str) -> str:
+        """The caller holding the most sessions (the newcomer's caller among equals)."""
+        return max(self._by_caller, key=lambda caller: (len(self._by_caller[caller]),
+                                                        caller == newcomer))
+
+    def _drop(self, caller: str, session_id: bytes | None = None) -> None:
+        """Forgets `session_id` of `caller` (its least recently used when None)."""
+        held = self._by_caller[caller]
+        if session_id is None:
+            session_id, session = held.popitem(last=False)
+        else:
+            session = held.pop(session_id)
+        if not held:
+            del self._by_caller[caller]
+        del self._sessions[session_id]
+        if self._hellos.get(session.hello_digest) == session_id:
+            del self._hellos[session.hello_digest]
 
     def find(self, session_id: bytes, now: float) -> CalleeSession | None:
         """The live session of that id (an expired one is forgotten here)."""
@@ -307,9 +358,9 @@ class CalleeSessions:
             if session is None:
                 return None
             if now >= session.expires_at:
-                del self._sessions[session_id]
+                self._drop(session.caller, session_id)
                 return None
-            self._sessions.move_to_end(session_id)
+            self._by_caller[session.caller].move_to_end(session_id)
             return session
 
     def take_call(self, session: CalleeSession, number: int) -> bool:
@@ -321,4 +372,6 @@ class CalleeSessions:
 
     def forget(self, session_id: bytes) -> None:
         with self._lock:
-            self._sessions.pop(session_id, None)
+            session = self._sessions.get(session_id)
+            if session is not None:
+                self._drop(session.caller, session_id)

@@ -18,7 +18,13 @@ from dataclasses import dataclass
 
 from fastproxy.pipeline.authz import AllowList, CompiledAllowRule, MethodMatcher, rule_path
 from fastproxy.pipeline.compression import Compressor
-from fastproxy.pipeline.handshake import CalleeSessions, CallerSession, HelloPolicy
+from fastproxy.pipeline.handshake import (
+    CLOCK_AHEAD_S,
+    MAX_SESSIONS,
+    CalleeSessions,
+    CallerSession,
+    HelloPolicy,
+)
 from fastproxy.pipeline.keys import Signer, Verifier
 from fastproxy.pipeline.metadata import SECRET_KEYS, Metadata
 from fastproxy.pipeline.ratelimit import TokenBucket
@@ -55,9 +61,10 @@ class NodeState:
     synchronous gRPC servers alike; a lock is held for a few dict operations.
     """
 
-    def __init__(self, clock_window_s: float = DEFAULT_CLOCK_WINDOW_S) -> None:
+    def __init__(self, clock_window_s: float = DEFAULT_CLOCK_WINDOW_S,
+                 max_sessions: int = MAX_SESSIONS) -> None:
         self.clock_window_s = clock_window_s
-        self.sessions = CalleeSessions()
+        self.sessions = CalleeSessions(max_sessions)
         self._buckets: dict[tuple[object, ...], TokenBucket] = {}
         self._lock = threading.Lock()
 
@@ -109,8 +116,11 @@ class NodePolicy:
     @classmethod
     def from_snapshot(cls, snapshot: pb.PolicySnapshot, *,
                       max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
-                      clock_window_s: float = DEFAULT_CLOCK_WINDOW_S) -> NodePolicy:
-        """Compiles a snapshot; `NodePolicyError` names what is inconsistent."""
+                      clock_window_s: float = DEFAULT_CLOCK_WINDOW_S,
+                      clock_ahead_s: float = CLOCK_AHEAD_S) -> NodePolicy:
+        """Compiles a snapshot; `NodePolicyError` names what is inconsistent. A callee
+        refuses hellos and calls stamped more than `clock_window_s` ago or more than
+        `clock_ahead_s` ahead of its clock."""
         if not snapshot.node_service:
             raise NodePolicyError("snapshot names no node service")
         role = snapshot.role
@@ -125,7 +135,7 @@ class NodePolicy:
         callee_side: CalleeSide | None = None
         if role == pb.ROLE_IN:
             callee_side = _compile_callee(me, services, keys, max_message_bytes,
-                                          clock_window_s, snapshot.revision)
+                                          clock_window_s, clock_ahead_s, snapshot.revision)
         elif role in (pb.ROLE_OUT, pb.ROLE_CLIENT):
             caller_side = _compile_caller(me, services, keys, max_message_bytes,
                                           clock_window_s, snapshot)
@@ -342,21 +352,22 @@ def _compile_caller(me: str, services: dict[str, pb.Service], keys: _Keys,
 
 
 def _compile_callee(me: str, services: dict[str, pb.Service], keys: _Keys,
-                    max_message_bytes: int, window_s: float, revision: int) -> CalleeSide:
+                    max_message_bytes: int, window_s: float, ahead_s: float,
+                    revision: int) -> CalleeSide:
     own = services.get(me)
     if own is None:  # a service no rule concerns: every caller is unknown, hence refused
         return CalleeSide(me, {}, AllowList((), me), 0, max_message_bytes, None,
-                          window_s=window_s, revision=revision)
+                          window_s=window_s, ahead_s=ahead_s, revision=revision)
     allow = AllowList(tuple(_compile_rule(me, i, rule) for i, rule in enumerate(own.allow)),
                       me, own.audit)
     callers = {service.name: _verifiers(service, keys, me) for service in services.values()
                if service.HasField("identity") and service.identity.key}
     suite, _, _, accepted = _encryption(own, keys)
     hello = HelloPolicy(service=me, signer=_signer(own, keys), callers=callers, suite=suite,
-                        psks=accepted)
+                        psks=accepted, skew_s=window_s, ahead_s=ahead_s)
     return CalleeSide(me, callers, allow, own.timeout_ms, max_message_bytes, hello,
                       compressor=_compressor(own), secret_keys=_secret_keys(own),
-                      window_s=window_s, revision=revision)
+                      window_s=window_s, ahead_s=ahead_s, revision=revision)
 
 
 def _compile_rule(service: str, index: int, rule: pb.AllowRule) -> CompiledAllowRule:

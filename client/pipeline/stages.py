@@ -28,11 +28,13 @@ from google.protobuf.message import DecodeError
 from fastproxy.pipeline.authz import NO_RULE, AllowList, CompiledAllowRule
 from fastproxy.pipeline.compression import Compressor
 from fastproxy.pipeline.handshake import (
+    CLOCK_AHEAD_S,
     CalleeSession,
     CallerHandshake,
     CallerSession,
     HelloPolicy,
     accept_hello,
+    stamped_within,
 )
 from fastproxy.pipeline.keys import Ephemeral, Signer, Verifier, nonce
 from fastproxy.pipeline.metadata import (
@@ -299,7 +301,8 @@ class CalleeSide:
     hello: HelloPolicy | None  # None: no identity of its own, so no session is opened
     compressor: Compressor | None = None
     secret_keys: frozenset[str] = SECRET_KEYS  # and the service's own
-    window_s: float = DEFAULT_CLOCK_WINDOW_S
+    window_s: float = DEFAULT_CLOCK_WINDOW_S  # how old a call may be
+    ahead_s: float = CLOCK_AHEAD_S  # how far ahead of our clock a call may be stamped
     revision: int = 0
 
     def accept(self, request: bytes, now: float, state: NodeState, *,
@@ -383,7 +386,7 @@ class OpenCall:
         if head.method != call.method:
             raise FastProxyError(Reason.UNAUTHENTICATED,
                                  "the call header was sealed for another method")
-        if abs(head.timestamp_ms / 1000 - call.now) > side.window_s:
+        if not stamped_within(head.timestamp_ms, call.now, side.window_s, side.ahead_s):
             raise FastProxyError(Reason.UNAUTHENTICATED, "the call is too old or too far ahead")
         _check_digest(inbound.wire_metadata, side.secret_keys, head.metadata_digest,
                       "request metadata")

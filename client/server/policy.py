@@ -13,6 +13,7 @@ from fastproxy.node.credentials import CenterCredentials
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicyThread, open_policy_source
 from fastproxy.node.watch import NodeIdentity
+from fastproxy.pipeline.handshake import CLOCK_AHEAD_S, MAX_SESSIONS
 from fastproxy.pipeline.metadata import HELLO_KEY, Metadata, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline.reasons import FastProxyError
@@ -30,7 +31,8 @@ class EmbeddedPolicy:
 
     With `center`, the node watches the Center and, if `advertise` is set, registers that
     address as an endpoint of `service`; with `policy_file` it runs from the YAML file (a bad
-    file raises `fastproxy.node.source.PolicySourceError` here).
+    file raises `fastproxy.node.source.PolicySourceError` here). `clock_skew_s` and
+    `max_sessions` are the in-proxy's `--clock-skew` and `--max-sessions`.
     """
 
     def __init__(self, *, service: str, center: str | None = None,
@@ -40,7 +42,9 @@ class EmbeddedPolicy:
                  cache_dir: str | None = None,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  open_method_prefixes: Sequence[str] = DEFAULT_OPEN_METHOD_PREFIXES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 clock_skew_s: float = CLOCK_AHEAD_S,
+                 max_sessions: int = MAX_SESSIONS) -> None:
         if credentials is None:
             credentials = CenterCredentials(token=token or "")
         elif token:
@@ -50,12 +54,13 @@ class EmbeddedPolicy:
             node_id or f"{service}-server-{socket.gethostname()}-{os.getpid()}",
             pb.ROLE_IN, service, advertise=advertise)
         self.holder: PolicyHolder[NodePolicy] = PolicyHolder()
-        self.state = NodeState()
+        self.state = NodeState(max_sessions=max_sessions)
         self._clock = clock
         self._open_prefixes = tuple(open_method_prefixes)
 
         def compile_snapshot(snapshot: pb.PolicySnapshot) -> NodePolicy:
-            return NodePolicy.from_snapshot(snapshot, max_message_bytes=max_message_bytes)
+            return NodePolicy.from_snapshot(snapshot, max_message_bytes=max_message_bytes,
+                                            clock_ahead_s=clock_skew_s)
 
         source = open_policy_source(self.node, compile_snapshot, self.holder, center=center,
                                     policy_file=policy_file, credentials=credentials,
