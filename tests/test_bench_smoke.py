@@ -3,10 +3,11 @@ processes, checks every reply and measures each setup (direct, sealed, sealed wi
 tunnel, sealed in front of an upstream without server reflection, the SDK in embedded mode
 straight to an in-proxy, proxyless (the embedded SDK calling an app with the embedded server's
 interceptors, no proxy process), the sealed chain with telemetry at the default 1% sampling,
-and nginx when installed), reports a bare grpc.aio server's RSS next to the proxies', and its h2load check refuses a run whose
-replies are not all echoes (h2load counts a gRPC error inside HTTP 200 as a success). A
-partial run merged into an earlier JSON file replaces only its own setups. The report pairs
-sealed with sealed-no-tunnel and observed-sampled with sealed within each run.
+and nginx when installed), reports a bare grpc.aio server's RSS next to the proxies', and
+its h2load check refuses a run whose replies are not all echoes (h2load counts a gRPC
+error inside HTTP 200 as a success). A partial run merged into an earlier JSON file replaces
+only its own setups. The report pairs sealed with sealed-no-tunnel and observed-sampled with
+sealed within each run.
 `bench/watch_fanout.py --replicas` runs Center replicas on an etcd it starts."""
 
 from __future__ import annotations

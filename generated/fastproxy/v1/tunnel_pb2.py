@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61stproxy/v1/tunnel.proto\x12\x0c\x66\x61stproxy.v1\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"p\n\nTunnelCall\x12\x0e\n\x06method\x18\x01 \x01(\t\x12-\n\x08metadata\x18\x02 \x03(\x0b\x32\x1b.fastproxy.v1.MetadataEntry\x12\x12\n\ntimeout_us\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\x0c\"\xac\x01\n\x0bTunnelReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x35\n\x10initial_metadata\x18\x03 \x03(\x0b\x32\x1b.fastproxy.v1.MetadataEntry\x12\x36\n\x11trailing_metadata\x18\x04 \x03(\x0b\x32\x1b.fastproxy.v1.MetadataEntry\x12\x0f\n\x07message\x18\x05 \x01(\x0c\"\x9b\x01\n\x0bTunnelFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12(\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x18.fastproxy.v1.TunnelCallH\x00\x12*\n\x05reply\x18\x03 \x01(\x0b\x32\x19.fastproxy.v1.TunnelReplyH\x00\x12\x10\n\x06\x63\x61ncel\x18\x04 \x01(\x08H\x00\x12\x10\n\x06goaway\x18\x05 \x01(\x08H\x00\x42\x06\n\x04\x62ody\"9\n\x0cTunnelFrames\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.fastproxy.v1.TunnelFrame2M\n\x06Tunnel\x12\x43\n\x05\x43\x61rry\x12\x1a.fastproxy.v1.TunnelFrames\x1a\x1a.fastproxy.v1.TunnelFrames(\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19\x66\x61stproxy/v1/tunnel.proto\x12\x0c\x66\x61stproxy.v1\"+\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"\x82\x01\n\nTunnelCall\x12\x0e\n\x06method\x18\x01 \x01(\t\x12-\n\x08metadata\x18\x02 \x03(\x0b\x32\x1b.fastproxy.v1.MetadataEntry\x12\x12\n\ntimeout_us\x18\x03 \x01(\x04\x12\x0f\n\x07message\x18\x04 \x01(\x0c\x12\x10\n\x08\x61ny_kind\x18\x05 \x01(\x08\"X\n\x0eTunnelResponse\x12\x0f\n\x07message\x18\x01 \x01(\x0c\x12\x35\n\x10initial_metadata\x18\x02 \x03(\x0b\x32\x1b.fastproxy.v1.MetadataEntry\"\xbd\x01\n\x0bTunnelReply\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x0f\n\x07\x64\x65tails\x18\x02 \x01(\t\x12\x35\n\x10initial_metadata\x18\x03 \x03(\x0b\x32\x1b.fastproxy.v1.MetadataEntry\x12\x36\n\x11trailing_metadata\x18\x04 \x03(\x0b\x32\x1b.fastproxy.v1.MetadataEntry\x12\x14\n\x07message\x18\x05 \x01(\x0cH\x00\x88\x01\x01\x42\n\n\x08_message\"\xdc\x01\n\x0bTunnelFrame\x12\n\n\x02id\x18\x01 \x01(\x04\x12(\n\x04\x63\x61ll\x18\x02 \x01(\x0b\x32\x18.fastproxy.v1.TunnelCallH\x00\x12*\n\x05reply\x18\x03 \x01(\x0b\x32\x19.fastproxy.v1.TunnelReplyH\x00\x12\x10\n\x06\x63\x61ncel\x18\x04 \x01(\x08H\x00\x12\x10\n\x06goaway\x18\x05 \x01(\x08H\x00\x12\x30\n\x08response\x18\x06 \x01(\x0b\x32\x1c.fastproxy.v1.TunnelResponseH\x00\x12\r\n\x03\x61\x63k\x18\x07 \x01(\x08H\x00\x42\x06\n\x04\x62ody\"9\n\x0cTunnelFrames\x12)\n\x06\x66rames\x18\x01 \x03(\x0b\x32\x19.fastproxy.v1.TunnelFrame2M\n\x06Tunnel\x12\x43\n\x05\x43\x61rry\x12\x1a.fastproxy.v1.TunnelFrames\x1a\x1a.fastproxy.v1.TunnelFrames(\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,14 +33,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_METADATAENTRY']._serialized_start=43
   _globals['_METADATAENTRY']._serialized_end=86
-  _globals['_TUNNELCALL']._serialized_start=88
-  _globals['_TUNNELCALL']._serialized_end=200
-  _globals['_TUNNELREPLY']._serialized_start=203
-  _globals['_TUNNELREPLY']._serialized_end=375
-  _globals['_TUNNELFRAME']._serialized_start=378
-  _globals['_TUNNELFRAME']._serialized_end=533
-  _globals['_TUNNELFRAMES']._serialized_start=535
-  _globals['_TUNNELFRAMES']._serialized_end=592
-  _globals['_TUNNEL']._serialized_start=594
-  _globals['_TUNNEL']._serialized_end=671
+  _globals['_TUNNELCALL']._serialized_start=89
+  _globals['_TUNNELCALL']._serialized_end=219
+  _globals['_TUNNELRESPONSE']._serialized_start=221
+  _globals['_TUNNELRESPONSE']._serialized_end=309
+  _globals['_TUNNELREPLY']._serialized_start=312
+  _globals['_TUNNELREPLY']._serialized_end=501
+  _globals['_TUNNELFRAME']._serialized_start=504
+  _globals['_TUNNELFRAME']._serialized_end=724
+  _globals['_TUNNELFRAMES']._serialized_start=726
+  _globals['_TUNNELFRAMES']._serialized_end=783
+  _globals['_TUNNEL']._serialized_start=785
+  _globals['_TUNNEL']._serialized_end=862
 # @@protoc_insertion_point(module_scope)
