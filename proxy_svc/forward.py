@@ -72,13 +72,6 @@ _DEADLINE_NEAR_S = 0.05
 EOF_WAIT_S = 0.005
 
 
-async def _next_or_none(requests: AsyncIterator[bytes]) -> bytes | None:
-    try:
-        return await requests.__anext__()
-    except StopAsyncIteration:
-        return None
-
-
 async def _no_requests() -> AsyncIterator[bytes]:
     return
     yield b""  # pragma: no cover - makes this an (empty) async generator
@@ -352,32 +345,34 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             record.code = grpc.StatusCode.OK
         return answer
 
-    async def _peek(self, method: str, requests: AsyncIterator[bytes]
+    async def _peek(self, method: str, requests: AsyncIterator[bytes],
+                    context: grpc.aio.ServicerContext
                     ) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
         """The call's first request, with None when the client half-closed right after it
-        (the single-request path), else the requests to forward (the first one again)."""
-        iterator = requests.__aiter__()
-        first = await _next_or_none(iterator)
-        if first is None:
+        (the single-request path), else the requests to forward (the first one again).
+        Reads with `context.read()` (what grpc's request iterator does, one layer less);
+        `requests` goes on from there."""
+        first = await context.read()
+        if first is grpc.aio.EOF:
             return None, _no_requests()
-        second = asyncio.ensure_future(_next_or_none(iterator))
+        second: asyncio.Future[Any] = asyncio.ensure_future(context.read())
         try:
-            if not second.done():
-                await asyncio.wait((second,), timeout=EOF_WAIT_S)
+            await asyncio.wait((second,), timeout=EOF_WAIT_S)
         except asyncio.CancelledError:
             second.cancel()
             raise
-        if second.done() and second.exception() is None and second.result() is None:
+        if second.done() and not second.cancelled() and second.exception() is None \
+                and second.result() is grpc.aio.EOF:
             return first, None
-        return first, self._replay(method, first, second, iterator)
+        return first, self._replay(method, first, second, requests)
 
-    async def _replay(self, method: str, first: bytes, second: asyncio.Future[bytes | None],
+    async def _replay(self, method: str, first: bytes, second: asyncio.Future[Any],
                       rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         """The requests again, from the first; a second one shows the method streams."""
         try:
             yield first
             message = await second
-            if message is None:
+            if message is grpc.aio.EOF:
                 return
             self._exchange.streams(method, "a call sent two requests")
             yield message
@@ -397,7 +392,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         if metadata is None:
             metadata = tuple(context.invocation_metadata() or ())
         if method not in self._exchange.kinds.streaming:
-            first, replay = await self._peek(method, requests)
+            first, replay = await self._peek(method, requests, context)
             if replay is None:
                 assert first is not None
                 if self._seals_final or _final_data(first):
