@@ -26,7 +26,7 @@ class TunnelCall(_message.Message):
     timeout_us: int
     message: bytes
     any_kind: bool
-    def __init__(self, method: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., timeout_us: _Optional[int] = ..., message: _Optional[bytes] = ..., any_kind: _Optional[bool] = ...) -> None: ...
+    def __init__(self, method: _Optional[str] = ..., metadata: _Optional[_Iterable[_Union[MetadataEntry, _Mapping]]] = ..., timeout_us: _Optional[int] = ..., message: _Optional[bytes] = ..., any_kind: bool = ...) -> None: ...
 
 class TunnelResponse(_message.Message):
     __slots__ = ("message", "initial_metadata")
@@ -66,7 +66,7 @@ class TunnelFrame(_message.Message):
     goaway: bool
     response: TunnelResponse
     ack: bool
-    def __init__(self, id: _Optional[int] = ..., call: _Optional[_Union[TunnelCall, _Mapping]] = ..., reply: _Optional[_Union[TunnelReply, _Mapping]] = ..., cancel: _Optional[bool] = ..., goaway: _Optional[bool] = ..., response: _Optional[_Union[TunnelResponse, _Mapping]] = ..., ack: _Optional[bool] = ...) -> None: ...
+    def __init__(self, id: _Optional[int] = ..., call: _Optional[_Union[TunnelCall, _Mapping]] = ..., reply: _Optional[_Union[TunnelReply, _Mapping]] = ..., cancel: bool = ..., goaway: bool = ..., response: _Optional[_Union[TunnelResponse, _Mapping]] = ..., ack: bool = ...) -> None: ...
 
 class TunnelFrames(_message.Message):
     __slots__ = ("frames",)
