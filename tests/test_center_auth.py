@@ -127,7 +127,7 @@ def test_refused_watches_are_logged_with_the_peer_and_the_reason_never_the_token
     log = center.log()
     assert "watch refused from ipv4:127.0.0.1:" in log
     assert ": unknown token" in log
-    assert ": no credential (no bearer token, no client certificate)" in log
+    assert ": no bearer token and no client certificate" in log
     assert "a-guessed-token" not in log
 
 

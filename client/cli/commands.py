@@ -26,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-# gRPC's C core prints a failed TLS handshake to stderr itself, a second line beside ours. It
-# reads its verbosity once, when grpc is first imported, so this must come before that import
-# (and `fastproxy/__init__.py` must not import grpc for it to take effect).
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# gRPC's C core prints a failed TLS handshake to stderr itself (at error level), lines beside
+# our one. It reads its verbosity once, when grpc is first imported, so this must come before
+# that import (and `fastproxy/__init__.py` must not import grpc for it to take effect).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc
 
@@ -40,6 +40,7 @@ from fastproxy.node.credentials import (
     CenterCredentials,
     CredentialError,
     check_center_connection,
+    why_unreachable,
 )
 from fastproxy.policy.keygen import KEY_TYPE_NAMES, generate_key
 from fastproxy.policy.model import KeyType
@@ -197,6 +198,10 @@ def rpc_failure(error: grpc.RpcError, target: CenterTarget) -> CliError:
     details = " ".join(str(error.details() if isinstance(error, grpc.Call) else error).split())
     where = f"the Center at {target.address}"
     if code is grpc.StatusCode.UNAVAILABLE:
+        why = why_unreachable(details, uses_tls=target.uses_tls,
+                              has_certificate=target.tls_cert is not None)
+        if why is not None:
+            return CliError(f"cannot reach {where}: {why.reason} (gRPC: {details})", code=code)
         return CliError(f"cannot reach {where}: {details}", code=code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(f"{where} did not answer within {target.timeout:g} s "
