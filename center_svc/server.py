@@ -113,7 +113,9 @@ async def _start_listener(listener: TlsListener | None, config: CenterConfig) ->
     except OSError as exc:
         raise StartupError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
     log.info("client certificates from --client-ca are asked for, not required: a call "
-             "is authenticated by its bearer token, else by its certificate")
+             "is authenticated by its bearer token, else by its certificate (the gRPC server "
+             "behind the TLS listener is on 127.0.0.1:%d and takes no call but through it)",
+             listener.inner_port)
 
 
 async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,

@@ -7,6 +7,7 @@
     fastproxy policy apply --dry-run FILE        fastproxy policy diff [FILE | --revision N]
     fastproxy keys rotate KEY [--type T] [--resume]
     fastproxy center key [--pem] [-o FILE]
+    fastproxy certs gen DIR [--center HOSTS] [--node S[ROLES]] [--proxy S@HOSTS] ...
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
 its parser with `add_command` (or `add_command_group`), which sets `run` to a function of the
@@ -574,6 +575,12 @@ def add_explain(subparsers: Subparsers) -> None:
     add_explain_command(subparsers, add_command)
 
 
+def add_certs(subparsers: Subparsers) -> None:
+    from fastproxy.cli.certs import add_certs_command
+
+    add_certs_command(subparsers, add_command, add_command_group)
+
+
 def add_demo(subparsers: Subparsers) -> None:
     from fastproxy.demo import add_demo_command
 
@@ -588,6 +595,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_keys_commands,
     add_explain,
     add_health,
+    add_certs,
     add_demo,
 ]
 
