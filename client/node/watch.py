@@ -195,7 +195,8 @@ class CenterWatcher(Generic[T]):
             self._refused(details or exc.code().name)
             return
         why = None
-        if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        # (plaintext: a stream cut as a Center stops would read as a TLS mismatch)
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and self.credentials.uses_tls:
             why = why_unreachable(details, uses_tls=self.credentials.uses_tls,
                                   has_certificate=self.credentials.tls_cert is not None)
         if why is not None and why.refused:
