@@ -139,7 +139,7 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
         ready.set()
     # Watch streams end with UNAVAILABLE at once, so that nodes reconnect elsewhere.
     await serve_until_stopped(stop, server, health_servicer, config.grace_s, log, tasks=tasks,
-                              draining=servicer.close_streams)
+                              draining=servicer.close_streams, telemetry=telemetry)
     store.close()
     log.info("stopped")
 

@@ -103,7 +103,7 @@ async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
         mode = f"embedded as {config.service}, {source}"
     log.info("server listening on %s:%d (%s)", node.listen.rpartition(":")[0], port, mode)
     await serve_until_stopped(stop_on_signals(), server, health_servicer, node.grace_s, log,
-                              tasks=[serving])
+                              tasks=[serving], telemetry=telemetry)
     if policy is not None:
         await asyncio.to_thread(policy.stop)
     log.info("stopped")

@@ -1,0 +1,66 @@
+"""A service's stop is bounded by its `--grace`, whatever its telemetry is doing: the Center,
+a proxy and server_svc, each exporting to an OTLP collector that is down (the exporters
+retry with backoff for up to 10 s a batch), exit 0 within their grace period of SIGTERM,
+and say in their log what was dropped."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from support.dataplane import SERVING, free_address, health_status
+from support.sdk_stack import sdk_policy_yaml
+
+pytestmark = pytest.mark.timeout(60)
+
+GRACE_S = 1.0
+# process exit after the drain: interpreter teardown, on a loaded 2-core machine
+MARGIN_S = 1.5
+
+
+def test_every_service_stops_within_its_grace_while_its_collector_is_down(
+        tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(sdk_policy_yaml("127.0.0.1:9"))
+    env = {**os.environ, "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://{free_address()}",
+           "OTEL_TRACES_SAMPLER": "parentbased_always_on",
+           "OTEL_BSP_SCHEDULE_DELAY": "60000"}  # the spans wait in the batch for the stop
+    commands = {
+        "center_svc": ["--store", "memory://"],
+        "proxy_svc": ["--role", "out", "--service", "chat_service", "--policy", str(policy)],
+        "server_svc": [],
+    }
+    started: dict[str, tuple[subprocess.Popen[bytes], str, Path]] = {}
+    try:
+        for module, flags in commands.items():
+            address = free_address()
+            log = tmp_path / f"{module}.log"
+            with log.open("wb") as out:
+                started[module] = (subprocess.Popen(
+                    [sys.executable, "-m", module, "--listen", address, "--grace",
+                     str(GRACE_S), *flags], env=env, stdout=out, stderr=out), address, log)
+        for proc, address, log in started.values():
+            deadline = time.monotonic() + 20
+            while health_status(address) != SERVING:  # these calls make spans too
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        stopping = time.monotonic()
+        for proc, _, _ in started.values():
+            proc.send_signal(signal.SIGTERM)
+        for module, (proc, _, log) in started.items():
+            code = proc.wait(timeout=GRACE_S + MARGIN_S + 10)
+            took = time.monotonic() - stopping
+            text = log.read_text()
+            assert code == 0, text
+            assert took < GRACE_S + MARGIN_S, f"{module} took {took:.1f} s:\n{text}"
+            assert "the rest is dropped" in text, text
+    finally:
+        for proc, _, _ in started.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
