@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 
 import grpc
@@ -20,7 +21,12 @@ from center_svc.secretbox import PLAINTEXT_BOX, KekBox
 from center_svc.service import CenterServicer
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import PolicyStore, StoreError, StoreOptions, open_store
-from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
+from fastproxy.hosting.service_main import (
+    EXCLUSIVE_PORT,
+    serve_until_stopped,
+    stop_on_signals,
+    why_not_listening,
+)
 from fastproxy.telemetry.setup import TELEMETRY_OFF, Telemetry
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 
@@ -87,11 +93,16 @@ def _listen(server: grpc.aio.Server, config: CenterConfig) -> None:
             root_certificates=config.client_ca,
             require_client_auth=config.client_ca is not None,
         )
-        port = server.add_secure_port(config.listen, credentials)
+        add = functools.partial(server.add_secure_port, config.listen, credentials)
     else:
-        port = server.add_insecure_port(config.listen)
+        add = functools.partial(server.add_insecure_port, config.listen)
+    try:
+        port = add()
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise StartupError(f"cannot listen on {config.listen}")
+        raise StartupError(f"cannot listen on {config.listen}: "
+                           f"{why_not_listening(config.listen)}")
 
 
 async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
@@ -109,7 +120,7 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
     auth = Authenticator(development=config.development, tokens=tokens.load(),
                          client_certificates=config.client_ca is not None)
     servicer = CenterServicer(control, auth, max_stream_age_s=config.watch_max_age_s)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[EXCLUSIVE_PORT])
     center_pb2_grpc.add_CenterServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

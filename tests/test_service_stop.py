@@ -64,3 +64,31 @@ def test_every_service_stops_within_its_grace_while_its_collector_is_down(
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+@pytest.mark.parametrize("module", ["center_svc", "server_svc"])
+def test_a_second_process_on_a_taken_address_does_not_start(tmp_path: Path,
+                                                             module: str) -> None:
+    """grpc lets servers share a port (SO_REUSEPORT) by default: a second Center started by
+    mistake on the same address would take half of the nodes and admins to another store.
+    It stops at once instead, with one line."""
+    address = free_address()
+    flags = ["--store", "memory://"] if module == "center_svc" else []
+    log = tmp_path / "first.log"
+    with log.open("wb") as out:
+        first = subprocess.Popen([sys.executable, "-m", module, "--listen", address, *flags],
+                                 stdout=out, stderr=out)
+    try:
+        deadline = time.monotonic() + 20
+        while health_status(address) != SERVING:
+            assert first.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        second = subprocess.run([sys.executable, "-m", module, "--listen", address, *flags],
+                                capture_output=True, text=True, timeout=30)
+        assert second.returncode == 1, second.stderr
+        assert second.stderr.splitlines()[-1] == (
+            f"{module}: error: cannot listen on {address}: address already in use"), second.stderr
+        assert "Traceback" not in second.stderr
+    finally:
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=20) == 0, log.read_text()

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -25,6 +26,30 @@ from fastproxy.telemetry.setup import (
 
 Main = Coroutine[Any, Any, None]
 LATE_FLUSH_S = 1.0
+# grpc lets a server share its port with another (SO_REUSEPORT, on by default): a second
+# Center or server started by mistake on a taken address would then serve half of the
+# connections. Processes that are one per address take the port alone.
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+
+
+def why_not_listening(address: str) -> str:
+    """Why `address` ("HOST:PORT") cannot be listened on, in the system's words (grpc only
+    says "Failed to bind"): a plain bind of it, which fails the same way."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+    return "grpc could not bind it"
 
 
 def telemetry_for(service_name: str, listen: str,

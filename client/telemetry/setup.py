@@ -105,16 +105,15 @@ class Telemetry:
                 timeout_millis=max(timeout_s, 0.0) * 1000)))
         for stop in stops:
             stop.join(deadline)
+        late = [stop.outcome for stop in stops if not stop.ok]  # before any is cut short
         if stops and stops[0].running and self.span_exporter is not None:
             # Ends its retries (its backoff waits for this) and closes its channel; the
             # provider's shutdown then ends at once, on its own thread.
             self.span_exporter.shutdown()
-        flushed = all(stop.ok for stop in stops)
-        if not flushed:
+        if late:
             log.warning("telemetry: not everything was exported within the %.1f s left to "
-                        "stop; the rest is dropped (%s)", timeout_s,
-                        "; ".join(stop.outcome for stop in stops if not stop.ok))
-        return flushed
+                        "stop; the rest is dropped (%s)", timeout_s, "; ".join(late))
+        return not late
 
 
 class _Stop:
