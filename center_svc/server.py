@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import ssl
 
@@ -22,7 +23,12 @@ from center_svc.service import CenterServicer
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import PolicyStore, StoreError, StoreOptions, open_store
 from center_svc.tls_listener import PassedConnections, TlsListener, server_context
-from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
+from fastproxy.hosting.service_main import (
+    EXCLUSIVE_PORT,
+    serve_until_stopped,
+    stop_on_signals,
+    why_not_listening,
+)
 from fastproxy.telemetry.setup import TELEMETRY_OFF, Telemetry
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 
@@ -86,7 +92,6 @@ def _listen(server: grpc.aio.Server, config: CenterConfig) -> TlsListener | None
     """Binds the gRPC server: on `--listen` itself (plaintext, or gRPC's TLS), or, when the
     Center takes client certificates, on a loopback port behind a TLS listener of ours (which
     asks for a certificate without requiring one; returned, not yet started)."""
-    listener = None
     if config.client_ca and config.tls_files:
         try:
             context = server_context(*config.tls_files, config.client_ca)
@@ -94,15 +99,20 @@ def _listen(server: grpc.aio.Server, config: CenterConfig) -> TlsListener | None
             raise StartupError(f"--tls-cert/--tls-key/--client-ca: cannot be loaded "
                                f"({exc})") from None
         port = server.add_insecure_port("127.0.0.1:0")
-        listener = TlsListener(config.listen, context, port, PassedConnections())
-    elif config.tls_cert and config.tls_key:
+        return TlsListener(config.listen, context, port, PassedConnections())
+    if config.tls_cert and config.tls_key:
         credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)])
-        port = server.add_secure_port(config.listen, credentials)
+        add = functools.partial(server.add_secure_port, config.listen, credentials)
     else:
-        port = server.add_insecure_port(config.listen)
+        add = functools.partial(server.add_insecure_port, config.listen)
+    try:
+        port = add()
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise StartupError(f"cannot listen on {config.listen}")
-    return listener
+        raise StartupError(f"cannot listen on {config.listen}: "
+                           f"{why_not_listening(config.listen)}")
+    return None
 
 
 async def _start_listener(listener: TlsListener | None, config: CenterConfig) -> None:
@@ -130,7 +140,7 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
             raise StartupError(f"--policy {config.policy_file} refused (errors logged above)")
 
     tokens = token_files(config)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=[EXCLUSIVE_PORT])
     listener = _listen(server, config)
     auth = Authenticator(development=config.development, tokens=tokens.load(),
                          passed=listener.passed if listener is not None else None)
@@ -169,7 +179,7 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
             listener.stop_accepting()
 
     await serve_until_stopped(stop, server, health_servicer, config.grace_s, log, tasks=tasks,
-                              draining=draining)
+                              draining=draining, telemetry=telemetry)
     if listener is not None:
         await listener.close()
     store.close()

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 ROLES = (policy_pb2.ROLE_IN, policy_pb2.ROLE_OUT, policy_pb2.ROLE_CLIENT, policy_pb2.ROLE_APP)
 HELLO_TIMEOUT_S = 10.0
+REFUSED_HELLO_WAIT_S = 0.5  # how long a caller refused its credential may take to say hello
 
 
 def revision_info(revision: Revision) -> center_pb2.RevisionInfo:
@@ -259,7 +260,12 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         principal = self.auth.identify(context)
         peer = self.auth.peer(context)
         if isinstance(principal, Refused):
-            log.warning("watch refused from %s: %s", peer, principal.reason)
+            # The node's hello is read first: a refusal sent while the node still writes it
+            # reaches the node as INTERNAL "Internal error from Core" instead of this status
+            # (grpc/grpc#36066). It also names the node in the log line.
+            node = await _hello_node_id(request_iterator)
+            log.warning("watch refused from %s%s: %s", peer, f" (node {node})" if node else "",
+                        principal.reason)
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,
                                 f"no valid node credential: {principal.reason}")
         assert isinstance(principal, Principal)
@@ -394,3 +400,16 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         """Ends every Watch stream with UNAVAILABLE so nodes reconnect (to us or a peer)."""
         self.stopping = True
         self.control.close_streams("center shutting down; reconnect")
+
+
+async def _hello_node_id(requests: AsyncIterator[center_pb2.WatchRequest]) -> str:
+    """The node id of a refused caller's first message, read for at most
+    REFUSED_HELLO_WAIT_S ("" if none came, or it was not a hello)."""
+    try:
+        first = await asyncio.wait_for(anext(requests), REFUSED_HELLO_WAIT_S)
+    except (StopAsyncIteration, TimeoutError, grpc.RpcError):
+        return ""
+    if first.WhichOneof("kind") != "hello":
+        return ""
+    node_id = first.hello.node_id[:128]
+    return node_id if node_id.isprintable() else repr(node_id)  # from a caller not trusted

@@ -187,7 +187,8 @@ async def serve(config: ProxyConfig, telemetry: Telemetry) -> None:
     tasks = [asyncio.create_task(source.run()), asyncio.create_task(serving_once_loaded())]
     await serve_until_stopped(
         stop_on_signals(), server, health_servicer, config.node.grace_s, log, tasks=tasks,
-        draining=tunnel_service.go_away if tunnel_service is not None else None)
+        draining=tunnel_service.go_away if tunnel_service is not None else None,
+        telemetry=telemetry)
     await parts.close()
     await pool.close()
     log.info("stopped")

@@ -287,13 +287,18 @@ class CenterWatcher(Generic[T]):
                 known_revision=self.holder.revision, known_hash=self.holder.content_hash)))
             call = stub.WatchPolicy(self._requests(outbox), metadata=credentials.metadata)
             renew = None
-            if self.node.advertise and self.node.role == pb.ROLE_IN:
-                renew = asyncio.create_task(self._renew_lease(outbox))
             try:
-                # up once the Center took the hello (a replica may have nothing new to send
-                # a node that holds the latest revision)
-                await call.wait_for_connection()
-                self.connected.set()
+                # Up once the Center took the hello: it sends its headers then (a replica may
+                # have nothing new to send a node that holds the latest revision). A refusal
+                # ends the call with no headers of its own: not up, so the backoff goes on
+                # growing, and nothing more is written to a call the Center ended (a write
+                # racing its end turns its status into INTERNAL "Internal error from Core",
+                # grpc/grpc#36066).
+                await call.initial_metadata()
+                if not call.done():
+                    self.connected.set()
+                    if self.node.advertise and self.node.role == pb.ROLE_IN:
+                        renew = asyncio.create_task(self._renew_lease(outbox))
                 async for response in call:
                     self.connected.set()
                     self.refusal = ""
