@@ -15,7 +15,8 @@ service's `in` or `out` node, which receive the service's secrets.
   service, or `admin:NAME`; the roles are URI subject alternative names
   `urn:fastproxy:role:ROLE` (`in`, `out`, `client`, `app`; `read-secrets` for an admin). A
   node certificate without any such name may watch in every role, as a token line without
-  brackets.
+  brackets. A certificate is asked for, not required (`center_svc/tls_listener.py`): a call
+  is authenticated by its token when it carries one, else by its certificate.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 
 import grpc
 
+from center_svc.tls_listener import ClientCertificate, PassedConnections
 from fastproxy.node.acceptance import role_name
 
 log = logging.getLogger("center_svc.auth")
@@ -221,15 +223,26 @@ class TokenFiles:
 
 
 class Authenticator:
+    """Who a call comes from. With `passed` (the Center takes client certificates, and its
+    TLS listener passes each connection on), a call carries a bearer token or a client
+    certificate, and is authenticated by the token when it has one, else by the
+    certificate; calls that did not come through that listener are refused."""
+
     def __init__(self, *, development: bool, tokens: TokenTable | None = None,
-                 client_certificates: bool = False) -> None:
+                 passed: PassedConnections | None = None) -> None:
         self.development = development
         self.tokens = tokens or TokenTable()
-        self._client_certificates = client_certificates
+        self.passed = passed
 
     def bearer_token(self, context: grpc.aio.ServicerContext) -> bytes | None:
         token = _bearer_token(context.invocation_metadata() or ())
         return None if self.development or token is None else token.encode()
+
+    def peer(self, context: grpc.aio.ServicerContext) -> str:
+        """The caller's address (the client's own, not the TLS listener's)."""
+        inner = context.peer()
+        connection = self.passed.get(inner) if self.passed is not None else None
+        return connection.peer if connection is not None else inner
 
     def recheck(self, token: bytes, service: str, role: int) -> str | None:
         """Why a stream opened with `token` may no longer watch (after a reload)."""
@@ -242,34 +255,38 @@ class Authenticator:
         """The caller's principal, or why it has none."""
         if self.development:
             return Principal("dev", "local", NODE_ROLES | ADMIN_ROLES)
+        certificate = None
+        if self.passed is not None:
+            connection = self.passed.get(context.peer())
+            if connection is None:
+                return Refused("the call did not come through the Center's TLS listener")
+            certificate = connection.certificate
         token = _bearer_token(context.invocation_metadata() or ())
         if token is not None:
             principal = self.tokens.principal_of(token.encode())
             return principal if principal is not None else Refused("unknown token")
-        if self._client_certificates:
-            principal = _certificate_principal(context.auth_context())
-            if principal is not None:
-                return principal
-        return Refused("no credential (no bearer token, no client certificate)")
+        if certificate is not None:
+            return certificate_principal(certificate)
+        return Refused("no bearer token and no client certificate")
 
 
-def _certificate_principal(auth: dict[str, list[bytes]]) -> Principal | None:
-    names = auth.get("x509_common_name") or []
-    if not names:
-        return None
-    common_name = names[0].decode("utf-8", "replace")
-    roles = _certificate_roles(auth.get("peer_uri") or [])
+def certificate_principal(certificate: ClientCertificate) -> Principal | Refused:
+    """A verified client certificate's principal: its common name is the node's service
+    (or `admin:NAME`), its `urn:fastproxy:role:ROLE` URI names the roles."""
+    common_name = certificate.common_name
+    if not common_name or common_name == ADMIN_CN_PREFIX:
+        return Refused("client certificate without a common name (the service, or "
+                       "admin:NAME)")
+    roles = _certificate_roles(certificate.uris)
     if common_name.startswith(ADMIN_CN_PREFIX):
         return Principal("admin", common_name[len(ADMIN_CN_PREFIX):], roles & ADMIN_ROLES)
     return Principal("node", common_name, roles & NODE_ROLES if roles else NODE_ROLES)
 
 
-def _certificate_roles(uris: Sequence[bytes]) -> frozenset[str]:
-    """The roles named by the peer certificate's `urn:fastproxy:role:ROLE` URI names
-    (gRPC's `peer_uri` property lists the certificate's URI subject alternative names)."""
-    prefix = ROLE_URI_PREFIX.encode()
-    return frozenset(uri[len(prefix):].decode("utf-8", "replace") for uri in uris
-                     if uri.startswith(prefix))
+def _certificate_roles(uris: Sequence[str]) -> frozenset[str]:
+    """The roles named by the certificate's `urn:fastproxy:role:ROLE` URI names."""
+    return frozenset(uri[len(ROLE_URI_PREFIX):] for uri in uris
+                     if uri.startswith(ROLE_URI_PREFIX))
 
 
 def _bearer_token(metadata: Sequence[tuple[str, str | bytes]]) -> str | None:

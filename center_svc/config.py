@@ -47,6 +47,9 @@ class CenterConfig:
     registration_ttl_s: int = 15
     store_wait_s: float = 10.0
     watch_max_age_s: float | None = DEFAULT_WATCH_MAX_AGE_S
+    # the files of --tls-cert and --tls-key (the listener that takes client certificates
+    # loads them itself)
+    tls_files: tuple[str, str] | None = None
 
     @property
     def development(self) -> bool:
@@ -72,8 +75,10 @@ def build_parser() -> OneLineArgumentParser:
     parser.add_argument("--tls-cert", metavar="FILE", help="server certificate (PEM)")
     parser.add_argument("--tls-key", metavar="FILE", help="server private key (PEM)")
     parser.add_argument("--client-ca", metavar="FILE",
-                        help="CA that signs node and admin client certificates; the "
-                             "certificate's common name is the node's service, or admin:NAME")
+                        help="CA that signs node and admin client certificates (the common "
+                             "name is the node's service, or admin:NAME); a client "
+                             "certificate is then asked for, not required: tokens keep "
+                             "working on the same listener")
     parser.add_argument("--node-tokens", metavar="FILE",
                         help="'service: token' lines (a node of the service, any role) or "
                              "'service[in,out,client,app]: token' (only those roles); "
@@ -206,6 +211,7 @@ def parse_config(argv: Sequence[str] | None = None,
         registration_ttl_s=args.registration_ttl,
         store_wait_s=args.store_wait,
         watch_max_age_s=args.watch_max_age or None,
+        tls_files=(args.tls_cert, args.tls_key) if args.tls_cert else None,
     )
     try:
         token_files(config).load()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
+import ssl
 
 import grpc
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -20,7 +22,13 @@ from center_svc.secretbox import PLAINTEXT_BOX, KekBox
 from center_svc.service import CenterServicer
 from center_svc.snapshots import SnapshotBook
 from center_svc.store import PolicyStore, StoreError, StoreOptions, open_store
-from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
+from center_svc.tls_listener import PassedConnections, TlsListener, server_context
+from fastproxy.hosting.service_main import (
+    EXCLUSIVE_PORT,
+    serve_until_stopped,
+    stop_on_signals,
+    why_not_listening,
+)
 from fastproxy.telemetry.setup import TELEMETRY_OFF, Telemetry
 from fastproxy.v1 import center_pb2, center_pb2_grpc
 
@@ -80,18 +88,44 @@ def _say_how_secrets_are_kept(config: CenterConfig, store: SealedStore) -> None:
                     len(plain))
 
 
-def _listen(server: grpc.aio.Server, config: CenterConfig) -> None:
+def _listen(server: grpc.aio.Server, config: CenterConfig) -> TlsListener | None:
+    """Binds the gRPC server: on `--listen` itself (plaintext, or gRPC's TLS), or, when the
+    Center takes client certificates, on a loopback port behind a TLS listener of ours (which
+    asks for a certificate without requiring one; returned, not yet started)."""
+    if config.client_ca and config.tls_files:
+        try:
+            context = server_context(*config.tls_files, config.client_ca)
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"--tls-cert/--tls-key/--client-ca: cannot be loaded "
+                               f"({exc})") from None
+        port = server.add_insecure_port("127.0.0.1:0")
+        return TlsListener(config.listen, context, port, PassedConnections())
     if config.tls_cert and config.tls_key:
-        credentials = grpc.ssl_server_credentials(
-            [(config.tls_key, config.tls_cert)],
-            root_certificates=config.client_ca,
-            require_client_auth=config.client_ca is not None,
-        )
-        port = server.add_secure_port(config.listen, credentials)
+        credentials = grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)])
+        add = functools.partial(server.add_secure_port, config.listen, credentials)
     else:
-        port = server.add_insecure_port(config.listen)
+        add = functools.partial(server.add_insecure_port, config.listen)
+    try:
+        port = add()
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise StartupError(f"cannot listen on {config.listen}")
+        raise StartupError(f"cannot listen on {config.listen}: "
+                           f"{why_not_listening(config.listen)}")
+    return None
+
+
+async def _start_listener(listener: TlsListener | None, config: CenterConfig) -> None:
+    if listener is None:
+        return
+    try:
+        await listener.start()
+    except OSError as exc:
+        raise StartupError(f"cannot listen on {config.listen}: {exc.strerror or exc}") from None
+    log.info("client certificates from --client-ca are asked for, not required: a call "
+             "is authenticated by its bearer token, else by its certificate (the gRPC server "
+             "behind the TLS listener is on 127.0.0.1:%d and takes no call but through it)",
+             listener.inner_port)
 
 
 async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
@@ -106,19 +140,20 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
             raise StartupError(f"--policy {config.policy_file} refused (errors logged above)")
 
     tokens = token_files(config)
+    server = grpc.aio.server(options=[EXCLUSIVE_PORT])
+    listener = _listen(server, config)
     auth = Authenticator(development=config.development, tokens=tokens.load(),
-                         client_certificates=config.client_ca is not None)
+                         passed=listener.passed if listener is not None else None)
     servicer = CenterServicer(control, auth, max_stream_age_s=config.watch_max_age_s)
-    server = grpc.aio.server()
     center_pb2_grpc.add_CenterServicer_to_server(servicer, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection(
         (CENTER_SERVICE, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    _listen(server, config)
     # before SERVING is reported: a SIGTERM sent as soon as we are healthy must stop us cleanly
     stop = stop_on_signals()
     await server.start()
+    await _start_listener(listener, config)
     for name in ("", CENTER_SERVICE):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
     if config.development:
@@ -137,9 +172,16 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
         tasks.append(asyncio.create_task(watcher.run()))
     if ready is not None:
         ready.set()
-    # Watch streams end with UNAVAILABLE at once, so that nodes reconnect elsewhere.
+    def draining() -> None:
+        # Watch streams end with UNAVAILABLE at once, so that nodes reconnect elsewhere.
+        servicer.close_streams()
+        if listener is not None:
+            listener.stop_accepting()
+
     await serve_until_stopped(stop, server, health_servicer, config.grace_s, log, tasks=tasks,
-                              draining=servicer.close_streams)
+                              draining=draining, telemetry=telemetry)
+    if listener is not None:
+        await listener.close()
     store.close()
     log.info("stopped")
 

@@ -28,6 +28,7 @@ T = TypeVar("T")
 
 ROLES = (policy_pb2.ROLE_IN, policy_pb2.ROLE_OUT, policy_pb2.ROLE_CLIENT, policy_pb2.ROLE_APP)
 HELLO_TIMEOUT_S = 10.0
+REFUSED_HELLO_WAIT_S = 0.5  # how long a caller refused its credential may take to say hello
 
 
 def revision_info(revision: Revision) -> center_pb2.RevisionInfo:
@@ -106,13 +107,14 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         and the refusal is an audit event (`denied`, actor `anonymous` without a valid
         credential)."""
         principal = self.auth.identify(context)
-        peer = context.peer()
+        peer = self.auth.peer(context)
         if isinstance(principal, Refused):
             log.warning("admin call %s refused from %s: %s", method, peer, principal.reason)
             await self.control.record(AuditAction.DENIED, "anonymous",
                                       f"UNAUTHENTICATED on {method}: no valid credential "
                                       f"({principal.reason})", peer=peer)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid credential")
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"no valid credential: {principal.reason}")
         assert isinstance(principal, Principal)
         if not principal.is_admin:
             log.warning("admin call %s refused for %s from %s", method, principal.label, peer)
@@ -128,7 +130,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                           ) -> center_pb2.ApplyPolicyResponse:
         principal = await self._admin(context, "ApplyPolicy")
         outcome = await _or_unavailable(context, self.control.apply(
-            request.yaml, principal.label, request.comment, peer=context.peer(),
+            request.yaml, principal.label, request.comment, peer=self.auth.peer(context),
             refuse_removals=request.refuse_removals))
         return _apply_response(outcome)
 
@@ -137,7 +139,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                              ) -> center_pb2.ApplyPolicyResponse:
         principal = await self._admin(context, "RollbackPolicy")
         outcome = await _or_unavailable(context, self.control.rollback(
-            request.revision, principal.label, request.comment, peer=context.peer()))
+            request.revision, principal.label, request.comment, peer=self.auth.peer(context)))
         if outcome.revision is None and outcome.errors:
             await context.abort(grpc.StatusCode.NOT_FOUND, outcome.errors[0])
         return _apply_response(outcome)
@@ -147,7 +149,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                         ) -> center_pb2.GetPolicyResponse:
         principal = await self._admin(context, "GetPolicy")
         if request.show_secrets and not principal.may_read_secrets:
-            peer = context.peer()
+            peer = self.auth.peer(context)
             log.warning("GetPolicy with secrets refused for %s from %s", principal.label, peer)
             await self.control.record(AuditAction.DENIED, principal.label,
                                       "PERMISSION_DENIED on GetPolicy: may not read secrets",
@@ -234,7 +236,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                                                     successor=rotation.successor,
                                                     phase=rotation.phase.value)
             rotation, outcome = await self.control.rotate_step(
-                request.key, new_type, principal.label, peer=context.peer())
+                request.key, new_type, principal.label, peer=self.auth.peer(context))
         except RotationError as refused:
             await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(refused))
         return center_pb2.RotateKeyResponse(key=rotation.key, successor=rotation.successor,
@@ -256,10 +258,16 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                           context: grpc.aio.ServicerContext
                           ) -> None:
         principal = self.auth.identify(context)
-        peer = context.peer()
+        peer = self.auth.peer(context)
         if isinstance(principal, Refused):
-            log.warning("watch refused from %s: %s", peer, principal.reason)
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no valid node credential")
+            # The node's hello is read first: a refusal sent while the node still writes it
+            # reaches the node as INTERNAL "Internal error from Core" instead of this status
+            # (grpc/grpc#36066). It also names the node in the log line.
+            node = await _hello_node_id(request_iterator)
+            log.warning("watch refused from %s%s: %s", peer, f" (node {node})" if node else "",
+                        principal.reason)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                                f"no valid node credential: {principal.reason}")
         assert isinstance(principal, Principal)
         try:
             first = await asyncio.wait_for(anext(request_iterator), HELLO_TIMEOUT_S)
@@ -287,7 +295,7 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         # headers now: the node knows its hello was taken even if it holds the latest
         # revision already and no snapshot follows
         await context.send_initial_metadata(())
-        session = NodeSession(hello.node_id, hello.role, hello.service, context.peer(),
+        session = NodeSession(hello.node_id, hello.role, hello.service, self.auth.peer(context),
                               time.time(), sent_revision=hello.known_revision,
                               sent_hash=hello.known_hash,
                               # replicas share one revision counter: a node that holds N from
@@ -392,3 +400,16 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         """Ends every Watch stream with UNAVAILABLE so nodes reconnect (to us or a peer)."""
         self.stopping = True
         self.control.close_streams("center shutting down; reconnect")
+
+
+async def _hello_node_id(requests: AsyncIterator[center_pb2.WatchRequest]) -> str:
+    """The node id of a refused caller's first message, read for at most
+    REFUSED_HELLO_WAIT_S ("" if none came, or it was not a hello)."""
+    try:
+        first = await asyncio.wait_for(anext(requests), REFUSED_HELLO_WAIT_S)
+    except (StopAsyncIteration, TimeoutError, grpc.RpcError):
+        return ""
+    if first.WhichOneof("kind") != "hello":
+        return ""
+    node_id = first.hello.node_id[:128]
+    return node_id if node_id.isprintable() else repr(node_id)  # from a caller not trusted

@@ -9,6 +9,7 @@ import logging
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from fastproxy.hosting.commandline import is_loopback
 from fastproxy.hosting.refusal import HostRole
 from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
 from fastproxy.node.holder import PolicyHolder
@@ -42,22 +43,32 @@ def compile_snapshot(snapshot: pb.PolicySnapshot, max_message_bytes: int,
 
 
 def _server_credentials(config: ProxyConfig) -> grpc.ServerCredentials | None:
-    if not (config.tls_cert and config.tls_key):
+    tls = config.listener_tls
+    if tls is None:
         return None
-    return grpc.ssl_server_credentials([(config.tls_key, config.tls_cert)],
-                                       root_certificates=config.tls_ca,
-                                       require_client_auth=config.tls_ca is not None)
+    return grpc.ssl_server_credentials([(tls.key, tls.cert)], root_certificates=tls.client_ca,
+                                       require_client_auth=tls.client_ca is not None)
 
 
 def _upstream_credentials(config: ProxyConfig) -> grpc.ChannelCredentials | None:
-    """The out-proxy's hop to in-proxies is mutual TLS when this node has a certificate of
-    its own (in-proxies then serve TLS too); `--tls-ca` alone only verifies the Center. The
-    in-proxy's hop to its own service stays plaintext (same host)."""
-    if config.role is not HostRole.OUT or not config.tls_cert:
+    """The out-proxy's hop to in-proxies: mutual TLS with `--peer-tls-*`. The in-proxy's hop
+    to its own service stays plaintext (same host)."""
+    tls = config.peer_tls
+    if config.role is not HostRole.OUT or tls is None:
         return None
-    return grpc.ssl_channel_credentials(root_certificates=config.tls_ca,
-                                        private_key=config.tls_key,
-                                        certificate_chain=config.tls_cert)
+    return grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key,
+                                        certificate_chain=tls.cert)
+
+
+def _transport_summary(config: ProxyConfig) -> str:
+    """What protects this proxy's listener and its hop to in-proxies, for the start line."""
+    tls = config.listener_tls
+    listener = ("plaintext" if tls is None else "TLS, client certificates required"
+                if tls.client_ca is not None else "TLS")
+    if config.role is HostRole.IN:
+        return f"listener {listener}"
+    peers = "mutual TLS" if config.peer_tls is not None else "plaintext"
+    return f"listener {listener}, to in-proxies {peers}"
 
 
 def _call_observer(config: ProxyConfig, telemetry: Telemetry, holder: PolicyHolder[NodePolicy],
@@ -165,13 +176,19 @@ async def serve(config: ProxyConfig, telemetry: Telemetry) -> None:
         await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
 
     node = config.node
-    log.info("%s-proxy for %s listening on %s:%d (%s)", config.role.value, config.service,
+    log.info("%s-proxy for %s listening on %s:%d (%s; %s)", config.role.value, config.service,
              node.listen.rpartition(":")[0], port,
-             f"center {node.center}" if node.center else f"policy {node.policy_file}")
+             f"center {node.center}" if node.center else f"policy {node.policy_file}",
+             _transport_summary(config))
+    unauthenticated = config.listener_tls is None or config.listener_tls.client_ca is None
+    if config.allow_unauthenticated_apps and unauthenticated and not is_loopback(node.listen):
+        log.warning("no client authentication on %s (--allow-unauthenticated-apps): whoever "
+                    "reaches this out-proxy calls as %s", node.listen, config.service)
     tasks = [asyncio.create_task(source.run()), asyncio.create_task(serving_once_loaded())]
     await serve_until_stopped(
         stop_on_signals(), server, health_servicer, config.node.grace_s, log, tasks=tasks,
-        draining=tunnel_service.go_away if tunnel_service is not None else None)
+        draining=tunnel_service.go_away if tunnel_service is not None else None,
+        telemetry=telemetry)
     await parts.close()
     await pool.close()
     log.info("stopped")

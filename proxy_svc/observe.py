@@ -73,6 +73,8 @@ class CallRecord:
         self.detail = err.detail
         if err.caller:
             self.caller = err.caller
+        if err.callee and not self.callee:
+            self.callee = err.callee
 
     def trace_id_now(self) -> str | None:
         """The call's trace id, for its audit line."""
@@ -134,12 +136,22 @@ class CallObserver:
         if self.metrics is not None:
             self.metrics.active += 1
         if self.spans is None:
-            return CallRecord(None, None)
-        started = self.spans.start_from(method, metadata, peer)
-        if isinstance(started, Unsampled):
-            return CallRecord(None, started.forward, started.trace_id)
-        # The next hop's parent is this span: replace the incoming trace context.
-        return CallRecord(started, without_trace_context(metadata) + trace_metadata_of(started))
+            record = CallRecord(None, None)
+        else:
+            started = self.spans.start_from(method, metadata, peer)
+            if isinstance(started, Unsampled):
+                record = CallRecord(None, started.forward, started.trace_id)
+            else:
+                # The next hop's parent is this span: replace the incoming trace context.
+                record = CallRecord(started, without_trace_context(metadata)
+                                    + trace_metadata_of(started))
+        # This host's own side of every call it sees, refused before admission or not: the
+        # callee of an in-proxy, the caller of an out-proxy.
+        if self.role.guards:
+            record.callee = self.service
+        else:
+            record.caller = self.service
+        return record
 
     def would_deny(self, record: CallRecord | None, plan: CallPlan, method: str,
                    peer: str | None) -> None:

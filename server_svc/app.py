@@ -10,7 +10,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from fastproxy.hosting.service_main import serve_until_stopped, stop_on_signals
+from fastproxy.hosting.service_main import (
+    EXCLUSIVE_PORT,
+    serve_until_stopped,
+    stop_on_signals,
+    why_not_listening,
+)
 from fastproxy.node.source import PolicySourceError
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.server import AioSealingServerInterceptor, EmbeddedPolicy
@@ -82,7 +87,8 @@ async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
     policy = _embedded_policy(config)
     limit = node.max_message_bytes
     server = grpc.aio.server(interceptors=_interceptors(telemetry, policy), options=[
-        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit)])
+        ("grpc.max_receive_message_length", limit), ("grpc.max_send_message_length", limit),
+        EXCLUSIVE_PORT])
     add_demo_services(server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
@@ -90,10 +96,10 @@ async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
         (*DEMO_SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     try:
         port = server.add_insecure_port(node.listen)
-    except RuntimeError as exc:
-        raise StartupError(f"cannot listen on {node.listen}: {exc}") from None
+    except RuntimeError:  # grpc: "Failed to bind to address ..."
+        port = 0
     if port == 0:
-        raise StartupError(f"cannot listen on {node.listen}")
+        raise StartupError(f"cannot listen on {node.listen}: {why_not_listening(node.listen)}")
     await server.start()
     serving = asyncio.create_task(_serving_once_loaded(policy, health_servicer))
 
@@ -103,7 +109,7 @@ async def serve(config: ServerConfig, telemetry: Telemetry) -> None:
         mode = f"embedded as {config.service}, {source}"
     log.info("server listening on %s:%d (%s)", node.listen.rpartition(":")[0], port, mode)
     await serve_until_stopped(stop_on_signals(), server, health_servicer, node.grace_s, log,
-                              tasks=[serving])
+                              tasks=[serving], telemetry=telemetry)
     if policy is not None:
         await asyncio.to_thread(policy.stop)
     log.info("stopped")

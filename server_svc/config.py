@@ -38,7 +38,9 @@ def build_parser() -> OneLineArgumentParser:
     add_node_flags(parser, service_required=False,
                    service_help="embedded mode: the service this server is (needs --center "
                                 "or --policy)",
-                   tls_help="client certificate towards the Center (PEM)")
+                   tls_help={"--tls-ca": "older name of --center-tls-ca",
+                             "--tls-cert": "older name of --center-tls-cert",
+                             "--tls-key": "older name of --center-tls-key"})
     return parser
 
 
@@ -48,7 +50,8 @@ def _check(args: argparse.Namespace) -> None:
         fail(PROG, "--service needs --center HOST:PORT or --policy FILE (embedded mode)")
     if has_source and not args.service:
         fail(PROG, "--center/--policy need --service NAME (the service this server is)")
-    for flag in ("node_id", "advertise", "tls_ca", "tls_cert", "tls_key"):
+    for flag in ("node_id", "advertise", "tls_ca", "tls_cert", "tls_key", "center_tls_ca",
+                 "center_tls_cert", "center_tls_key"):
         if getattr(args, flag) and not args.center:
             fail(PROG, f"--{flag.replace('_', '-')} is for a Center: it needs --center")
     if args.center and args.listen.endswith(":0") and not args.advertise:

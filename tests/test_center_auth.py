@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime
 import ipaddress
+import os
+import re
 import subprocess
 import sys
 from collections.abc import Callable
@@ -12,7 +14,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import CenterProcess, StartCenter, wait_until
+from conftest import CenterProcess, StartCenter, WatchClient, wait_until
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
@@ -20,7 +22,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from support.center_policy import PolicyKeys, apply, parse, policy_yaml
 from support.dataplane import CALLER, CenterAdmin, DataplanePolicy, Proxies, free_address
 
-from fastproxy.v1 import center_pb2, policy_pb2
+from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
 OUT = policy_pb2.ROLE_OUT
 IN = policy_pb2.ROLE_IN
@@ -127,7 +129,7 @@ def test_refused_watches_are_logged_with_the_peer_and_the_reason_never_the_token
     log = center.log()
     assert "watch refused from ipv4:127.0.0.1:" in log
     assert ": unknown token" in log
-    assert ": no credential (no bearer token, no client certificate)" in log
+    assert ": no bearer token and no client certificate" in log
     assert "a-guessed-token" not in log
 
 
@@ -340,3 +342,158 @@ def test_tls_client_certificates_name_the_service_or_the_admin(
     assert rogue_watch.final_code() == grpc.StatusCode.UNAVAILABLE
     assert rogue_watch.received == []
     assert latest_revision(center, credentials=admin) == 1
+
+
+# -- one TLS listener for tokens and certificates (issue 17, point 1) ------------------------
+
+
+@dataclass(frozen=True)
+class MixedCenter:
+    center: CenterProcess
+    ca: TestCA
+    files: Path  # ca.pem, rogue.pem, rogue.key
+
+    def tls(self, issued: Issued | None = None) -> grpc.ChannelCredentials:
+        """TLS verifying the Center; with `issued`'s client certificate, or none."""
+        if issued is None:
+            return grpc.ssl_channel_credentials(root_certificates=self.ca.cert_pem)
+        return grpc.ssl_channel_credentials(root_certificates=self.ca.cert_pem,
+                                            private_key=issued.key_pem,
+                                            certificate_chain=issued.cert_pem)
+
+
+@pytest.fixture
+def mixed_center(start_center: StartCenter, tmp_path: Path) -> MixedCenter:
+    """A Center with --client-ca and token files: certificates asked for, not required."""
+    ca, rogue_ca = TestCA("fastproxy test CA"), TestCA("rogue CA")
+    server, rogue = ca.issue("center", server=True), rogue_ca.issue("admin:mallory")
+    for name, content in {"server.pem": server.cert_pem, "server.key": server.key_pem,
+                          "ca.pem": ca.cert_pem, "rogue.pem": rogue.cert_pem,
+                          "rogue.key": rogue.key_pem}.items():
+        (tmp_path / name).write_bytes(content)
+    (tmp_path / "node-tokens").write_text("chat_service[out]: chat-token\n")
+    (tmp_path / "admin-tokens").write_text("alice: alice-token\n")
+    center = start_center(
+        "--tls-cert", str(tmp_path / "server.pem"), "--tls-key", str(tmp_path / "server.key"),
+        "--client-ca", str(tmp_path / "ca.pem"), "--node-tokens", str(tmp_path / "node-tokens"),
+        "--admin-tokens", str(tmp_path / "admin-tokens"),
+        # the health check itself carries no client certificate
+        credentials=grpc.ssl_channel_credentials(root_certificates=ca.cert_pem))
+    return MixedCenter(center, ca, tmp_path)
+
+
+def test_one_tls_listener_takes_token_clients_and_certificate_clients(
+        mixed_center: MixedCenter) -> None:
+    """Issue 17, point 1: with --client-ca the Center used to require a certificate of
+    everyone, and a token client failed with `Socket closed`. Now a certificate is asked
+    for, not required, and each call is authenticated by what it carries."""
+    center, tls = mixed_center.center, mixed_center.tls
+    bob = tls(mixed_center.ca.issue("admin:bob"))
+    song = tls(mixed_center.ca.issue("song_service", roles=("in",)))
+
+    # administrators: one by token, one by certificate, on the same address
+    assert apply(center.stub(tls()), policy_yaml(PolicyKeys()),
+                 metadata=bearer("alice-token")).applied
+    history = center.stub(bob).ListRevisions(center_pb2.ListRevisionsRequest(), timeout=5)
+    assert [r.revision for r in history.revisions] == [1]
+    # nodes: one by token, one by certificate
+    chat_watch = center.watch(bearer("chat-token"), credentials=tls()).hello(
+        "chat-1", OUT, "chat_service")
+    assert parse(chat_watch.next_snapshot()).node_service == "chat_service"
+    song_watch = center.watch(credentials=song).hello("song-1", IN, "song_service")
+    assert parse(song_watch.next_snapshot()).node_service == "song_service"
+    # each is held to its own credential's roles
+    song_as_out = center.watch(credentials=song).hello("song-2", OUT, "song_service")
+    assert song_as_out.final_code() == grpc.StatusCode.PERMISSION_DENIED
+    chat_as_in = center.watch(bearer("chat-token"), credentials=tls()).hello(
+        "chat-2", IN, "chat_service")
+    assert chat_as_in.final_code() == grpc.StatusCode.PERMISSION_DENIED
+    # with neither, the refusal says what is missing
+    stranger = center.watch(credentials=tls()).hello("x-1", OUT, "chat_service")
+    assert stranger.final_code() == grpc.StatusCode.UNAUTHENTICATED
+    assert stranger.error is not None
+    assert stranger.error.details() == ("no valid node credential: no bearer token and no "
+                                        "client certificate")
+    # the Center sees its clients' own addresses, not its TLS listener's
+    nodes = center.stub(bob).ListNodes(center_pb2.ListNodesRequest(), timeout=5).nodes
+    inner = _inner_port(center)
+    assert {node.node_id for node in nodes} == {"chat-1", "song-1"}
+    for node in nodes:
+        assert node.peer.startswith("ipv4:127.0.0.1:")
+        client_port = int(node.peer.rsplit(":", 1)[1])
+        assert client_port not in (inner, int(center.address.rsplit(":", 1)[1]))
+
+
+def _inner_port(center: CenterProcess) -> int:
+    found = re.search(r"behind the TLS listener is on 127\.0\.0\.1:(\d+)", center.log())
+    assert found, center.log()
+    return int(found.group(1))
+
+
+def test_the_grpc_port_behind_the_tls_listener_takes_no_call_but_through_it(
+        mixed_center: MixedCenter) -> None:
+    """The Center's gRPC server listens on a loopback port behind the TLS listener; a
+    local process that dials it directly, with a valid token even, is refused: nothing
+    there can borrow a certificate the listener vouched for."""
+    center = mixed_center.center
+    inner = f"127.0.0.1:{_inner_port(center)}"
+    with grpc.insecure_channel(inner) as direct:
+        stub = center_pb2_grpc.CenterStub(direct)
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.ListRevisions(center_pb2.ListRevisionsRequest(), timeout=5,
+                               metadata=bearer("alice-token"))
+    assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert "did not come through the Center's TLS listener" in refused.value.details()
+    watcher = WatchClient(grpc.insecure_channel(inner), bearer("chat-token"))
+    center.watchers.append(watcher)
+    assert watcher.hello("chat-1", OUT, "chat_service").final_code() \
+        == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_client_the_center_refuses_is_told_why_in_one_line(
+        mixed_center: MixedCenter, tmp_path: Path) -> None:
+    """A certificate the Center does not accept ends the TLS handshake: the client says so
+    in one line (it used to print gRPC's `Socket closed`), and the Center's log names the
+    reason. A call with no credential at all is told what is missing."""
+    center, files = mixed_center.center, mixed_center.files
+    env = {key: value for key, value in os.environ.items()
+           if key not in ("GRPC_VERBOSITY", "FASTPROXY_ADMIN_TOKEN")}
+
+    def cli(*flags: str) -> list[str]:
+        done = subprocess.run([sys.executable, "-m", "fastproxy.cli", "nodes", "--center",
+                               center.address, "--tls-ca", str(files / "ca.pem"), *flags],
+                              capture_output=True, text=True, timeout=30, env=env)
+        assert done.returncode == 1 and done.stdout == "", done
+        return done.stderr.splitlines()
+
+    (line,) = cli("--tls-cert", str(files / "rogue.pem"), "--tls-key", str(files / "rogue.key"))
+    assert line.startswith(f"fastproxy: cannot reach the Center at {center.address}: the "
+                           "Center refused this client certificate in the TLS handshake: is "
+                           "it signed by the Center's --client-ca"), line
+    wait_until(lambda: "client certificate refused: unable to get local issuer certificate"
+               in center.log(), 5, what="the Center to log the reason")
+    assert re.search(r"TLS handshake from ipv4:127\.0\.0\.1:\d+ failed: client certificate "
+                     "refused", center.log())
+    (line,) = cli()
+    assert line == (f"fastproxy: the Center at {center.address} refused the credential: "
+                    "unauthenticated (no --token or client certificate; FASTPROXY_ADMIN_TOKEN "
+                    "is not set): no valid credential: no bearer token and no client "
+                    "certificate")
+
+    # a node: one error line in its log, however often it retries
+    proxies = Proxies(tmp_path)
+    try:
+        proxy = proxies.start("out", CALLER, free_address(), wait=False, center=center.address,
+                              extra=("--center-tls-ca", str(files / "ca.pem"),
+                                     "--center-tls-cert", str(files / "rogue.pem"),
+                                     "--center-tls-key", str(files / "rogue.key")))
+        wait_until(lambda: proxy.log().count("TLS handshake") and
+                   center.log().count("client certificate refused") >= 3, 20,
+                   what="the proxy to retry")
+        assert proxy.log().count(
+            f"center {center.address} refused this node's credential ({CALLER}, role out): "
+            "the Center refused this client certificate in the TLS handshake") == 1, \
+            proxy.log()
+    finally:
+        for started in proxies.started:
+            started.kill()

@@ -6,11 +6,13 @@ from __future__ import annotations
 import asyncio
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from conftest import CenterProcess, StartCenter, free_port, wait_until
 from prometheus_client.parser import text_string_to_metric_families
 from support.center_policy import PolicyKeys, apply, policy_yaml
+from support.metric_docs import DOCS, documented_metrics, undocumented
 
 from center_svc.metrics import MAX_TRACKED_ROLLOUTS, RolloutTracker
 from center_svc.nodes import NodeSession
@@ -219,3 +221,28 @@ def test_a_node_the_latest_revision_did_not_change_is_current_at_its_older_revis
                timeout=5, what="the metric: 2 current")
     assert value(port, "fastproxy_center_nodes_current", state="behind") == 0
     radar.expect_silence(0.2)  # nothing was pushed to radar
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_the_metrics_the_center_serves_are_the_ones_the_docs_list(
+        metrics_center: tuple[CenterProcess, int], doc: Path) -> None:
+    """Every series, after an apply, a refused apply, a NACK and a rollout, has exactly the
+    labels the docs give it."""
+    center, port = metrics_center
+    keys = PolicyKeys()
+    stub = center.stub()
+    assert apply(stub, policy_yaml(keys)).applied
+    assert not apply(stub, policy_yaml(keys) + "colour: blue\n").applied
+    watcher = center.watch().hello("out-1", OUT, "chat_service")
+    watcher.ack_snapshot(watcher.next_snapshot())
+    assert apply(stub, policy_yaml(keys, song_timeout_ms=500)).applied
+    second = watcher.next_snapshot()
+    watcher.nack(2, second.content_hash, "cannot load key song-id")
+    wait_until(lambda: value(port, "fastproxy_center_nacks_total", service="chat_service") == 1,
+               timeout=5, what="the NACK counted")
+    assert undocumented(scrape(port), documented_metrics(doc)) == []
+
+
+def test_the_readme_and_the_reference_list_the_same_metrics_and_labels() -> None:
+    readme, reference = (documented_metrics(doc) for doc in DOCS)
+    assert readme == reference

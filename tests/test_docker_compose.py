@@ -180,7 +180,7 @@ def test_replicas_compose_runs_three_etcd_members_as_one_cluster() -> None:
         assert _flag(command, "--advertise-client-urls") == f"https://{member}:2379"
         # only clients with a certificate from the configuration's CA, over TLS
         assert "--client-cert-auth" in command and "--peer-client-cert-auth" in command
-        assert _flag(command, "--cert-file") == f"{CONFIG_MOUNT}/tls/{member}.pem"
+        assert _flag(command, "--cert-file") == f"{CONFIG_MOUNT}/tls/etcd-{member}.pem"
         assert any(volume.endswith(":/var/lib/etcd") for volume in services[member]["volumes"])
         assert "etcdctl" in services[member]["healthcheck"]["test"]
 
@@ -220,3 +220,61 @@ def test_replicas_compose_nodes_take_both_centers() -> None:
     # the Centers' certificate names both replicas, as the nodes dial them
     assert {"center-a", "center-b"} <= set(
         runpy.run_path(str(DOCKER / "make_config.py"))["CENTER_REPLICAS"])
+
+
+# -- both compose files: safe by default (issue 13, point 7) ----------------------------------
+
+
+@pytest.mark.parametrize("name", ["compose.yaml", "compose-replicas.yaml"])
+def test_compose_proxies_use_mutual_tls_and_publish_neither_upstream_nor_out_proxy(
+        name: str, tmp_path: Path) -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from fastproxy.hosting.commandline import is_loopback
+    from proxy_svc.config import parse_config
+
+    services = yaml.safe_load((DOCKER / name).read_text())["services"]
+    config = tmp_path / "config"
+    runpy.run_path(str(DOCKER / "make_config.py"))["make_config"](config, mount=str(config))
+    pinned = tmp_path / "center-key"
+    pinned.mkdir()
+    (pinned / "center.pub").write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+
+    # nothing of ours is published on the host (the collector only on its loopback)
+    for service, spec in services.items():
+        for port in spec.get("ports", []):
+            assert service in THIRD_PARTY and str(port).startswith("127.0.0.1:"), service
+    # the upstream shares the in-proxy's network namespace and listens on its loopback:
+    # nothing reaches it but through the in-proxy
+    server, inproxy = services["server"], services["in-proxy"]
+    assert server["network_mode"] == "service:in-proxy"
+    assert is_loopback(_flag(server["command"], "--listen"))
+    assert _flag(inproxy["command"], "--upstream") == _flag(server["command"], "--listen")
+    # the out-proxy listens on loopback, for the app in its network namespace
+    outproxy, client = services["out-proxy"], services["client"]
+    assert is_loopback(_flag(outproxy["command"], "--listen"))
+    assert client["network_mode"] == "service:out-proxy"
+    assert _flag(client["command"], "--out-proxy") == _flag(outproxy["command"], "--listen")
+
+    def proxy_config(spec: dict[str, Any]) -> Any:
+        words = [word.replace(CONFIG_MOUNT, str(config))
+                 .replace("/var/lib/fastproxy-center", str(pinned))
+                 for word in spec["command"][3:]]
+        return parse_config(words)  # exits on a flag the proxy refuses
+
+    peer_ca = (config / "tls/peer-ca.pem").read_bytes()
+    inbound, outbound = proxy_config(inproxy), proxy_config(outproxy)
+    # mutual TLS between the proxies, with the peers' own CA
+    assert inbound.listener_tls is not None and inbound.listener_tls.client_ca == peer_ca
+    assert outbound.peer_tls is not None and outbound.peer_tls.ca == peer_ca
+    assert outbound.listener_tls is None  # the app beside it speaks plain gRPC
+    # the in-proxy's certificate names the host its callers dial (its --advertise)
+    cert = x509.load_pem_x509_certificate(inbound.listener_tls.cert)
+    names = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    advertised = _flag(inproxy["command"], "--advertise").rpartition(":")[0]
+    assert advertised in names.get_values_for_type(x509.DNSName)
+    # its health check presents a certificate, as the listener requires
+    assert "--tls-cert" in inproxy["healthcheck"]["test"]

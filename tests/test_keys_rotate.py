@@ -183,3 +183,39 @@ def test_a_rotation_is_not_started_twice_and_resumes_where_it_stopped(stack: Sta
     assert unknown.returncode == 1 and "no key 'no-such-key'" in unknown.stderr
     wrong_kind = rotate(stack, "song-enc-v2", "--type", "ed25519")
     assert wrong_kind.returncode == 1 and "must be an encryption key too" in wrong_kind.stderr
+
+
+def test_a_node_that_does_not_ack_stops_the_rotation_between_steps_and_resume_goes_on(
+        stack: Stack) -> None:
+    """A node of chat_service that takes snapshots and never ACKs them: step 1 is applied,
+    the wait runs out naming the node, nothing more is changed; once it ACKs, `--resume`
+    goes on from step 2."""
+    laggard = stack.center.watch().hello("laggard-1", pb.ROLE_OUT, CALLER)
+    try:
+        laggard.ack_snapshot(laggard.next_snapshot())
+        stopped = subprocess.run(
+            [FASTPROXY, "keys", "rotate", "song-enc-v2", "--center", stack.center.address,
+             "--wait", "1"], capture_output=True, text=True, timeout=60)
+        assert stopped.returncode == 1, stopped.stdout + stopped.stderr
+        assert "step 1/3: song-enc-v3 added beside song-enc-v2" in stopped.stdout
+        assert "laggard-1 (chat_service)" in stopped.stderr
+        assert "nothing more was changed" in stopped.stderr and "--resume" in stopped.stderr
+        assert "song-enc-v2" in stored_policy(stack)  # still in use: step 2 never ran
+        stop = threading.Event()
+
+        def catch_up() -> None:  # from now on it ACKs what it is sent
+            while not stop.is_set():
+                try:
+                    laggard.ack_snapshot(laggard.next_snapshot(timeout=0.2))
+                except pytest.fail.Exception:  # nothing sent within the timeout
+                    continue
+        acker = threading.Thread(target=catch_up, daemon=True)
+        acker.start()
+        resumed = rotate(stack, "song-enc-v2", "--resume")
+        stop.set()
+        acker.join(5)
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        assert "step 2/3" in resumed.stdout and "step 3/3" in resumed.stdout
+        assert "song-enc-v2" not in stored_policy(stack)
+    finally:
+        laggard.close()

@@ -174,7 +174,7 @@ def test_the_sdk_and_the_embedded_server_refuse_the_same(tmp_path: Path) -> None
                                           tls_ca=str(ca))
     import server_svc
 
-    with pytest.raises(CredentialError, match="refusing plaintext"):
+    with pytest.raises(SdkConfigError, match="refusing plaintext"):
         server_svc.server_interceptors(service="song_service", center=OFF_LOOPBACK)
 
 

@@ -128,7 +128,8 @@ def test_the_cli_does_not_take_a_nodes_token_and_says_which_variable_it_reads(
     assert err.splitlines() == [
         f"fastproxy: the Center at {center.address} refused the credential: unauthenticated "
         "(no --token: FASTPROXY_TOKEN is a node's token, the CLI reads "
-        "FASTPROXY_ADMIN_TOKEN): no valid credential"]
+        "FASTPROXY_ADMIN_TOKEN): no valid credential: no bearer token and no client "
+        "certificate"]
     monkeypatch.setenv("FASTPROXY_ADMIN_TOKEN", "alice-token")
     code, out, err = run_cli(capsys, "nodes", "--center", center.address)
     assert code == 0, err

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,15 @@ from typing import Any
 import grpc
 import pytest
 from support.dataplane import Proxies, free_address
-from support.sdk_stack import CALLEE, CALLER, LONELY, OPTIONS, UpstreamServer, sdk_policy_yaml
+from support.sdk_stack import (
+    CALLEE,
+    CALLER,
+    FLAKY_UNARY,
+    LONELY,
+    OPTIONS,
+    UpstreamServer,
+    sdk_policy_yaml,
+)
 
 import fastproxy
 from fastproxy.sdk import InterceptorSet
@@ -248,6 +257,57 @@ def test_policy_from_a_center_as_a_client_node(
         assert echo.Unary(request("via center"), timeout=10).text == "via center"
 
 
+def grpcs_own_entry_type(address: str) -> type:
+    """The type of a metadata entry in an error grpc itself raised (a plain call the
+    in-proxy refuses, with its trailers)."""
+    with grpc.insecure_channel(address) as plain, pytest.raises(grpc.RpcError) as caught:
+        plain.unary_unary("/demo.v1.Echo/Unary")(b"", timeout=5)
+    entries = tuple(caught.value.trailing_metadata())
+    assert entries
+    return type(entries[0])
+
+
+def assert_as_grpc_gives(metadata: Any, entry_type: type) -> None:
+    """A tuple of entries of grpc's own type, each a (key, value) tuple with .key/.value."""
+    assert isinstance(metadata, tuple)
+    for entry in metadata:
+        assert type(entry) is entry_type
+        key, value = entry
+        assert (entry.key, entry.value) == (key, value)
+
+
+def test_metadata_the_app_gets_has_the_types_of_grpcs_own(
+        stack: tuple[str, Path], interceptors: InterceptorSet,
+        echo: demo_pb2_grpc.EchoStub) -> None:
+    """Code written for grpc (`m.key`, `m.value`) works on what the SDK hands back: its own
+    refusals, the checked answers of sealed calls and the callee's checked failures."""
+    entry_type = grpcs_own_entry_type(stack[0])
+    with grpc.insecure_channel(stack[0]) as plain:
+        channel = grpc.intercept_channel(plain, *interceptors)
+        with pytest.raises(grpc.RpcError) as refused:
+            channel.unary_unary("/other.v1.Nowhere/Call")(b"x", timeout=5)
+        stream = channel.unary_stream("/other.v1.Nowhere/Stream")(b"x", timeout=5)
+        with pytest.raises(grpc.RpcError):
+            next(stream)
+        with pytest.raises(grpc.RpcError) as failed:  # the callee's own error, checked
+            channel.unary_unary(FLAKY_UNARY)(b"x", timeout=5, metadata=(
+                ("x-call-id", uuid.uuid4().hex), ("x-fail-first", "1"),
+                ("x-fail-code", "NOT_FOUND")))
+    assert failed.value.code() == grpc.StatusCode.NOT_FOUND
+    assert {m.key: m.value for m in refused.value.trailing_metadata()}[
+        "fastproxy-error"] == "no_route"
+    _, unary = echo.Unary.with_call(request("u"), timeout=10, metadata=(("x-echo-a", "1"),))
+    server_stream = echo.ServerStream(request("s", repeat=2), timeout=10,
+                                      metadata=(("x-echo-b", "2"),))
+    assert len(list(server_stream)) == 2
+    for call in (refused.value, stream, failed.value, unary, server_stream):
+        assert_as_grpc_gives(call.initial_metadata(), entry_type)
+        assert_as_grpc_gives(call.trailing_metadata(), entry_type)
+    assert [(m.key, m.value) for m in unary.initial_metadata()] == [("x-echo-a", "1")]
+    assert [(m.key, m.value) for m in server_stream.trailing_metadata()] == [
+        ("x-echo-count", "2")]
+
+
 # --- aio --------------------------------------------------------------------------------
 
 
@@ -369,3 +429,38 @@ def test_aio_refusals_are_audit_lines_too(stack: tuple[str, Path],
     assert [(a["method"], a["reason"], a["proxy"], a["caller"]) for a in audits] == [
         ("/other.v1.Nowhere/Call", "no_route", "client", CALLER),
         ("/other.v1.Nowhere/Stream", "no_route", "client", CALLER)]
+
+
+def test_aio_metadata_the_app_gets_is_grpc_aios_metadata(stack: tuple[str, Path]) -> None:
+    """The aio twin: what grpc.aio gives (`grpc.aio.Metadata`), for the SDK's refusals,
+    checked answers and the callee's checked failures."""
+    async def scenario() -> None:
+        made = fastproxy.aio_client_interceptors(service=CALLER, embedded=True,
+                                                 policy_file=str(stack[1]))
+        try:
+            async with grpc.aio.insecure_channel(stack[0], interceptors=made) as channel:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await channel.unary_unary("/other.v1.Nowhere/Call")(b"x", timeout=5)
+                with pytest.raises(grpc.aio.AioRpcError) as failed:
+                    await channel.unary_unary(FLAKY_UNARY)(b"x", timeout=5, metadata=(
+                        ("x-call-id", uuid.uuid4().hex), ("x-fail-first", "1"),
+                        ("x-fail-code", "NOT_FOUND")))
+                unary = demo_pb2_grpc.EchoStub(channel).Unary(
+                    request("u"), timeout=10, metadata=(("x-echo-a", "1"),))
+                await unary
+                stream = demo_pb2_grpc.EchoStub(channel).ServerStream(request("s"),
+                                                                      timeout=10)
+                assert len([r async for r in stream]) == 1
+                for error in (refused.value, failed.value):
+                    assert isinstance(error.initial_metadata(), grpc.aio.Metadata)
+                    assert isinstance(error.trailing_metadata(), grpc.aio.Metadata)
+                for call in (unary, stream):
+                    assert isinstance(await call.initial_metadata(), grpc.aio.Metadata)
+                    assert isinstance(await call.trailing_metadata(), grpc.aio.Metadata)
+                assert refused.value.trailing_metadata()["fastproxy-error"] == "no_route"
+                assert (await unary.initial_metadata())["x-echo-a"] == "1"
+                assert (await stream.trailing_metadata())["x-echo-count"] == "1"
+        finally:
+            made.close()
+
+    asyncio.run(scenario())

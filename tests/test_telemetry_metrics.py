@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import grpc
 import pytest
+from support.metric_docs import DOCS, documented_metrics, undocumented
 from support.telemetry_stack import CALLEE, CALLER, TelemetryStack, sample, scrape, telemetry_stack
 
 from fastproxy.v1 import demo_pb2, demo_pb2_grpc
@@ -100,10 +102,44 @@ def test_refusals_count_by_reason_on_the_in_proxy(stack: TelemetryStack,
 
     assert moved("fastproxy_refusals_total", reason="denied") == 1
     assert moved("fastproxy_refusals_total", reason="rate_limited") >= 1
-    assert moved("fastproxy_calls_total", caller=CALLER, method=DENIED_METHOD,
+    # The in-proxy's own refusals name its service as the callee.
+    assert moved("fastproxy_calls_total", caller=CALLER, callee=CALLEE, method=DENIED_METHOD,
                  code="PERMISSION_DENIED") == 1
-    assert moved("fastproxy_calls_total", caller=CALLER, method=LIMITED_METHOD,
+    assert moved("fastproxy_calls_total", caller=CALLER, callee=CALLEE, method=LIMITED_METHOD,
                  code="RESOURCE_EXHAUSTED") >= 1
+
+
+def test_every_proxy_names_its_own_service_in_the_calls_it_refuses(
+        stack: TelemetryStack, channel: grpc.Channel) -> None:
+    """A call the in-proxy refuses before it knows the caller (not sealed) still counts
+    under its callee, and one the out-proxy refuses (no route) under its caller."""
+    before_in = scrape(stack.in_metrics_port)
+    before_out = scrape(stack.out_metrics_port)
+    with grpc.insecure_channel(stack.inproxy.address) as plain:
+        assert _code(lambda: plain.unary_unary(UNARY)(b"", timeout=10)) \
+            == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(lambda: channel.unary_unary("/nowhere.v1.X/Y")(b"", timeout=10)) \
+        == grpc.StatusCode.UNIMPLEMENTED
+    after_in = scrape(stack.in_metrics_port)
+    after_out = scrape(stack.out_metrics_port)
+    assert sample(after_in, "fastproxy_calls_total", caller="", callee=CALLEE, method=UNARY,
+                  code="UNAUTHENTICATED") - sample(
+        before_in, "fastproxy_calls_total", caller="", callee=CALLEE, method=UNARY,
+        code="UNAUTHENTICATED") == 1
+    assert sample(after_out, "fastproxy_calls_total", caller=CALLER, callee="",
+                  method="/nowhere.v1.X/Y", code="UNIMPLEMENTED") - sample(
+        before_out, "fastproxy_calls_total", caller=CALLER, callee="", method="/nowhere.v1.X/Y",
+        code="UNIMPLEMENTED") == 1
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda path: path.name)
+def test_the_metrics_the_proxies_serve_are_the_ones_the_docs_list(
+        stack: TelemetryStack, channel: grpc.Channel, doc: Path) -> None:
+    demo_pb2_grpc.EchoStub(channel).Unary(demo_pb2.EchoRequest(text="x"), timeout=10)
+    _denied(channel)
+    documented = documented_metrics(doc)
+    for port in (stack.in_metrics_port, stack.out_metrics_port):
+        assert undocumented(scrape(port), documented) == []
 
 
 def test_the_proxies_export_their_metrics_over_otlp_too(stack: TelemetryStack,

@@ -7,6 +7,7 @@
     fastproxy policy apply --dry-run FILE        fastproxy policy diff [FILE | --revision N]
     fastproxy keys rotate KEY [--type T] [--resume]
     fastproxy center key [--pem] [-o FILE]
+    fastproxy certs gen DIR [--center HOSTS] [--node S[ROLES]] [--proxy S@HOSTS] ...
 
 Each subcommand is one `add_*_command(subparsers)` function listed in `COMMANDS`; it builds
 its parser with `add_command` (or `add_command_group`), which sets `run` to a function of the
@@ -26,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-# gRPC's C core prints a failed TLS handshake to stderr itself, a second line beside ours. It
-# reads its verbosity once, when grpc is first imported, so this must come before that import
-# (and `fastproxy/__init__.py` must not import grpc for it to take effect).
-os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+# gRPC's C core prints a failed TLS handshake to stderr itself (at error level), lines beside
+# our one. It reads its verbosity once, when grpc is first imported, so this must come before
+# that import (and `fastproxy/__init__.py` must not import grpc for it to take effect).
+os.environ.setdefault("GRPC_VERBOSITY", "NONE")
 
 import grpc
 
@@ -40,6 +41,7 @@ from fastproxy.node.credentials import (
     CenterCredentials,
     CredentialError,
     check_center_connection,
+    why_unreachable,
 )
 from fastproxy.policy.keygen import KEY_TYPE_NAMES, generate_key
 from fastproxy.policy.model import KeyType
@@ -197,6 +199,10 @@ def rpc_failure(error: grpc.RpcError, target: CenterTarget) -> CliError:
     details = " ".join(str(error.details() if isinstance(error, grpc.Call) else error).split())
     where = f"the Center at {target.address}"
     if code is grpc.StatusCode.UNAVAILABLE:
+        why = why_unreachable(details, uses_tls=target.uses_tls,
+                              has_certificate=target.tls_cert is not None)
+        if why is not None:
+            return CliError(f"cannot reach {where}: {why.reason} (gRPC: {details})", code=code)
         return CliError(f"cannot reach {where}: {details}", code=code)
     if code is grpc.StatusCode.DEADLINE_EXCEEDED:
         return CliError(f"{where} did not answer within {target.timeout:g} s "
@@ -569,6 +575,12 @@ def add_explain(subparsers: Subparsers) -> None:
     add_explain_command(subparsers, add_command)
 
 
+def add_certs(subparsers: Subparsers) -> None:
+    from fastproxy.cli.certs import add_certs_command
+
+    add_certs_command(subparsers, add_command, add_command_group)
+
+
 def add_demo(subparsers: Subparsers) -> None:
     from fastproxy.demo import add_demo_command
 
@@ -583,6 +595,7 @@ COMMANDS: list[Callable[[Subparsers], None]] = [
     add_keys_commands,
     add_explain,
     add_health,
+    add_certs,
     add_demo,
 ]
 

@@ -19,6 +19,7 @@ from fastproxy.hosting.commandline import (
 )
 from fastproxy.node.credentials import (
     CenterCredentials,
+    ConnectionFlags,
     CredentialError,
     check_center_connection,
 )
@@ -52,7 +53,9 @@ class NodeFlags:
 
 
 def add_node_flags(parser: OneLineArgumentParser, *, service_help: str,
-                   service_required: bool, tls_help: str) -> None:
+                   service_required: bool, tls_help: dict[str, str]) -> None:
+    """`tls_help`: the help of the older flags --tls-ca, --tls-cert and --tls-key, whose
+    meaning the host gives (the Center only, or also a proxy's own TLS)."""
     parser.add_argument("--service", required=service_required, help=service_help)
     parser.add_argument("--listen", required=True, type=host_port, help="HOST:PORT to serve on")
     source = parser.add_mutually_exclusive_group(required=service_required)
@@ -74,10 +77,19 @@ def add_node_flags(parser: OneLineArgumentParser, *, service_help: str,
     parser.add_argument("--center-public-key", metavar="FILE",
                         help="pin the Center's Ed25519 public key (32 raw bytes or base64): "
                              "snapshots signed by any other key are refused")
-    parser.add_argument("--tls-cert", metavar="FILE", help=tls_help)
-    parser.add_argument("--tls-key", metavar="FILE", help="the key of --tls-cert (PEM)")
-    parser.add_argument("--tls-ca", metavar="FILE",
-                        help="CA that verifies the Center (and, for proxies, peer proxies)")
+    center_tls = parser.add_argument_group(
+        "TLS to the Center", "how this node checks the Center and proves who it is there "
+        "(with a certificate whose common name is the service; or --token)")
+    center_tls.add_argument("--center-tls-ca", metavar="FILE",
+                            help="CA that signed the Center's certificate (PEM): TLS to the "
+                                 "Center")
+    center_tls.add_argument("--center-tls-cert", metavar="FILE",
+                            help="this node's client certificate for the Center (PEM)")
+    center_tls.add_argument("--center-tls-key", metavar="FILE",
+                            help="the key of --center-tls-cert (PEM)")
+    center_tls.add_argument("--tls-ca", metavar="FILE", help=tls_help["--tls-ca"])
+    center_tls.add_argument("--tls-cert", metavar="FILE", help=tls_help["--tls-cert"])
+    center_tls.add_argument("--tls-key", metavar="FILE", help=tls_help["--tls-key"])
     parser.add_argument("--max-message-bytes", type=int, default=DEFAULT_MAX_MESSAGE_BYTES,
                         help="largest message in either direction (default 64 MiB)")
     parser.add_argument("--clock-skew", type=float, default=CLOCK_AHEAD_S, metavar="SECONDS",
@@ -127,20 +139,47 @@ def _public_key(prog: str, path: str | None) -> bytes | None:
     return key
 
 
+CENTER_TLS_FLAGS = (("--center-tls-ca", "--tls-ca"), ("--center-tls-cert", "--tls-cert"),
+                    ("--center-tls-key", "--tls-key"))
+
+
+def center_tls_files(prog: str, args: argparse.Namespace) -> tuple[str | None, ...]:
+    """The CA, certificate and key files for the Center: the --center-tls-* flags, or the
+    older --tls-* ones (one or the other for each)."""
+    files, _ = _center_tls(prog, args)
+    return files
+
+
+def _center_tls(prog: str, args: argparse.Namespace
+                ) -> tuple[tuple[str | None, ...], tuple[str, str, str]]:
+    files: list[str | None] = []
+    names: list[str] = []
+    for new, old in CENTER_TLS_FLAGS:
+        given_new, given_old = (getattr(args, flag[2:].replace("-", "_")) for flag in (new, old))
+        if given_new and given_old:
+            fail(prog, f"{old} and {new} both name the Center's; give one")
+        files.append(given_new or given_old)
+        names.append(old if given_old else new)
+    return tuple(files), (names[0], names[1], names[2])
+
+
 def node_flags(prog: str, args: argparse.Namespace, role_name: str) -> NodeFlags:
     """Checks the shared flags (one clear line and exit 2 on a bad one) and reads their
     files. `role_name` goes into the default node id."""
     _check(prog, args)
+    (tls_ca, tls_cert, tls_key), names = _center_tls(prog, args)
     try:
         credentials = CenterCredentials.from_files(
-            token=args.token, tls_ca=args.tls_ca, tls_cert=args.tls_cert, tls_key=args.tls_key)
+            token=args.token, tls_ca=tls_ca, tls_cert=tls_cert, tls_key=tls_key, flags=names)
     except CredentialError as exc:
         fail(prog, str(exc))
     center_public_key = _public_key(prog, args.center_public_key)
     if args.center:
         try:
             check_center_connection(args.center, uses_tls=credentials.uses_tls,
-                                    pinned_key=center_public_key)
+                                    pinned_key=center_public_key,
+                                    names=ConnectionFlags(tls="--center-tls-ca FILE, or "
+                                                              "--tls-ca"))
         except CredentialError as exc:
             fail(prog, str(exc))
     return NodeFlags(

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Callable, Coroutine, Iterable
 from typing import Any
@@ -24,6 +25,31 @@ from fastproxy.telemetry.setup import (
 )
 
 Main = Coroutine[Any, Any, None]
+LATE_FLUSH_S = 1.0
+# grpc lets a server share its port with another (SO_REUSEPORT, on by default): a second
+# Center or server started by mistake on a taken address would then serve half of the
+# connections. Processes that are one per address take the port alone.
+EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+
+
+def why_not_listening(address: str) -> str:
+    """Why `address` ("HOST:PORT") cannot be listened on, in the system's words (grpc only
+    says "Failed to bind"): a plain bind of it, which fails the same way."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    try:
+        infos = socket.getaddrinfo(host or None, int(port), type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except (OSError, ValueError) as exc:
+        return str(exc)
+    for family, kind, proto, _, sockaddr in infos:
+        try:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(sockaddr)
+        except OSError as exc:
+            return (exc.strerror or str(exc)).lower()
+    return "grpc could not bind it"
 
 
 def telemetry_for(service_name: str, listen: str,
@@ -55,6 +81,10 @@ def run_service(prog: str, *, log_level: str, log_format: str,
     except startup_errors as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 1
+    finally:
+        # Done by `serve_until_stopped` within the grace period; here only for a service
+        # that ended another way (then briefly: the SDK's own flush at exit is unbounded).
+        installed.shutdown(LATE_FLUSH_S)
     return 0
 
 
@@ -70,13 +100,18 @@ def stop_on_signals() -> asyncio.Event:
 async def serve_until_stopped(stop: asyncio.Event, server: grpc.aio.Server,
                               health_servicer: health.aio.HealthServicer, grace_s: float,
                               log: logging.Logger, *, tasks: Iterable[asyncio.Task[Any]] = (),
-                              draining: Callable[[], None] | None = None) -> None:
+                              draining: Callable[[], None] | None = None,
+                              telemetry: Telemetry | None = None) -> None:
     """Waits for `stop`, then stops gracefully: health says NOT_SERVING, `draining` runs
     (e.g. telling tunnels or watch streams to go), the server stops accepting and lets
-    in-flight calls finish within `grace_s`, and `tasks` are cancelled."""
+    in-flight calls finish within `grace_s`, `tasks` are cancelled, and `telemetry` exports
+    what it holds in what is left of `grace_s` (an unreachable collector does not hold the
+    stop up)."""
+    loop = asyncio.get_running_loop()
     try:
         await stop.wait()
     finally:
+        deadline = loop.time() + grace_s
         log.info("stopping: draining in-flight calls for up to %.1f s", grace_s)
         await health_servicer.enter_graceful_shutdown()
         if draining is not None:
@@ -86,3 +121,5 @@ async def serve_until_stopped(stop: asyncio.Event, server: grpc.aio.Server,
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if telemetry is not None:
+            await asyncio.to_thread(telemetry.shutdown, max(deadline - loop.time(), 0.0))

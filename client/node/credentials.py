@@ -56,6 +56,42 @@ def check_center_connection(center: str, *, uses_tls: bool, pinned_key: bytes | 
 
 
 @dataclass(frozen=True, slots=True)
+class Unreachable:
+    """Why a connection to the Center failed, in words an operator can act on.
+    `refused`: the Center refused this client's credential (as against a fault of the
+    network, or of this client's own TLS settings)."""
+
+    reason: str
+    refused: bool = False
+
+
+def why_unreachable(details: str, *, uses_tls: bool, has_certificate: bool
+                    ) -> Unreachable | None:
+    """Reads gRPC's details of an UNAVAILABLE connection to the Center (None when they
+    say nothing more than that it could not be reached).
+
+    A Center that takes client certificates refuses one that does not verify with a TLS
+    alert once the handshake is done (TLS 1.3 has the client finish first), which gRPC
+    reports as `Unwrap failed (TSI_DATA_CORRUPTED)`; the Center's log names the reason."""
+    if uses_tls and has_certificate and ("TSI_DATA_CORRUPTED" in details
+                                         or "Unwrap failed" in details):
+        return Unreachable("the Center refused this client certificate in the TLS "
+                           "handshake: is it signed by the Center's --client-ca, still "
+                           "valid, and made for client use? (the Center's log says which)",
+                           refused=True)
+    if "CERTIFICATE_VERIFY_FAILED" in details:
+        return Unreachable("this client does not trust the Center's certificate: is the CA "
+                           "given for the Center the one that signed it, and does it name "
+                           "the address dialled (else give the server name)?")
+    if uses_tls and "WRONG_VERSION_NUMBER" in details:
+        return Unreachable("the Center does not speak TLS on this address")
+    if not uses_tls and "Socket closed" in details:
+        return Unreachable("the Center closed the connection: it may expect TLS (give the "
+                           "CA that signed its certificate)")
+    return None
+
+
+@dataclass(frozen=True, slots=True)
 class CenterCredentials:
     """A bearer token and/or TLS material; none of them means plaintext (development mode)."""
 
@@ -68,11 +104,15 @@ class CenterCredentials:
     @classmethod
     def from_files(cls, *, token: str = "", tls_ca: str | None = None,
                    tls_cert: str | None = None, tls_key: str | None = None,
-                   tls_server_name: str = "") -> CenterCredentials:
+                   tls_server_name: str = "",
+                   flags: tuple[str, str, str] = ("--tls-ca", "--tls-cert", "--tls-key")
+                   ) -> CenterCredentials:
+        """`flags` name the CA, certificate and key in errors."""
+        ca_flag, cert_flag, key_flag = flags
         if bool(tls_cert) != bool(tls_key):
-            raise CredentialError("--tls-cert and --tls-key go together")
-        return cls(token=token, tls_ca=_read(tls_ca, "--tls-ca"),
-                   tls_cert=_read(tls_cert, "--tls-cert"), tls_key=_read(tls_key, "--tls-key"),
+            raise CredentialError(f"{cert_flag} and {key_flag} go together")
+        return cls(token=token, tls_ca=_read(tls_ca, ca_flag),
+                   tls_cert=_read(tls_cert, cert_flag), tls_key=_read(tls_key, key_flag),
                    tls_server_name=tls_server_name)
 
     @property

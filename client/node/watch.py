@@ -26,7 +26,11 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from fastproxy.node.acceptance import SnapshotAcceptor, role_name
-from fastproxy.node.credentials import CenterCredentials, check_center_connection
+from fastproxy.node.credentials import (
+    CenterCredentials,
+    check_center_connection,
+    why_unreachable,
+)
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.policy.scope import content_hash, scope_snapshot
 from fastproxy.policy.signing import SnapshotError
@@ -168,6 +172,7 @@ class CenterWatcher(Generic[T]):
         # wait for a first policy fail at once with it instead of waiting out their time
         self.refusal = ""
         self._refusal_listeners: list[Callable[[str], None]] = []
+        self._unreachable = ""  # the last reason logged for a stream that could not start
 
     def on_refused(self, listener: Callable[[str], None]) -> None:
         self._refusal_listeners.append(listener)
@@ -180,6 +185,29 @@ class CenterWatcher(Generic[T]):
         self.refusal = refusal
         for listener in self._refusal_listeners:
             listener(refusal)
+
+    def _failed(self, target: CenterTarget, exc: grpc.aio.AioRpcError) -> None:
+        """Says why a stream failed: a refused credential once, as an error (and to the
+        hosts waiting for a first policy); a TLS setting that cannot work, once, as a
+        warning; anything else at info level (the Center restarting, a replica going)."""
+        details = exc.details() or ""
+        if exc.code() in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED):
+            self._refused(details or exc.code().name)
+            return
+        why = None
+        # (plaintext: a stream cut as a Center stops would read as a TLS mismatch)
+        if exc.code() == grpc.StatusCode.UNAVAILABLE and self.credentials.uses_tls:
+            why = why_unreachable(details, uses_tls=self.credentials.uses_tls,
+                                  has_certificate=self.credentials.tls_cert is not None)
+        if why is not None and why.refused:
+            self._refused(why.reason)
+        elif why is not None and why.reason != self._unreachable:
+            self._unreachable = why.reason
+            log.warning("cannot reach center %s: %s (%s)", target.address, why.reason,
+                        details)
+        else:
+            log.info("watch stream to %s ended: %s %s", target.address, exc.code().name,
+                     details)
 
     def _remember_cached_revision(self) -> None:
         """The cache's revision is the one held, before any snapshot arrives: a restart
@@ -230,12 +258,7 @@ class CenterWatcher(Generic[T]):
                     await self._stream_once(target)
                     backoff = self.initial_backoff_s
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
-                                      grpc.StatusCode.PERMISSION_DENIED):
-                        self._refused(exc.details() or exc.code().name)
-                    else:
-                        log.info("watch stream to %s ended: %s %s", target.address,
-                                 exc.code().name, exc.details())
+                    self._failed(target, exc)
                 if self.connected.is_set():
                     # The stream was up: this is a new outage, so back off from the start
                     # (not from where the last outage left it, up to max_backoff_s), and
@@ -264,13 +287,18 @@ class CenterWatcher(Generic[T]):
                 known_revision=self.holder.revision, known_hash=self.holder.content_hash)))
             call = stub.WatchPolicy(self._requests(outbox), metadata=credentials.metadata)
             renew = None
-            if self.node.advertise and self.node.role == pb.ROLE_IN:
-                renew = asyncio.create_task(self._renew_lease(outbox))
             try:
-                # up once the Center took the hello (a replica may have nothing new to send
-                # a node that holds the latest revision)
-                await call.wait_for_connection()
-                self.connected.set()
+                # Up once the Center took the hello: it sends its headers then (a replica may
+                # have nothing new to send a node that holds the latest revision). A refusal
+                # ends the call with no headers of its own: not up, so the backoff goes on
+                # growing, and nothing more is written to a call the Center ended (a write
+                # racing its end turns its status into INTERNAL "Internal error from Core",
+                # grpc/grpc#36066).
+                await call.initial_metadata()
+                if not call.done():
+                    self.connected.set()
+                    if self.node.advertise and self.node.role == pb.ROLE_IN:
+                        renew = asyncio.create_task(self._renew_lease(outbox))
                 async for response in call:
                     self.connected.set()
                     self.refusal = ""

@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 
+from fastproxy.hosting.grpc_metadata import aio_metadata
 from fastproxy.hosting.refusal import Refusal
 from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
@@ -49,14 +50,14 @@ class _Delegating:
 
     async def initial_metadata(self) -> Any:
         if self._checked is not None:
-            return grpc.aio.Metadata(*self._checked[0])
+            return aio_metadata(self._checked[0])
         if self._refusal is not None:
             return self._refusal.initial_metadata()
         return await self._call.initial_metadata()
 
     async def trailing_metadata(self) -> Any:
         if self._checked is not None:
-            return grpc.aio.Metadata(*self._checked[1])
+            return aio_metadata(self._checked[1])
         if self._refusal is not None:
             return self._refusal.trailing_metadata()
         return await self._call.trailing_metadata()
@@ -117,8 +118,8 @@ class _Checks:
                                                 tuple(err.trailing_metadata() or ()))
         except FastProxyError as refused:
             return self.refuse(self._core.refused(refused, plan, attempt))
-        self._refusal = grpc.aio.AioRpcError(err.code(), grpc.aio.Metadata(*initial),
-                                             grpc.aio.Metadata(*trailers), err.details())
+        self._refusal = grpc.aio.AioRpcError(err.code(), aio_metadata(initial),
+                                             aio_metadata(trailers), err.details())
         return self._refusal
 
 

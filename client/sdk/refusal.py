@@ -11,6 +11,7 @@ from typing import Any, NoReturn
 
 import grpc
 
+from fastproxy.hosting.grpc_metadata import aio_metadata, sync_metadata
 from fastproxy.hosting.refusal import Refusal
 from fastproxy.pipeline.metadata import Metadata
 
@@ -27,12 +28,12 @@ class RefusedCall(grpc.RpcError, grpc.Call, grpc.Future):
         return (f"<RefusedCall of fastproxy: status = {self.refusal.code}, "
                 f"details = {self.refusal.details!r}>")
 
-    # grpc.Call
+    # grpc.Call: metadata as grpc's own errors give it (entries with `.key`, `.value`)
     def initial_metadata(self) -> Metadata:
-        return self._initial
+        return sync_metadata(self._initial)
 
     def trailing_metadata(self) -> Metadata:
-        return self.refusal.trailers
+        return sync_metadata(self.refusal.trailers)
 
     def code(self) -> grpc.StatusCode:
         return self.refusal.code
@@ -87,5 +88,5 @@ class RefusedCall(grpc.RpcError, grpc.Call, grpc.Future):
 
 
 def aio_refusal(refusal: Refusal) -> grpc.aio.AioRpcError:
-    return grpc.aio.AioRpcError(refusal.code, grpc.aio.Metadata(),
-                                grpc.aio.Metadata(*refusal.trailers), refusal.details)
+    return grpc.aio.AioRpcError(refusal.code, aio_metadata(()), aio_metadata(refusal.trailers),
+                                refusal.details)

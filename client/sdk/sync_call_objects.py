@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from fastproxy.hosting.grpc_metadata import sync_metadata
 from fastproxy.hosting.refusal import Refusal
 from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
@@ -131,11 +132,13 @@ class SyncUnaryCall(grpc.Call, grpc.Future):
         self._settle_quietly()
         if self._refusal is not None:
             return self._refusal.trailing_metadata()
-        return self._trailers if self._opened is not _UNSET else ()
+        return sync_metadata(self._trailers if self._opened is not _UNSET else ())
 
     def initial_metadata(self) -> Any:
         self._settle_quietly()
-        return self._initial
+        if self._refusal is not None:
+            return self._refusal.initial_metadata()
+        return sync_metadata(self._initial)
 
     def is_active(self) -> bool:
         return bool(self._outcome.is_active())
@@ -267,13 +270,13 @@ class SyncStreamCall(grpc.Call, grpc.Future):
         if self._refusal is not None:
             return self._refusal.initial_metadata()
         self._check(self._head)
-        return self._initial
+        return sync_metadata(self._initial)
 
     def trailing_metadata(self) -> Any:
         if self._refusal is not None:
             return self._refusal.trailing_metadata()
         if self._attempt.messages.sealed:
-            return self._trailers if self._trailers is not None else ()
+            return sync_metadata(self._trailers)
         return self._call.trailing_metadata()
 
     def code(self) -> grpc.StatusCode:

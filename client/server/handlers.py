@@ -1,9 +1,12 @@
 """The embedded server's interceptors: the sync twin (`grpc.server`) and the aio twin
 (`grpc.aio.server`), over the shared `EmbeddedPolicy` and `SealedCall`.
 
-Per call, `intercept_service` admits the call (before the app's handler is even looked up,
-so a refused caller learns no method names), then hands grpc a copy of the app's handler
-whose codecs open and seal and whose behavior runs the app's with a sealing context.
+Per call, `intercept_service` admits the call before the app's handler is even looked up: a
+refused call is answered here and never reaches the app (its interceptors, handlers or
+their lookup), so a refused caller learns no method names. An admitted call goes on with
+the app's view of its metadata (`AppCallDetails`, `aio_call_details`), and grpc gets a
+copy of the app's handler whose codecs open and seal and whose behavior runs the app's
+with a sealing context.
 `/fastproxy.v1.Session/Open` is answered here, whatever the app serves.
 
 Limits: the service's `timeout_ms` is not imposed on the app's handler (grpc gives a server
@@ -25,11 +28,14 @@ from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.server.policy import EmbeddedPolicy
 from fastproxy.server.sealed_call import (
     AioSealingContext,
+    AppCallDetails,
     Refused,
     SealedCall,
     SealingContext,
     Serializer,
+    aio_call_details,
     app_exception_details,
+    app_metadata,
 )
 
 UNKNOWN = grpc.StatusCode.UNKNOWN
@@ -171,13 +177,12 @@ def _unimplemented(call: _Call, requests: Iterator[Any], context: grpc.ServicerC
     yield from ()  # pragma: no cover (abort raises)
 
 
-def _refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
-                      error: FastProxyError) -> grpc.RpcMethodHandler:
-    streaming = handler is None or handler.request_streaming
-
-    def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-        _abort(context, call, error, request if streaming else None)
-    return _rebuild(handler, refuse, None, None)
+def _refusing_handler(call: _Call, error: FastProxyError) -> grpc.RpcMethodHandler:
+    """Of the stream-stream kind, which takes a call of any kind: the app's handler is not
+    looked up for a refused call."""
+    def refuse(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        _abort(context, call, error, requests)
+    return _rebuild(None, refuse, None, None)
 
 
 def _session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
@@ -212,15 +217,15 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
             return self._sessions
         if self.policy.is_open(method):
             return continuation(handler_call_details)
+        received = tuple(details.invocation_metadata or ())
         try:
-            admitted = self.policy.admit(method, tuple(details.invocation_metadata or ()))
+            admitted = self.policy.admit(method, received)
         except FastProxyError as error:
-            # refused before anything else, so a refused caller learns no method names
-            return _refusing_handler(continuation(handler_call_details),
-                                     _Call(self.policy, method, None), error)
-        handler = continuation(handler_call_details)
+            return _refusing_handler(_Call(self.policy, method, None), error)
+        metadata = app_metadata(received, admitted.restored)
+        handler = continuation(AppCallDetails(method, metadata))
         call = _Call(self.policy, method, SealedCall(
-            admitted, handler.request_streaming if handler is not None else True))
+            admitted, handler.request_streaming if handler is not None else True, metadata))
         if handler is None:  # the app lacks the method: said so, sealed
             return _rebuild(None, functools.partial(_unimplemented, call), None, None)
         return _sealed_handler(handler, call)
@@ -330,13 +335,12 @@ async def _aio_unimplemented(call: _Call, requests: AsyncIterator[Any],
     yield  # pragma: no cover (abort raises)
 
 
-def _aio_refusing_handler(handler: grpc.RpcMethodHandler | None, call: _Call,
-                          error: FastProxyError) -> grpc.RpcMethodHandler:
-    streaming = handler is None or handler.request_streaming
-
-    async def refuse(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
-        await _aio_abort(context, call, error, request if streaming else None)
-    return _rebuild(handler, refuse, None, None)
+def _aio_refusing_handler(call: _Call, error: FastProxyError) -> grpc.RpcMethodHandler:
+    """The aio twin of `_refusing_handler`."""
+    async def refuse(requests: AsyncIterator[Any],
+                     context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        await _aio_abort(context, call, error, requests)
+    return _rebuild(None, refuse, None, None)
 
 
 def _aio_session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
@@ -369,14 +373,15 @@ class AioSealingServerInterceptor(grpc.aio.ServerInterceptor):
             return self._sessions
         if self.policy.is_open(method):
             return await continuation(handler_call_details)
+        received = tuple(details.invocation_metadata or ())
         try:
-            admitted = self.policy.admit(method, tuple(details.invocation_metadata or ()))
+            admitted = self.policy.admit(method, received)
         except FastProxyError as error:
-            return _aio_refusing_handler(await continuation(handler_call_details),
-                                         _Call(self.policy, method, None), error)
-        handler = await continuation(handler_call_details)
+            return _aio_refusing_handler(_Call(self.policy, method, None), error)
+        metadata = app_metadata(received, admitted.restored)
+        handler = await continuation(aio_call_details(method, metadata))
         call = _Call(self.policy, method, SealedCall(
-            admitted, handler.request_streaming if handler is not None else True))
+            admitted, handler.request_streaming if handler is not None else True, metadata))
         if handler is None:  # the app lacks the method: said so, sealed
             return _rebuild(None, functools.partial(_aio_unimplemented, call), None, None)
         return _aio_sealed_handler(handler, call)

@@ -10,19 +10,25 @@ not raise inside grpc (which would answer INTERNAL): the deserializer hands back
 and the call ends with the pipeline's status, sealed, as the in-proxy would.
 
 What the app sets about its answer (headers, trailers, code, details, abort) goes through a
-wrapped servicer context, so the HEAD and STATUS records cover exactly what the caller gets;
-the app's `invocation_metadata()` shows its caller's metadata without the protocol's
-entries and with the credentials the CALL record carried.
+wrapped servicer context, so the HEAD and STATUS records cover exactly what the caller gets.
+
+What the app sees of its caller's metadata is what it would see behind an in-proxy
+(`app_metadata`): none of the protocol's entries, the credentials the CALL record carried
+restored, in grpc's own types. Its handler's `invocation_metadata()` and whatever runs
+after this interceptor (the app's own interceptors, its generic handlers' lookup, which
+get `AppCallDetails`) see that, and nothing of a call this interceptor refused.
 """
 
 from __future__ import annotations
 
+from collections import namedtuple
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
 
-from fastproxy.pipeline.metadata import PROTOCOL_KEYS, Metadata
+from fastproxy.hosting.grpc_metadata import sync_metadata
+from fastproxy.pipeline.metadata import OUR_PREFIX, Metadata
 from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.pipeline.stages import InboundCall
 
@@ -46,6 +52,30 @@ class _EndOfRequests:
 END = _EndOfRequests()
 
 
+def app_metadata(metadata: Metadata, restored: Metadata) -> Metadata:
+    """The caller's metadata as the app gets it behind an in-proxy: every `fastproxy-`
+    entry gone (the protocol's, and any a caller set), the credential entries the CALL
+    record carried (`restored`) after the others, as grpc's server gives metadata."""
+    kept = [(key, value) for key, value in metadata if not key.startswith(OUR_PREFIX)]
+    return sync_metadata((*kept, *restored))
+
+
+class AppCallDetails(namedtuple("AppCallDetails", ("method", "invocation_metadata")),
+                     grpc.HandlerCallDetails):
+    """The `HandlerCallDetails` a sync server's interceptor hands on to the app's
+    interceptors and handlers."""
+
+
+def aio_call_details(method: str, metadata: Metadata) -> grpc.HandlerCallDetails:
+    """The aio twin of `AppCallDetails`: grpc.aio's server takes only its own class there
+    (its Cython continuation checks the argument's type: "expected
+    grpc._cython.cygrpc._HandlerCallDetails", grpcio 1.85)."""
+    from grpc._cython import cygrpc
+
+    details: grpc.HandlerCallDetails = cygrpc._HandlerCallDetails(method, metadata)
+    return details
+
+
 def app_exception_details(exc: BaseException) -> str:
     """The status message an app's own exception ends its call with (grpc's wording)."""
     return f"Exception calling application: {exc}"
@@ -55,10 +85,12 @@ class SealedCall:
     """One admitted call's transforms, the first refusal met while opening a request, and
     what the app set for its answer."""
 
-    __slots__ = ("_single", "call", "code", "details", "ended", "error", "trailers")
+    __slots__ = ("_single", "call", "code", "details", "ended", "error", "metadata", "trailers")
 
-    def __init__(self, call: InboundCall, request_streaming: bool) -> None:
+    def __init__(self, call: InboundCall, request_streaming: bool, metadata: Metadata) -> None:
+        """`metadata`: the caller's, as the app gets it (`app_metadata`)."""
         self.call = call
+        self.metadata = metadata
         self._single = not request_streaming
         self.error: FastProxyError | None = None
         self.trailers: Metadata = ()
@@ -121,12 +153,6 @@ class SealedCall:
         plain = serialize(response) if serialize is not None else response
         return self.call.seal_response(plain)
 
-    def app_metadata(self, metadata: Metadata) -> Metadata:
-        """The caller's metadata as the app sees it (as behind an in-proxy)."""
-        kept = tuple((key, value) for key, value in metadata if key not in PROTOCOL_KEYS
-                     and not key.startswith("fastproxy-"))
-        return (*kept, *self.call.restored)
-
     def head(self, metadata: Metadata) -> Metadata:
         return self.call.seal_head(tuple(metadata))
 
@@ -150,7 +176,7 @@ class _Context:
         return getattr(self._real, name)
 
     def invocation_metadata(self) -> Metadata:
-        return self._sealed.app_metadata(tuple(self._real.invocation_metadata() or ()))
+        return self._sealed.metadata
 
     def set_trailing_metadata(self, trailing_metadata: Metadata) -> None:
         self._sealed.trailers = tuple(trailing_metadata)

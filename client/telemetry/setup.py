@@ -23,8 +23,10 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics as otel_metrics
@@ -62,6 +64,11 @@ class Telemetry:
     # Histograms aggregated by FastProxy's code, exported by `meter_provider`'s readers
     # (`fastproxy.telemetry.aggregated`); None when metrics are off.
     aggregated: AggregatedMetrics | None = None
+    # The span exporter behind `tracer_provider`'s batch: `shutdown` stops it when a flush
+    # runs out of time (an exporter retrying an unreachable collector).
+    span_exporter: Any | None = None
+    _shut: threading.Event = field(default_factory=threading.Event, repr=False,
+                                   compare=False)
 
     @property
     def tracing(self) -> bool:
@@ -77,11 +84,69 @@ class Telemetry:
     def meter(self, name: str) -> otel_metrics.Meter | None:
         return None if self.meter_provider is None else self.meter_provider.get_meter(name)
 
-    def shutdown(self) -> None:
-        """Flushes what is batched (also done at interpreter exit by the SDK)."""
-        for provider in (self.tracer_provider, self.meter_provider):
-            if provider is not None:
-                provider.shutdown()
+    def shutdown(self, timeout_s: float = 30.0) -> bool:
+        """Flushes what is batched and stops the exporters, traces and metrics side by side,
+        within `timeout_s`; once (later calls return at once). What an exporter still holds
+        when the time is up (it retries a collector that does not answer, with backoff, for
+        up to 10 s a batch) is dropped: a service's stop is bounded by its `--grace`, not by
+        its collector. True when everything was flushed in time. (Without this call the SDK
+        flushes at interpreter exit, unbounded.)"""
+        if self._shut.is_set():
+            return True
+        self._shut.set()
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        stops: list[_Stop] = []
+        if self.tracer_provider is not None:
+            stops.append(_Stop(self.tracer_provider.shutdown))
+        if self.meter_provider is not None:
+            # bounded by the SDK itself: the readers' last export, then their exporters
+            meter_provider = self.meter_provider
+            stops.append(_Stop(lambda: meter_provider.shutdown(
+                timeout_millis=max(timeout_s, 0.0) * 1000)))
+        for stop in stops:
+            stop.join(deadline)
+        late = [stop.outcome for stop in stops if not stop.ok]  # before any is cut short
+        if stops and stops[0].running and self.span_exporter is not None:
+            # Ends its retries (its backoff waits for this) and closes its channel; the
+            # provider's shutdown then ends at once, on its own thread.
+            self.span_exporter.shutdown()
+        if late:
+            log.warning("telemetry: not everything was exported within the %.1f s left to "
+                        "stop; the rest is dropped (%s)", timeout_s, "; ".join(late))
+        return not late
+
+
+class _Stop:
+    """A provider's shutdown on a daemon thread, waited for until a deadline."""
+
+    def __init__(self, stop: Callable[[], object]) -> None:
+        self.error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                stop()
+            except Exception as exc:  # the meter provider raises what its readers raised
+                self.error = exc
+        self._thread = threading.Thread(target=run, name="fastproxy-telemetry-stop",
+                                        daemon=True)
+        self._thread.start()
+
+    def join(self, deadline: float) -> None:
+        self._thread.join(max(deadline - time.monotonic(), 0.0))
+
+    @property
+    def running(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
+    def ok(self) -> bool:
+        return not self.running and self.error is None
+
+    @property
+    def outcome(self) -> str:
+        if self.running:
+            return "an exporter was still retrying"
+        return " ".join(str(self.error).split())
 
 
 TELEMETRY_OFF = Telemetry(None, None)
@@ -216,6 +281,7 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
     resource = _resource(service_name, env)
 
     tracer_provider = None
+    span_exporter = None
     shortcut = None
     if traces != "none":
         from opentelemetry.sdk.trace import TracerProvider
@@ -234,7 +300,8 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
         ids = PresetTraceIds() if ratio is not None and w3c_propagation() else None
         tracer_provider = TracerProvider(resource=resource, sampler=_ratio_sampler(ratio),
                                          id_generator=ids)
-        tracer_provider.add_span_processor(BatchSpanProcessor(_span_exporter(traces, env)))
+        span_exporter = _span_exporter(traces, env)
+        tracer_provider.add_span_processor(BatchSpanProcessor(span_exporter))
         if ratio is not None and ids is not None:
             shortcut = SamplingShortcut(ratio, ids)
 
@@ -267,7 +334,8 @@ def configure_telemetry(service_name: str, *, metrics_port: int | None = None,
 
         meter_provider = MeterProvider(metric_readers=readers, resource=resource)
 
-    installed = Telemetry(tracer_provider, meter_provider, metrics_port, shortcut, aggregated)
+    installed = Telemetry(tracer_provider, meter_provider, metrics_port, shortcut, aggregated,
+                          span_exporter)
     if install_global:
         _set_globals_once(tracer_provider, meter_provider)
     log.info("telemetry: traces %s, metrics %s%s", traces, metrics,
