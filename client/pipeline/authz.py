@@ -10,7 +10,7 @@ being narrowed). `decide` is the one place that decides; `fastproxy explain` run
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastproxy.policy.model import RateLimit
 
@@ -95,11 +95,19 @@ class Decision:
         return self.rule.path if self.rule is not None else NO_RULE
 
 
+DECISION_CACHE_LIMIT = 4096  # (caller, method) pairs whose decision a policy keeps
+
+
 @dataclass(frozen=True, slots=True)
 class AllowList:
+    """Immutable (a policy swap brings a new one), so a decision is made once per caller
+    and method and kept (`decide`), at most `DECISION_CACHE_LIMIT` of them."""
+
     rules: tuple[CompiledAllowRule, ...]
     service: str = ""
     audit: bool = False  # the service's mode: audit
+    _decided: dict[tuple[str, str], Decision] = field(default_factory=dict, init=False,
+                                                       compare=False, repr=False)
 
     def first_match(self, caller: str, method: str) -> CompiledAllowRule | None:
         for rule in self.rules:
@@ -108,6 +116,16 @@ class AllowList:
         return None
 
     def decide(self, caller: str, method: str) -> Decision:
+        key = (caller, method)
+        decision = self._decided.get(key)
+        if decision is None:
+            decision = self._decide(caller, method)
+            if len(self._decided) >= DECISION_CACHE_LIMIT:
+                self._decided.clear()
+            self._decided[key] = decision
+        return decision
+
+    def _decide(self, caller: str, method: str) -> Decision:
         rule = self.first_match(caller, method)
         if rule is not None:
             return Decision(rule)

@@ -56,6 +56,7 @@ HOP_BY_HOP_PREFIXES = (":", "x-b3-", "x-envoy-")
 # Credentials: encrypted inside the records, never on the wire in the clear.
 SECRET_KEYS = frozenset({"authorization", "proxy-authorization", "cookie", "set-cookie"})
 DIGEST_CONTEXT = b"fastproxy-v2 metadata\0"
+EMPTY_DIGEST = hashlib.sha256(DIGEST_CONTEXT).digest()  # of a list with nothing covered
 
 
 def is_hop_by_hop(key: str) -> bool:
@@ -69,6 +70,8 @@ def value_bytes(value: MetadataValue) -> bytes:
 def split_secrets(metadata: Iterable[Metadatum], secret: frozenset[str]
                   ) -> tuple[Metadata, Metadata]:
     """(what travels in the clear, the entries whose names are in `secret`)."""
+    if not metadata:
+        return (), ()
     clear: list[Metadatum] = []
     hidden: list[Metadatum] = []
     for entry in metadata:
@@ -76,13 +79,20 @@ def split_secrets(metadata: Iterable[Metadatum], secret: frozenset[str]
     return tuple(clear), tuple(hidden)
 
 
+def _name(entry: Metadatum) -> str:
+    return entry[0]
+
+
 def metadata_digest(metadata: Iterable[Metadatum], secret: frozenset[str]) -> bytes:
     """The digest a record carries of a metadata list: every entry but hop-by-hop ones, the
     protocol's own and secret ones (those travel encrypted), sorted by name (values of one
     name keep their order)."""
     kept = [(key, value) for key, value in metadata
-            if key not in PROTOCOL_KEYS and key not in secret and not is_hop_by_hop(key)]
-    kept.sort(key=lambda entry: entry[0])
+            if key not in PROTOCOL_KEYS and key not in secret and key not in HOP_BY_HOP_KEYS
+            and not key.startswith(HOP_BY_HOP_PREFIXES)]
+    if not kept:
+        return EMPTY_DIGEST
+    kept.sort(key=_name)
     digest = hashlib.sha256(DIGEST_CONTEXT)
     for key, value in kept:
         raw_key, raw_value = key.encode(), value_bytes(value)
@@ -93,7 +103,11 @@ def metadata_digest(metadata: Iterable[Metadatum], secret: frozenset[str]) -> by
 
 def has_app_entries(metadata: Iterable[Metadatum]) -> bool:
     """Whether `metadata` holds anything a digest would cover."""
-    return any(key not in PROTOCOL_KEYS and not is_hop_by_hop(key) for key, _ in metadata)
+    for key, _ in metadata:
+        if key not in PROTOCOL_KEYS and key not in HOP_BY_HOP_KEYS \
+                and not key.startswith(HOP_BY_HOP_PREFIXES):
+            return True
+    return False
 
 
 def forwarded_request_metadata(incoming: Iterable[Metadatum], added: Metadata = ()) -> Metadata:

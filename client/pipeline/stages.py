@@ -76,13 +76,18 @@ UNSEALED_CODES = frozenset({1, 4, 13, 14, 16})  # CANCELLED, DEADLINE_EXCEEDED, 
 #                                                 UNAVAILABLE, UNAUTHENTICATED
 UNKNOWN_SESSION = "unknown"
 ZERO_DIGEST = bytes(32)
+_CALL_HEADER = header(CALL)
 
 
 def _pairs(metadata: Metadata) -> list[spb.MetadataPair]:
+    if not metadata:
+        return []
     return [spb.MetadataPair(key=key, value=value_bytes(value)) for key, value in metadata]
 
 
 def _entries(pairs: Iterable[spb.MetadataPair]) -> Metadata:
+    if not pairs:
+        return ()
     return tuple((pair.key, pair.value if pair.key.endswith("-bin")
                   else pair.value.decode("utf-8", "replace"))
                  for pair in pairs)
@@ -95,10 +100,13 @@ def _without(metadata: Metadata, keys: frozenset[str]) -> Metadata:
 
 
 def _value(metadata: Metadata, key: str) -> str | bytes | None:
-    found = [value for entry_key, value in metadata if entry_key == key]
-    if len(found) > 1:
-        raise FastProxyError(Reason.UNAUTHENTICATED, f"{key} appears more than once")
-    return found[0] if found else None
+    found: str | bytes | None = None
+    for entry_key, value in metadata:
+        if entry_key == key:
+            if found is not None:
+                raise FastProxyError(Reason.UNAUTHENTICATED, f"{key} appears more than once")
+            found = value
+    return found
 
 
 def _check_digest(metadata: Metadata, secret_keys: frozenset[str], digest: bytes,
@@ -113,7 +121,12 @@ def _check_digest(metadata: Metadata, secret_keys: frozenset[str], digest: bytes
                              f"{what} carry credential metadata in the clear")
 
 
+_NO_DETAILS_DIGEST = hashlib.sha256(b"").digest()
+
+
 def _details_digest(details: str) -> bytes:
+    if not details:
+        return _NO_DETAILS_DIGEST
     return hashlib.sha256(details.encode()).digest()
 
 
@@ -209,10 +222,12 @@ class OutboundCall:
         self.call_number = number = session.take_call_number()
         clear, secret = split_secrets(_without(metadata, PROTOCOL_KEYS), self._secret_keys)
         head = spb.CallHead(method=method, timestamp_ms=int(now * 1000),
-                            metadata_digest=metadata_digest(clear, self._secret_keys),
-                            secret=_pairs(secret)).SerializeToString()
-        prefix = header(CALL) + session.session_id + number.to_bytes(8, "big")
-        record = prefix + session.request.seal(nonce(number, 0), head, prefix)
+                            metadata_digest=metadata_digest(clear, self._secret_keys))
+        if secret:
+            head.secret.extend(_pairs(secret))
+        prefix = b"".join((_CALL_HEADER, session.session_id, number.to_bytes(8, "big")))
+        record = prefix + session.request.seal(nonce(number, 0), head.SerializeToString(),
+                                               prefix)
         self.metadata: Metadata = (*clear, (CALL_KEY, record))
         limit = side.max_message_bytes
         self._requests = Direction(session.request, number, clear=session.clear,
@@ -514,6 +529,7 @@ class InboundCall:
         clear, secret = split_secrets(trailers, self.secret_keys)
         end = spb.ResponseEnd(code=code, details_digest=_details_digest(details),
                               trailers_digest=metadata_digest(clear, self.secret_keys),
-                              secret=_pairs(secret), messages=self._responses.position - 1,
-                              head=self._head_sent).SerializeToString()
-        return (*clear, (END_KEY, self._responses.seal(STATUS, end)))
+                              messages=self._responses.position - 1, head=self._head_sent)
+        if secret:
+            end.secret.extend(_pairs(secret))
+        return (*clear, (END_KEY, self._responses.seal(STATUS, end.SerializeToString())))

@@ -140,9 +140,23 @@ class AioUnaryCall(_Checks, _Delegating, grpc.aio.UnaryUnaryCall, grpc.aio.Strea
         return self._get().__await__()
 
     async def _get(self) -> Any:
-        if self._outcome is None:
-            self._outcome = asyncio.ensure_future(self._finish(self))
-        return await asyncio.shield(self._outcome)
+        """The first await runs `finish` in the awaiting task itself (no task of its own:
+        one fewer per call, and cancelling the awaiting task cancels the attempt, as with a
+        plain grpc.aio call); any later or concurrent await gets its outcome."""
+        if self._outcome is not None:
+            return await asyncio.shield(self._outcome)
+        outcome = self._outcome = asyncio.get_running_loop().create_future()
+        try:
+            result = await self._finish(self)
+        except asyncio.CancelledError:
+            outcome.cancel()
+            raise
+        except BaseException as error:
+            outcome.set_exception(error)
+            outcome.exception()  # retrieved: raised here, so asyncio need not report it
+            raise
+        outcome.set_result(result)
+        return result
 
     async def opened(self, raw: Any, attempt: Attempt, plan: CallPlan) -> Any:
         """The response as the app gets it, once the answer checked."""

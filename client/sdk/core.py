@@ -24,7 +24,7 @@ from fastproxy.pipeline.handshake import CallerHandshake, CallerSession
 from fastproxy.pipeline.metadata import SESSION_KEY, Metadata, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.reasons import FastProxyError, Reason
-from fastproxy.pipeline.stages import UNKNOWN_SESSION
+from fastproxy.pipeline.stages import UNKNOWN_SESSION, Destination
 from fastproxy.policy.model import RetryPolicy
 
 from .background_policy import BackgroundPolicy
@@ -53,20 +53,23 @@ class Refuse:
     error: FastProxyError
 
 
-@dataclass(frozen=True, slots=True)
 class Attempt:
-    """One try of a call: its timeout, metadata and message transform."""
+    """One try of a call: its timeout, metadata and message transform (read only)."""
 
-    timeout: float | None
-    metadata: Metadata
-    messages: MessageCodec
+    __slots__ = ("messages", "metadata", "timeout")
+
+    def __init__(self, timeout: float | None, metadata: Metadata,
+                 messages: MessageCodec) -> None:
+        self.timeout = timeout
+        self.metadata = metadata
+        self.messages = messages
 
 
 class CallPlan:
     """One call as the app made it, across its attempts."""
 
-    __slots__ = ("attempts_made", "deadline", "metadata", "method", "retry", "session",
-                 "session_retried")
+    __slots__ = ("attempts_made", "deadline", "destination", "metadata", "method", "policy",
+                 "retry", "session", "session_retried")
 
     def __init__(self, method: str, timeout: float | None, metadata: Metadata) -> None:
         self.method = method
@@ -76,6 +79,10 @@ class CallPlan:
         self.attempts_made = 0
         self.session: CallerSession | None = None  # the current attempt's (embedded mode)
         self.session_retried = False
+        # the policy and destination `handshake_needed` found (embedded mode), reused by the
+        # attempt that follows while that policy is in force
+        self.policy: NodePolicy | None = None
+        self.destination: Destination | None = None
 
     def remaining(self) -> float | None:
         return None if self.deadline is None else self.deadline - time.monotonic()
@@ -143,6 +150,7 @@ class SdkCore:
             return None
         policy = self._policy()
         destination = policy.route(plan.method)
+        plan.policy, plan.destination = policy, destination
         session = self._sessions.get(destination.name)
         now = time.time()
         # No aside here (a handshake rides the app's channel, in a call): a session that is
@@ -179,7 +187,9 @@ class SdkCore:
         plan.attempts_made += 1
         if self.config.embedded:
             policy = self._policy()
-            destination = policy.route(plan.method)
+            destination = plan.destination
+            if plan.policy is not policy or destination is None:
+                destination = policy.route(plan.method)
             assert plan.session is not None
             call = policy.outbound(destination, plan.session, plan.method, plan.metadata,
                                    time.time())

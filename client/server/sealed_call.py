@@ -26,6 +26,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import grpc
+from grpc._cython.cygrpc import _HandlerCallDetails
 
 from fastproxy.hosting.grpc_metadata import sync_metadata
 from fastproxy.pipeline.metadata import OUR_PREFIX, Metadata
@@ -70,9 +71,7 @@ def aio_call_details(method: str, metadata: Metadata) -> grpc.HandlerCallDetails
     """The aio twin of `AppCallDetails`: grpc.aio's server takes only its own class there
     (its Cython continuation checks the argument's type: "expected
     grpc._cython.cygrpc._HandlerCallDetails", grpcio 1.85)."""
-    from grpc._cython import cygrpc
-
-    details: grpc.HandlerCallDetails = cygrpc._HandlerCallDetails(method, metadata)
+    details: grpc.HandlerCallDetails = _HandlerCallDetails(method, metadata)
     return details
 
 
