@@ -94,9 +94,10 @@ def _entries(pairs: Iterable[spb.MetadataPair]) -> Metadata:
 
 
 def _without(metadata: Metadata, keys: frozenset[str]) -> Metadata:
-    if not any(key in keys for key, _ in metadata):
-        return metadata
-    return tuple(entry for entry in metadata if entry[0] not in keys)
+    for key, _ in metadata:
+        if key in keys:
+            return tuple(entry for entry in metadata if entry[0] not in keys)
+    return metadata
 
 
 def _value(metadata: Metadata, key: str) -> str | bytes | None:
@@ -116,9 +117,10 @@ def _check_digest(metadata: Metadata, secret_keys: frozenset[str], digest: bytes
     and the digest does not cover it)."""
     if digest != metadata_digest(metadata, secret_keys):
         raise FastProxyError(Reason.UNAUTHENTICATED, f"{what} changed on the way")
-    if any(key in secret_keys for key, _ in metadata):
-        raise FastProxyError(Reason.UNAUTHENTICATED,
-                             f"{what} carry credential metadata in the clear")
+    for key, _ in metadata:
+        if key in secret_keys:
+            raise FastProxyError(Reason.UNAUTHENTICATED,
+                                 f"{what} carry credential metadata in the clear")
 
 
 _NO_DETAILS_DIGEST = hashlib.sha256(b"").digest()
