@@ -14,9 +14,11 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import logging
 import os
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -96,18 +98,23 @@ async def _slow(request: bytes, _context: grpc.aio.ServicerContext) -> bytes:
     return request
 
 
-@contextlib.asynccontextmanager
-async def embedded_channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
-    """A channel of the aio SDK in embedded mode to an aio server with the embedded
-    server's interceptors, both on this loop, one policy file."""
+def _address() -> str:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        address = f"127.0.0.1:{probe.getsockname()[1]}"
-    policy = tmp_path / "policy.yaml"
-    policy.write_text(_policy(address))
-    interceptors = aio_server_interceptors(service=CALLEE, policy_file=str(policy))
+        return f"127.0.0.1:{probe.getsockname()[1]}"
+
+
+@contextlib.asynccontextmanager
+async def embedded_channel(policy: Path, address: str, center: str | None = None
+                           ) -> AsyncIterator[grpc.aio.Channel]:
+    """A channel of the aio SDK in embedded mode to an aio server at `address` with the
+    embedded server's interceptors, both on this loop, their policy from the file or, with
+    `center`, watched from that Center (on the SDK's background loop)."""
+    source: dict[str, str] = ({"center": center} if center
+                              else {"policy_file": str(policy)})
+    interceptors = aio_server_interceptors(service=CALLEE, **source)
     assert interceptors[0].policy.wait_loaded(10)
     server = grpc.aio.server(interceptors=interceptors)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("test.v1.Echo", {
@@ -116,8 +123,7 @@ async def embedded_channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
         "Denied": grpc.unary_unary_rpc_method_handler(_echo)}),))
     server.add_insecure_port(address)
     await server.start()
-    made = fastproxy.aio_client_interceptors(service=CALLER, policy_file=str(policy),
-                                             embedded=True)
+    made = fastproxy.aio_client_interceptors(service=CALLER, embedded=True, **source)
     assert made.wait_for_policy(10)
     try:
         async with grpc.aio.insecure_channel(address, interceptors=made) as opened:
@@ -162,7 +168,45 @@ async def _cancels(channel: grpc.aio.Channel) -> None:
 
 @pytest.mark.parametrize("scenario", [_awaits, _cancels], ids=["awaits", "cancels"])
 def test_awaiting_an_embedded_unary_call(tmp_path: Path, scenario: object) -> None:
+    address = _address()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(_policy(address))
+
     async def run() -> None:
-        async with embedded_channel(tmp_path) as channel:
+        async with embedded_channel(policy, address) as channel:
             await scenario(channel)  # type: ignore[operator]
     asyncio.run(run())
+
+
+# --- grpc.aio on two loops: the app's, and the policy watch's --------------------------------
+
+
+def test_an_app_watching_a_center_logs_no_spurious_poller_errors(
+        tmp_path: Path, start_center: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """The SDK and the embedded server watch the Center with grpc.aio on their background
+    loop; grpc.aio's wake-ups then raise `BlockingIOError` on the app's loop now and then
+    (about one per 100 calls with grpcio 1.78), which asyncio logged as an error with a
+    traceback: a flood in a busy app (and a hang for one whose stderr is a pipe nobody
+    reads). Every call still completes; the record is dropped, other asyncio errors are
+    not."""
+    address = _address()
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(_policy(address))
+    center = start_center("--policy", str(policy))
+
+    async def run() -> None:
+        async with embedded_channel(policy, address, center.address) as channel:
+            echo = channel.unary_unary("/test.v1.Echo/Echo")
+
+            async def worker() -> None:
+                for number in range(250):
+                    payload = b"%d" % number * 100
+                    assert await echo(payload, timeout=10) == payload
+            await asyncio.gather(*(worker() for _ in range(8)))
+        asyncio.get_running_loop().call_exception_handler(
+            {"message": "another callback failed", "exception": BlockingIOError(11, "x")})
+
+    with caplog.at_level(logging.ERROR, logger="asyncio"):
+        asyncio.run(run())
+    errors = [record for record in caplog.records if record.name == "asyncio"]
+    assert [record.getMessage() for record in errors] == ["another callback failed"]

@@ -1,8 +1,10 @@
-"""A workaround for grpc.aio shared by every host (proxies, SDK): reading a finished call's
-status without an event loop turn."""
+"""Workarounds for grpc.aio shared by every host (proxies, SDK): reading a finished call's
+status without an event loop turn; quieting grpc.aio's spurious wake-up errors when a
+policy watch runs grpc.aio on a second event loop."""
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 
@@ -16,3 +18,30 @@ def value_now(coroutine: Any) -> Any:
         return finished.value
     coroutine.close()
     return None
+
+
+class _SpuriousPollerWakeups(logging.Filter):
+    """Drops asyncio's error record of a `BlockingIOError` raised by grpc.aio's
+    `PollerCompletionQueue._handle_events`: with grpc.aio used from two event loops of one
+    process (the app's, and the background loop of a policy watch), both loops watch grpc's
+    notification socket, one reads the wake-up byte and runs every event (other loops' are
+    handed to them), the other finds nothing to read and raises, which asyncio logs with a
+    traceback (grpc/grpc#25364, grpc/grpc#42357; grpcio 1.78: about one record per 100
+    calls). Nothing is lost; only that record is dropped."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, BlockingIOError)
+                    and "PollerCompletionQueue._handle_events" in record.getMessage())
+
+
+_POLLER_FILTER = _SpuriousPollerWakeups()
+
+
+def quiet_spurious_poller_wakeups() -> None:
+    """Installs the filter on the `asyncio` logger (once per process): called by the hosts
+    that run grpc.aio on a background loop beside the app's (the SDK's and the embedded
+    server's policy watch)."""
+    logger = logging.getLogger("asyncio")
+    if _POLLER_FILTER not in logger.filters:
+        logger.addFilter(_POLLER_FILTER)

@@ -12,6 +12,7 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
+from fastproxy.hosting.grpc_aio import quiet_spurious_poller_wakeups
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicyThread, open_policy_source
 from fastproxy.node.watch import NodeIdentity
@@ -43,6 +44,8 @@ class BackgroundPolicy(Generic[T]):
                                     cache_dir=config.cache_dir)
         self.where = (f"center {config.center}" if config.center
                       else f"policy file {config.policy_file}")
+        if config.center:  # grpc.aio on the background loop beside the app's
+            quiet_spurious_poller_wakeups()
         self._thread = PolicyThread(source, name=f"fastproxy-sdk-{config.service}").start()
 
     @property
