@@ -6,10 +6,13 @@ sides (grpc's own interceptor machinery: the floor that is not FastProxy's).
         [--setups plain,noop,proxyless] [--code NAME=DIR ...] [--json PATH]
 
 Each setup runs as two processes of its own, a grpc.aio echo server of raw bytes (1 KiB
-unary, `--size`) and a grpc.aio client, no Center (a policy file), no proxy; setups are
-interleaved round by round. Per setup and round: CPU per call of the client and of the server
-(user+system from /proc, in ms), one call in flight (`single`: p50 latency and CPU per call)
-and `--concurrency` calls in flight (`load`). `--code NAME=DIR` runs the proxyless setup also
+unary, `--size`) and a grpc.aio client, no proxy; setups are interleaved round by round.
+`proxyless` reads its policy from a file; `proxyless-center` watches a Center (a
+`python -m center_svc` of its own) as an app would: grpc.aio then runs on the SDK's and the
+embedded server's background loop too. Per setup and round: CPU per call of the client and
+of the server (user+system from /proc, in ms), one call in flight (`single`: p50 latency and
+CPU per call) and `--concurrency` calls in flight (`load`). `--code NAME=DIR` runs the
+proxyless setup (`proxyless-center` with `--center`) also
 with the `fastproxy` package found in DIR (a copy of `client/` at another commit, e.g.
 `git archive BASE client | tar -x -C /tmp/base`), so two versions of the code are compared
 within one run (A/B).
@@ -84,6 +87,13 @@ def policy_yaml(port: int) -> str:
         "        rate_limit: {rps: 10000000, burst: 1000000}", ""])
 
 
+def _source(policy: str) -> dict[str, str]:
+    """Where the policy comes from: `policy` is a file, or `center=HOST:PORT`."""
+    if policy.startswith("center="):
+        return {"center": policy.removeprefix("center=")}
+    return {"policy_file": policy}
+
+
 # --- the server -----------------------------------------------------------------------------
 
 
@@ -109,7 +119,7 @@ async def serve(mode: str, policy: str, port: int) -> None:
     elif mode == "proxyless":
         from fastproxy.server import aio_server_interceptors
 
-        interceptors = aio_server_interceptors(service=SERVICE, policy_file=policy)
+        interceptors = aio_server_interceptors(service=SERVICE, **_source(policy))
         if not interceptors[0].policy.wait_loaded(30.0):
             raise SystemExit("no policy")
     server = grpc.aio.server(interceptors=interceptors)
@@ -144,8 +154,8 @@ async def client(mode: str, policy: str, port: int, server_pid: int, seconds: fl
     elif mode == "proxyless":
         import fastproxy
 
-        made = fastproxy.aio_client_interceptors(service=CALLER, policy_file=policy,
-                                                 embedded=True)
+        made = fastproxy.aio_client_interceptors(service=CALLER, embedded=True,
+                                                 **_source(policy))
         if not made.wait_for_policy(30.0):
             raise SystemExit("no policy")
         interceptors = made
@@ -190,18 +200,33 @@ async def client(mode: str, policy: str, port: int, server_pid: int, seconds: fl
 # --- the orchestration ----------------------------------------------------------------------
 
 
-def run_one(mode: str, code: str | None, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+def _free_port() -> int:
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def run_one(mode: str, code: str | None, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    port = _free_port()
     policy = work / f"policy-{port}.yaml"
     policy.write_text(policy_yaml(port))
     env = dict(os.environ)
     if code:
         env["PROXYLESS_CODE"] = code
-    base = [sys.executable, __file__, "--policy", str(policy), "--port", str(port)]
+    source = str(policy)
+    center: subprocess.Popen[bytes] | None = None
+    if mode == "proxyless-center":
+        mode = "proxyless"
+        center_port = _free_port()
+        center = subprocess.Popen(
+            [sys.executable, "-m", "center_svc", "--listen", f"127.0.0.1:{center_port}",
+             "--store", "memory://", "--policy", str(policy)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        source = f"center=127.0.0.1:{center_port}"
+    base = [sys.executable, __file__, "--policy", source, "--port", str(port)]
     server = subprocess.Popen([*base, "--serve", mode], stdout=subprocess.PIPE, env=env,
                               text=True)
     try:
@@ -219,6 +244,9 @@ def run_one(mode: str, code: str | None, args: argparse.Namespace, work: Path) -
     finally:
         server.terminate()
         server.wait(10)
+        if center is not None:
+            center.terminate()
+            center.wait(10)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -227,9 +255,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--size", type=int, default=1024)
-    parser.add_argument("--setups", default="plain,noop,proxyless")
+    parser.add_argument("--setups", default="plain,noop,proxyless,proxyless-center")
     parser.add_argument("--code", action="append", default=[],
                         help="NAME=DIR: also run proxyless with fastproxy from DIR")
+    parser.add_argument("--center", action="store_true",
+                        help="the --code variants take their policy from a Center")
     parser.add_argument("--json", default="")
     parser.add_argument("--serve", default="")
     parser.add_argument("--client", default="")
@@ -251,7 +281,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         (name, name, None) for name in args.setups.split(",")]
     for spec in args.code:
         label, _, directory = spec.partition("=")
-        variants.append((f"proxyless@{label}", "proxyless", directory))
+        mode = "proxyless-center" if args.center else "proxyless"
+        variants.append((f"{mode}@{label}", mode, directory))
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
     print(f"load average: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
