@@ -287,12 +287,38 @@ class _AioRun:
         sealing.finish()
 
 
+def _aio_sealed_unary(handler: grpc.RpcMethodHandler, call: _Call, sealed: SealedCall,
+                      deserializer: Callable[[bytes], Any]) -> grpc.RpcMethodHandler:
+    """A unary method's handler (one request, one response): the steps of `_AioRun`
+    inline, so a call makes no more objects and awaits than it needs."""
+    behavior = handler.unary_unary
+    assert behavior is not None
+    serialize = handler.response_serializer
+
+    async def unary(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        if isinstance(request, Refused):
+            await _aio_abort(context, call, request.error)
+        sealing = AioSealingContext(context, sealed)
+        try:
+            result = sealed.seal_unary(await behavior(request, sealing), serialize)
+        except Exception as exc:
+            await _aio_failed(exc, call, sealing, context, None)
+        if sealed.error is not None:  # the app swallowed a refusal
+            await _aio_abort(context, call, sealed.error)
+        sealing.finish()
+        return result
+    return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=deserializer)
+
+
 def _aio_sealed_handler(handler: grpc.RpcMethodHandler, call: _Call) -> grpc.RpcMethodHandler:
+    sealed = call.sealed
+    assert sealed is not None
+    deserializer = sealed.deserializer(handler.request_deserializer)
+    if not handler.request_streaming and not handler.response_streaming:
+        return _aio_sealed_unary(handler, call, sealed, deserializer)
     behavior = _behavior(handler)
     run = _AioRun(call, handler.request_streaming)
-    sealed = run.sealed
     serialize = handler.response_serializer
-    deserializer = sealed.deserializer(handler.request_deserializer)
 
     if handler.response_streaming and not inspect.iscoroutinefunction(behavior):
         async def wrapped_stream(request: Any, context: grpc.aio.ServicerContext[Any, Any]
