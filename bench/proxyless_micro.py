@@ -139,7 +139,7 @@ def proc_cpu_s(pid: int) -> float:
 
 
 async def client(mode: str, policy: str, port: int, server_pid: int, seconds: float,
-                 concurrency: int, size: int) -> dict[str, Any]:
+                 concurrency: int, size: int, load_only: bool = False) -> dict[str, Any]:
     import grpc
 
     class NoOp(grpc.aio.UnaryUnaryClientInterceptor):  # type: ignore[misc]
@@ -189,7 +189,8 @@ async def client(mode: str, policy: str, port: int, server_pid: int, seconds: fl
                      "server_ms": (server1 - server0) * 1000 / calls,
                      "p50_ms": latencies[len(latencies) // 2] * 1000}
 
-    await phase("single", 1)
+    if not load_only:
+        await phase("single", 1)
     await phase("load", concurrency)
     await channel.close()
     if made is not None:
@@ -266,6 +267,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--policy", default="")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--server-pid", type=int, default=0)
+    parser.add_argument("--load-only", action="store_true")
     args = parser.parse_args(argv)
     if os.environ.get("PROXYLESS_CODE"):
         use_code(os.environ["PROXYLESS_CODE"])
@@ -274,7 +276,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         return
     if args.client:
         result = asyncio.run(client(args.client, args.policy, args.port, args.server_pid,
-                                    args.seconds, args.concurrency, args.size))
+                                    args.seconds, args.concurrency, args.size,
+                                    args.load_only))
         print(json.dumps(result))
         return
     variants: list[tuple[str, str, str | None]] = [
