@@ -12,7 +12,7 @@ unary, `--size`) and a grpc.aio client, no proxy; setups are interleaved round b
 embedded server's background loop too. Per setup and round: CPU per call of the client and
 of the server (user+system from /proc, in ms), one call in flight (`single`: p50 latency and
 CPU per call) and `--concurrency` calls in flight (`load`). `--code NAME=DIR` runs the
-proxyless setup (`proxyless-center` with `--center`) also
+proxyless setup (and `proxyless-center` with `--center`) also
 with the `fastproxy` package found in DIR (a copy of `client/` at another commit, e.g.
 `git archive BASE client | tar -x -C /tmp/base`), so two versions of the code are compared
 within one run (A/B).
@@ -260,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--code", action="append", default=[],
                         help="NAME=DIR: also run proxyless with fastproxy from DIR")
     parser.add_argument("--center", action="store_true",
-                        help="the --code variants take their policy from a Center")
+                        help="the --code variants also with their policy from a Center")
     parser.add_argument("--json", default="")
     parser.add_argument("--serve", default="")
     parser.add_argument("--client", default="")
@@ -284,8 +284,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         (name, name, None) for name in args.setups.split(",")]
     for spec in args.code:
         label, _, directory = spec.partition("=")
-        mode = "proxyless-center" if args.center else "proxyless"
-        variants.append((f"{mode}@{label}", mode, directory))
+        for mode in ("proxyless", "proxyless-center") if args.center else ("proxyless",):
+            variants.append((f"{mode}@{label}", mode, directory))
     results: dict[str, list[dict[str, Any]]] = {label: [] for label, _, _ in variants}
     print(f"load average: {os.getloadavg()}", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
