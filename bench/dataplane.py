@@ -8,9 +8,11 @@ Starts real processes on 127.0.0.1: a lean grpc.aio echo upstream, the Center (m
 policy from a generated file), an out-proxy and an in-proxy per sealed setup, and nginx
 (`grpc_pass`, one worker), and for each observed setup a counting OTLP/gRPC receiver. Setups:
 direct, nginx, sealed, sealed-no-tunnel (sealed with `--tunnel off` on the out-proxy),
-sealed+gzip, sealed-workers2, embedded (the SDK in embedded mode in the load client, straight
-to an in-proxy; Python client only), observed (the sealed chain with tracing of every call
-and metrics on) and observed-sampled (the same with the proxies' default 1% sampler); see
+sealed-no-reflection (sealed in front of an upstream without server reflection), sealed+gzip,
+sealed-workers2, embedded (the SDK in embedded mode in the load client, straight to an
+in-proxy; Python client only), proxyless (the embedded SDK calling an app served with the
+embedded server's interceptors: no proxy process), observed (the sealed chain with tracing of
+every call and metrics on) and observed-sampled (the same with the proxies' default 1% sampler); see
 `harness/setups.py`. Load: h2load (unary, gRPC frames via -d)
 and a Python grpc.aio client (`harness/pyload.py`: unary at saturation, at a fixed rate, one
 call in flight; bidi).
@@ -27,8 +29,9 @@ next run) and medians are reported with min-max.
 existing JSON file and the generated block of `--markdown`; the other setups keep theirs, and
 each ratio pairs setups of the same run.
 
-`--smoke`: one run, 1 KiB unary (h2load saturation and one call in flight), setups direct,
-sealed, sealed-no-tunnel and embedded, short durations; exits non-zero if any check or
+`--smoke`: one run, 1 KiB unary (h2load and Python-client saturation, one call in flight),
+setups direct, sealed, sealed-no-tunnel, sealed-no-reflection, embedded and proxyless, short
+durations; exits non-zero if any check or
 measurement fails. Exit status 0 means every measurement was valid.
 """
 
@@ -51,11 +54,12 @@ from harness.measure import Durations, Measurement, Runner, Scenario  # noqa: E4
 from harness.procstat import tree_peak_rss_kib  # noqa: E402
 from harness.setups import ALL_SETUPS, Setup, Topology  # noqa: E402
 
-SMOKE_SETUPS = "direct,sealed,sealed-no-tunnel,embedded"
+SMOKE_SETUPS = "direct,sealed,sealed-no-tunnel,sealed-no-reflection,embedded,proxyless"
 SMOKE_BSP_DELAY_MS = 200  # observed in a smoke run: its few spans leave in 0.2 s, not 5 s
 
-DEFAULT_SETUPS = ("direct", "nginx", "sealed", "sealed-no-tunnel", "sealed+gzip",
-                  "sealed-workers2", "embedded", "observed", "observed-sampled")
+DEFAULT_SETUPS = ("direct", "nginx", "sealed", "sealed-no-tunnel", "sealed-no-reflection",
+                  "sealed+gzip", "sealed-workers2", "embedded", "proxyless", "observed",
+                  "observed-sampled")
 DEFAULT_PAYLOADS = (100, 1024, 64 * 1024, 1024 * 1024)
 TARGET_SIZE = 1024
 
@@ -63,12 +67,12 @@ TARGET_SIZE = 1024
 def scenarios(payloads: Sequence[int], use_h2load: bool, smoke: bool) -> list[Scenario]:
     """What each run measures: for every payload unary at saturation (h2load), one call in
     flight and bidi (Python client); for 1 KiB also Python-client saturation and fixed rate.
-    Smoke: saturation (h2load, else Python) and one call in flight only."""
+    Smoke: saturation (h2load and Python) and one call in flight only."""
     out: list[Scenario] = []
     for size in payloads:
         if use_h2load:
             out.append(Scenario("unary", size, "h2load", "saturate"))
-        if (size == TARGET_SIZE and not smoke) or not use_h2load:
+        if size == TARGET_SIZE or not use_h2load:
             out.append(Scenario("unary", size, "py", "saturate"))
         if size == TARGET_SIZE and not smoke:
             out.append(Scenario("unary", size, "py", "rate"))

@@ -118,9 +118,9 @@ def build_parser() -> OneLineArgumentParser:
                              "sessions are then per process (a session is opened on the "
                              "connection its calls use, so it reaches the right one)")
     parser.add_argument("--tunnel", choices=("on", "off"), default="on",
-                        help="out-proxy: carry calls to known-unary methods to each in-proxy "
-                             "over one long-lived stream (default on); in-proxy: accept such "
-                             "streams")
+                        help="out-proxy: carry unary calls (and single-request calls of "
+                             "methods of unknown kind) to each in-proxy over one long-lived "
+                             "stream (default on); in-proxy: accept such streams")
     return parser
 
 

@@ -12,6 +12,15 @@ request stream, and its responses are written back one by one. A unary or client
 upstream answers one message, a server-streaming one many; the client sees the same messages,
 metadata, status and trailers as from the upstream directly.
 
+A call of a method whose kind is not known (an upstream without server reflection) whose
+client sent one request and half-closed (`_peek`: the end follows the request at once, as
+from every unary and server-streaming client) takes the single-request path (`_single`):
+the upstream call is `unary_stream` (request and half-close in one batch; any number of
+responses, whatever the method's kind), carried on the tunnel as an `any_kind` call where
+one is open (`proxy_svc.tunnel`). Calls that stream requests take the stream path. A method
+seen streaming (two requests, or two responses on the single-request path) is known to
+stream (`KindExchange.streams`) and takes the stream path at once from then on.
+
 The unary fast path: a method known to be unary (`proxy_svc.kinds`) is served by a unary
 handler with a `unary_unary` upstream call, which sends message and half-close in one batch
 and needs no generators. Measured on the 2-core box (pass-through, 100-byte unary calls, 32
@@ -39,14 +48,15 @@ from typing import Any
 import grpc
 
 from fastproxy.hosting.drain import drain
-from fastproxy.hosting.refusal import refuse
+from fastproxy.hosting.refusal import HostRole, refuse
 from fastproxy.pipeline.metadata import SESSION_KEY, Metadata, forwarded_response_metadata
 from fastproxy.pipeline.reasons import FastProxyError, Reason
+from fastproxy.pipeline.records import DATA, FINAL, uncarry
 from fastproxy.pipeline.stages import UNKNOWN_SESSION
 from proxy_svc.kinds import KindExchange, MethodKinds
 from proxy_svc.observe import CallObserver, CallRecord
 from proxy_svc.plan import CallPlan, Role
-from proxy_svc.tunnel import MAX_REQUEST_BYTES, CarriedCallContext, TunnelBroken
+from proxy_svc.tunnel import MAX_REQUEST_BYTES, CarriedCallContext, TunnelBroken, TunnelCall
 from proxy_svc.upstream import StatusLog, UpstreamPool
 
 # grpc's sync server reports ~9.2e18 s remaining for "no deadline"; anything this large is none.
@@ -56,6 +66,29 @@ _DEADLINE_SLACK_S = 0.002
 # A cancelled call this close to its deadline was ended by it (the client's timer fires and
 # resets the stream a little before ours would: the deadline crossed the wire).
 _DEADLINE_NEAR_S = 0.05
+# After a call's first request, how long its end (the client's half-close) may take to show
+# for the call to take the single-request path: a unary or server-streaming client sends
+# both at once, so its end is there as soon as grpc hands it over.
+EOF_WAIT_S = 0.005
+
+
+async def _no_requests() -> AsyncIterator[bytes]:
+    return
+    yield b""  # pragma: no cover - makes this an (empty) async generator
+
+
+async def _only(message: bytes) -> AsyncIterator[bytes]:
+    yield message
+
+
+def _final_data(message: bytes) -> bool:
+    """Whether a sealed request is a DATA record flagged FINAL (read from its clear header:
+    only a routing hint, opening it checks the header)."""
+    try:
+        record = uncarry(message, len(message))
+    except FastProxyError:
+        return False
+    return len(record) > 3 and record[1] == DATA and bool(record[2] & FINAL)
 
 
 def call_timeout(remaining_s: float | None, cap_ms: int | None) -> float | None:
@@ -138,8 +171,13 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self._observer = observer or CallObserver(side.role, "")
         self._handle = self._forward_observed if self._observer.active else self._forward
         self._handle_unary = self._unary_observed if self._observer.active else self._unary
+        self._handle_any = self._any_observed if self._observer.active else self._carried_any
         self._unary_handlers: dict[str, grpc.RpcMethodHandler] = {}
         self._unary_callables: dict[tuple[int, str], Any] = {}
+        self._stream_callables: dict[tuple[int, str], Any] = {}
+        # the out-proxy seals the one request of a single-request call FINAL itself; the
+        # in-proxy takes that path only for a request so sealed, and checks its end
+        self._seals_final = side.role is HostRole.OUT
 
     @property
     def kinds(self) -> MethodKinds:
@@ -178,10 +216,33 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         finally:
             self._observer.end(record, method)
 
+    async def _any_observed(self, method: str, request: bytes,
+                            context: CarriedCallContext) -> bytes | None:
+        metadata: Metadata = tuple(context.invocation_metadata() or ())
+        record = self._observer.begin(method, metadata, context.peer())
+        try:
+            return await self._carried_any(method, request, context, record, metadata)
+        finally:
+            self._observer.end(record, method)
+
     async def serve_carried(self, method: str, request: bytes,
                             context: CarriedCallContext) -> bytes | None:
-        """A call a tunnel carried to this in-proxy: the fast path, with the tunnel's context."""
+        """A call a tunnel carried to this in-proxy, with the tunnel's context: the fast path,
+        or for an `any_kind` call of a method not known unary the single-request path."""
+        if context.any_kind and method not in self._exchange.kinds.unary:
+            return await self._handle_any(method, request, context)
         return await self._handle_unary(method, request, context)
+
+    async def _carried_any(self, method: str, request: bytes, context: CarriedCallContext,
+                           record: CallRecord | None = None,
+                           metadata: Metadata | None = None) -> bytes | None:
+        """An `any_kind` carried call: its responses go back one at a time in `response`
+        frames (the context holds the last for the reply)."""
+        if metadata is None:
+            metadata = tuple(context.invocation_metadata() or ())
+        async for message in self._single(method, request, context, record, metadata):
+            await context.write(message)
+        return None
 
     # --- the two paths -------------------------------------------------------------------
 
@@ -284,12 +345,70 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             record.code = grpc.StatusCode.OK
         return answer
 
+    async def _peek(self, method: str, requests: AsyncIterator[bytes],
+                    context: grpc.aio.ServicerContext
+                    ) -> tuple[bytes | None, AsyncIterator[bytes] | None]:
+        """The call's first request, with None when the client half-closed right after it
+        (the single-request path), else the requests to forward (the first one again).
+        Reads with `context.read()` (what grpc's request iterator does, one layer less);
+        `requests` goes on from there."""
+        first = await context.read()
+        if first is grpc.aio.EOF:
+            return None, _no_requests()
+        second: asyncio.Future[Any] = asyncio.ensure_future(context.read())
+        try:
+            await asyncio.wait((second,), timeout=EOF_WAIT_S)
+        except asyncio.CancelledError:
+            second.cancel()
+            raise
+        if second.done() and not second.cancelled() and second.exception() is None \
+                and second.result() is grpc.aio.EOF:
+            return first, None
+        return first, self._replay(method, first, second, requests)
+
+    async def _replay(self, method: str, first: bytes, second: asyncio.Future[Any],
+                      rest: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        """The requests again, from the first; a second one shows the method streams."""
+        try:
+            yield first
+            message = await second
+            if message is grpc.aio.EOF:
+                return
+            self._exchange.streams(method, "a call sent two requests")
+            yield message
+            async for message in rest:
+                yield message
+        finally:
+            if not second.done():
+                second.cancel()
+
     async def _forward(self, method: str, requests: AsyncIterator[bytes],
                        context: grpc.aio.ServicerContext,
                        record: CallRecord | None = None,
                        metadata: Metadata | None = None) -> AsyncIterator[bytes]:
+        """A call on a stream handler: the single-request path when the client sent one
+        request and half-closed, else the stream path (at once for a method known to
+        stream)."""
         if metadata is None:
             metadata = tuple(context.invocation_metadata() or ())
+        if method not in self._exchange.kinds.streaming:
+            first, replay = await self._peek(method, requests, context)
+            if replay is None:
+                assert first is not None
+                if self._seals_final or _final_data(first):
+                    async for message in self._single(method, first, context, record,
+                                                      metadata):
+                        yield message
+                    return
+                replay = _only(first)
+            requests = replay
+        async for message in self._stream(method, requests, context, record, metadata):
+            yield message
+
+    async def _stream(self, method: str, requests: AsyncIterator[bytes],
+                      context: grpc.aio.ServicerContext, record: CallRecord | None,
+                      metadata: Metadata) -> AsyncIterator[bytes]:
+        """The stream path: a `stream_stream` upstream call fed by the client's requests."""
         try:
             admitted = await self._admit(method, metadata, context, record, single=False,
                                          carry=False)
@@ -324,6 +443,108 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             # Any exit other than a finished call (e.g. grpc closing the generator).
             if not call.done():
                 call.cancel()
+
+    def _start_single(self, method: str, call: _Admitted, message: bytes) -> Any:
+        """The upstream call of the single-request path: an `any_kind` call on the
+        endpoint's tunnel when one is open, else a `unary_stream` call of its own."""
+        call.started = time.monotonic()
+        plan = call.plan
+        if plan.link is not None:
+            carried = plan.link.call(method, message, call.timeout, call.metadata,
+                                     any_kind=True)
+            if carried is not None:
+                return carried
+        channel = plan.channel or self._pool.channel(plan.endpoint)
+        key = (id(channel), method)
+        upstream = self._stream_callables.get(key)
+        if upstream is None:
+            upstream = channel.unary_stream(method, None, None)
+            self._stream_callables[key] = upstream
+        return upstream(message, timeout=call.timeout, metadata=call.metadata)
+
+    async def _single(self, method: str, first: bytes, context: Any,
+                      record: CallRecord | None, metadata: Metadata) -> AsyncIterator[bytes]:
+        """The single-request path: the one request sent with the half-close, any number of
+        responses back (`context` is grpc's or a `CarriedCallContext`). A call whose session
+        the callee lost before any answer is sent once more, in a new session."""
+        for retry in (True, False):
+            admitted = await self._single_admitted(method, first, context, record, metadata)
+            if admitted is None:
+                return
+            again: list[bool] = []
+            async for message in self._single_once(method, admitted, context, record, again,
+                                                   retry):
+                yield message
+            if not again:
+                return
+
+    async def _single_admitted(self, method: str, first: bytes, context: Any,
+                               record: CallRecord | None, metadata: Metadata
+                               ) -> tuple[_Admitted, bytes] | None:
+        """The admitted call and its request as it goes upstream; None once refused."""
+        admitted: _Admitted | None = None
+        try:
+            admitted = await self._admit(
+                method, metadata, context, record, single=self._seals_final,
+                carry=self._seals_final and len(first) <= MAX_REQUEST_BYTES)
+            message = admitted.plan.request(first)
+            admitted.plan.requests_done()  # None here, or a refusal if not sealed FINAL
+            if message is None:  # an END record alone: not what the path was chosen for
+                raise FastProxyError(Reason.UNAUTHENTICATED, "no request before the end")
+        except FastProxyError as err:
+            await self._refuse(context, method, err, record, admitted)
+            return None
+        return admitted, message
+
+    async def _single_once(self, method: str, admitted_call: tuple[_Admitted, bytes],
+                           context: Any, record: CallRecord | None, again: list[bool],
+                           retry: bool) -> AsyncIterator[bytes]:
+        """One attempt of `_single`; `again` gets an entry when the callee lost the session
+        before answering (nothing was forwarded)."""
+        admitted, message = admitted_call
+        plan = admitted.plan
+        call = self._start_single(method, admitted, message)
+        statuses = None if isinstance(call, TunnelCall) else StatusLog(call)
+        answered = 0
+        try:
+            response = await call.read()
+            initial = plan.head(forwarded_response_metadata(await call.initial_metadata()))
+            admitted.head_done = True
+            if initial:
+                await context.send_initial_metadata(initial)
+            while response is not grpc.aio.EOF:
+                answered += 1
+                yield plan.response(response)
+                response = await call.read()
+            upstream_trailers = forwarded_response_metadata(await call.trailing_metadata())
+        except grpc.aio.AioRpcError as failed:
+            if statuses is not None:
+                failed = await statuses.settled(failed)
+            if retry and not admitted.head_done and self._forget_lost_session(plan, failed):
+                again.append(True)
+                return
+            await self._pass_failure(context, method, admitted, failed, record)
+            return
+        except FastProxyError as err:
+            call.cancel()
+            await self._refuse(context, method, err, record, admitted)
+            return
+        finally:
+            if not call.done():
+                call.cancel()  # our client went away, or any exit before the end
+        if answered > 1:
+            self._exchange.streams(method, "a call answered more than once")
+        self._pool.health.record_success(plan.endpoint)
+        try:
+            trailers = self._trailers(method, admitted, grpc.StatusCode.OK, "",
+                                      upstream_trailers, fast=False)
+        except FastProxyError as err:
+            await self._refuse(context, method, err, record, admitted)
+            return
+        if trailers:
+            context.set_trailing_metadata(trailers)
+        if record is not None:
+            record.code = grpc.StatusCode.OK
 
     async def _responses(self, method: str, call: Any, context: grpc.aio.ServicerContext,
                          admitted: _Admitted, record: CallRecord | None

@@ -71,7 +71,9 @@ class MethodKinds:
                 _log.info("method %s is unary (from %s): fast path", method, source)
         else:
             self.unary.discard(method)
-            self.streaming.add(method)
+            if method not in self.streaming:
+                self.streaming.add(method)
+                _log.info("method %s streams (from %s)", method, source)
 
     def forget(self, method: str, why: str) -> None:
         if method in self.unary:
@@ -242,6 +244,11 @@ class KindExchange:
         served as unary waits for its deadline)."""
         self.kinds.forget(method, why)
 
+    def streams(self, method: str, why: str) -> None:
+        """A call of `method` showed it streams (`why`: two requests, or two responses):
+        certain, so its calls take the stream path from then on."""
+        self.kinds.learn(method, False, why)
+
 
 class KindTeller(KindExchange):
     """The in-proxy: learns kinds from its upstream's reflection (`learner`) and tells them
@@ -262,6 +269,11 @@ class KindTeller(KindExchange):
         if asked and method in self.kinds.unary:
             return ((KIND_KEY, UNARY_KIND),)
         return ()
+
+    def streams(self, method: str, why: str) -> None:
+        # Its kinds come from reflection only: what callers send proves nothing here (an
+        # out-proxy of an earlier version sends a request and an END record).
+        pass
 
     def failed(self, method: str, code: grpc.StatusCode) -> None:
         super().failed(method, code)

@@ -9,10 +9,23 @@ stream 0.13-0.14 and 0.11-0.15 ms; several frames written as one stream message 
 writer below does when calls pile up) a few microseconds each. With one call in flight the
 round trip drops from 0.52-0.61 ms to 0.29-0.34 ms.
 
-What is carried: only calls the out-proxy serves on its unary fast path (methods known unary,
-`proxy_svc.kinds`) whose request is at most `MAX_REQUEST_BYTES`; larger ones gain
-nothing and would hold up the stream, so they take a call of their own, as do streaming calls
-(HTTP/2 flow control per call matters for them).
+What is carried: calls whose request is at most `MAX_REQUEST_BYTES` (larger ones gain nothing
+and would hold up the stream) and either
+- served on the out-proxy's unary fast path (methods known unary, `proxy_svc.kinds`), or
+- of a method whose kind the out-proxy does not know (an upstream without server reflection,
+  the general case) when the client sent one request and half-closed (`any_kind`): unary and
+  server-streaming calls, and the client-streaming and bidirectional calls that send one
+  request. The in-proxy calls its upstream so that any number of responses may come back
+  (`unary_stream`, whatever the method's kind), and sends them in `response` frames, one at a
+  time: the next only once the out-proxy `ack`ed the one before (it acks once its client took
+  it), so a response stream holds at most one message per call on either side and a slow
+  reader holds back only its own upstream call. A response is held `RESPONSE_HOLD_S` in
+  case the upstream's end follows at once (a unary method's answer and status arrive
+  together): the reply then carries it, one frame for the whole answer. A method seen
+  sending two requests or answering twice streams (certain): its calls take a stream of
+  their own from then on, where HTTP/2 flow control is per call.
+Calls that stream requests take a call of their own (HTTP/2 flow control per call matters
+for them).
 
 What does not change: each carried call has its own CALL record (`fastproxy-call-bin`,
 in the frame's metadata) and sealed messages, and the in-proxy runs exactly the stages of a call
@@ -31,7 +44,8 @@ not only headers: an intermediary may hold headers back until one comes). Frames
 (out -> in, id chosen by the out-proxy), `reply` (in -> out: status, details, initial
 metadata, trailers, sealed response), `cancel` (out -> in: the caller gave up, e.g. its
 deadline), `goaway` (in -> out: draining; the out-proxy sends no new call there and
-half-closes once its calls are answered). A stream message that is not frames ends that
+half-closes once its calls are answered), and for `any_kind` calls `response` (in -> out) and
+`ack` (out -> in). A stream message that is not frames ends that
 stream with INVALID_ARGUMENT.
 
 Limits (what one stream may hold at the in-proxy; the out-proxy keeps to them): at most
@@ -63,12 +77,12 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from fastproxy.pipeline.handshake import CARRY_METHOD
 from fastproxy.pipeline.metadata import Metadata
 from fastproxy.v1 import tunnel_pb2 as tpb
 
 _log = logging.getLogger("fastproxy.proxy")
 
-CARRY_METHOD = "/fastproxy.v1.Tunnel/Carry"
 # A request larger than this takes a call of its own.
 MAX_REQUEST_BYTES = 256 * 1024
 # The writer packs ready frames into one stream message up to this size (at least one frame).
@@ -102,6 +116,9 @@ REOPEN_AFTER_S = 1.0
 UNSUPPORTED_RETRY_S = 60.0
 # The in-proxy's first, empty message must arrive within this, or the stream is given up.
 OPEN_TIMEOUT_S = 5.0
+# An `any_kind` call's response waits this long for the upstream's end (then it rides in the
+# reply) before it goes out in a frame of its own.
+RESPONSE_HOLD_S = 0.005
 
 _CODES: dict[int, grpc.StatusCode] = {code.value[0]: code for code in grpc.StatusCode}
 
@@ -271,18 +288,28 @@ class CarriedCallEnded(Exception):
 
 class CarriedCallContext:
     """What `ForwardingHandler._unary` needs of a grpc.aio servicer context, for a call the
-    tunnel carried: its metadata, deadline and peer (the tunnel's), and where its answer goes."""
+    tunnel carried: its metadata, deadline and peer (the tunnel's), and where its answer goes.
+    An `any_kind` call's responses go through `write` (`response` frames) and `finish`."""
 
-    __slots__ = ("_deadline", "_metadata", "_peer", "code", "details", "initial", "trailing")
+    __slots__ = ("_acked", "_deadline", "_held", "_id", "_metadata", "_outbox", "_peer",
+                 "_sent", "_timer", "any_kind", "code", "details", "initial", "trailing")
 
-    def __init__(self, call: tpb.TunnelCall, peer: str, arrived: float) -> None:
+    def __init__(self, call: tpb.TunnelCall, peer: str, arrived: float,
+                 outbox: Outbox | None = None, call_id: int = 0) -> None:
         self._metadata = metadata_of(call.metadata)
         self._deadline = arrived + call.timeout_us / 1e6 if call.timeout_us else None
         self._peer = peer
+        self.any_kind = call.any_kind
         self.code = grpc.StatusCode.OK
         self.details = ""
         self.initial: Metadata = ()
         self.trailing: Metadata = ()
+        self._outbox = outbox
+        self._id = call_id
+        self._held: bytes | None = None  # a response not sent yet
+        self._timer: asyncio.TimerHandle | None = None
+        self._acked: asyncio.Future[None] | None = None  # the last response frame's ack
+        self._sent = 0  # response frames sent
 
     def invocation_metadata(self) -> Metadata:
         return self._metadata
@@ -304,16 +331,63 @@ class CarriedCallContext:
 
     async def abort(self, code: grpc.StatusCode, details: str = "",
                     trailing_metadata: Metadata = ()) -> None:
+        if self._held is not None:  # sealed and counted in the end: it goes first
+            self._cancel_timer()
+            if self._acked is not None:
+                await self._acked
+            self._flush()
         self.code = code
         self.details = details
         self.trailing = tuple(trailing_metadata)
         raise CarriedCallEnded
 
+    async def write(self, message: bytes) -> None:
+        """One response of an `any_kind` call: the one held before goes out in a frame of
+        its own (after the out-proxy acked the frame before it), and this one is held for the
+        reply, or sent alone after `RESPONSE_HOLD_S`."""
+        if self._held is not None:
+            self._cancel_timer()
+            self._flush()
+        if self._acked is not None:
+            await self._acked
+        self._held = message
+        self._timer = asyncio.get_running_loop().call_later(RESPONSE_HOLD_S, self._flush)
+
+    def _flush(self) -> None:
+        """Sends the held response in a frame of its own (its ack then awaited)."""
+        self._timer = None
+        message, self._held = self._held, None
+        if message is None or self._outbox is None:
+            return
+        response = tpb.TunnelResponse(message=message)
+        if not self._sent:
+            response.initial_metadata.extend(metadata_entries(self.initial))
+        self._sent += 1
+        self._acked = asyncio.get_running_loop().create_future()
+        self._outbox.put(encoded_frame(tpb.TunnelFrame(id=self._id, response=response)))
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def acked(self) -> None:
+        """The out-proxy's `ack` of the last response frame."""
+        if self._acked is not None and not self._acked.done():
+            self._acked.set_result(None)
+
+    def finish(self) -> bytes | None:
+        """The response the reply carries (the held one; None if all went in frames)."""
+        self._cancel_timer()
+        held, self._held = self._held, None
+        return held
+
     def reply(self, call_id: int, response: bytes | None) -> bytes:
         reply = tpb.TunnelReply(
             code=self.code.value[0], details=self.details,
-            initial_metadata=metadata_entries(self.initial),
             trailing_metadata=metadata_entries(self.trailing))
+        if not self._sent:
+            reply.initial_metadata.extend(metadata_entries(self.initial))
         if response is not None and self.code == grpc.StatusCode.OK:
             reply.message = response
         return encoded_frame(tpb.TunnelFrame(id=call_id, reply=reply))
@@ -330,6 +404,7 @@ class _Session:
         self._peer = peer
         self.outbox = Outbox()
         self.calls: dict[int, asyncio.Task[None]] = {}
+        self.contexts: dict[int, CarriedCallContext] = {}  # any_kind calls (their acks)
         self._reading = True
         self._room = asyncio.Event()  # set while the stream may start more calls
         self._room.set()
@@ -363,6 +438,10 @@ class _Session:
                     task = self.calls.pop(frame.id, None)
                     if task is not None:
                         task.cancel()
+                elif body == "ack":
+                    context = self.contexts.get(frame.id)
+                    if context is not None:
+                        context.acked()
             self.check_room()
             await self._room.wait()
 
@@ -382,7 +461,9 @@ class _Session:
         if call_id in self.calls:
             raise TunnelViolation(grpc.StatusCode.INVALID_ARGUMENT,
                                   f"call id {call_id} reused while its call is in flight")
-        context = CarriedCallContext(call, self._peer, time.monotonic())
+        context = CarriedCallContext(call, self._peer, time.monotonic(), self.outbox, call_id)
+        if call.any_kind:
+            self.contexts[call_id] = context
         self.calls[call_id] = asyncio.ensure_future(
             self._serve_one(call_id, call.method, call.message, context))
 
@@ -401,6 +482,11 @@ class _Session:
             context.code, context.details = grpc.StatusCode.INTERNAL, "in-proxy error"
         if self.calls.get(call_id) is asyncio.current_task():
             del self.calls[call_id]
+        if context.any_kind:
+            if self.contexts.get(call_id) is context:
+                del self.contexts[call_id]
+            held = context.finish()
+            response = held if response is None else response
         if answered:
             self.outbox.put(context.reply(call_id, response))
         self.check_room()
@@ -414,6 +500,7 @@ class _Session:
         for task in self.calls.values():
             task.cancel()
         self.calls.clear()
+        self.contexts.clear()
 
 
 class TunnelService(grpc.GenericRpcHandler):
@@ -476,21 +563,67 @@ class TunnelBroken(grpc.aio.AioRpcError):
 
 class TunnelCall:
     """A call in flight on a tunnel, awaited like grpc.aio's unary-unary call object: the
-    response bytes, or `grpc.aio.AioRpcError` with the in-proxy's status."""
+    response bytes, or `grpc.aio.AioRpcError` with the in-proxy's status. An `any_kind` call
+    is read like grpc.aio's unary-stream call instead (`read` until `grpc.aio.EOF`), which
+    acks each response frame once the next is asked for."""
 
-    __slots__ = ("_future", "_id", "_initial", "_link", "_timer", "_trailing")
+    __slots__ = ("_future", "_id", "_initial", "_link", "_responses", "_timer", "_trailing",
+                 "_unacked", "_waiter", "any_kind", "responses_seen")
 
     def __init__(self, link: TunnelLink, call_id: int, timeout: float | None,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, any_kind: bool = False) -> None:
         self._link = link
         self._id = call_id
-        self._future: asyncio.Future[bytes] = loop.create_future()
+        self._future: asyncio.Future[bytes | None] = loop.create_future()
         self._timer = None if timeout is None else loop.call_later(timeout, self._expire)
         self._initial: Metadata = ()
         self._trailing: Metadata = ()
+        self.any_kind = any_kind
+        self._responses: list[bytes] = []  # a response frame not read yet (one at most)
+        self._waiter: asyncio.Future[None] | None = None
+        self._unacked = False  # the last response read came in a frame and is not acked
+        self.responses_seen = 0
 
-    def __await__(self) -> Generator[Any, None, bytes]:
+    def __await__(self) -> Generator[Any, None, bytes | None]:
         return self._future.__await__()
+
+    def deliver(self, response: tpb.TunnelResponse) -> None:
+        """A `response` frame: kept until read. A second one before the first was read (and
+        acked) breaks the tunnel's rule: the call fails rather than hold more."""
+        if not self.any_kind or self._responses or self._unacked or self._future.done():
+            if self._link.forget(self._id) is not None:
+                self._link.send_cancel(self._id)
+            self.fail("the in-proxy sent a response the tunnel may not carry")
+            return
+        if not self.responses_seen:
+            self._initial = metadata_of(response.initial_metadata)
+        self.responses_seen += 1
+        self._responses.append(response.message)
+        self._wake()
+
+    def _wake(self) -> None:
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    async def read(self) -> bytes | Any:
+        """The next response, `grpc.aio.EOF` after the last; raises the call's error."""
+        if self._unacked:
+            self._unacked = False
+            if not self._future.done():
+                self._link.send_ack(self._id)
+        while True:
+            if self._responses:
+                self._unacked = True
+                return self._responses.pop()
+            if self._future.done():
+                last = self._future.result()  # raises the call's error
+                if last is None:
+                    return grpc.aio.EOF
+                self._future = asyncio.get_running_loop().create_future()
+                self._future.set_result(None)
+                return last
+            self._waiter = asyncio.get_running_loop().create_future()
+            await self._waiter
 
     async def initial_metadata(self) -> Metadata:
         return self._initial
@@ -514,29 +647,36 @@ class TunnelCall:
             self._timer.cancel()
         if self._future.done():
             return
-        self._initial = metadata_of(reply.initial_metadata)
+        if not self.responses_seen:
+            self._initial = metadata_of(reply.initial_metadata)
         self._trailing = metadata_of(reply.trailing_metadata)
         code = _CODES.get(reply.code, grpc.StatusCode.UNKNOWN)
         if code == grpc.StatusCode.OK:
-            self._future.set_result(reply.message)
+            if reply.HasField("message"):
+                self.responses_seen += 1
+            self._future.set_result(reply.message if reply.HasField("message")
+                                    or not self.any_kind else None)
         else:
             self._future.set_exception(grpc.aio.AioRpcError(
                 code, self._initial, self._trailing, reply.details))
+        self._wake()
 
     def fail(self, details: str) -> None:
+        self._end(TunnelBroken(grpc.StatusCode.UNAVAILABLE, (), (), details))
+
+    def _end(self, error: grpc.aio.AioRpcError) -> None:
         if self._timer is not None:
             self._timer.cancel()
         if not self._future.done():
-            self._future.set_exception(TunnelBroken(
-                grpc.StatusCode.UNAVAILABLE, (), (), details))
+            self._future.set_exception(error)
+        self._wake()
 
     def _expire(self) -> None:
         # As grpc's own deadline: the caller sees DEADLINE_EXCEEDED, the in-proxy a cancel.
         if self._link.forget(self._id) is not None:
             self._link.send_cancel(self._id)
-        if not self._future.done():
-            self._future.set_exception(grpc.aio.AioRpcError(
-                grpc.StatusCode.DEADLINE_EXCEEDED, (), (), "Deadline Exceeded"))
+        self._end(grpc.aio.AioRpcError(
+            grpc.StatusCode.DEADLINE_EXCEEDED, (), (), "Deadline Exceeded"))
 
 
 _IDLE, _OPENING, _OPEN, _DRAINING = "idle", "opening", "open", "draining"
@@ -577,7 +717,7 @@ class TunnelLink:
         return len(self._pending) < MAX_PENDING and self._outbox.size < MAX_QUEUED_BYTES
 
     def call(self, method: str, message: bytes, timeout: float | None,
-             metadata: Metadata) -> TunnelCall | None:
+             metadata: Metadata, any_kind: bool = False) -> TunnelCall | None:
         if self.state != _OPEN:
             if self.state == _IDLE and self._clock() >= self._retry_at:
                 self.state = _OPENING
@@ -590,12 +730,12 @@ class TunnelLink:
         frame = encoded_frame(tpb.TunnelFrame(id=self._next_id, call=tpb.TunnelCall(
             method=method, metadata=metadata_entries(metadata),
             timeout_us=0 if timeout is None else max(int(timeout * 1e6), 1),
-            message=message)))
+            message=message, any_kind=any_kind)))
         if len(frame) > MAX_CALL_FRAME_BYTES:
             return None
         call_id = self._next_id
         self._next_id += 1
-        carried = TunnelCall(self, call_id, timeout, asyncio.get_running_loop())
+        carried = TunnelCall(self, call_id, timeout, asyncio.get_running_loop(), any_kind)
         self._pending[call_id] = carried
         self._outbox.put(frame)
         return carried
@@ -611,6 +751,10 @@ class TunnelLink:
     def send_cancel(self, call_id: int) -> None:
         if self.state in (_OPEN, _DRAINING):
             self._outbox.put(encoded_frame(tpb.TunnelFrame(id=call_id, cancel=True)))
+
+    def send_ack(self, call_id: int) -> None:
+        if self.state in (_OPEN, _DRAINING) and call_id in self._pending:
+            self._outbox.put(encoded_frame(tpb.TunnelFrame(id=call_id, ack=True)))
 
     async def _run(self) -> None:
         stream = self._channel().stream_stream(
@@ -672,6 +816,10 @@ class TunnelLink:
                 carried = self.forget(frame.id)
                 if carried is not None:
                     carried.resolve(frame.reply)
+            elif body == "response":
+                carried = self._pending.get(frame.id)
+                if carried is not None:
+                    carried.deliver(frame.response)
             elif body == "goaway":
                 self.state = _DRAINING
                 if not self._pending:

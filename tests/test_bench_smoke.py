@@ -1,10 +1,13 @@
 """The data-plane benchmark harness still works: `bench/dataplane.py --smoke` starts the real
 processes, checks every reply and measures each setup (direct, sealed, sealed without the
-tunnel, the SDK in embedded mode straight to an in-proxy, the sealed chain with telemetry at the
-default 1% sampling, and nginx when installed), and its h2load check refuses a run whose
-replies are not all echoes (h2load counts a gRPC error inside HTTP 200 as a success). A
-partial run merged into an earlier JSON file replaces only its own setups. The report pairs
-sealed with sealed-no-tunnel and observed-sampled with sealed within each run.
+tunnel, sealed in front of an upstream without server reflection, the SDK in embedded mode
+straight to an in-proxy, proxyless (the embedded SDK calling an app with the embedded server's
+interceptors, no proxy process), the sealed chain with telemetry at the default 1% sampling,
+and nginx when installed), reports a bare grpc.aio server's RSS next to the proxies', and
+its h2load check refuses a run whose replies are not all echoes (h2load counts a gRPC
+error inside HTTP 200 as a success). A partial run merged into an earlier JSON file replaces
+only its own setups. The report pairs sealed with sealed-no-tunnel and observed-sampled with
+sealed within each run.
 `bench/watch_fanout.py --replicas` runs Center replicas on an etcd it starts."""
 
 from __future__ import annotations
@@ -53,15 +56,15 @@ def test_grpc_frame_is_flag_length_message(tmp_path: Path) -> None:
     assert frame == b"\x00\x00\x00\x00\x03abc"
 
 
-@pytest.mark.timeout(90)
+@pytest.mark.timeout(120)
 def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
-    setups = ["direct", "sealed", "sealed-no-tunnel", "embedded", "observed-sampled"] + (
-        ["nginx"] if HAS_NGINX else [])
+    setups = ["direct", "sealed", "sealed-no-tunnel", "sealed-no-reflection", "embedded",
+              "proxyless", "observed-sampled"] + (["nginx"] if HAS_NGINX else [])
     out = tmp_path / "smoke.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "dataplane.py"), "--smoke",
          "--setups", ",".join(setups), "--json", str(out)],
-        capture_output=True, text=True, timeout=80, check=False)
+        capture_output=True, text=True, timeout=110, check=False)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     doc = json.loads(out.read_text())
     measurements = doc["measurements"]
@@ -98,7 +101,23 @@ def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
         assert m["telemetry"]["prometheus_calls"] == {"out-proxy": m["calls"],
                                                       "in-proxy": m["calls"]}
         assert m["cpu_s"]["otlp-receiver"] >= 0
+    # no reflection: the same chain, the upstream a bare grpc.aio server
+    no_reflection = [m for m in measurements if m["setup"] == "sealed-no-reflection"]
+    assert no_reflection and sum(m["cpu_s"]["in-proxy"] for m in no_reflection) > 0
+    # proxyless: no proxy process; the app seals, the client's SDK seals
+    proxyless = [m for m in measurements if m["setup"] == "proxyless"]
+    assert proxyless and {m["tool"] for m in proxyless} == {"py"}
+    for m in proxyless:
+        assert set(m["cpu_s_per_1000"]) >= {"app", "client"}
+        assert not any(label.endswith("proxy") for label in m["cpu_s_per_1000"])
     targets = doc["targets"]
+    assert {"no_reflection_cpu_ratio", "hop_upstream_ratio.sealed",
+            "proxyless_added_cpu_ms.saturate", "proxyless_added_p50_ms",
+            "sdk_added_client_cpu_ms.saturate"} <= set(targets)
+    bare = targets["idle_rss_over_bare_mib"]
+    assert bare["bare_mib"] > 0 and bare["proxy_mib"] > bare["bare_mib"]
+    if HAS_H2LOAD:
+        assert "chain_direct_throughput.sealed-no-reflection" in targets
     assert "added_p50_ms.sealed" in targets
     assert "added_p50_ms.sealed-no-tunnel" in targets
     assert "tunnel_cpu_ratio.single" in targets
@@ -112,6 +131,8 @@ def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
     if HAS_H2LOAD:  # h2load saturation first, then one call in flight
         assert "h2load saturate" in text.split("tunnel: ")[1].split("; unary 1 KiB py single")[0]
     assert "(default sampling, 1%) and metrics on / off: observed-sampled / sealed" in text
+    assert "upstream without / with reflection" in text
+    assert "vCPU per 1,000 calls/s" in text
 
 
 def measurement(setup: str, run: int, batch: str, out_cpu: float) -> dict[str, Any]:

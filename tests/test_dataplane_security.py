@@ -7,7 +7,10 @@ reaches the upstream; and the allow rules and rate limits hold.
 The out-proxies (chat_service, metered_service, narrow_service, stranger_service) and the
 in-proxy of song_service run from one `--policy` file; song_service's endpoint in the policy
 is a `RecordingRelay` in the test process that records the raw bytes and relays them to the
-real in-proxy. Crafted calls go straight to the in-proxy, with bytes the relay captured or
+real in-proxy; the out-proxies run with `--tunnel off`, so that every call travels on a stream
+of its own, which these tests capture, tamper with and replay (the same properties of calls
+carried on the tunnel: `test_tunnel.py`, `test_tunnel_any_kind.py`). Crafted calls go
+straight to the in-proxy, with bytes the relay captured or
 sealed here by the sans-IO core from chat_service's own snapshot, in sessions opened here
 with `Session/Open` (a session lives in the in-proxy process that accepted it).
 """
@@ -89,7 +92,8 @@ def upstream() -> Iterator[UpstreamProcess]:
 def relay_and_stack(upstream: UpstreamProcess, tmp_path_factory: pytest.TempPathFactory
                     ) -> Iterator[tuple[RecordingRelay, FileStack]]:
     with relayed_file_stack(upstream.address, tmp_path_factory.mktemp("security"),
-                            (CALLER, METERED, NARROW, STRANGER), POLICY) as relay_and_stack:
+                            (CALLER, METERED, NARROW, STRANGER), POLICY,
+                            extra=("--tunnel", "off")) as relay_and_stack:
         yield relay_and_stack
 
 
@@ -345,7 +349,8 @@ def test_a_call_replayed_to_the_in_proxy_after_a_restart_is_unauthenticated(
         upstream: UpstreamProcess, tmp_path: Path) -> None:
     """The in-proxy stopped and started again at the same address: sessions lived in its
     memory only, so the captured calls' session is unknown; the out-proxy opens a new one."""
-    with relayed_file_stack(upstream.address, tmp_path, (CALLER,)) as (relay, stack):
+    with relayed_file_stack(upstream.address, tmp_path, (CALLER,),
+                            extra=("--tunnel", "off")) as (relay, stack):
         out = stack.outproxies[CALLER].address
         captured = [capture(relay, out, kind) for kind in ("unary", "bidi")]
         assert stack.inproxy.terminate() == 0

@@ -12,12 +12,20 @@ one setup only, and all setups stay up during the whole run (the idle ones cost 
 - sealed-no-tunnel: exactly sealed (its own service, `echo_no_tunnel`) with `--tunnel off` on
   the out-proxy: each call its own HTTP/2 stream to the in-proxy (the design before the
   tunnel), where `sealed` carries fast-path unary calls over one long-lived stream.
+- sealed-no-reflection: exactly sealed (`echo_no_reflection`) in front of a second echo
+  upstream that serves no server reflection (`--no-reflection`: a bare grpc.aio server, what
+  many production servers are): no method kind comes from the upstream.
 - sealed+gzip: the same as sealed with gzip for messages of 512 bytes or more.
 - sealed-workers2: the same as sealed with the OUT-proxy at `--workers 2` (see WORKERS_NOTE).
 - embedded: the load client itself carries the SDK in embedded mode
   (`fastproxy.aio_client_interceptors(service=bench_client, center=..., embedded=True)`) and
   calls the in-proxy (`echo_embedded`) directly: the out-proxy's work (route, sign, seal,
   open) moves into the client process. Python client only (h2load cannot seal).
+- proxyless: no proxy process at all: the load client carries the SDK in embedded mode (as in
+  embedded) and calls an echo app served with the embedded server's interceptors
+  (`fastproxy.server.aio_server_interceptors(service=echo_proxyless, center=...)`,
+  `app`), which
+  admits, opens and seals every call itself. Python client only.
 - observed: the sealed chain (`echo_observed`) with tracing and metrics on: both proxies get
   the standard `OTEL_*` variables (OTLP/gRPC export of traces and metrics to the harness's
   counting receiver, `otlp_receiver.py`, sampler `parentbased_always_on`) and serve Prometheus
@@ -76,15 +84,19 @@ class SealedSpec:
     gzip: bool = False
     out_workers: int = 1
     tunnel: bool = True  # the out-proxy's --tunnel
+    reflection: bool = True  # the upstream serves server reflection
 
 
 SEALED: dict[str, SealedSpec] = {
     "sealed": SealedSpec("bench.v1.Sealed", "echo_sealed"),
     "sealed-no-tunnel": SealedSpec("bench.v1.NoTunnel", "echo_no_tunnel", tunnel=False),
+    "sealed-no-reflection": SealedSpec("bench.v1.NoReflection", "echo_no_reflection",
+                                       reflection=False),
     "sealed+gzip": SealedSpec("bench.v1.Gzip", "echo_gzip", gzip=True),
     "sealed-workers2": SealedSpec("bench.v1.Workers2", "echo_workers2", out_workers=2),
 }
 EMBEDDED = SealedSpec("bench.v1.Embedded", "echo_embedded")
+PROXYLESS = SealedSpec("bench.v1.Proxyless", "echo_proxyless")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,9 +121,13 @@ OBSERVED_SETUPS: dict[str, ObservedSpec] = {
 }
 # every callee of the bench policy, by the setup that calls it
 CALLEES: dict[str, SealedSpec] = {
-    **SEALED, "embedded": EMBEDDED,
+    **SEALED, "embedded": EMBEDDED, "proxyless": PROXYLESS,
     **{name: spec.sealed for name, spec in OBSERVED_SETUPS.items()}}
-ALL_SETUPS = ("direct", "nginx", *SEALED, "embedded", *OBSERVED_SETUPS)
+ALL_SETUPS = ("direct", "nginx", *SEALED, "embedded", "proxyless", *OBSERVED_SETUPS)
+# the label of the bare grpc.aio server (the upstream without reflection) in a setup's
+# processes: its RSS at start is the reference of the proxies' idle RSS
+BARE_LABEL = "upstream"
+BARE_SETUP = "sealed-no-reflection"
 
 
 @dataclass
@@ -240,6 +256,12 @@ class Topology:
         upstream = self._spawn("upstream", [
             py, str(BENCH_DIR / "harness" / "echo_upstream.py"),
             "--port", upstream_addr.rpartition(":")[2]], upstream_addr)
+        bare: Spawned | None = None
+        if any(name in SEALED and not SEALED[name].reflection for name in self.names):
+            bare_addr = f"127.0.0.1:{free_port()}"
+            bare = self._spawn("upstream-bare", [
+                py, str(BENCH_DIR / "harness" / "echo_upstream.py"), "--no-reflection",
+                "--port", bare_addr.rpartition(":")[2]], bare_addr)
         sealed = [name for name in self.names if name in CALLEES]
         in_ports = {name: free_port() for name in sealed}
         out_ports = {name: free_port() for name in sealed}
@@ -252,6 +274,8 @@ class Topology:
                                             "--store", "memory://", "--policy", str(policy)],
                                  center_addr)
         wait_listening(upstream)
+        if bare is not None:
+            wait_listening(bare)
         if center is not None:
             wait_serving(center)
         for name in self.names:
@@ -275,15 +299,33 @@ class Topology:
                 assert center is not None
                 spec = SEALED[name]
                 tag = name.replace("+", "-")
+                serving = upstream if spec.reflection else bare
+                assert serving is not None
                 in_proxy = self._proxy("in", tag, spec.callee, f"127.0.0.1:{in_ports[name]}",
-                                       center, ["--upstream", upstream_addr])
+                                       center, ["--upstream", serving.address])
                 out_proxy = self._proxy("out", tag, CALLER, f"127.0.0.1:{out_ports[name]}",
                                         center, ["--workers", str(spec.out_workers),
                                                  "--tunnel", "on" if spec.tunnel else "off"])
                 setup.entry = out_proxy.address
                 setup.unary_method = f"/{spec.grpc_service}/Unary"
                 setup.processes = {"out-proxy": out_proxy, "in-proxy": in_proxy,
-                                   "upstream": upstream, "center": center}
+                                   "upstream": serving, "center": center}
+            elif name == "proxyless":
+                assert center is not None
+                if not embedded_available():
+                    setup.skipped = "the SDK's embedded mode is not in the tree"
+                    continue
+                app_addr = f"127.0.0.1:{in_ports[name]}"
+                app = self._spawn("app-proxyless", [
+                    py, str(BENCH_DIR / "harness" / "echo_upstream.py"),
+                    "--port", str(in_ports[name]), "--no-reflection",
+                    "--fastproxy-service", PROXYLESS.callee, "--center", center.address],
+                    app_addr)
+                wait_listening(app)
+                setup.entry = app_addr
+                setup.unary_method = f"/{PROXYLESS.grpc_service}/Unary"
+                setup.embedded_service, setup.center = CALLER, center.address
+                setup.processes = {"app": app, "center": center}
             elif name == "embedded":
                 assert center is not None
                 if not embedded_available():

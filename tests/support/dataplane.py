@@ -311,17 +311,17 @@ def start_file_stack(proxies: Proxies, upstream: str, directory: Path,
 
 @contextlib.contextmanager
 def relayed_file_stack(upstream: str, directory: Path, callers: Sequence[str],
-                       policy: DataplanePolicy | None = None
+                       policy: DataplanePolicy | None = None, extra: Sequence[str] = ()
                        ) -> Iterator[tuple[RecordingRelay, FileStack]]:
     """A file stack whose policy lists a `RecordingRelay` as song_service's endpoint, in
-    front of the real in-proxy; everything stopped on exit."""
+    front of the real in-proxy; everything stopped on exit. `extra`: flags of every proxy."""
     in_address = free_address()
     relay = RecordingRelay(in_address).start()
     proxies = Proxies(directory)
     try:
         yield relay, start_file_stack(proxies, upstream, directory, callers=callers,
                                       policy=policy, endpoint=relay.address,
-                                      in_address=in_address)
+                                      in_address=in_address, extra=extra)
     finally:
         proxies.stop_all()
         relay.stop()

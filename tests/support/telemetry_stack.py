@@ -333,7 +333,8 @@ class TelemetryStack:
 def telemetry_stack(directory: Path, receiver: Receiver | None = None, *,
                     relay: bool = False) -> Iterator[TelemetryStack]:
     """The stack, exporting to `receiver` (default: a new `OtlpReceiver`), which it starts
-    and stops; `relay`: the out-proxy calls the in-proxy through a `RecordingRelay`."""
+    and stops; `relay`: the out-proxy calls the in-proxy through a `RecordingRelay`, each
+    call on a stream of its own (`--tunnel off`, so the relay sees every call's metadata)."""
     receiver = (receiver or OtlpReceiver()).start()
     server_address, in_address, out_address = free_address(), free_address(), free_address()
     in_port, out_port = free_port(), free_port()
@@ -350,7 +351,8 @@ def telemetry_stack(directory: Path, receiver: Receiver | None = None, *,
     outproxy = Process(
         "proxy_svc",
         ("--role", "out", "--service", CALLER, "--listen", out_address, "--policy",
-         str(policy), "--metrics-port", str(out_port)),
+         str(policy), "--metrics-port", str(out_port),
+         *(("--tunnel", "off") if relay else ())),
         out_address, directory / "outproxy.log", otel_env(receiver, "test-out-proxy"))
     stack = TelemetryStack(receiver, server, inproxy, outproxy, in_port, out_port,
                            [server, inproxy, outproxy], recorder)

@@ -73,7 +73,7 @@ class ApplyPolicyRequest(_message.Message):
     yaml: str
     comment: str
     refuse_removals: bool
-    def __init__(self, yaml: _Optional[str] = ..., comment: _Optional[str] = ..., refuse_removals: _Optional[bool] = ...) -> None: ...
+    def __init__(self, yaml: _Optional[str] = ..., comment: _Optional[str] = ..., refuse_removals: bool = ...) -> None: ...
 
 class RevisionInfo(_message.Message):
     __slots__ = ("revision", "created_unix", "author", "comment", "content_hash", "rolled_back_from")
@@ -103,7 +103,7 @@ class ApplyPolicyResponse(_message.Message):
     errors: _containers.RepeatedScalarFieldContainer[str]
     message: str
     removed_services_with_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, applied: _Optional[bool] = ..., revision: _Optional[_Union[RevisionInfo, _Mapping]] = ..., errors: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, applied: bool = ..., revision: _Optional[_Union[RevisionInfo, _Mapping]] = ..., errors: _Optional[_Iterable[str]] = ..., message: _Optional[str] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class GetPolicyRequest(_message.Message):
     __slots__ = ("revision", "show_secrets")
@@ -111,7 +111,7 @@ class GetPolicyRequest(_message.Message):
     SHOW_SECRETS_FIELD_NUMBER: _ClassVar[int]
     revision: int
     show_secrets: bool
-    def __init__(self, revision: _Optional[int] = ..., show_secrets: _Optional[bool] = ...) -> None: ...
+    def __init__(self, revision: _Optional[int] = ..., show_secrets: bool = ...) -> None: ...
 
 class GetPolicyResponse(_message.Message):
     __slots__ = ("revision", "yaml")
@@ -171,7 +171,7 @@ class NodeStatus(_message.Message):
     nack_error: str
     registered_addresses: _containers.RepeatedScalarFieldContainer[str]
     current: bool
-    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[_policy_pb2.Role, str]] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since_unix: _Optional[float] = ..., sent_revision: _Optional[int] = ..., acked_revision: _Optional[int] = ..., acked_hash: _Optional[str] = ..., nacked_revision: _Optional[int] = ..., nack_error: _Optional[str] = ..., registered_addresses: _Optional[_Iterable[str]] = ..., current: _Optional[bool] = ...) -> None: ...
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[_Union[_policy_pb2.Role, str]] = ..., service: _Optional[str] = ..., peer: _Optional[str] = ..., connected_since_unix: _Optional[float] = ..., sent_revision: _Optional[int] = ..., acked_revision: _Optional[int] = ..., acked_hash: _Optional[str] = ..., nacked_revision: _Optional[int] = ..., nack_error: _Optional[str] = ..., registered_addresses: _Optional[_Iterable[str]] = ..., current: bool = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes", "latest_revision")
@@ -193,7 +193,7 @@ class GetCenterInfoResponse(_message.Message):
     public_key: bytes
     latest_revision: int
     development_mode: bool
-    def __init__(self, public_key: _Optional[bytes] = ..., latest_revision: _Optional[int] = ..., development_mode: _Optional[bool] = ...) -> None: ...
+    def __init__(self, public_key: _Optional[bytes] = ..., latest_revision: _Optional[int] = ..., development_mode: bool = ...) -> None: ...
 
 class AuditEvent(_message.Message):
     __slots__ = ("id", "time_unix", "actor", "peer", "action", "revision", "detail")
@@ -241,7 +241,7 @@ class ExplainEndpoint(_message.Message):
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
     address: str
     registered: bool
-    def __init__(self, address: _Optional[str] = ..., registered: _Optional[bool] = ...) -> None: ...
+    def __init__(self, address: _Optional[str] = ..., registered: bool = ...) -> None: ...
 
 class ExplainResponse(_message.Message):
     __slots__ = ("revision", "caller", "method", "callee", "verdict", "rule", "audit", "detail", "rate_limited", "rate_limit_rps", "rate_limit_burst", "timeout_ms", "encryption", "compression", "endpoints")
@@ -275,7 +275,7 @@ class ExplainResponse(_message.Message):
     encryption: str
     compression: str
     endpoints: _containers.RepeatedCompositeFieldContainer[ExplainEndpoint]
-    def __init__(self, revision: _Optional[int] = ..., caller: _Optional[str] = ..., method: _Optional[str] = ..., callee: _Optional[str] = ..., verdict: _Optional[str] = ..., rule: _Optional[str] = ..., audit: _Optional[str] = ..., detail: _Optional[str] = ..., rate_limited: _Optional[bool] = ..., rate_limit_rps: _Optional[float] = ..., rate_limit_burst: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., encryption: _Optional[str] = ..., compression: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[ExplainEndpoint, _Mapping]]] = ...) -> None: ...
+    def __init__(self, revision: _Optional[int] = ..., caller: _Optional[str] = ..., method: _Optional[str] = ..., callee: _Optional[str] = ..., verdict: _Optional[str] = ..., rule: _Optional[str] = ..., audit: _Optional[str] = ..., detail: _Optional[str] = ..., rate_limited: bool = ..., rate_limit_rps: _Optional[float] = ..., rate_limit_burst: _Optional[int] = ..., timeout_ms: _Optional[int] = ..., encryption: _Optional[str] = ..., compression: _Optional[str] = ..., endpoints: _Optional[_Iterable[_Union[ExplainEndpoint, _Mapping]]] = ...) -> None: ...
 
 class PreviewPolicyRequest(_message.Message):
     __slots__ = ("yaml", "revision")
@@ -313,7 +313,7 @@ class PreviewPolicyResponse(_message.Message):
     nodes_unchanged: int
     removed_services: _containers.RepeatedScalarFieldContainer[str]
     removed_services_with_nodes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, errors: _Optional[_Iterable[str]] = ..., latest_revision: _Optional[int] = ..., changed: _Optional[bool] = ..., diff: _Optional[str] = ..., nodes_to_update: _Optional[_Iterable[_Union[PreviewNode, _Mapping]]] = ..., nodes_unchanged: _Optional[int] = ..., removed_services: _Optional[_Iterable[str]] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, errors: _Optional[_Iterable[str]] = ..., latest_revision: _Optional[int] = ..., changed: bool = ..., diff: _Optional[str] = ..., nodes_to_update: _Optional[_Iterable[_Union[PreviewNode, _Mapping]]] = ..., nodes_unchanged: _Optional[int] = ..., removed_services: _Optional[_Iterable[str]] = ..., removed_services_with_nodes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class RotateKeyRequest(_message.Message):
     __slots__ = ("key", "new_type", "advance")
@@ -323,7 +323,7 @@ class RotateKeyRequest(_message.Message):
     key: str
     new_type: str
     advance: bool
-    def __init__(self, key: _Optional[str] = ..., new_type: _Optional[str] = ..., advance: _Optional[bool] = ...) -> None: ...
+    def __init__(self, key: _Optional[str] = ..., new_type: _Optional[str] = ..., advance: bool = ...) -> None: ...
 
 class RotateKeyResponse(_message.Message):
     __slots__ = ("key", "successor", "phase", "applied")

@@ -5,7 +5,7 @@ import warnings
 
 from fastproxy.v1 import center_pb2 as fastproxy_dot_v1_dot_center__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class CenterStub:
+class CenterStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -91,7 +91,7 @@ class CenterStub:
                 _registered_method=True)
 
 
-class CenterServicer:
+class CenterServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def WatchPolicy(self, request_iterator, context):
@@ -235,7 +235,7 @@ def add_CenterServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Center:
+class Center(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod

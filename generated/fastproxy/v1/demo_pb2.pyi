@@ -72,7 +72,7 @@ class PutItemResponse(_message.Message):
     item: Item
     created: bool
     revision: int
-    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., created: _Optional[bool] = ..., revision: _Optional[int] = ...) -> None: ...
+    def __init__(self, item: _Optional[_Union[Item, _Mapping]] = ..., created: bool = ..., revision: _Optional[int] = ...) -> None: ...
 
 class CountRequest(_message.Message):
     __slots__ = ("category",)

@@ -5,7 +5,7 @@ import warnings
 
 from fastproxy.v1 import demo_pb2 as fastproxy_dot_v1_dot_demo__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class EchoStub:
+class EchoStub(object):
     """Echo returns what it is sent. ClientStream joins the texts of all requests with " " and
     concatenates their payloads; ServerStream and Bidi answer each request `repeat` times.
     Request metadata `x-echo-*` comes back as initial metadata, and a trailer
@@ -60,7 +60,7 @@ class EchoStub:
                 _registered_method=True)
 
 
-class EchoServicer:
+class EchoServicer(object):
     """Echo returns what it is sent. ClientStream joins the texts of all requests with " " and
     concatenates their payloads; ServerStream and Bidi answer each request `repeat` times.
     Request metadata `x-echo-*` comes back as initial metadata, and a trailer
@@ -122,7 +122,7 @@ def add_EchoServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Echo:
+class Echo(object):
     """Echo returns what it is sent. ClientStream joins the texts of all requests with " " and
     concatenates their payloads; ServerStream and Bidi answer each request `repeat` times.
     Request metadata `x-echo-*` comes back as initial metadata, and a trailer
@@ -238,7 +238,7 @@ class Echo:
             _registered_method=True)
 
 
-class CatalogStub:
+class CatalogStub(object):
     """A small in-memory catalog. Every response carries the initial metadata and trailer
     `x-catalog-revision` (the revision the answer was read at). GetItem fails NOT_FOUND with a
     google.rpc.ResourceInfo detail for unknown ids; PutItem fails INVALID_ARGUMENT with a
@@ -273,7 +273,7 @@ class CatalogStub:
                 _registered_method=True)
 
 
-class CatalogServicer:
+class CatalogServicer(object):
     """A small in-memory catalog. Every response carries the initial metadata and trailer
     `x-catalog-revision` (the revision the answer was read at). GetItem fails NOT_FOUND with a
     google.rpc.ResourceInfo detail for unknown ids; PutItem fails INVALID_ARGUMENT with a
@@ -335,7 +335,7 @@ def add_CatalogServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Catalog:
+class Catalog(object):
     """A small in-memory catalog. Every response carries the initial metadata and trailer
     `x-catalog-revision` (the revision the answer was read at). GetItem fails NOT_FOUND with a
     google.rpc.ResourceInfo detail for unknown ids; PutItem fails INVALID_ARGUMENT with a

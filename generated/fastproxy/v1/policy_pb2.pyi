@@ -67,7 +67,7 @@ class AllowRule(_message.Message):
     methods: _containers.RepeatedScalarFieldContainer[str]
     rate_limit: RateLimit
     audit: bool
-    def __init__(self, caller: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., audit: _Optional[bool] = ...) -> None: ...
+    def __init__(self, caller: _Optional[str] = ..., methods: _Optional[_Iterable[str]] = ..., rate_limit: _Optional[_Union[RateLimit, _Mapping]] = ..., audit: bool = ...) -> None: ...
 
 class Compression(_message.Message):
     __slots__ = ("algorithm", "min_bytes")
@@ -119,7 +119,7 @@ class Service(_message.Message):
     retry: RetryPolicy
     secret_metadata: _containers.RepeatedScalarFieldContainer[str]
     audit: bool
-    def __init__(self, name: _Optional[str] = ..., grpc_services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., identity: _Optional[_Union[KeyRef, _Mapping]] = ..., encrypt: _Optional[_Union[KeyRef, _Mapping]] = ..., compress: _Optional[_Union[Compression, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., allow: _Optional[_Iterable[_Union[AllowRule, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., secret_metadata: _Optional[_Iterable[str]] = ..., audit: _Optional[bool] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., grpc_services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[str]] = ..., identity: _Optional[_Union[KeyRef, _Mapping]] = ..., encrypt: _Optional[_Union[KeyRef, _Mapping]] = ..., compress: _Optional[_Union[Compression, _Mapping]] = ..., timeout_ms: _Optional[int] = ..., allow: _Optional[_Iterable[_Union[AllowRule, _Mapping]]] = ..., retry: _Optional[_Union[RetryPolicy, _Mapping]] = ..., secret_metadata: _Optional[_Iterable[str]] = ..., audit: bool = ...) -> None: ...
 
 class OtherService(_message.Message):
     __slots__ = ("name", "grpc_services")

@@ -5,7 +5,7 @@ import warnings
 
 from fastproxy.v1 import session_pb2 as fastproxy_dot_v1_dot_session__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class SessionStub:
+class SessionStub(object):
     """The session handshake (docs/protocol.md, section 3): the caller's SignedHello travels in
     the request metadata `fastproxy-hello-bin`, the callee's in the trailer of that name; the
     messages are empty, so any stub of the app's can make the call.
@@ -44,7 +44,7 @@ class SessionStub:
                 _registered_method=True)
 
 
-class SessionServicer:
+class SessionServicer(object):
     """The session handshake (docs/protocol.md, section 3): the caller's SignedHello travels in
     the request metadata `fastproxy-hello-bin`, the callee's in the trailer of that name; the
     messages are empty, so any stub of the app's can make the call.
@@ -72,7 +72,7 @@ def add_SessionServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Session:
+class Session(object):
     """The session handshake (docs/protocol.md, section 3): the caller's SignedHello travels in
     the request metadata `fastproxy-hello-bin`, the callee's in the trailer of that name; the
     messages are empty, so any stub of the app's can make the call.

@@ -5,7 +5,7 @@ import warnings
 
 from fastproxy.v1 import tunnel_pb2 as fastproxy_dot_v1_dot_tunnel__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.78.2'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -25,7 +25,7 @@ if _version_not_supported:
     )
 
 
-class TunnelStub:
+class TunnelStub(object):
     """Missing associated documentation comment in .proto file."""
 
     def __init__(self, channel):
@@ -41,7 +41,7 @@ class TunnelStub:
                 _registered_method=True)
 
 
-class TunnelServicer:
+class TunnelServicer(object):
     """Missing associated documentation comment in .proto file."""
 
     def Carry(self, request_iterator, context):
@@ -66,7 +66,7 @@ def add_TunnelServicer_to_server(servicer, server):
 
 
  # This class is part of an EXPERIMENTAL API.
-class Tunnel:
+class Tunnel(object):
     """Missing associated documentation comment in .proto file."""
 
     @staticmethod
