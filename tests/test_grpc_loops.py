@@ -36,13 +36,27 @@ def test_the_spurious_wakeup_is_dropped_and_every_other_error_still_reported(
         quiet_spurious_wakeups(loop)
         quiet_spurious_wakeups(loop)  # once per loop: no handler wraps another
         loop.call_exception_handler(report(loop, BlockingIOError(11, "again")))
+        loop.call_exception_handler(report(loop, OSError(9, "Bad file descriptor")))
         assert seen == []
         other = report(loop, RuntimeError("a real failure in the same callback"))
         loop.call_exception_handler(other)
+        refused = report(loop, OSError(111, "Connection refused"))
+        loop.call_exception_handler(refused)
         blocking_elsewhere = {"message": "x", "exception": BlockingIOError(11, "x"),
                               "handle": asyncio.Handle(print, (), loop)}
         loop.call_exception_handler(blocking_elsewhere)
-        assert seen == [other, blocking_elsewhere]
+        assert seen == [other, refused, blocking_elsewhere]
+
+        # a handle cancelled meanwhile no longer names its callback; its traceback does
+        try:
+            PollerCompletionQueue()._handle_events()
+        except BlockingIOError as raised:
+            caught = raised
+        cancelled = asyncio.Handle(print, (), loop)
+        cancelled.cancel()
+        loop.call_exception_handler({"message": "Exception in callback None()",
+                                     "exception": caught, "handle": cancelled})
+        assert seen == [other, refused, blocking_elsewhere]
     finally:
         loop.close()
 
