@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from proxy_svc.tunnel import MAX_REQUEST_BYTES, CarriedCallContext, TunnelBroken
 from proxy_svc.upstream import StatusLog, UpstreamPool
 
 # grpc's sync server reports ~9.2e18 s remaining for "no deadline"; anything this large is none.
+_log = logging.getLogger("proxy_svc.forward")
 _NO_DEADLINE_ABOVE_S = 1e8
 # The deadline timer fires at or after the deadline we computed; allow for clock granularity.
 _DEADLINE_SLACK_S = 0.002
@@ -435,7 +437,14 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         except asyncio.CancelledError:
             if pump.error is not None:
                 # grpc cancelled the upstream call when our request transform raised.
-                await self._refuse(context, method, pump.error, record, admitted)
+                try:
+                    await self._refuse(context, method, pump.error, record, admitted)
+                except grpc.aio.AbortError:
+                    raise
+                except Exception as gone:  # grpc's ExecuteBatchError
+                    # The call ended meanwhile (the server stopping): nobody is left to tell;
+                    # the refusal's audit line is written.
+                    _log.debug("refusal of %s not sent: %r", method, gone)
             # Our client went away (cancel or its deadline): so does the upstream call.
             call.cancel()
             raise
