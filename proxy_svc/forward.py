@@ -437,14 +437,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         except asyncio.CancelledError:
             if pump.error is not None:
                 # grpc cancelled the upstream call when our request transform raised.
-                try:
-                    await self._refuse(context, method, pump.error, record, admitted)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as gone:  # grpc's ExecuteBatchError
-                    # The call ended meanwhile (the server stopping): nobody is left to tell;
-                    # the refusal's audit line is written.
-                    _log.debug("refusal of %s not sent: %r", method, gone)
+                await self._refuse(context, method, pump.error, record, admitted)
             # Our client went away (cancel or its deadline): so does the upstream call.
             call.cancel()
             raise
@@ -695,4 +688,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         seal = err.seal_end or (call.plan.seal_refusal if call is not None else None)
         if seal is not None:
             trailers = seal(answer.code.value[0], answer.details, trailers)
-        await context.abort(answer.code, answer.details, trailers)
+        try:
+            await context.abort(answer.code, answer.details, trailers)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as gone:  # grpc's ExecuteBatchError
+            # The call ended meanwhile (e.g. cut short while the server stops): nobody is
+            # left to tell; the refusal's audit line is written.
+            _log.debug("refusal of %s not sent: %r", method, gone)
