@@ -122,6 +122,8 @@ class _Parts:
         if config.role is HostRole.IN:
             upstream = config.upstream or ""
             self.side = InboundRole(holder, upstream, self.state, config.service)
+            for method, is_unary in config.known_kinds:
+                kinds.learn(method, is_unary, "--descriptor-set")
             # The in-proxy asks its upstream's reflection and tells its out-proxies.
             self.learner = ReflectionLearner(kinds, lambda: pool.channel(upstream))
             self.exchange = KindTeller(kinds, self.learner)
