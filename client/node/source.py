@@ -16,6 +16,7 @@ import threading
 from typing import Any, TypeVar
 
 from fastproxy.node.credentials import CenterCredentials
+from fastproxy.node.grpc_loops import quiet_running_loop, quiet_spurious_wakeups
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.watch import CenterWatcher, Compile, FileWatcher, NodeIdentity
 from fastproxy.pipeline.node_policy import NodePolicyError
@@ -71,6 +72,7 @@ def shared_loop() -> asyncio.AbstractEventLoop:
     with _shared_lock:
         if _shared is None:
             loop = asyncio.new_event_loop()
+            quiet_spurious_wakeups(loop)
             threading.Thread(target=loop.run_forever, name="fastproxy-policy",
                              daemon=True).start()
             _shared = loop
@@ -110,6 +112,8 @@ class PolicyThread:
         return self._source.refusal if isinstance(self._source, CenterWatcher) else ""
 
     def start(self) -> PolicyThread:
+        quiet_running_loop()  # an app on grpc.aio setting us up in its loop: two loops now
+
         async def create() -> asyncio.Task[None]:
             return asyncio.get_running_loop().create_task(self._guarded(), name=self.name)
 
