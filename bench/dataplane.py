@@ -8,7 +8,8 @@ Starts real processes on 127.0.0.1: a lean grpc.aio echo upstream, the Center (m
 policy from a generated file), an out-proxy and an in-proxy per sealed setup, and nginx
 (`grpc_pass`, one worker), and for each observed setup a counting OTLP/gRPC receiver. Setups:
 direct, nginx, sealed, sealed-no-tunnel (sealed with `--tunnel off` on the out-proxy),
-sealed-no-reflection (sealed in front of an upstream without server reflection), sealed+gzip,
+sealed-no-reflection (sealed in front of an upstream without server reflection),
+sealed-descriptors (the same, the in-proxy given the kinds by --descriptor-set), sealed+gzip,
 sealed-workers2, embedded (the SDK in embedded mode in the load client, straight to an
 in-proxy; Python client only), proxyless (the embedded SDK calling an app served with the
 embedded server's interceptors: no proxy process), observed (the sealed chain with tracing of
@@ -30,7 +31,8 @@ existing JSON file and the generated block of `--markdown`; the other setups kee
 each ratio pairs setups of the same run.
 
 `--smoke`: one run, 1 KiB unary (h2load and Python-client saturation, one call in flight),
-setups direct, sealed, sealed-no-tunnel, sealed-no-reflection, embedded and proxyless, short
+setups direct, sealed, sealed-no-tunnel, sealed-no-reflection, sealed-descriptors, embedded and
+proxyless, short
 durations; exits non-zero if any check or
 measurement fails. Exit status 0 means every measurement was valid.
 """
@@ -54,12 +56,13 @@ from harness.measure import Durations, Measurement, Runner, Scenario  # noqa: E4
 from harness.procstat import tree_peak_rss_kib  # noqa: E402
 from harness.setups import ALL_SETUPS, Setup, Topology  # noqa: E402
 
-SMOKE_SETUPS = "direct,sealed,sealed-no-tunnel,sealed-no-reflection,embedded,proxyless"
+SMOKE_SETUPS = ("direct,sealed,sealed-no-tunnel,sealed-no-reflection,sealed-descriptors,embedded,"
+                "proxyless")
 SMOKE_BSP_DELAY_MS = 200  # observed in a smoke run: its few spans leave in 0.2 s, not 5 s
 
 DEFAULT_SETUPS = ("direct", "nginx", "sealed", "sealed-no-tunnel", "sealed-no-reflection",
-                  "sealed+gzip", "sealed-workers2", "embedded", "proxyless", "observed",
-                  "observed-sampled")
+                  "sealed-descriptors", "sealed+gzip", "sealed-workers2", "embedded",
+                  "proxyless", "observed", "observed-sampled")
 DEFAULT_PAYLOADS = (100, 1024, 64 * 1024, 1024 * 1024)
 TARGET_SIZE = 1024
 

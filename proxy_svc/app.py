@@ -16,7 +16,6 @@ from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicySource, PolicySourceError, open_policy_source
 from fastproxy.node.watch import NodeIdentity
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
-from fastproxy.telemetry.metrics import ProxyMetrics
 from fastproxy.telemetry.setup import Telemetry
 from fastproxy.v1 import policy_pb2 as pb
 from proxy_svc.config import ProxyConfig
@@ -80,6 +79,8 @@ def _call_observer(config: ProxyConfig, telemetry: Telemetry, holder: PolicyHold
     metrics = None
     meter = telemetry.meter("fastproxy.proxy")
     if meter is not None and telemetry.aggregated is not None:
+        from fastproxy.telemetry.metrics import ProxyMetrics  # OpenTelemetry's API: only when on
+
         reconnects = getattr(source, "reconnects", None)
         metrics = ProxyMetrics(
             config.role.value, meter, telemetry.aggregated, revision=revision,
@@ -121,6 +122,8 @@ class _Parts:
         if config.role is HostRole.IN:
             upstream = config.upstream or ""
             self.side = InboundRole(holder, upstream, self.state, config.service)
+            for method, is_unary in config.known_kinds:
+                kinds.learn(method, is_unary, "--descriptor-set")
             # The in-proxy asks its upstream's reflection and tells its out-proxies.
             self.learner = ReflectionLearner(kinds, lambda: pool.channel(upstream))
             self.exchange = KindTeller(kinds, self.learner)

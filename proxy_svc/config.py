@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from fastproxy.hosting.commandline import (
     OneLineArgumentParser,
@@ -25,6 +26,7 @@ from fastproxy.hosting.commandline import (
 from fastproxy.hosting.node_flags import NodeFlags, add_node_flags, node_flags
 from fastproxy.hosting.refusal import HostRole
 from fastproxy.v1 import policy_pb2 as pb
+from proxy_svc.kinds import kinds_of_descriptor_set
 
 PROG = "proxy_svc"
 ROLES: dict[str, HostRole] = {"in": HostRole.IN, "out": HostRole.OUT}
@@ -59,6 +61,8 @@ class ProxyConfig:
     workers: int
     tunnel: bool = True
     allow_unauthenticated_apps: bool = False
+    # in-proxy: method path -> is unary, from --descriptor-set
+    known_kinds: tuple[tuple[str, bool], ...] = ()
 
     @property
     def role_pb(self) -> int:
@@ -121,7 +125,27 @@ def build_parser() -> OneLineArgumentParser:
                         help="out-proxy: carry unary calls (and single-request calls of "
                              "methods of unknown kind) to each in-proxy over one long-lived "
                              "stream (default on); in-proxy: accept such streams")
+    parser.add_argument("--descriptor-set", metavar="FILE",
+                        help="in-proxy: the upstream's services as a FileDescriptorSet "
+                             "(protoc --descriptor_set_out): their methods' kinds are known "
+                             "from the start, so unary calls take the fast path and the "
+                             "tunnel on an upstream without server reflection")
     return parser
+
+
+def _known_kinds(args: argparse.Namespace) -> tuple[tuple[str, bool], ...]:
+    if args.descriptor_set is None:
+        return ()
+    if args.role != "in":
+        fail(PROG, "--descriptor-set is for --role in (the in-proxy tells its out-proxies)")
+    try:
+        data = Path(args.descriptor_set).read_bytes()
+    except OSError as exc:
+        fail(PROG, f"--descriptor-set {args.descriptor_set}: {exc.strerror or exc}")
+    try:
+        return tuple(sorted(kinds_of_descriptor_set(data).items()))
+    except ValueError as exc:
+        fail(PROG, f"--descriptor-set {args.descriptor_set}: {exc}")
 
 
 LISTEN_TLS = ("listen_tls_cert", "listen_tls_key", "listen_client_ca")
@@ -233,4 +257,5 @@ def parse_config(argv: Sequence[str] | None = None) -> ProxyConfig:
         workers=args.workers,
         tunnel=args.tunnel == "on",
         allow_unauthenticated_apps=args.allow_unauthenticated_apps,
+        known_kinds=_known_kinds(args),
     )

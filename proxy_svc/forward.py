@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ from proxy_svc.tunnel import MAX_REQUEST_BYTES, CarriedCallContext, TunnelBroken
 from proxy_svc.upstream import StatusLog, UpstreamPool
 
 # grpc's sync server reports ~9.2e18 s remaining for "no deadline"; anything this large is none.
+_log = logging.getLogger("proxy_svc.forward")
 _NO_DEADLINE_ABOVE_S = 1e8
 # The deadline timer fires at or after the deadline we computed; allow for clock granularity.
 _DEADLINE_SLACK_S = 0.002
@@ -198,12 +200,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):
     # --- with telemetry: a record around the call -------------------------------------
 
     async def _forward_observed(self, method: str, requests: AsyncIterator[bytes],
-                                context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
+                                context: grpc.aio.ServicerContext) -> None:
         metadata: Metadata = tuple(context.invocation_metadata() or ())
         record = self._observer.begin(method, metadata, context.peer())
         try:
-            async for message in self._forward(method, requests, context, record, metadata):
-                yield message
+            await self._forward(method, requests, context, record, metadata)
         finally:
             self._observer.end(record, method)
 
@@ -221,7 +222,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         metadata: Metadata = tuple(context.invocation_metadata() or ())
         record = self._observer.begin(method, metadata, context.peer())
         try:
-            return await self._carried_any(method, request, context, record, metadata)
+            await self._single(method, request, context, record, metadata)
+            return None
         finally:
             self._observer.end(record, method)
 
@@ -233,15 +235,12 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             return await self._handle_any(method, request, context)
         return await self._handle_unary(method, request, context)
 
-    async def _carried_any(self, method: str, request: bytes, context: CarriedCallContext,
-                           record: CallRecord | None = None,
-                           metadata: Metadata | None = None) -> bytes | None:
+    async def _carried_any(self, method: str, request: bytes,
+                           context: CarriedCallContext) -> bytes | None:
         """An `any_kind` carried call: its responses go back one at a time in `response`
         frames (the context holds the last for the reply)."""
-        if metadata is None:
-            metadata = tuple(context.invocation_metadata() or ())
-        async for message in self._single(method, request, context, record, metadata):
-            await context.write(message)
+        await self._single(method, request, context, None,
+                           tuple(context.invocation_metadata() or ()))
         return None
 
     # --- the two paths -------------------------------------------------------------------
@@ -355,12 +354,27 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         first = await context.read()
         if first is grpc.aio.EOF:
             return None, _no_requests()
-        second: asyncio.Future[Any] = asyncio.ensure_future(context.read())
-        try:
-            await asyncio.wait((second,), timeout=EOF_WAIT_S)
-        except asyncio.CancelledError:
-            second.cancel()
-            raise
+        loop = asyncio.get_running_loop()
+        second: asyncio.Future[Any] = loop.create_task(context.read())
+        if not second.done():
+            # Waits up to EOF_WAIT_S for the second read (asyncio.wait's work, less of it:
+            # one future, one timer, one callback).
+            waiter = loop.create_future()
+
+            def release(_: object = None) -> None:
+                if not waiter.done():
+                    waiter.set_result(None)
+
+            timer = loop.call_later(EOF_WAIT_S, release)
+            second.add_done_callback(release)
+            try:
+                await waiter
+            except asyncio.CancelledError:
+                second.cancel()
+                raise
+            finally:
+                timer.cancel()
+                second.remove_done_callback(release)
         if second.done() and not second.cancelled() and second.exception() is None \
                 and second.result() is grpc.aio.EOF:
             return first, None
@@ -385,10 +399,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):
     async def _forward(self, method: str, requests: AsyncIterator[bytes],
                        context: grpc.aio.ServicerContext,
                        record: CallRecord | None = None,
-                       metadata: Metadata | None = None) -> AsyncIterator[bytes]:
-        """A call on a stream handler: the single-request path when the client sent one
-        request and half-closed, else the stream path (at once for a method known to
-        stream)."""
+                       metadata: Metadata | None = None) -> None:
+        """A call on a stream handler (grpc's reader/writer form: responses go out with
+        `context.write`, no generator between grpc and the upstream call): the
+        single-request path when the client sent one request and half-closed, else the
+        stream path (at once for a method known to stream)."""
         if metadata is None:
             metadata = tuple(context.invocation_metadata() or ())
         if method not in self._exchange.kinds.streaming:
@@ -396,18 +411,15 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             if replay is None:
                 assert first is not None
                 if self._seals_final or _final_data(first):
-                    async for message in self._single(method, first, context, record,
-                                                      metadata):
-                        yield message
+                    await self._single(method, first, context, record, metadata)
                     return
                 replay = _only(first)
             requests = replay
-        async for message in self._stream(method, requests, context, record, metadata):
-            yield message
+        await self._stream(method, requests, context, record, metadata)
 
     async def _stream(self, method: str, requests: AsyncIterator[bytes],
                       context: grpc.aio.ServicerContext, record: CallRecord | None,
-                      metadata: Metadata) -> AsyncIterator[bytes]:
+                      metadata: Metadata) -> None:
         """The stream path: a `stream_stream` upstream call fed by the client's requests."""
         try:
             admitted = await self._admit(method, metadata, context, record, single=False,
@@ -424,8 +436,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             pump.messages(), timeout=admitted.timeout, metadata=admitted.metadata)
         statuses = StatusLog(call)
         try:
-            async for message in self._responses(method, call, context, admitted, record):
-                yield message
+            await self._responses(method, call, context, admitted, record)
         except grpc.aio.AioRpcError as failed:
             await self._stream_failed(context, method, requests, admitted, pump,
                                       await statuses.settled(failed), record)
@@ -440,7 +451,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             call.cancel()
             raise
         finally:
-            # Any exit other than a finished call (e.g. grpc closing the generator).
+            # Any exit other than a finished call.
             if not call.done():
                 call.cancel()
 
@@ -463,19 +474,16 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         return upstream(message, timeout=call.timeout, metadata=call.metadata)
 
     async def _single(self, method: str, first: bytes, context: Any,
-                      record: CallRecord | None, metadata: Metadata) -> AsyncIterator[bytes]:
+                      record: CallRecord | None, metadata: Metadata) -> None:
         """The single-request path: the one request sent with the half-close, any number of
-        responses back (`context` is grpc's or a `CarriedCallContext`). A call whose session
-        the callee lost before any answer is sent once more, in a new session."""
+        responses back, each written to `context` (grpc's or a `CarriedCallContext`). A call
+        whose session the callee lost before any answer is sent once more, in a new
+        session."""
         for retry in (True, False):
             admitted = await self._single_admitted(method, first, context, record, metadata)
             if admitted is None:
                 return
-            again: list[bool] = []
-            async for message in self._single_once(method, admitted, context, record, again,
-                                                   retry):
-                yield message
-            if not again:
+            if not await self._single_once(method, admitted, context, record, retry):
                 return
 
     async def _single_admitted(self, method: str, first: bytes, context: Any,
@@ -497,10 +505,9 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         return admitted, message
 
     async def _single_once(self, method: str, admitted_call: tuple[_Admitted, bytes],
-                           context: Any, record: CallRecord | None, again: list[bool],
-                           retry: bool) -> AsyncIterator[bytes]:
-        """One attempt of `_single`; `again` gets an entry when the callee lost the session
-        before answering (nothing was forwarded)."""
+                           context: Any, record: CallRecord | None, retry: bool) -> bool:
+        """One attempt of `_single`; True when the callee lost the session before
+        answering (nothing was forwarded: the call may be sent again)."""
         admitted, message = admitted_call
         plan = admitted.plan
         call = self._start_single(method, admitted, message)
@@ -514,21 +521,20 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                 await context.send_initial_metadata(initial)
             while response is not grpc.aio.EOF:
                 answered += 1
-                yield plan.response(response)
+                await context.write(plan.response(response))
                 response = await call.read()
             upstream_trailers = forwarded_response_metadata(await call.trailing_metadata())
         except grpc.aio.AioRpcError as failed:
             if statuses is not None:
                 failed = await statuses.settled(failed)
             if retry and not admitted.head_done and self._forget_lost_session(plan, failed):
-                again.append(True)
-                return
+                return True
             await self._pass_failure(context, method, admitted, failed, record)
-            return
+            return False
         except FastProxyError as err:
             call.cancel()
             await self._refuse(context, method, err, record, admitted)
-            return
+            return False
         finally:
             if not call.done():
                 call.cancel()  # our client went away, or any exit before the end
@@ -540,24 +546,26 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                                       upstream_trailers, fast=False)
         except FastProxyError as err:
             await self._refuse(context, method, err, record, admitted)
-            return
+            return False
         if trailers:
             context.set_trailing_metadata(trailers)
         if record is not None:
             record.code = grpc.StatusCode.OK
+        return False
 
     async def _responses(self, method: str, call: Any, context: grpc.aio.ServicerContext,
-                         admitted: _Admitted, record: CallRecord | None
-                         ) -> AsyncIterator[bytes]:
-        """The upstream's headers and responses, transformed, then its trailers once the
-        stream ended OK; raises what the upstream call or the plan raise."""
+                         admitted: _Admitted, record: CallRecord | None) -> None:
+        """The upstream's headers and responses, transformed and written to our client,
+        then its trailers once the stream ended OK; raises what the upstream call or the
+        plan raise."""
         plan = admitted.plan
         initial = plan.head(forwarded_response_metadata(await call.initial_metadata()))
         admitted.head_done = True
         if initial:
             await context.send_initial_metadata(initial)
+        write = context.write
         async for message in call:
-            yield plan.response(message)
+            await write(plan.response(message))
         # The stream ended OK: the status is in.
         self._pool.health.record_success(plan.endpoint)
         trailers = self._trailers(method, admitted, grpc.StatusCode.OK, "",
@@ -686,4 +694,11 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         seal = err.seal_end or (call.plan.seal_refusal if call is not None else None)
         if seal is not None:
             trailers = seal(answer.code.value[0], answer.details, trailers)
-        await context.abort(answer.code, answer.details, trailers)
+        try:
+            await context.abort(answer.code, answer.details, trailers)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as gone:  # grpc's ExecuteBatchError
+            # The call ended meanwhile (e.g. cut short while the server stops): nobody is
+            # left to tell; the refusal's audit line is written.
+            _log.debug("refusal of %s not sent: %r", method, gone)

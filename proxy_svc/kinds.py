@@ -7,6 +7,10 @@ unary handler and a `unary_unary` upstream call send message and half-close in o
 kind must be known before the first message, and serving a streaming method as unary would
 silently drop its extra messages, so a kind comes only from a source that knows it:
 
+- the in-proxy's `--descriptor-set FILE` (a `FileDescriptorSet`, as `protoc
+  --descriptor_set_out` writes it) declares its upstream's methods from the start: the way to
+  the fast path and the tunnel for an upstream without reflection. Reflection, where the
+  upstream serves it, still has the last word.
 - the in-proxy asks its upstream's server reflection (`grpc.reflection.v1alpha`, then `v1`),
   once per gRPC service, in the background, after a call to that service was admitted (so an
   unauthenticated client cannot make it ask about anything). Until the answer is in, and for
@@ -174,6 +178,30 @@ class ReflectionLearner:
     async def close(self) -> None:
         for task in list(self._tasks):
             task.cancel()
+
+
+def kinds_of_descriptor_set(data: bytes) -> dict[str, bool]:
+    """Method path -> is unary, for every method of every service a serialized
+    `google.protobuf.FileDescriptorSet` declares (what `protoc --descriptor_set_out` writes);
+    ValueError naming what is wrong when it is not one or declares no service."""
+    from google.protobuf import descriptor_pb2
+    from google.protobuf.message import DecodeError
+
+    try:
+        files = descriptor_pb2.FileDescriptorSet.FromString(data).file
+    except DecodeError as exc:
+        raise ValueError(f"not a serialized FileDescriptorSet ({exc})") from None
+    kinds: dict[str, bool] = {}
+    for file in files:
+        prefix = f"{file.package}." if file.package else ""
+        for declared in file.service:
+            for method in declared.method:
+                kinds[f"/{prefix}{declared.name}/{method.name}"] = not (
+                    method.client_streaming or method.server_streaming)
+    if not kinds:
+        raise ValueError("it declares no service with a method (a FileDescriptorSet as "
+                         "protoc --descriptor_set_out writes it is expected)")
+    return kinds
 
 
 def _methods_of(service: str, files: Iterable[bytes],

@@ -19,25 +19,21 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from opentelemetry.trace import Span, SpanKind
 
 from fastproxy.hosting.refusal import HostRole
 from fastproxy.pipeline.metadata import Metadata
 from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.telemetry.logs import audit_would_deny
-from fastproxy.telemetry.metrics import ProxyMetrics
-from fastproxy.telemetry.tracing import (
-    CallSpans,
-    Unsampled,
-    end_call_span,
-    trace_id_of,
-    trace_metadata_of,
-    without_trace_context,
-)
 from proxy_svc.plan import CallPlan
 
-if TYPE_CHECKING:  # it loads the SDK: only once tracing is configured
+if TYPE_CHECKING:
+    # OpenTelemetry (API and, for sampling, SDK) is imported only once telemetry is on: a
+    # proxy without any OTEL_* setting never loads it (issue 15, memory).
+    from opentelemetry.trace import Span
+
+    from fastproxy.telemetry.metrics import ProxyMetrics
     from fastproxy.telemetry.sampling import SamplingShortcut
+    from fastproxy.telemetry.tracing import CallSpans
 
 _CODE_NAMES = {code: code.name for code in grpc.StatusCode}
 
@@ -78,7 +74,11 @@ class CallRecord:
 
     def trace_id_now(self) -> str | None:
         """The call's trace id, for its audit line."""
-        return trace_id_of(self.span) if self.span is not None else self.trace_id
+        if self.span is None:
+            return self.trace_id
+        from fastproxy.telemetry.tracing import trace_id_of
+
+        return trace_id_of(self.span)
 
 
 def timed(plan: CallPlan, record: CallRecord, seals_requests: bool) -> CallPlan:
@@ -126,8 +126,13 @@ class CallObserver:
     def with_tracer(cls, role: HostRole, service: str, revision: Callable[[], int],
                     tracer: Any | None, metrics: ProxyMetrics | None,
                     shortcut: SamplingShortcut | None = None) -> CallObserver:
-        spans = None if tracer is None else CallSpans(tracer, role.value, SpanKind.SERVER,
-                                                      service, shortcut)
+        spans = None
+        if tracer is not None:
+            from opentelemetry.trace import SpanKind
+
+            from fastproxy.telemetry.tracing import CallSpans
+
+            spans = CallSpans(tracer, role.value, SpanKind.SERVER, service, shortcut)
         return cls(role, service, revision, spans, metrics)
 
     # --- per call, only when active ---------------------------------------------------
@@ -138,6 +143,12 @@ class CallObserver:
         if self.spans is None:
             record = CallRecord(None, None)
         else:
+            from fastproxy.telemetry.tracing import (
+                Unsampled,
+                trace_metadata_of,
+                without_trace_context,
+            )
+
             started = self.spans.start_from(method, metadata, peer)
             if isinstance(started, Unsampled):
                 record = CallRecord(None, started.forward, started.trace_id)
@@ -180,6 +191,8 @@ class CallObserver:
             # The span started with this host's own service (callee of an in-proxy, caller of
             # an out-proxy): it learns the other party here. Nothing is built for a span the
             # sampler dropped.
+            from fastproxy.telemetry.tracing import end_call_span
+
             known = bool(self.service)
             end_call_span(span, code,
                           caller=record.caller if guards or not known else "",

@@ -77,12 +77,12 @@ from typing import Any
 import grpc
 from google.protobuf.message import DecodeError
 
+from fastproxy.pipeline.handshake import CARRY_METHOD
 from fastproxy.pipeline.metadata import Metadata
 from fastproxy.v1 import tunnel_pb2 as tpb
 
 _log = logging.getLogger("fastproxy.proxy")
 
-CARRY_METHOD = "/fastproxy.v1.Tunnel/Carry"
 # A request larger than this takes a call of its own.
 MAX_REQUEST_BYTES = 256 * 1024
 # The writer packs ready frames into one stream message up to this size (at least one frame).

@@ -58,8 +58,9 @@ def test_grpc_frame_is_flag_length_message(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
-    setups = ["direct", "sealed", "sealed-no-tunnel", "sealed-no-reflection", "embedded",
-              "proxyless", "observed-sampled"] + (["nginx"] if HAS_NGINX else [])
+    setups = ["direct", "sealed", "sealed-no-tunnel", "sealed-no-reflection",
+              "sealed-descriptors", "embedded", "proxyless", "observed-sampled"]
+    setups += ["nginx"] if HAS_NGINX else []
     out = tmp_path / "smoke.json"
     done = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "dataplane.py"), "--smoke",
@@ -104,6 +105,9 @@ def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
     # no reflection: the same chain, the upstream a bare grpc.aio server
     no_reflection = [m for m in measurements if m["setup"] == "sealed-no-reflection"]
     assert no_reflection and sum(m["cpu_s"]["in-proxy"] for m in no_reflection) > 0
+    # and with the kinds from the in-proxy's --descriptor-set
+    descriptors = [m for m in measurements if m["setup"] == "sealed-descriptors"]
+    assert descriptors and sum(m["cpu_s"]["in-proxy"] for m in descriptors) > 0
     # proxyless: no proxy process; the app seals, the client's SDK seals
     proxyless = [m for m in measurements if m["setup"] == "proxyless"]
     assert proxyless and {m["tool"] for m in proxyless} == {"py"}
@@ -111,7 +115,7 @@ def test_smoke_run_measures_every_setup(tmp_path: Path) -> None:
         assert set(m["cpu_s_per_1000"]) >= {"app", "client"}
         assert not any(label.endswith("proxy") for label in m["cpu_s_per_1000"])
     targets = doc["targets"]
-    assert {"no_reflection_cpu_ratio", "hop_upstream_ratio.sealed",
+    assert {"no_reflection_cpu_ratio", "descriptors_cpu_ratio", "hop_upstream_ratio.sealed",
             "proxyless_added_cpu_ms.saturate", "proxyless_added_p50_ms",
             "sdk_added_client_cpu_ms.saturate"} <= set(targets)
     bare = targets["idle_rss_over_bare_mib"]

@@ -386,20 +386,22 @@ def start_center(tmp_path: Path, *extra: str) -> RunningCenter:
         [PYTHON, "-m", "center_svc", "--listen", address, "--store", "memory://", *extra],
         cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 20
-    with grpc.insecure_channel(address) as channel:
-        stub = center_pb2_grpc.CenterStub(channel)
-        while True:
-            if process.poll() is not None:
-                raise RuntimeError(f"center exited with {process.returncode}: "
-                                   + Path(log.name).read_text())
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"center exited with {process.returncode}: "
+                               + Path(log.name).read_text())
+        # a channel per attempt: one whose first attempt found nothing listening stays in
+        # grpc's reconnect backoff for seconds
+        with grpc.insecure_channel(address) as channel:
             try:
-                stub.GetCenterInfo(center_pb2.GetCenterInfoRequest(), timeout=1)
+                center_pb2_grpc.CenterStub(channel).GetCenterInfo(
+                    center_pb2.GetCenterInfoRequest(), timeout=1)
                 break
             except grpc.RpcError:
                 if time.monotonic() > deadline:
                     process.kill()
                     raise
-                time.sleep(0.1)
+        time.sleep(0.05)
     return RunningCenter(address, process)
 
 

@@ -36,6 +36,7 @@ from support.server_helpers import (
 )
 
 import server_svc
+from fastproxy.pipeline.handshake import CARRY_METHOD
 from fastproxy.pipeline.node_policy import NodePolicy
 from fastproxy.pipeline.stages import OutboundCall
 from fastproxy.policy import load_policy
@@ -435,3 +436,17 @@ def test_a_method_the_app_lacks_is_unimplemented_sealed(
             call.open_head(tuple(rpc.initial_metadata() or ()))
             call.open_end(rpc.code().value[0], rpc.details() or "",
                           tuple(rpc.trailing_metadata() or ()))
+
+
+def test_an_out_proxys_tunnel_is_answered_as_a_plain_server_would(
+        embedded_host: tuple[str, NodePolicy]) -> None:
+    """An out-proxy opens its tunnel to every endpoint it sends calls to; an embedded server
+    has none and answers UNIMPLEMENTED as any gRPC server does, not as a refused call (no
+    `fastproxy-error`, no audit line): the out-proxy then sends its calls one stream each."""
+    target, _ = embedded_host
+    with grpc.insecure_channel(target) as opened:
+        rpc = opened.stream_stream(CARRY_METHOD)(iter([b""]), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            list(rpc)
+    assert rpc.code() == grpc.StatusCode.UNIMPLEMENTED, rpc.details()
+    assert trailer(rpc, "fastproxy-error") is None

@@ -48,7 +48,7 @@ async def _bidi(requests: AsyncIterator[bytes],
 REFLECTION_METHOD = "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo"
 
 
-def _described(service: str) -> bytes:
+def described(service: str) -> bytes:
     """A file declaring `service` with `Unary` (unary) and `Bidi` (bidi) over raw bytes."""
     from google.protobuf import descriptor_pb2
 
@@ -72,7 +72,7 @@ async def _reflection(requests: AsyncIterator[Any],
         response = rpb.ServerReflectionResponse(original_request=request)
         if request.HasField("file_containing_symbol"):
             response.file_descriptor_response.file_descriptor_proto.append(
-                _described(request.file_containing_symbol))
+                described(request.file_containing_symbol))
         else:
             response.error_response.error_code = grpc.StatusCode.UNIMPLEMENTED.value[0]
         yield response

@@ -24,6 +24,7 @@ PROXIES = ("out-proxy", "in-proxy")
 OBSERVED_MAX = 1.10  # observability issue: tracing and metrics on cost < 10% more proxy CPU
 TUNNEL_OFF = "sealed-no-tunnel"
 NO_REFLECTION = "sealed-no-reflection"
+DESCRIPTORS = "sealed-descriptors"  # no reflection, kinds from the in-proxy's --descriptor-set
 PROXYLESS = "proxyless"
 # issue 15's targets
 NO_REFLECTION_MAX = 1.05  # hop CPU per call without / with the upstream's reflection
@@ -275,6 +276,11 @@ def _issue15_targets(measurements: Sequence[Measurement], saturate: str, single:
         out["no_reflection_cpu_ratio"] = {
             **spread(values), "scenario": saturate, "target_max": NO_REFLECTION_MAX,
             "met": statistics.median(values) <= NO_REFLECTION_MAX}
+    values = _per_run(measurements, saturate, DESCRIPTORS, "sealed", hop_ratio)
+    if values:
+        out["descriptors_cpu_ratio"] = {
+            **spread(values), "scenario": saturate, "target_max": NO_REFLECTION_MAX,
+            "met": statistics.median(values) <= NO_REFLECTION_MAX}
 
     def throughput_ratio(m: Measurement, direct: Measurement) -> float:
         return m.throughput / direct.throughput
@@ -283,7 +289,7 @@ def _issue15_targets(measurements: Sequence[Measurement], saturate: str, single:
         own = m.cpu_s_per_1000.get("upstream", 0.0)
         return _hop_cpu(m) / (own / 1000) if own > 0 else None
 
-    for setup in ("sealed", NO_REFLECTION):
+    for setup in ("sealed", NO_REFLECTION, DESCRIPTORS):
         values = _per_run(measurements, saturate, setup, "direct", throughput_ratio)
         if values:
             out[f"chain_direct_throughput.{setup}"] = {
@@ -477,13 +483,19 @@ def _issue15_rows(t: Json, verdict: Callable[[Json], str]) -> list[str]:
         rows.append(f"| hop CPU per call, upstream without / with reflection: {NO_REFLECTION} / "
                     f"sealed ({entry['scenario']}) | <= {entry['target_max']:.2f}x "
                     f"| {_fmt(entry, 3)}x | {verdict(entry)} |")
-    for setup in (NO_REFLECTION, "sealed"):
+    entry = t.get("descriptors_cpu_ratio")
+    if entry:
+        rows.append(f"| hop CPU per call, upstream without reflection, kinds from "
+                    f"--descriptor-set / with reflection: {DESCRIPTORS} / sealed "
+                    f"({entry['scenario']}) | <= {entry['target_max']:.2f}x "
+                    f"| {_fmt(entry, 3)}x | {verdict(entry)} |")
+    for setup in (NO_REFLECTION, DESCRIPTORS, "sealed"):
         entry = t.get(f"chain_direct_throughput.{setup}")
         if entry:
             rows.append(f"| chain / direct calls per second: {setup} / direct "
                         f"({entry['scenario']}) | >= {entry['target_min']:.2f} "
                         f"| {_fmt(entry, 3)} | {verdict(entry)} |")
-    for setup in ("sealed", NO_REFLECTION):
+    for setup in ("sealed", NO_REFLECTION, DESCRIPTORS):
         entry = t.get(f"hop_upstream_ratio.{setup}")
         if entry:
             rows.append(f"| one {setup} hop's CPU per call / the echo upstream's own "
@@ -539,6 +551,8 @@ def _row_matches(key: str, row: str) -> bool:
         return ratio in row and ("py single" in row) == (setup == "single")
     if name == "no_reflection_cpu_ratio":
         return "without / with reflection" in row
+    if name == "descriptors_cpu_ratio":
+        return "kinds from --descriptor-set" in row
     if name == "chain_direct_throughput":
         return f"second: {setup} /" in row
     if name == "hop_upstream_ratio":

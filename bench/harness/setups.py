@@ -15,6 +15,9 @@ one setup only, and all setups stay up during the whole run (the idle ones cost 
 - sealed-no-reflection: exactly sealed (`echo_no_reflection`) in front of a second echo
   upstream that serves no server reflection (`--no-reflection`: a bare grpc.aio server, what
   many production servers are): no method kind comes from the upstream.
+- sealed-descriptors: sealed-no-reflection (`echo_descriptors`, the same bare upstream) with
+  the in-proxy given the service's kinds by `--descriptor-set` (a `FileDescriptorSet`, as
+  protoc writes it): the unary fast path and the tunnel without reflection.
 - sealed+gzip: the same as sealed with gzip for messages of 512 bytes or more.
 - sealed-workers2: the same as sealed with the OUT-proxy at `--workers 2` (see WORKERS_NOTE).
 - embedded: the load client itself carries the SDK in embedded mode
@@ -85,6 +88,7 @@ class SealedSpec:
     out_workers: int = 1
     tunnel: bool = True  # the out-proxy's --tunnel
     reflection: bool = True  # the upstream serves server reflection
+    descriptors: bool = False  # the in-proxy gets the service's --descriptor-set
 
 
 SEALED: dict[str, SealedSpec] = {
@@ -92,6 +96,8 @@ SEALED: dict[str, SealedSpec] = {
     "sealed-no-tunnel": SealedSpec("bench.v1.NoTunnel", "echo_no_tunnel", tunnel=False),
     "sealed-no-reflection": SealedSpec("bench.v1.NoReflection", "echo_no_reflection",
                                        reflection=False),
+    "sealed-descriptors": SealedSpec("bench.v1.Descriptors", "echo_descriptors",
+                                     reflection=False, descriptors=True),
     "sealed+gzip": SealedSpec("bench.v1.Gzip", "echo_gzip", gzip=True),
     "sealed-workers2": SealedSpec("bench.v1.Workers2", "echo_workers2", out_workers=2),
 }
@@ -250,6 +256,19 @@ class Topology:
     def _bsp_delay_ms(self, spec: ObservedSpec) -> int | None:
         return spec.bsp_delay_ms if spec.bsp_delay_ms is not None else self.bsp_delay_ms
 
+    def _descriptor_set(self, spec: SealedSpec) -> Path:
+        """The echo service's `FileDescriptorSet` (what `protoc --descriptor_set_out`
+        writes), for the in-proxy's `--descriptor-set`."""
+        from google.protobuf import descriptor_pb2
+
+        from harness.echo_upstream import described
+
+        path = self.work_dir / f"{spec.callee}.pb"
+        path.write_bytes(descriptor_pb2.FileDescriptorSet(file=[
+            descriptor_pb2.FileDescriptorProto.FromString(described(spec.grpc_service))
+        ]).SerializeToString())
+        return path
+
     def start(self) -> dict[str, Setup]:
         py = sys.executable
         upstream_addr = f"127.0.0.1:{free_port()}"
@@ -301,8 +320,11 @@ class Topology:
                 tag = name.replace("+", "-")
                 serving = upstream if spec.reflection else bare
                 assert serving is not None
+                in_extra = ["--upstream", serving.address]
+                if spec.descriptors:
+                    in_extra += ["--descriptor-set", str(self._descriptor_set(spec))]
                 in_proxy = self._proxy("in", tag, spec.callee, f"127.0.0.1:{in_ports[name]}",
-                                       center, ["--upstream", serving.address])
+                                       center, in_extra)
                 out_proxy = self._proxy("out", tag, CALLER, f"127.0.0.1:{out_ports[name]}",
                                         center, ["--workers", str(spec.out_workers),
                                                  "--tunnel", "on" if spec.tunnel else "off"])

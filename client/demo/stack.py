@@ -35,16 +35,18 @@ def free_address() -> str:
 def wait_serving(address: str, timeout_s: float, alive: Callable[[], bool]) -> bool:
     """Polls grpc.health.v1 until SERVING; False if the deadline passes or `alive()` fails."""
     deadline = time.monotonic() + timeout_s
-    with grpc.insecure_channel(address) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline and alive():
+    while time.monotonic() < deadline and alive():
+        # A channel per check: one whose first attempts met a process not listening yet
+        # stays failing for seconds after it is up (grpc's reconnect backoff; measured 5 s).
+        with grpc.insecure_channel(address) as channel:
             try:
-                answer = stub.Check(health_pb2.HealthCheckRequest(), timeout=0.5)
+                answer = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=0.5)
                 if answer.status == health_pb2.HealthCheckResponse.SERVING:
                     return True
             except grpc.RpcError:
                 pass
-            time.sleep(0.05)
+        time.sleep(0.05)
     return False
 
 

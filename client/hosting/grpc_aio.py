@@ -4,6 +4,7 @@ policy watch runs grpc.aio on a second event loop."""
 
 from __future__ import annotations
 
+import errno
 import logging
 from typing import Any
 
@@ -20,19 +21,41 @@ def value_now(coroutine: Any) -> Any:
     return None
 
 
+_SPURIOUS_ERRNOS = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EBADF})
+_POLLER_CALLBACK = "PollerCompletionQueue._handle_events"
+
+
+def is_spurious_poller_report(error: BaseException | None, message: str) -> bool:
+    """grpc.aio's poller callback lost a wake-up byte to another loop, or found its socket
+    closed at exit (and nothing else)."""
+    if not isinstance(error, OSError) or error.errno not in _SPURIOUS_ERRNOS:
+        return False
+    if _POLLER_CALLBACK in message:
+        return True
+    # A handle cancelled meanwhile no longer names its callback; the traceback still does
+    # (grpc's Cython frame: co_name "grpc._cython.cygrpc.PollerCompletionQueue._handle_events").
+    trace = error.__traceback__
+    while trace is not None:
+        code = trace.tb_frame.f_code
+        if _POLLER_CALLBACK in f"{code.co_name} {code.co_qualname}":
+            return True
+        trace = trace.tb_next
+    return False
+
+
 class _SpuriousPollerWakeups(logging.Filter):
-    """Drops asyncio's error record of a `BlockingIOError` raised by grpc.aio's
-    `PollerCompletionQueue._handle_events`: with grpc.aio used from two event loops of one
-    process (the app's, and the background loop of a policy watch), both loops watch grpc's
-    notification socket, one reads the wake-up byte and runs every event (other loops' are
-    handed to them), the other finds nothing to read and raises, which asyncio logs with a
-    traceback (grpc/grpc#25364, grpc/grpc#42357; grpcio 1.78: about one record per 100
-    calls). Nothing is lost; only that record is dropped."""
+    """Drops asyncio's error record of grpc.aio's `PollerCompletionQueue._handle_events`
+    failing to read its wake-up byte: with grpc.aio used from two event loops of one process
+    (the app's, and the background loop of a policy watch), both loops watch grpc's
+    notification socket, one reads the byte and runs every event (other loops' are handed
+    to them), the other finds nothing to read and raises `BlockingIOError`, which asyncio logs
+    with a traceback (grpc/grpc#25364, grpc/grpc#42357; grpcio 1.78: about one record per 100
+    calls; grpc catches it itself from 1.80 on). At exit the same callback may find the socket
+    closed (`EBADF`). Nothing is lost; only those records are dropped."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not (isinstance(error, BlockingIOError)
-                    and "PollerCompletionQueue._handle_events" in record.getMessage())
+        return not is_spurious_poller_report(error, record.getMessage())
 
 
 _POLLER_FILTER = _SpuriousPollerWakeups()
@@ -41,7 +64,7 @@ _POLLER_FILTER = _SpuriousPollerWakeups()
 def quiet_spurious_poller_wakeups() -> None:
     """Installs the filter on the `asyncio` logger (once per process): called by the hosts
     that run grpc.aio on a background loop beside the app's (the SDK's and the embedded
-    server's policy watch)."""
+    server's policy watch), and by every service (`stop_on_signals`)."""
     logger = logging.getLogger("asyncio")
     if _POLLER_FILTER not in logger.filters:
         logger.addFilter(_POLLER_FILTER)

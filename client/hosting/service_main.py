@@ -16,6 +16,7 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health
 
+from fastproxy.hosting.grpc_aio import quiet_spurious_poller_wakeups
 from fastproxy.telemetry.logs import configure_logging
 from fastproxy.telemetry.setup import (
     TELEMETRY_OFF,
@@ -89,9 +90,11 @@ def run_service(prog: str, *, log_level: str, log_format: str,
 
 
 def stop_on_signals() -> asyncio.Event:
-    """An event set by the first SIGTERM or SIGINT (handlers installed now, on this loop)."""
+    """An event set by the first SIGTERM or SIGINT (handlers installed now, on this loop).
+    grpcio 1.78's spurious poller reports are dropped from the log (`grpc_aio`)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    quiet_spurious_poller_wakeups()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     return stop

@@ -72,9 +72,10 @@ def why_unreachable(details: str, *, uses_tls: bool, has_certificate: bool
 
     A Center that takes client certificates refuses one that does not verify with a TLS
     alert once the handshake is done (TLS 1.3 has the client finish first), which gRPC
-    reports as `Unwrap failed (TSI_DATA_CORRUPTED)`; the Center's log names the reason."""
-    if uses_tls and has_certificate and ("TSI_DATA_CORRUPTED" in details
-                                         or "Unwrap failed" in details):
+    reports as `Unwrap failed (TSI_DATA_CORRUPTED)` (grpcio 1.85) or `Secure read failed`
+    (grpcio 1.78); the Center's log names the reason."""
+    if uses_tls and has_certificate and any(words in details for words in (
+            "TSI_DATA_CORRUPTED", "Unwrap failed", "Secure read failed")):
         return Unreachable("the Center refused this client certificate in the TLS "
                            "handshake: is it signed by the Center's --client-ca, still "
                            "valid, and made for client use? (the Center's log says which)",

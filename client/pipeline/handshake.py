@@ -24,6 +24,10 @@ from fastproxy.v1 import session_pb2 as spb
 
 PROTOCOL_VERSION = 2
 OPEN_METHOD = "/fastproxy.v1.Session/Open"  # the handshake call (docs/protocol.md, 3)
+# The out-proxy's tunnel to an in-proxy (proxy_svc/tunnel.py). An embedded server has none and
+# answers it as any gRPC server answers a method it lacks (UNIMPLEMENTED, no audit line): the
+# out-proxy then sends its calls one stream each.
+CARRY_METHOD = "/fastproxy.v1.Tunnel/Carry"
 CLIENT_CONTEXT = b"fastproxy-v2 client hello\x00"
 SERVER_CONTEXT = b"fastproxy-v2 server hello\x00"
 REQUEST_KEY_INFO = b"fastproxy-v2 request key"

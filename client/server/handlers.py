@@ -23,6 +23,7 @@ from typing import Any, NoReturn
 import grpc
 
 from fastproxy.hosting.drain import drain, drain_blocking
+from fastproxy.pipeline.handshake import CARRY_METHOD
 from fastproxy.pipeline.handshake import OPEN_METHOD as OPEN_SESSION_METHOD
 from fastproxy.pipeline.reasons import FastProxyError
 from fastproxy.server.policy import EmbeddedPolicy
@@ -215,6 +216,8 @@ class SealingServerInterceptor(grpc.ServerInterceptor):
         method: str = details.method
         if method == OPEN_SESSION_METHOD:
             return self._sessions
+        if method == CARRY_METHOD:
+            return None
         if self.policy.is_open(method):
             return continuation(handler_call_details)
         received = tuple(details.invocation_metadata or ())
@@ -397,6 +400,8 @@ class AioSealingServerInterceptor(grpc.aio.ServerInterceptor):
         method: str = details.method
         if method == OPEN_SESSION_METHOD:
             return self._sessions
+        if method == CARRY_METHOD:
+            return None  # grpc.aio: no handler -> UNIMPLEMENTED
         if self.policy.is_open(method):
             return await continuation(handler_call_details)
         received = tuple(details.invocation_metadata or ())

@@ -17,8 +17,6 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
-from opentelemetry import trace
-
 FORMATS = ("text", "json")
 LEVELS = ("debug", "info", "warning", "error")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -74,6 +72,11 @@ def audit_would_deny(*, proxy: str, caller: str, callee: str, method: str, revis
 def _trace_fields(record: logging.LogRecord) -> dict[str, str]:
     fields: Mapping[str, Any] = getattr(record, "fields", None) or {}
     if "trace_id" in fields:
+        return {}
+    # No span can be current in a process that never loaded OpenTelemetry's API (a proxy
+    # or Center without telemetry does not: issue 15, memory).
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
         return {}
     context = trace.get_current_span().get_span_context()
     if not context.is_valid:

@@ -29,10 +29,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from opentelemetry import metrics as otel_metrics
-from opentelemetry import trace
-
 if TYPE_CHECKING:  # imported when telemetry is configured (they load the SDK, exporters)
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+
     from fastproxy.telemetry.aggregated import AggregatedMetrics
     from fastproxy.telemetry.sampling import SamplingShortcut
 
@@ -160,6 +160,11 @@ def _set_globals_once(tracer_provider: Any | None, meter_provider: Any | None) -
     if _globals_set or (tracer_provider is None and meter_provider is None):
         return
     _globals_set = True
+    # OpenTelemetry's API is imported here, once telemetry is on: a process without any
+    # OTEL_* setting never loads it (issue 15, memory).
+    from opentelemetry import metrics as otel_metrics
+    from opentelemetry import trace
+
     if tracer_provider is not None:
         trace.set_tracer_provider(tracer_provider)
     if meter_provider is not None:
