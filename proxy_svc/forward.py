@@ -175,8 +175,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         self._handle_unary = self._unary_observed if self._observer.active else self._unary
         self._handle_any = self._any_observed if self._observer.active else self._carried_any
         self._unary_handlers: dict[str, grpc.RpcMethodHandler] = {}
-        self._unary_callables: dict[tuple[int, str], Any] = {}
-        self._stream_callables: dict[tuple[int, str], Any] = {}
+        self._callables: dict[tuple[int, str, bool], Any] = {}
         # the out-proxy seals the one request of a single-request call FINAL itself; the
         # in-proxy takes that path only for a request so sealed, and checks its end
         self._seals_final = side.role is HostRole.OUT
@@ -263,21 +262,25 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         return _Admitted(plan, call_timeout(timeout_left, plan.timeout_ms),
                          plan.metadata + self._exchange.request_entries, asked)
 
-    def _start_unary(self, method: str, call: _Admitted, message: bytes) -> Any:
-        """The upstream call of the fast path: on the endpoint's tunnel when one is open,
-        else a call of its own."""
+    def _start(self, method: str, call: _Admitted, message: bytes, *,
+               any_kind: bool = False) -> Any:
+        """The upstream call of the fast path (`any_kind` False: a known unary method) or of
+        the single-request path (True: any number of responses): on the endpoint's tunnel
+        when one is open, else a call of its own (`unary_unary` or `unary_stream`)."""
         call.started = time.monotonic()
         plan = call.plan
         if plan.link is not None:
-            carried = plan.link.call(method, message, call.timeout, call.metadata)
+            carried = plan.link.call(method, message, call.timeout, call.metadata,
+                                     any_kind=any_kind)
             if carried is not None:
                 return carried
         channel = plan.channel or self._pool.channel(plan.endpoint)
-        key = (id(channel), method)
-        upstream = self._unary_callables.get(key)
+        key = (id(channel), method, any_kind)
+        upstream = self._callables.get(key)
         if upstream is None:
-            upstream = channel.unary_unary(method, None, None)
-            self._unary_callables[key] = upstream
+            make = channel.unary_stream if any_kind else channel.unary_unary
+            upstream = make(method, None, None)
+            self._callables[key] = upstream
         return upstream(message, timeout=call.timeout, metadata=call.metadata)
 
     async def _unary(self, method: str, request: bytes, context: grpc.aio.ServicerContext,
@@ -309,7 +312,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             await self._refuse(context, method, err, record, admitted)
             return None
         assert message is not None
-        call = self._start_unary(method, admitted, message)
+        call = self._start(method, admitted, message)
         try:
             response = await call
             initial = forwarded_response_metadata(await call.initial_metadata())
@@ -455,24 +458,6 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             if not call.done():
                 call.cancel()
 
-    def _start_single(self, method: str, call: _Admitted, message: bytes) -> Any:
-        """The upstream call of the single-request path: an `any_kind` call on the
-        endpoint's tunnel when one is open, else a `unary_stream` call of its own."""
-        call.started = time.monotonic()
-        plan = call.plan
-        if plan.link is not None:
-            carried = plan.link.call(method, message, call.timeout, call.metadata,
-                                     any_kind=True)
-            if carried is not None:
-                return carried
-        channel = plan.channel or self._pool.channel(plan.endpoint)
-        key = (id(channel), method)
-        upstream = self._stream_callables.get(key)
-        if upstream is None:
-            upstream = channel.unary_stream(method, None, None)
-            self._stream_callables[key] = upstream
-        return upstream(message, timeout=call.timeout, metadata=call.metadata)
-
     async def _single(self, method: str, first: bytes, context: Any,
                       record: CallRecord | None, metadata: Metadata) -> None:
         """The single-request path: the one request sent with the half-close, any number of
@@ -510,7 +495,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         answering (nothing was forwarded: the call may be sent again)."""
         admitted, message = admitted_call
         plan = admitted.plan
-        call = self._start_single(method, admitted, message)
+        call = self._start(method, admitted, message, any_kind=True)
         statuses = None if isinstance(call, TunnelCall) else StatusLog(call)
         answered = 0
         try:
