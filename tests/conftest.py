@@ -32,8 +32,8 @@ from typing import Protocol
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support.etcd import EtcdCluster, etcd_available
+from support.server_helpers import SERVING, health_status
 
 from fastproxy.v1 import center_pb2, center_pb2_grpc, policy_pb2
 
@@ -129,19 +129,6 @@ class StartCenter(Protocol):
                  port: int | None = None) -> CenterProcess: ...
 
 
-def _health_status(address: str, credentials: grpc.ChannelCredentials | None) -> int | None:
-    channel = (grpc.secure_channel(address, credentials) if credentials
-               else grpc.insecure_channel(address))
-    with channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=0.5)
-        except grpc.RpcError:
-            return None
-        status: int = reply.status
-        return status
-
-
 def launch_center(flags: Sequence[str], log_path: Path, *, store: str = "memory://",
                   credentials: grpc.ChannelCredentials | None = None,
                   env: dict[str, str] | None = None, port: int | None = None,
@@ -155,7 +142,7 @@ def launch_center(flags: Sequence[str], log_path: Path, *, store: str = "memory:
                                 stderr=log_file, env={**os.environ, **(env or {})}, cwd=cwd)
     center = CenterProcess(proc, address, log_path, credentials)
     deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while _health_status(address, credentials) != health_pb2.HealthCheckResponse.SERVING:
+    while health_status(address, credentials=credentials) != SERVING:
         if proc.poll() is not None:
             pytest.fail(f"center exited with {proc.returncode} before serving:\n{center.log()}")
         if time.monotonic() > deadline:

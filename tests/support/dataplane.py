@@ -38,7 +38,7 @@ import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from fastproxy.pipeline.handshake import OPEN_METHOD, CallerSession, SessionSecrets
 from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
@@ -51,6 +51,7 @@ from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
 from proxy_svc.tunnel import CARRY_METHOD
 from proxy_svc.upstream import StatusLog
+from support.server_helpers import health_status
 from support.upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
 
 MiB = 1024 * 1024
@@ -153,21 +154,6 @@ class DataplanePolicy:
 # --- proxies as processes -------------------------------------------------------------
 
 
-def health_status(address: str, credentials: grpc.ChannelCredentials | None = None,
-                  timeout: float = 0.5) -> int | None:
-    """The proxy's grpc.health.v1 status for "" (None when it does not answer)."""
-    channel = (grpc.secure_channel(address, credentials) if credentials
-               else grpc.insecure_channel(address))
-    with channel:
-        try:
-            reply = health_pb2_grpc.HealthStub(channel).Check(
-                health_pb2.HealthCheckRequest(service=""), timeout=timeout)
-        except grpc.RpcError:
-            return None
-        status: int = reply.status
-        return status
-
-
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -198,7 +184,7 @@ class ProxyProcess:
     def wait_status(self, wanted: int, timeout: float = START_TIMEOUT_S,
                     credentials: grpc.ChannelCredentials | None = None) -> None:
         deadline = time.monotonic() + timeout
-        while health_status(self.address, credentials) != wanted:
+        while health_status(self.address, credentials=credentials) != wanted:
             if not self.running():
                 pytest.fail(f"proxy exited ({self.proc and self.proc.returncode}):\n"
                             f"{self.log()}")

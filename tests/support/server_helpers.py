@@ -38,8 +38,14 @@ CALLER = "chat_service"
 SERVING = health_pb2.HealthCheckResponse.SERVING
 
 
-def health_status(address: str, service: str = "", timeout: float = 0.5) -> int | None:
-    with grpc.insecure_channel(address) as channel:
+def health_status(address: str, service: str = "", timeout: float = 0.5,
+                  credentials: grpc.ChannelCredentials | None = None) -> int | None:
+    """The grpc.health.v1 status of `service` at `address` (None when it does not answer),
+    on a channel of its own: one whose first check found nothing listening would stay in
+    grpc's reconnect backoff for seconds."""
+    channel = (grpc.secure_channel(address, credentials) if credentials
+               else grpc.insecure_channel(address))
+    with channel:
         try:
             reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=timeout)
