@@ -193,15 +193,8 @@ class EtcdStore:
 
     def history(self, limit: int | None = None) -> list[Revision]:
         """Revisions, newest first; at most `limit` of them when given."""
-        if limit is not None and limit < 0:
-            raise ValueError(f"history limit must be >= 0, got {limit}")
-        if limit == 0:
-            return []
-        start = self._key("revisions", "")
-        found = self._range(etcd.RangeRequest(
-            key=start, range_end=prefix_end(start), limit=limit or 0,
-            sort_order=etcd.RangeRequest.DESCEND, sort_target=etcd.RangeRequest.KEY))
-        return [self._revision_of(kv) for kv in found.kvs]
+        return [self._revision_of(kv) for kv in self._newest(
+            "revisions", limit, etcd.RangeRequest.KEY, "history")]
 
     def append(self, yaml: str, author: str, comment: str, rolled_back_from: int = 0,
                *, peer: str = "") -> AppendResult:
@@ -348,15 +341,21 @@ class EtcdStore:
 
     def audit_events(self, limit: int | None = None) -> list[AuditEvent]:
         """Audit events, newest first; at most `limit` of them when given."""
+        return [self._audit_event_of(kv) for kv in self._newest(
+            "audit", limit, etcd.RangeRequest.CREATE, "audit")]
+
+    def _newest(self, folder: str, limit: int | None, sort_target: int,
+                what: str) -> Sequence[etcd.KeyValue]:
+        """The keys under `folder`, newest first by `sort_target`; at most `limit`."""
         if limit is not None and limit < 0:
-            raise ValueError(f"audit limit must be >= 0, got {limit}")
+            raise ValueError(f"{what} limit must be >= 0, got {limit}")
         if limit == 0:
             return []
-        start = self._key("audit", "")
-        found = self._range(etcd.RangeRequest(
+        start = self._key(folder, "")
+        found: Sequence[etcd.KeyValue] = self._range(etcd.RangeRequest(
             key=start, range_end=prefix_end(start), limit=limit or 0,
-            sort_order=etcd.RangeRequest.DESCEND, sort_target=etcd.RangeRequest.CREATE))
-        return [self._audit_event_of(kv) for kv in found.kvs]
+            sort_order=etcd.RangeRequest.DESCEND, sort_target=sort_target)).kvs
+        return found
 
     def _audit_event_of(self, kv: etcd.KeyValue) -> AuditEvent:
         try:
