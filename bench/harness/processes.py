@@ -124,19 +124,21 @@ def wait_serving(spawned: Spawned, timeout_s: float = START_TIMEOUT_S,
 
 
 def _wait_serving_once(spawned: Spawned, deadline: float) -> None:
-    # a local subchannel pool: a new connection, not one shared with an earlier channel
+    # a local subchannel pool: a new connection, not one shared with an earlier channel; and
+    # a channel per check: one whose first check found nothing listening stays in grpc's
+    # reconnect backoff for seconds after the process is up
     options = (("grpc.use_local_subchannel_pool", 1),)
-    with grpc.insecure_channel(spawned.address, options=options) as channel:
-        stub = health_pb2_grpc.HealthStub(channel)
-        while time.monotonic() < deadline:
-            spawned.check_alive()
+    while time.monotonic() < deadline:
+        spawned.check_alive()
+        with grpc.insecure_channel(spawned.address, options=options) as channel:
             try:
-                reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
+                reply = health_pb2_grpc.HealthStub(channel).Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:
                 pass
-            time.sleep(0.1)
+        time.sleep(0.1)
     raise StartError(f"{spawned.name} not SERVING on {spawned.address}:\n{spawned.log_tail()}")
 
 
