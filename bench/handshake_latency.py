@@ -54,9 +54,13 @@ def _policy(in_port: int) -> str:
 
 
 def measure(address: str, policy: Path, sessions: int, calls: int
-            ) -> tuple[list[float], list[float]]:
+            ) -> tuple[list[float], list[float], list[float]]:
+    """First calls of new SDK instances, their later calls, and the first call of a new
+    session in an SDK instance that has made calls already (its session forgotten, as at
+    expiry): that one differs from a later call by the handshake alone."""
     firsts: list[float] = []
     laters: list[float] = []
+    renewals: list[float] = []
     payload = os.urandom(1024)
     with grpc.insecure_channel(address) as plain:
         grpc.channel_ready_future(plain).result(timeout=10)
@@ -69,8 +73,12 @@ def measure(address: str, policy: Path, sessions: int, calls: int
                 started = time.perf_counter()
                 assert method(payload, timeout=5) == payload
                 (firsts if index == 0 else laters).append(time.perf_counter() - started)
+            interceptors.core._sessions.clear()  # the next call opens a new session
+            started = time.perf_counter()
+            assert method(payload, timeout=5) == payload
+            renewals.append(time.perf_counter() - started)
             interceptors.close()
-    return firsts, laters
+    return firsts, laters, renewals
 
 
 def measure_handshakes(address: str, policy_text: str, count: int) -> list[float]:
@@ -134,7 +142,7 @@ def main() -> int:
     try:
         wait_listening(upstream)
         wait_serving(inproxy)
-        firsts, laters = measure(inproxy.address, policy, args.sessions, args.calls)
+        firsts, laters, renewals = measure(inproxy.address, policy, args.sessions, args.calls)
         alone = (measure_handshakes(inproxy.address, policy.read_text(), args.sessions)
                  if _speaks_sessions() else [])
     finally:
@@ -146,6 +154,9 @@ def main() -> int:
     print(f"first call of a session: p50 {1000 * first:.3f} ms, p90 {_ms(firsts, 0.9):.3f} ms")
     print(f"later calls:             p50 {1000 * later:.3f} ms, p90 {_ms(laters, 0.9):.3f} ms")
     print(f"first minus later:       p50 {1000 * (first - later):.3f} ms")
+    renewal = statistics.median(renewals)
+    print(f"new session, warm SDK:   p50 {1000 * renewal:.3f} ms, p90 {_ms(renewals, 0.9):.3f} ms"
+          f"; minus later calls: {1000 * (renewal - later):.3f} ms (what the handshake adds)")
     if alone:
         print(f"handshake alone:         p50 {1000 * statistics.median(alone):.3f} ms, "
               f"p90 {_ms(alone, 0.9):.3f} ms (hello, Session/Open round trip, finish)")

@@ -106,9 +106,11 @@ class SessionBook:
 
 class SessionService(grpc.GenericRpcHandler):
     """The in-proxy's end of `Session/Open` (register it before the forwarding handler).
-    Requests are read as a stream (none or one) and one answer is sent, so a caller may send
+    Requests come as a stream (none or one) and one answer is sent, so a caller may send
     the hello through whatever stub it has; that costs about what a unary call costs (a
-    stream-stream handler cost 0.3 ms more per handshake)."""
+    stream-stream handler cost 0.3 ms more per handshake). The request stream is not read:
+    a message the caller's stub sent says nothing, and waiting for it and for the
+    half-close cost 0.15 ms per handshake (docs/benchmarks.md)."""
 
     def __init__(self, service: str, holder: PolicyHolder[NodePolicy], state: NodeState,
                  clock: Callable[[], float] = time.time) -> None:
@@ -124,8 +126,6 @@ class SessionService(grpc.GenericRpcHandler):
 
     async def _open(self, requests: AsyncIterator[bytes],
                     context: grpc.aio.ServicerContext) -> bytes:
-        async for _ in requests:  # a message, if the caller's stub sent one, says nothing
-            pass
         try:
             hello = hello_of(context.invocation_metadata())
             answer = self._holder.require().accept(hello, self._clock(), self._state)

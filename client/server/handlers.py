@@ -188,8 +188,7 @@ def _refusing_handler(call: _Call, error: FastProxyError) -> grpc.RpcMethodHandl
 
 def _session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
     def open_session(requests: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
-        for _ in requests:  # a message, if the caller's stub sent one, says nothing
-            pass
+        # A message the caller's stub sent says nothing: not read (see `SessionService`).
         try:
             answer = policy.answer_hello(tuple(context.invocation_metadata() or ()))
         except FastProxyError as error:
@@ -375,8 +374,6 @@ def _aio_refusing_handler(call: _Call, error: FastProxyError) -> grpc.RpcMethodH
 def _aio_session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
     async def open_session(requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
-        async for _ in requests:
-            pass
         try:
             answer = policy.answer_hello(tuple(context.invocation_metadata() or ()))
         except FastProxyError as error:
