@@ -95,6 +95,8 @@ class SessionBook:
         limit = HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, HANDSHAKE_TIMEOUT_S)
         call = channel.unary_unary(OPEN_METHOD, None, None)(
             b"", metadata=((HELLO_KEY, handshake.request),), timeout=limit)
+        # the next handshake's key, made while this one waits for its answer
+        asyncio.get_running_loop().call_soon(policy.caller.spare.refill)
         try:
             await call
             answer = hello_of(await call.trailing_metadata())
@@ -128,7 +130,9 @@ class SessionService(grpc.GenericRpcHandler):
                     context: grpc.aio.ServicerContext) -> bytes:
         try:
             hello = hello_of(context.invocation_metadata())
-            answer = self._holder.require().accept(hello, self._clock(), self._state)
+            # the key agreement and the next answer's key once the answer is on its way
+            answer = self._holder.require().accept(hello, self._clock(), self._state,
+                                                   asyncio.get_running_loop().call_soon)
         except FastProxyError as refused:  # one audit line, as for a refused call
             policy = self._holder.current
             refusal = refuse(refused, HostRole.IN, service=self._service, other="",

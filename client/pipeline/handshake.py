@@ -8,6 +8,7 @@ into a `CallerSession`; the callee checks the hello and answers (`accept_hello`)
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import threading
@@ -17,7 +18,16 @@ from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
-from fastproxy.pipeline.keys import Aead, Ephemeral, Signer, Verifier, hkdf_expand, hkdf_extract
+from fastproxy.pipeline.keys import (
+    KEY_BYTES,
+    Aead,
+    Ephemeral,
+    Signer,
+    SpareEphemeral,
+    Verifier,
+    hkdf_expand,
+    hkdf_extract,
+)
 from fastproxy.pipeline.reasons import FastProxyError, Reason
 from fastproxy.pipeline.records import SESSION_ID_BYTES
 from fastproxy.v1 import session_pb2 as spb
@@ -209,14 +219,37 @@ class CallWindow:
         return True
 
 
-class CalleeSession:
-    """A session as the callee holds it (in memory only)."""
+class KeyAgreement:
+    """The callee's half of the key schedule, which may wait until its answer is on its way
+    (the caller needs the answer before its first call, the callee the keys only when that
+    call arrives)."""
 
-    __slots__ = ("caller", "clear", "expires_at", "hello_digest", "identity_key", "max_calls",
-                 "psk_id", "request", "response", "session_id", "window")
+    __slots__ = ("_answer", "_ephemeral", "_peer", "_psk", "_request")
+
+    def __init__(self, ephemeral: Ephemeral, peer: bytes, request: bytes, answer: bytes,
+                 psk: bytes | None) -> None:
+        self._ephemeral, self._peer, self._psk = ephemeral, peer, psk
+        self._request, self._answer = request, answer
+
+    def secrets(self) -> SessionSecrets:
+        """UNAUTHENTICATED when the caller's ephemeral key gives no shared secret."""
+        shared = self._ephemeral.exchange(self._peer)
+        return key_schedule(self._request, self._answer, shared, self._psk)
+
+
+_AGREEING = threading.Lock()  # a session's keys are made once, whichever thread asks first
+
+
+class CalleeSession:
+    """A session as the callee holds it (in memory only). Its keys are made from `secrets`
+    or, when the callee answered first, from `agreement` on first use (`complete`)."""
+
+    __slots__ = ("_agreement", "_keys", "_refusal", "_suite", "caller", "clear", "expires_at",
+                 "hello_digest", "identity_key", "max_calls", "psk_id", "session_id", "window")
 
     def __init__(self, *, session_id: bytes, caller: str, identity_key: str, psk_id: str,
-                 secrets: SessionSecrets, suite: int, expires_at: float, max_calls: int,
+                 suite: int, expires_at: float, max_calls: int,
+                 secrets: SessionSecrets | None = None, agreement: KeyAgreement | None = None,
                  hello_digest: bytes = b"") -> None:
         self.session_id = session_id
         self.hello_digest = hello_digest  # of the signed client hello that opened it
@@ -224,11 +257,51 @@ class CalleeSession:
         self.identity_key = identity_key
         self.psk_id = psk_id
         self.clear = not psk_id
-        self.request = Aead(suite, secrets.request_key)
-        self.response = Aead(suite, secrets.response_key)
         self.expires_at = expires_at
         self.max_calls = max_calls
         self.window = CallWindow()
+        self._suite = suite
+        self._keys: tuple[Aead, Aead] | None = None
+        self._agreement = agreement
+        self._refusal: FastProxyError | None = None
+        if secrets is not None:
+            self._keys = (Aead(suite, secrets.request_key), Aead(suite, secrets.response_key))
+        elif agreement is None:
+            raise ValueError("a session needs its secrets or the agreement that makes them")
+
+    def _made(self) -> tuple[Aead, Aead]:
+        keys = self._keys
+        if keys is not None:
+            return keys
+        with _AGREEING:
+            if self._keys is None and self._refusal is None:
+                agreement, self._agreement = self._agreement, None
+                assert agreement is not None
+                try:
+                    secrets = agreement.secrets()
+                except FastProxyError as refused:
+                    self._refusal = refused
+                else:
+                    self._keys = (Aead(self._suite, secrets.request_key),
+                                  Aead(self._suite, secrets.response_key))
+            if self._keys is None:
+                assert self._refusal is not None
+                raise self._refusal
+            return self._keys
+
+    def complete(self) -> None:
+        """Makes the keys now (for a host to call once the answer is sent); a hello whose
+        ephemeral key gives no shared secret is refused at the session's first call."""
+        with contextlib.suppress(FastProxyError):
+            self._made()
+
+    @property
+    def request(self) -> Aead:
+        return self._made()[0]
+
+    @property
+    def response(self) -> Aead:
+        return self._made()[1]
 
 
 @dataclass(frozen=True, slots=True)
@@ -246,11 +319,20 @@ class HelloPolicy:
     ahead_s: float = CLOCK_AHEAD_S
 
 
+Defer = Callable[[Callable[[], None]], object]  # runs a callable later, e.g. loop.call_soon
+
+
 def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
-                 ephemeral: Ephemeral | None = None,
-                 random: Random = os.urandom) -> tuple[bytes, CalleeSession]:
+                 ephemeral: Ephemeral | None = None, random: Random = os.urandom,
+                 defer: Defer | None = None,
+                 spare: SpareEphemeral | None = None) -> tuple[bytes, CalleeSession]:
     """The answer to a caller's hello and the session it opens; UNAUTHENTICATED when the
-    hello is not from a caller this service knows, fresh, and made for it."""
+    hello is not from a caller this service knows, fresh, and made for it. With `defer`,
+    the key agreement is left for after the answer is sent (`defer(session.complete)`; a
+    call arriving before it makes the keys itself), and an ephemeral key giving no shared
+    secret is refused at the session's first call rather than here. The answer's X25519 key
+    is `ephemeral`, else taken from `spare` (only once the hello passed every check), else
+    made here."""
     signed = _signed(request, "the hello")
     try:
         hello = spb.ClientHello.FromString(signed.hello)
@@ -273,8 +355,10 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
         raise _refused("the hello names another AEAD suite")
     if bool(hello.psk) != bool(policy.psks) or (hello.psk and hello.psk not in policy.psks):
         raise _refused("the hello names an encryption key this service does not accept")
-    ephemeral = ephemeral or Ephemeral()
-    shared = ephemeral.exchange(hello.ephemeral)
+    if len(hello.ephemeral) != KEY_BYTES:
+        raise _refused("the hello's ephemeral key is not 32 bytes")
+    if ephemeral is None:
+        ephemeral = spare.take() if spare is not None else Ephemeral()
     session_id = random(SESSION_ID_BYTES)
     hello_digest = hashlib.sha256(request).digest()
     answer_hello = spb.ServerHello(
@@ -286,11 +370,19 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
         hello=answer_hello,
         signature=policy.signer.sign(SERVER_CONTEXT + answer_hello, hello.caller),
     ).SerializeToString()
-    secrets = key_schedule(request, answer, shared, policy.psks.get(hello.psk))
+    agreement = KeyAgreement(ephemeral, hello.ephemeral, request, answer,
+                             policy.psks.get(hello.psk))
+    if defer is None:  # keys now, and a failed agreement refuses the hello itself
+        secrets: SessionSecrets | None = agreement.secrets()
+        agreement_left: KeyAgreement | None = None
+    else:
+        secrets, agreement_left = None, agreement
     session = CalleeSession(session_id=session_id, caller=hello.caller,
-                            identity_key=hello.identity_key, psk_id=hello.psk, secrets=secrets,
-                            suite=policy.suite, expires_at=now + policy.lifetime_s,
-                            max_calls=policy.max_calls, hello_digest=hello_digest)
+                            identity_key=hello.identity_key, psk_id=hello.psk, suite=policy.suite,
+                            expires_at=now + policy.lifetime_s, max_calls=policy.max_calls,
+                            secrets=secrets, agreement=agreement_left, hello_digest=hello_digest)
+    if defer is not None:
+        defer(session.complete)
     return answer, session
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import struct
+from collections import deque
 
 from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import (
@@ -187,3 +188,27 @@ class Ephemeral:
             raise FastProxyError(Reason.UNAUTHENTICATED,
                                  "handshake ephemeral key gives no shared secret")
         return shared
+
+
+class SpareEphemeral:
+    """One X25519 key made ahead of the handshake that will use it, so that making it (40 us)
+    is not on that handshake's path: made when the policy is compiled, and again after each
+    use by a host that can do so off the call path (`refill`, e.g. with `loop.call_soon`).
+    Each key is still used once and erased at once. Safe from several threads: a key is
+    taken by one handshake only."""
+
+    __slots__ = ("_held",)
+
+    def __init__(self) -> None:
+        self._held: deque[Ephemeral] = deque((Ephemeral(),), maxlen=1)
+
+    def take(self) -> Ephemeral:
+        """The key made ahead, or a new one when there is none (taken already)."""
+        try:
+            return self._held.pop()
+        except IndexError:
+            return Ephemeral()
+
+    def refill(self) -> None:
+        if not self._held:
+            self._held.append(Ephemeral())

@@ -23,6 +23,7 @@ from fastproxy.pipeline.handshake import (
     MAX_SESSIONS,
     CalleeSessions,
     CallerSession,
+    Defer,
     HelloPolicy,
 )
 from fastproxy.pipeline.keys import Signer, Verifier
@@ -172,9 +173,11 @@ class NodePolicy:
                                  f"node of {self.service!r} does not guard a service")
         return self._callee
 
-    def accept(self, hello: bytes, now: float, state: NodeState) -> bytes:
-        """The answer to a caller's handshake (the session is kept in `state`)."""
-        return self.callee.accept(hello, now, state)
+    def accept(self, hello: bytes, now: float, state: NodeState,
+               defer: Defer | None = None) -> bytes:
+        """The answer to a caller's handshake (the session is kept in `state`); `defer`:
+        see `CalleeSide.accept`."""
+        return self.callee.accept(hello, now, state, defer=defer)
 
     def inbound(self, method: str, metadata: Metadata, now: float,
                 state: NodeState) -> InboundCall:

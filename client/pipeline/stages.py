@@ -32,11 +32,12 @@ from fastproxy.pipeline.handshake import (
     CalleeSession,
     CallerHandshake,
     CallerSession,
+    Defer,
     HelloPolicy,
     accept_hello,
     stamped_within,
 )
-from fastproxy.pipeline.keys import Ephemeral, Signer, Verifier, nonce
+from fastproxy.pipeline.keys import Ephemeral, Signer, SpareEphemeral, Verifier, nonce
 from fastproxy.pipeline.metadata import (
     CALL_KEY,
     END_KEY,
@@ -170,6 +171,8 @@ class CallerSide:
     max_message_bytes: int
     others: Mapping[str, str] = field(default_factory=dict)  # gRPC service -> a service
     revision: int = 0  # this node may not call
+    # the next handshake's X25519 key, made with the policy (off the call path)
+    spare: SpareEphemeral = field(default_factory=SpareEphemeral, compare=False, repr=False)
 
     def route(self, method: str) -> Destination:
         """The destination serving `method`'s gRPC service: DENIED when a service this node
@@ -194,7 +197,8 @@ class CallerSide:
             raise FastProxyError(Reason.UNAVAILABLE, "this node has no identity key")
         return CallerHandshake(caller=self.service, callee=destination.name, signer=self.signer,
                                suite=destination.suite, psk_id=destination.psk_id,
-                               psk=destination.psk, now=now, ephemeral=ephemeral, random=random)
+                               psk=destination.psk, now=now,
+                               ephemeral=ephemeral or self.spare.take(), random=random)
 
     def serves(self, session: CallerSession, destination: Destination, now: float) -> bool:
         """Whether a new call to `destination` may use `session`."""
@@ -321,18 +325,25 @@ class CalleeSide:
     window_s: float = DEFAULT_CLOCK_WINDOW_S  # how old a call may be
     ahead_s: float = CLOCK_AHEAD_S  # how far ahead of our clock a call may be stamped
     revision: int = 0
+    # the next answer's X25519 key, made with the policy (off the call path)
+    spare: SpareEphemeral = field(default_factory=SpareEphemeral, compare=False, repr=False)
 
     def accept(self, request: bytes, now: float, state: NodeState, *,
                ephemeral: Ephemeral | None = None,
-               random: Callable[[int], bytes] = os.urandom) -> bytes:
-        """The answer to a handshake; the session it opens is kept in `state`."""
+               random: Callable[[int], bytes] = os.urandom,
+               defer: Defer | None = None) -> bytes:
+        """The answer to a handshake; the session it opens is kept in `state`. With
+        `defer` (e.g. the host loop's `call_soon`), the session's key agreement and the next
+        answer's key are made after the answer is sent (see `accept_hello`)."""
         if self.hello is None:
             raise FastProxyError(Reason.UNAUTHENTICATED,
                                  "handshake refused: the hello is not signed by a caller "
                                  "this service knows")
         answer, session = accept_hello(request, self.hello, now, ephemeral=ephemeral,
-                                       random=random)
+                                       random=random, defer=defer, spare=self.spare)
         state.sessions.add(session)
+        if defer is not None:
+            defer(self.spare.refill)
         return answer
 
 

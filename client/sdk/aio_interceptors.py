@@ -51,6 +51,8 @@ class _AioInterceptor:
                     else OPEN_METHOD, timeout=core.handshake_timeout(plan),
                     metadata=grpc.aio.Metadata((HELLO_KEY, handshake.request)))
                 call = await continuation(hello, empty())
+                # the next handshake's key, made while this one waits for its answer
+                asyncio.get_running_loop().call_soon(core.make_spare_key, plan)
                 try:
                     if self.streams_responses:
                         async for _ in call:

@@ -161,6 +161,13 @@ class SdkCore:
             return None
         return policy.caller.handshake(destination, now)
 
+    def make_spare_key(self, plan: CallPlan) -> None:
+        """Makes the next handshake's X25519 key ahead (the aio SDK, while a handshake
+        waits for its answer; the sync SDK's first handshake per policy uses the one made
+        with the policy, later ones make theirs)."""
+        if plan.policy is not None:
+            plan.policy.caller.spare.refill()
+
     def handshake_timeout(self, plan: CallPlan) -> float:
         remaining = plan.remaining()
         return HANDSHAKE_TIMEOUT_S if remaining is None else max(

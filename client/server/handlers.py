@@ -15,6 +15,7 @@ no way to shorten a call's deadline).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -375,7 +376,8 @@ def _aio_session_handler(policy: EmbeddedPolicy) -> grpc.RpcMethodHandler:
     async def open_session(requests: AsyncIterator[bytes],
                            context: grpc.aio.ServicerContext[Any, Any]) -> bytes:
         try:
-            answer = policy.answer_hello(tuple(context.invocation_metadata() or ()))
+            answer = policy.answer_hello(tuple(context.invocation_metadata() or ()),
+                                         asyncio.get_running_loop().call_soon)
         except FastProxyError as error:
             await _aio_abort(context, _Call(policy, OPEN_SESSION_METHOD, None), error)
         context.set_trailing_metadata(answer)

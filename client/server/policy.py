@@ -14,7 +14,7 @@ from fastproxy.node.credentials import CenterCredentials
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicyThread, open_policy_source
 from fastproxy.node.watch import NodeIdentity
-from fastproxy.pipeline.handshake import CLOCK_AHEAD_S, MAX_SESSIONS
+from fastproxy.pipeline.handshake import CLOCK_AHEAD_S, MAX_SESSIONS, Defer
 from fastproxy.pipeline.metadata import HELLO_KEY, Metadata, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline.reasons import FastProxyError
@@ -106,10 +106,11 @@ class EmbeddedPolicy:
                              peer="")
         return call
 
-    def answer_hello(self, metadata: Metadata) -> Metadata:
+    def answer_hello(self, metadata: Metadata, defer: Defer | None = None) -> Metadata:
         """The trailers answering a caller's handshake (its hello is in `metadata`); raises
-        `FastProxyError`."""
-        answer = self.holder.require().accept(hello_of(metadata), self._clock(), self.state)
+        `FastProxyError`. `defer`: see `CalleeSide.accept`."""
+        answer = self.holder.require().accept(hello_of(metadata), self._clock(), self.state,
+                                              defer)
         return ((HELLO_KEY, answer),)
 
     def refused(self, error: FastProxyError, method: str, peer: str | None,
