@@ -17,8 +17,7 @@ to another place does not open. Two forms of one format:
 - `seal_text` / `open_text`: `kek:KEKID:BASE64(nonce | ciphertext)`, a YAML-safe string
   (secret values inside policy documents, `center_svc.sealed_policy`).
 
-`seal_blob` / `open_blob` serve a store that may run without a KEK (development): with none
-they keep the blob as is, and `open_blob` tells a sealed blob from a plain one by its prefix.
+`blob_key_id` names the KEK a sealed blob needs (for a Center started without it).
 """
 
 from __future__ import annotations
@@ -146,20 +145,11 @@ def _split_text(text: str) -> tuple[str, bytes]:
     return key_id, body
 
 
-def seal_blob(ring: KekRing | None, data: bytes, context: bytes = b"") -> bytes:
-    """`data` sealed with the ring's KEK; as is without a KEK (development)."""
-    return data if ring is None else ring.seal(data, context)
-
-
-def open_blob(ring: KekRing | None, blob: bytes, context: bytes = b"") -> bytes:
-    """What `seal_blob` stored: opened if sealed (KekError without the KEK it needs), as is
-    if it was stored plain."""
-    if not blob.startswith(BLOB_MAGIC):
-        return blob
-    if ring is None:
-        raw_id = blob[len(BLOB_MAGIC):len(BLOB_MAGIC) + ID_BYTES]
-        raise KekError(f"sealed with KEK {raw_id.hex()}: start the Center with --kek")
-    return ring.open(blob, context)
+def blob_key_id(blob: bytes) -> str | None:
+    """The id of the KEK that sealed `blob` (`seal`'s form), or None when it is no such blob."""
+    if not blob.startswith(BLOB_MAGIC) or len(blob) < len(BLOB_MAGIC) + ID_BYTES:
+        return None
+    return blob[len(BLOB_MAGIC):len(BLOB_MAGIC) + ID_BYTES].hex()
 
 
 def load_kek(ref: str) -> Kek:

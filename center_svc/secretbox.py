@@ -1,8 +1,9 @@
 """The seam through which the Center seals the secrets it keeps in its store.
 
-A `SecretBox` turns a secret into an opaque blob and back. The etcd store keeps the snapshot
-signing key only as such a blob, so that every replica can read it and etcd's own backups hold
-nothing usable. The key-encryption key (`--kek`) provides the real box; until a Center is given
+A `SecretBox` turns a secret into an opaque blob and back. Both stores keep the snapshot
+signing key only as such a blob: on etcd so that every replica can read it and etcd's own
+backups hold nothing usable, in the SQLite file so that a copy of the file holds nothing
+usable either. The key-encryption key (`--kek`) provides the real box; until a Center is given
 one it runs with `PLAINTEXT_BOX` (development mode), whose blobs are tagged so that a store
 sealed with a KEK is never mistaken for plaintext, nor the other way round.
 """
@@ -11,7 +12,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from center_svc.kek import KekError, KekRing
+from center_svc.kek import KekError, KekRing, blob_key_id
 
 
 class SecretBoxError(ValueError):
@@ -23,20 +24,23 @@ class SecretBox(Protocol):
     def open(self, sealed: bytes) -> bytes: ...
 
 
-_PLAIN_TAG = b"fastproxy-plaintext-v1:"
+PLAINTEXT_TAG = b"fastproxy-plaintext-v1:"  # what development mode's blobs start with
 
 
 class PlaintextBox:
     """Development mode: the secret is stored as it is, behind a tag that says so."""
 
     def seal(self, plaintext: bytes) -> bytes:
-        return _PLAIN_TAG + plaintext
+        return PLAINTEXT_TAG + plaintext
 
     def open(self, sealed: bytes) -> bytes:
-        if not sealed.startswith(_PLAIN_TAG):
+        if not sealed.startswith(PLAINTEXT_TAG):
+            key_id = blob_key_id(sealed)
+            if key_id is not None:
+                raise SecretBoxError(f"sealed with KEK {key_id}: start the Center with --kek")
             raise SecretBoxError("the secret was sealed with a key-encryption key; "
                                  "start the Center with the same --kek")
-        return sealed[len(_PLAIN_TAG):]
+        return sealed[len(PLAINTEXT_TAG):]
 
 
 PLAINTEXT_BOX: SecretBox = PlaintextBox()

@@ -37,6 +37,7 @@ across restarts); the file is therefore created with mode 0600.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import sqlite3
 import threading
@@ -55,7 +56,7 @@ from cryptography.hazmat.primitives.serialization import (
     PrivateFormat,
 )
 
-from center_svc.secretbox import PLAINTEXT_BOX, SecretBox
+from center_svc.secretbox import PLAINTEXT_BOX, PLAINTEXT_TAG, SecretBox, SecretBoxError
 
 if TYPE_CHECKING:
     from center_svc.etcd_client import EtcdCredentials
@@ -63,6 +64,8 @@ if TYPE_CHECKING:
 DEFAULT_STORE_URL = "sqlite:///fastproxy-center.db"
 
 SEED_BYTES = 32
+_SEAL_OVERHEAD_MIN = 16  # an AEAD tag at least: a sealed seed is longer than this
+log = logging.getLogger("center_svc.store")
 # Denied admin calls come from anyone who can reach the port: keep only the newest ones, so a
 # flood of bad credentials cannot grow the file without bound. Changes and refusals are kept.
 MAX_DENIED_EVENTS = 1000
@@ -253,7 +256,7 @@ def open_store(url: str, options: StoreOptions | None = None) -> PolicyStore:
     path = sqlite_path_of(url)
     if path is None:
         return MemoryStore()
-    return SqliteStore(path)
+    return SqliteStore(path, secret_box=(options or StoreOptions()).secret_box)
 
 
 def _new_seed() -> bytes:
@@ -283,9 +286,11 @@ class SqliteStore:
 
     shared = False
 
-    def __init__(self, path: str, *, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: str, *, clock: Callable[[], float] = time.time,
+                 secret_box: SecretBox = PLAINTEXT_BOX) -> None:
         self._clock = clock
         self._lock = threading.Lock()
+        self._box = secret_box  # seals the signing key in the file
         self._seed: bytes | None = None
         self._closed = False
         in_memory = path == ":memory:"
@@ -445,7 +450,10 @@ class SqliteStore:
             return [self._audit_event_of(row) for row in rows]
 
     def signing_key_seed(self) -> bytes:
-        """The Center's Ed25519 private key seed, created and stored on the first call."""
+        """The Center's Ed25519 private key seed, created and stored on the first call,
+        sealed by the store's secret box (the KEK's with `--kek`). A key stored unsealed
+        (before `--kek` was given, or by an older Center: the bare 32 bytes) is sealed in
+        place once a KEK is given; a key sealed with a KEK is refused without it."""
         with self._locked():
             if self._seed is not None:
                 return self._seed
@@ -453,16 +461,42 @@ class SqliteStore:
                 row = self._db.execute("SELECT seed FROM signing_key WHERE id = 1").fetchone()
                 if row is None:
                     seed = _new_seed()
-                    self._db.execute("INSERT INTO signing_key (id, seed) VALUES (1, ?)", (seed,))
+                    self._db.execute("INSERT INTO signing_key (id, seed) VALUES (1, ?)",
+                                     (self._box.seal(seed),))
                 else:
-                    seed = row[0]
-                    if not isinstance(seed, bytes) or len(seed) != SEED_BYTES:
-                        raise CorruptStoreError(
-                            f"policy store {self._where!r} holds a malformed signing key "
-                            f"(expected {SEED_BYTES} bytes)"
-                        )
+                    seed, unsealed = self._stored_seed(row[0])
+                    if unsealed and self._box is not PLAINTEXT_BOX:
+                        self._db.execute("UPDATE signing_key SET seed = ? WHERE id = 1",
+                                         (self._box.seal(seed),))
+                        log.warning("policy store %s: the snapshot-signing key, stored "
+                                    "unsealed before --kek was given, is sealed with it now "
+                                    "(the key itself is unchanged)", self._where)
             self._seed = seed
             return seed
+
+    def _stored_seed(self, stored: object) -> tuple[bytes, bool]:
+        """The seed the signing_key row holds, and whether it is held unsealed."""
+        if not isinstance(stored, bytes):
+            raise CorruptStoreError(f"policy store {self._where!r} holds a malformed signing "
+                                    "key (not a blob)")
+        if len(stored) == SEED_BYTES:  # as stored before the key was sealed
+            return stored, True
+        if len(stored) < SEED_BYTES + _SEAL_OVERHEAD_MIN:
+            raise CorruptStoreError(f"policy store {self._where!r} holds a malformed signing "
+                                    f"key ({len(stored)} bytes: neither {SEED_BYTES} bytes "
+                                    "nor a sealed key)")
+        if stored.startswith(PLAINTEXT_TAG):
+            seed, unsealed = stored[len(PLAINTEXT_TAG):], True
+        else:
+            try:
+                seed, unsealed = self._box.open(stored), False
+            except SecretBoxError as exc:
+                raise StoreError(f"policy store {self._where!r}: cannot open the signing "
+                                 f"key: {exc}") from None
+        if len(seed) != SEED_BYTES:
+            raise CorruptStoreError(f"policy store {self._where!r} holds a malformed signing "
+                                    f"key (expected {SEED_BYTES} bytes)")
+        return seed, unsealed
 
     def registrations(self) -> dict[str, list[str]]:
         """The in-proxy endpoints registered when the set last changed (before a restart,

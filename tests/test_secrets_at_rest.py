@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -23,7 +24,7 @@ import pytest
 from conftest import CenterProcess, StartCenter
 from support.center_policy import PolicyKeys, parse, policy_yaml
 
-from center_svc.kek import Kek, KekError, KekRing, load_kek, open_blob, seal_blob
+from center_svc.kek import BLOB_MAGIC, Kek, KekError, KekRing, load_kek
 from center_svc.sealed_policy import SealedStore, open_secrets, seal_secrets
 from center_svc.store import MemoryStore
 from fastproxy.cli import commands as cli
@@ -57,6 +58,14 @@ def secret_texts(keys: PolicyKeys) -> list[bytes]:
     for material in keys.secrets().values():
         forms += [material, base64.b64encode(material)]
     return forms
+
+
+def stored_signing_key(folder: Path) -> bytes:
+    """The snapshot-signing key's row as the store file holds it."""
+    with sqlite3.connect(folder / "center.db") as db:
+        row = db.execute("SELECT seed FROM signing_key WHERE id = 1").fetchone()
+    db.close()
+    return bytes(row[0])
 
 
 def store_bytes(folder: Path) -> bytes:
@@ -110,8 +119,11 @@ def test_secrets_are_sealed_in_the_store_and_nodes_still_get_them_after_a_restar
     assert not again.applied and again.message == "unchanged: identical to revision 1"
 
     assert center.terminate() == 0
+    signing_key = stored_signing_key(tmp_path)
+    assert signing_key.startswith(BLOB_MAGIC + bytes.fromhex(load_kek(f"file:{kek}").key_id))
     restarted = start_center(*token_files, "--kek", f"file:{kek}", store=store)
     assert song_keys(restarted)["song-enc"] == keys.song_enc
+    assert stored_signing_key(tmp_path) == signing_key  # the same key, still sealed
     assert "policy secrets in the store are sealed with KEK" in restarted.log()
     for secret in secret_texts(keys):
         assert secret not in store_bytes(tmp_path)
@@ -139,7 +151,7 @@ def test_a_center_without_the_kek_of_its_store_says_which_one_it_needs(
     development = run_center("--store", store)  # development mode may run without a KEK
     assert development.returncode == 1
     assert development.stderr.splitlines()[-1].endswith(
-        f"keys.song-id.private: sealed with KEK {needed}: start the Center with --kek")
+        f"cannot open the signing key: sealed with KEK {needed}: start the Center with --kek")
     other = new_kek(tmp_path / "other-kek")
     wrong = run_center(*token_files, "--store", store, "--kek", f"file:{other}")
     assert wrong.returncode == 1
@@ -262,14 +274,12 @@ def test_redaction_touches_only_inline_secret_values_and_keeps_the_layout() -> N
 def test_the_kek_seals_blobs_and_values_bound_to_their_place_and_rotates() -> None:
     old, new = Kek(os.urandom(32)), Kek(os.urandom(32))
     ring = KekRing([old])
-    blob = seal_blob(ring, b"signing seed", b"signing-key")
-    assert open_blob(ring, blob, b"signing-key") == b"signing seed"
+    blob = ring.seal(b"signing seed", b"signing-key")
+    assert ring.open(blob, b"signing-key") == b"signing seed"
     with pytest.raises(KekError, match="moved from another place"):
-        open_blob(ring, blob, b"other")
-    with pytest.raises(KekError, match=f"sealed with KEK {old.key_id}: start the Center"):
-        open_blob(None, blob)
-    assert open_blob(ring, b"plain, stored without a KEK") == b"plain, stored without a KEK"
-    assert seal_blob(None, b"x") == b"x"
+        ring.open(blob, b"other")
+    with pytest.raises(KekError, match=f"sealed with KEK {old.key_id}, which is not given"):
+        KekRing([new]).open(blob, b"signing-key")
 
     text = policy_yaml(PolicyKeys())
     sealed = seal_secrets(text, ring)

@@ -793,6 +793,63 @@ def test_development_mode_marks_the_etcd_signing_key_as_plaintext(
         etcd_store(etcd_cluster, sealed_prefix).signing_key_seed()
 
 
+def sqlite_signing_row(path: Path) -> bytes:
+    with sqlite3.connect(path) as db:
+        row = db.execute("SELECT seed FROM signing_key WHERE id = 1").fetchone()
+    db.close()
+    return bytes(row[0])
+
+
+def test_the_sqlite_signing_key_is_kept_sealed_by_the_secret_box(tmp_path: Path) -> None:
+    path, box = tmp_path / "center.db", AesBox()
+    store = SqliteStore(str(path), secret_box=box)
+    seed = store.signing_key_seed()
+    store.close()
+    sealed = sqlite_signing_row(path)
+    assert box.open(sealed) == seed
+    on_disk = b"".join(p.read_bytes() for p in tmp_path.glob("center.db*"))
+    assert seed not in on_disk  # a copy of the file does not give the key away
+    again = SqliteStore(str(path), secret_box=box)
+    assert again.signing_key_seed() == seed
+    again.close()
+    for wrong in (AesBox(), PLAINTEXT_BOX):
+        other = SqliteStore(str(path), secret_box=wrong)
+        with pytest.raises(StoreError, match="cannot open the signing key"):
+            other.signing_key_seed()
+        other.close()
+    assert sqlite_signing_row(path) == sealed  # a refused opening changes nothing
+
+
+@pytest.mark.parametrize("unsealed", ["bare", "tagged"])
+def test_a_sqlite_signing_key_stored_unsealed_is_sealed_in_place_once_a_kek_is_given(
+        tmp_path: Path, unsealed: str, caplog: pytest.LogCaptureFixture) -> None:
+    """A store written by an older Center (the bare 32 bytes) or in development mode (tagged
+    plaintext) keeps its key, the one nodes pinned, and holds it sealed from then on."""
+    path = tmp_path / "center.db"
+    development = SqliteStore(str(path))
+    seed = development.signing_key_seed()
+    development.close()
+    assert sqlite_signing_row(path) == b"fastproxy-plaintext-v1:" + seed
+    if unsealed == "bare":
+        with sqlite3.connect(path) as db:
+            db.execute("UPDATE signing_key SET seed = ? WHERE id = 1", (seed,))
+        db.close()
+        plain = SqliteStore(str(path))  # development mode still reads it
+        assert plain.signing_key_seed() == seed
+        plain.close()
+    box = AesBox()
+    with caplog.at_level("WARNING", logger="center_svc.store"):
+        sealing = SqliteStore(str(path), secret_box=box)
+        assert sealing.signing_key_seed() == seed
+        sealing.close()
+    assert "is sealed with it now" in caplog.text
+    assert box.open(sqlite_signing_row(path)) == seed
+    without = SqliteStore(str(path))
+    with pytest.raises(StoreError, match="start the Center with the same --kek"):
+        without.signing_key_seed()
+    without.close()
+
+
 def test_a_damaged_etcd_revision_is_refused(etcd_cluster: EtcdCluster) -> None:
     prefix = unique_prefix()
     store = etcd_store(etcd_cluster, prefix)
