@@ -92,6 +92,7 @@ class TokenEntry:
     roles: frozenset[str]
     token: str = field(repr=False)
     where: str  # FILE:LINE, for error messages
+    listed: bool = True  # the roles were named (`name[in]: token`), not implied
 
 
 def parse_token_lines(text: str, path: str, allowed_roles: frozenset[str],
@@ -114,7 +115,7 @@ def parse_token_lines(text: str, path: str, allowed_roles: frozenset[str],
             raise TokenFileError(f"{where}: the token of {name!r} is already listed at "
                                  f"{seen[token]}")
         seen[token] = where
-        entries.append(TokenEntry(name, roles, token, where))
+        entries.append(TokenEntry(name, roles, token, where, listed="[" in head))
     return entries
 
 
@@ -161,8 +162,12 @@ class TokenTable:
                  admin_entries: Iterable[TokenEntry] = ()) -> None:
         table: list[tuple[bytes, Principal, str]] = []
         seen: dict[bytes, str] = {}
+        # node tokens whose line names no role: FILE:LINE, service
+        self.every_role: list[tuple[str, str]] = []
         for kind, entries in (("node", node_entries), ("admin", admin_entries)):
             for entry in entries:
+                if kind == "node" and not entry.listed:
+                    self.every_role.append((entry.where, entry.name))
                 known = entry.token.encode()
                 if known in seen:
                     raise TokenFileError(f"{entry.where}: the token of {entry.name!r} is "
@@ -173,6 +178,14 @@ class TokenTable:
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    def warn_every_role(self) -> None:
+        """One warning per node token that may watch in every role: a token an app's SDK
+        holds then also opens the out-proxy's view (every callee's keys)."""
+        for where, name in self.every_role:
+            log.warning("%s: the token of %r lets its holder watch in every role (%s); name "
+                        "the roles each holder needs, e.g. '%s[in]: TOKEN' for an in-proxy",
+                        where, name, ", ".join(sorted(NODE_ROLES)), name)
 
     def principal_of(self, token: bytes) -> Principal | None:
         found: Principal | None = None
@@ -208,6 +221,7 @@ class TokenFiles:
             log.error("token file refused; the tokens in force stay: %s", exc)
             return None
         log.info("token files reloaded: %d tokens", len(table))
+        table.warn_every_role()
         return table
 
     def _digest(self) -> bytes:

@@ -142,7 +142,9 @@ async def serve(config: CenterConfig, telemetry: Telemetry = TELEMETRY_OFF,
     tokens = token_files(config)
     server = grpc.aio.server(options=[EXCLUSIVE_PORT])
     listener = _listen(server, config)
-    auth = Authenticator(development=config.development, tokens=tokens.load(),
+    table = tokens.load()
+    table.warn_every_role()
+    auth = Authenticator(development=config.development, tokens=table,
                          passed=listener.passed if listener is not None else None)
     servicer = CenterServicer(control, auth, max_stream_age_s=config.watch_max_age_s)
     center_pb2_grpc.add_CenterServicer_to_server(servicer, server)

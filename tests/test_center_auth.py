@@ -67,6 +67,23 @@ def token_center(start_center: StartCenter, tmp_path: Path) -> CenterProcess:
     return center
 
 
+def test_a_token_that_names_no_role_is_warned_about_at_start_and_on_reload(
+        start_center: StartCenter, tmp_path: Path) -> None:
+    """A plain `service: token` line still lets its holder watch in every role (as before);
+    the Center says so, naming the line, so that an app's token is not also an out-proxy's."""
+    node_tokens = tmp_path / "node-tokens"
+    node_tokens.write_text("chat_service: chat-token\nsong_service[in]: song-token\n")
+    center = start_center("--node-tokens", str(node_tokens), "--policy-poll", "0.1")
+    warning = (f"{node_tokens}:1: the token of 'chat_service' lets its holder watch in every "
+               "role (app, client, in, out); name the roles each holder needs, e.g. "
+               "'chat_service[in]: TOKEN' for an in-proxy")
+    assert warning in center.log()
+    assert "song_service' lets" not in center.log() and "chat-token" not in center.log()
+    node_tokens.write_text("song_service[in]: song-token\nweather_service: weather-token\n")
+    wait_until(lambda: f"{node_tokens}:2: the token of 'weather_service' lets" in center.log(),
+               10, what="the reloaded file's warning")
+
+
 def test_a_node_token_watches_as_its_own_service_only(token_center: CenterProcess) -> None:
     center = token_center
     chat = center.watch(bearer("chat-token")).hello("chat-1", OUT, "chat_service")
