@@ -73,6 +73,10 @@ class CenterProcess:
     channels: list[grpc.Channel] = field(default_factory=list)
     watchers: list[WatchClient] = field(default_factory=list)
 
+    def args(self, *extra: str) -> list[str]:
+        """`fastproxy` CLI arguments that talk to this Center, then `extra`."""
+        return ["--center", self.address, *extra]
+
     def log(self) -> str:
         """Everything the Center wrote to stderr so far."""
         return self.log_path.read_text(encoding="utf-8", errors="replace")

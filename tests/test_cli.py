@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
+from conftest import CenterProcess, StartCenter
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -370,67 +371,18 @@ def test_table_cells_stay_on_one_line_and_are_cut_when_long() -> None:
 # --- end to end against a real Center ------------------------------------------------------
 
 
-@dataclass
-class RunningCenter:
-    address: str
-    process: subprocess.Popen[bytes]
-
-    def args(self, *extra: str) -> list[str]:
-        return ["--center", self.address, *extra]
-
-
-def start_center(tmp_path: Path, *extra: str) -> RunningCenter:
-    address = f"127.0.0.1:{free_port()}"
-    log = (tmp_path / f"center-{address.rsplit(':', 1)[1]}.log").open("wb")
-    process = subprocess.Popen(
-        [PYTHON, "-m", "center_svc", "--listen", address, "--store", "memory://", *extra],
-        cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 20
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError(f"center exited with {process.returncode}: "
-                               + Path(log.name).read_text())
-        # a channel per attempt: one whose first attempt found nothing listening stays in
-        # grpc's reconnect backoff for seconds
-        with grpc.insecure_channel(address) as channel:
-            try:
-                center_pb2_grpc.CenterStub(channel).GetCenterInfo(
-                    center_pb2.GetCenterInfoRequest(), timeout=1)
-                break
-            except grpc.RpcError:
-                if time.monotonic() > deadline:
-                    process.kill()
-                    raise
-        time.sleep(0.05)
-    return RunningCenter(address, process)
-
-
-def stop_center(center: RunningCenter) -> None:
-    center.process.terminate()
-    try:
-        center.process.wait(timeout=10)
-    except subprocess.TimeoutExpired:
-        center.process.kill()
-        center.process.wait()
+@pytest.fixture
+def center(start_center: StartCenter) -> CenterProcess:
+    return start_center()
 
 
 @pytest.fixture
-def center(tmp_path: Path) -> Iterator[RunningCenter]:
-    running = start_center(tmp_path)
-    yield running
-    stop_center(running)
-
-
-@pytest.fixture
-def guarded_center(tmp_path: Path) -> Iterator[RunningCenter]:
+def guarded_center(start_center: StartCenter, tmp_path: Path) -> CenterProcess:
     admin_tokens = tmp_path / "admin-tokens"
     admin_tokens.write_text("ops: right-admin-token\n")
     node_tokens = tmp_path / "node-tokens"
     node_tokens.write_text("b: node-token-of-b\n")
-    running = start_center(tmp_path, "--admin-tokens", str(admin_tokens),
-                           "--node-tokens", str(node_tokens))
-    yield running
-    stop_center(running)
+    return start_center("--admin-tokens", str(admin_tokens), "--node-tokens", str(node_tokens))
 
 
 def write(tmp_path: Path, name: str, text: str) -> str:
@@ -445,7 +397,7 @@ def _no_environment_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_apply_valid_policy_makes_revision_1(center: RunningCenter, tmp_path: Path,
+def test_apply_valid_policy_makes_revision_1(center: CenterProcess, tmp_path: Path,
                                              capsys: pytest.CaptureFixture[str]) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
     result = run_cli(capsys, "policy", "apply", policy, "-m", "first", *center.args())
@@ -456,7 +408,7 @@ def test_apply_valid_policy_makes_revision_1(center: RunningCenter, tmp_path: Pa
 
 
 def test_apply_identical_content_says_nothing_changed(
-        center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        center: CenterProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
     assert run_cli(capsys, "policy", "apply", policy, *center.args()).code == 0
     again = run_cli(capsys, "policy", "apply", policy, *center.args())
@@ -468,7 +420,7 @@ def test_apply_identical_content_says_nothing_changed(
 
 
 def test_apply_invalid_policy_prints_every_error_and_fails(
-        center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        center: CenterProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = write(tmp_path, "bad.yaml", BAD_POLICY)
     result = run_cli(capsys, "policy", "apply", policy, *center.args())
     assert result.code == 1
@@ -487,7 +439,7 @@ def test_apply_invalid_policy_prints_every_error_and_fails(
 
 
 def test_apply_invalid_policy_with_json_prints_the_errors_as_json(
-        center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        center: CenterProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = write(tmp_path, "bad.yaml", BAD_POLICY)
     result = run_cli(capsys, "policy", "apply", policy, "--json", *center.args())
     assert result.code == 1
@@ -497,7 +449,7 @@ def test_apply_invalid_policy_with_json_prints_the_errors_as_json(
 
 
 def test_get_prints_the_yaml_as_applied_and_any_revision(
-        center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        center: CenterProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     first_text, second_text = minimal_policy(9), minimal_policy(10)
     run_cli(capsys, "policy", "apply", write(tmp_path, "1.yaml", first_text), *center.args())
     run_cli(capsys, "policy", "apply", write(tmp_path, "2.yaml", second_text), *center.args())
@@ -519,7 +471,7 @@ def test_get_prints_the_yaml_as_applied_and_any_revision(
     assert missing.err_lines == ["fastproxy: revision 7 does not exist"]
 
 
-def test_history_and_rollback(center: RunningCenter, tmp_path: Path,
+def test_history_and_rollback(center: CenterProcess, tmp_path: Path,
                               capsys: pytest.CaptureFixture[str]) -> None:
     first_text = minimal_policy(9)
     run_cli(capsys, "policy", "apply", write(tmp_path, "1.yaml", first_text), "-m", "one",
@@ -562,7 +514,7 @@ def test_history_and_rollback(center: RunningCenter, tmp_path: Path,
     assert "42" in missing.err
 
 
-def test_nodes_without_nodes(center: RunningCenter, capsys: pytest.CaptureFixture[str]) -> None:
+def test_nodes_without_nodes(center: CenterProcess, capsys: pytest.CaptureFixture[str]) -> None:
     table = run_cli(capsys, "nodes", *center.args())
     assert table.code == 0
     assert table.out.splitlines() == ["latest revision: none", "no nodes connected"]
@@ -594,7 +546,7 @@ class Watcher:
         self.channel.close()
 
 
-def wait_for_nodes(capsys: pytest.CaptureFixture[str], center: RunningCenter,
+def wait_for_nodes(capsys: pytest.CaptureFixture[str], center: CenterProcess,
                    ready: Callable[[dict[str, Any]], object]) -> dict[str, Any]:
     """Polls `fastproxy nodes --json` until `ready` holds (the Center records acks async)."""
     deadline = time.monotonic() + 10
@@ -608,7 +560,7 @@ def wait_for_nodes(capsys: pytest.CaptureFixture[str], center: RunningCenter,
 
 
 def test_nodes_shows_a_connected_node_its_ack_nack_and_addresses(
-        center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        center: CenterProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
     assert run_cli(capsys, "policy", "apply", policy, *center.args()).code == 0
     watcher = Watcher(center.address, center_pb2.NodeHello(
@@ -646,7 +598,7 @@ def test_nodes_shows_a_connected_node_its_ack_nack_and_addresses(
 
 
 def test_history_json_never_holds_key_material(
-        center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        center: CenterProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = minimal_policy()
     run_cli(capsys, "policy", "apply", write(tmp_path, "p.yaml", text), *center.args())
     history = run_cli(capsys, "policy", "history", "--json", *center.args()).out
@@ -680,7 +632,7 @@ def test_console_script_reports_an_unreachable_center(tmp_path: Path) -> None:
 
 
 def test_console_script_applies_with_center_from_the_environment(
-        center: RunningCenter, tmp_path: Path) -> None:
+        center: CenterProcess, tmp_path: Path) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
     env = {**os.environ, "FASTPROXY_CENTER": center.address}
     done = subprocess.run([FASTPROXY, "policy", "apply", policy, "-m", "from env"],
@@ -690,7 +642,7 @@ def test_console_script_applies_with_center_from_the_environment(
 
 
 def test_admin_commands_without_a_token_are_refused(
-        guarded_center: RunningCenter, tmp_path: Path,
+        guarded_center: CenterProcess, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
     for argv in (["policy", "apply", policy], ["policy", "get"], ["policy", "history"],
@@ -703,7 +655,7 @@ def test_admin_commands_without_a_token_are_refused(
 
 
 def test_a_wrong_token_is_refused_and_changes_nothing(
-        guarded_center: RunningCenter, tmp_path: Path,
+        guarded_center: CenterProcess, tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
     wrong = run_cli(capsys, "policy", "apply", policy, "--token", "not-the-token",
@@ -719,7 +671,7 @@ def test_a_wrong_token_is_refused_and_changes_nothing(
 
 
 def test_a_node_token_is_not_an_admin_credential(
-        guarded_center: RunningCenter, capsys: pytest.CaptureFixture[str]) -> None:
+        guarded_center: CenterProcess, capsys: pytest.CaptureFixture[str]) -> None:
     result = run_cli(capsys, "nodes", "--token", "node-token-of-b", *guarded_center.args())
     assert result.code == 1
     assert len(result.err_lines) == 1
@@ -727,7 +679,7 @@ def test_a_node_token_is_not_an_admin_credential(
 
 
 def test_the_admin_token_works_and_names_the_author(
-        guarded_center: RunningCenter, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        guarded_center: CenterProcess, tmp_path: Path, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     policy = write(tmp_path, "p.yaml", minimal_policy())
     monkeypatch.setenv("FASTPROXY_ADMIN_TOKEN", "right-admin-token")
@@ -838,7 +790,12 @@ def tls_center(tmp_path: Path) -> Iterator[tuple[str, Pki]]:
             time.sleep(0.1)
         yield address, pki
     finally:
-        stop_center(RunningCenter(address, process))
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def tls_args(address: str, pki: Pki, cert: Path, key: Path) -> list[str]:
