@@ -393,6 +393,13 @@ class EtcdStore:
         if len(seed) != store_module.SEED_BYTES:
             raise CorruptStoreError(f"policy store {self._where} holds a malformed signing key "
                                     f"(expected {store_module.SEED_BYTES} bytes)")
+        if self._box.stale(sealed):  # sealed by an older KEK: again with the first one
+            self._txn(etcd.TxnRequest(
+                compare=[etcd.Compare(key=key, target=etcd.Compare.VALUE,
+                                      result=etcd.Compare.EQUAL, value=sealed)],
+                success=[_put(key, self._box.seal(seed))]))
+            log.info("policy store %s: the snapshot-signing key is sealed again with the "
+                     "first --kek (an older KEK sealed it)", self._where)
         self._seed = seed
         return seed
 

@@ -22,6 +22,10 @@ class SecretBoxError(ValueError):
 class SecretBox(Protocol):
     def seal(self, plaintext: bytes) -> bytes: ...
     def open(self, sealed: bytes) -> bytes: ...
+    def stale(self, sealed: bytes) -> bool:
+        """Whether `sealed` (which opens) should be sealed again: by an older KEK of the
+        ring, so that the older one can be dropped."""
+        ...
 
 
 PLAINTEXT_TAG = b"fastproxy-plaintext-v1:"  # what development mode's blobs start with
@@ -41,6 +45,9 @@ class PlaintextBox:
             raise SecretBoxError("the secret was sealed with a key-encryption key; "
                                  "start the Center with the same --kek")
         return sealed[len(PLAINTEXT_TAG):]
+
+    def stale(self, sealed: bytes) -> bool:
+        return False
 
 
 PLAINTEXT_BOX: SecretBox = PlaintextBox()
@@ -65,3 +72,6 @@ class KekBox:
             return self._ring.open(sealed, self._context)
         except KekError as exc:
             raise SecretBoxError(f"the signing key in the store: {exc}") from None
+
+    def stale(self, sealed: bytes) -> bool:
+        return blob_key_id(sealed) != self._ring.primary.key_id

@@ -471,6 +471,11 @@ class SqliteStore:
                         log.warning("policy store %s: the snapshot-signing key, stored "
                                     "unsealed before --kek was given, is sealed with it now "
                                     "(the key itself is unchanged)", self._where)
+                    elif not unsealed and self._box.stale(row[0]):
+                        self._db.execute("UPDATE signing_key SET seed = ? WHERE id = 1",
+                                         (self._box.seal(seed),))
+                        log.info("policy store %s: the snapshot-signing key is sealed again "
+                                 "with the first --kek (an older KEK sealed it)", self._where)
             self._seed = seed
             return seed
 

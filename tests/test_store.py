@@ -32,7 +32,8 @@ from support.etcd import EtcdCluster, unique_prefix
 from center_svc import store as store_module
 from center_svc.etcd_client import EtcdClient
 from center_svc.etcd_store import EtcdStore, parse_etcd_url
-from center_svc.secretbox import PLAINTEXT_BOX, SecretBoxError
+from center_svc.kek import Kek, KekRing, blob_key_id
+from center_svc.secretbox import PLAINTEXT_BOX, KekBox, SecretBoxError
 from center_svc.store import (
     DEFAULT_STORE_URL,
     AuditAction,
@@ -744,6 +745,9 @@ class AesBox:
         except InvalidTag:
             raise SecretBoxError("sealed under another key") from None
 
+    def stale(self, sealed: bytes) -> bool:
+        return False
+
 
 def etcd_store(cluster: EtcdCluster, prefix: str, **options: object) -> PolicyStore:
     return open_store(cluster.url(prefix), StoreOptions(**options))  # type: ignore[arg-type]
@@ -848,6 +852,46 @@ def test_a_sqlite_signing_key_stored_unsealed_is_sealed_in_place_once_a_kek_is_g
     with pytest.raises(StoreError, match="start the Center with the same --kek"):
         without.signing_key_seed()
     without.close()
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite", "etcd"])
+def test_a_signing_key_sealed_by_an_older_kek_is_sealed_again_with_the_first(
+        backend_name: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    """KEK rotation (`--kek NEW --kek OLD`): the store's signing key moves to NEW at start,
+    so OLD can be dropped afterwards; the key itself is unchanged."""
+    old, new = Kek(os.urandom(32)), Kek(os.urandom(32))
+    if backend_name == "sqlite":
+        path = tmp_path / "center.db"
+
+        def opened(ring: KekRing) -> PolicyStore:
+            return SqliteStore(str(path), secret_box=KekBox(ring))
+
+        def row() -> bytes:
+            return sqlite_signing_row(path)
+    else:
+        cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
+        prefix = unique_prefix()
+
+        def opened(ring: KekRing) -> PolicyStore:
+            return etcd_store(cluster, prefix, secret_box=KekBox(ring))
+
+        def row() -> bytes:
+            return raw_value(cluster, f"/{prefix}/signing-key")
+
+    def seed_with(ring: KekRing) -> bytes:
+        store = opened(ring)
+        try:
+            return store.signing_key_seed()
+        finally:
+            store.close()
+
+    seed = seed_with(KekRing([old]))
+    assert blob_key_id(row()) == old.key_id
+    assert seed_with(KekRing([new, old])) == seed
+    assert blob_key_id(row()) == new.key_id
+    assert seed_with(KekRing([new])) == seed  # OLD no longer needed
+    with pytest.raises(StoreError, match=f"sealed with KEK {new.key_id}, which is not given"):
+        seed_with(KekRing([old]))
 
 
 def test_a_damaged_etcd_revision_is_refused(etcd_cluster: EtcdCluster) -> None:
