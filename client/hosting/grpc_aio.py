@@ -1,6 +1,6 @@
 """Workarounds for grpc.aio shared by every host (proxies, SDK): reading a finished call's
-status without an event loop turn; quieting grpc.aio's spurious wake-up errors when a
-policy watch runs grpc.aio on a second event loop."""
+status without an event loop turn; quieting grpc.aio's spurious poller reports (a wake-up
+lost to another event loop using grpc.aio in the process, its socket closed at exit)."""
 
 from __future__ import annotations
 

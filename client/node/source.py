@@ -35,15 +35,16 @@ def open_policy_source(node: NodeIdentity, compile_snapshot: Compile[T],
                        policy_file: str | None = None,
                        credentials: CenterCredentials | None = None,
                        pinned_key: bytes | None = None, cache_dir: str | None = None,
-                       file_poll_s: float = 1.0) -> PolicySource[T]:
+                       file_poll_s: float = 1.0, threaded: bool = False) -> PolicySource[T]:
     """The watcher for `center` or `policy_file` (exactly one). A file is loaded before this
     returns, so a bad file fails here with `PolicySourceError`; the Center is only contacted
-    once the watcher's `run()` is started."""
+    once the watcher's `run()` is started. `threaded`: the Center's stream on sync gRPC, for
+    a watcher run by `PolicyThread` (no grpc.aio beside the app's own loop)."""
     if (center is None) == (policy_file is None):
         raise ValueError("give exactly one of center and policy_file")
     if center is not None:
         return CenterWatcher(center, node, compile_snapshot, holder, credentials=credentials,
-                             pinned_key=pinned_key, cache_dir=cache_dir)
+                             pinned_key=pinned_key, cache_dir=cache_dir, threaded=threaded)
     assert policy_file is not None
     from fastproxy.policy.schema import PolicyError  # YAML only where a file is used
 

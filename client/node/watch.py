@@ -17,7 +17,7 @@ import os
 import random
 import socket
 import tempfile
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -32,9 +32,10 @@ from fastproxy.node.credentials import (
     why_unreachable,
 )
 from fastproxy.node.holder import PolicyHolder
+from fastproxy.node.watch_stream import AioWatchStream, ThreadedWatchStream, WatchStream
 from fastproxy.policy.scope import content_hash, scope_snapshot
 from fastproxy.policy.signing import SnapshotError
-from fastproxy.v1 import center_pb2, center_pb2_grpc
+from fastproxy.v1 import center_pb2
 from fastproxy.v1 import policy_pb2 as pb
 
 log = logging.getLogger("fastproxy.node.watch")
@@ -149,7 +150,7 @@ class CenterWatcher(Generic[T]):
                  holder: PolicyHolder[T], *, credentials: CenterCredentials | None = None,
                  pinned_key: bytes | None = None, cache_dir: str | None = None,
                  lease_seconds: int = 15, initial_backoff_s: float = 0.2,
-                 max_backoff_s: float = 10.0) -> None:
+                 max_backoff_s: float = 10.0, threaded: bool = False) -> None:
         self.center = center
         self.centers = split_centers(center)
         self.current: CenterTarget | None = None  # the replica of the last connection
@@ -166,6 +167,9 @@ class CenterWatcher(Generic[T]):
         self.lease_seconds = lease_seconds
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
+        # the stream on sync gRPC, read by a thread (hosts watching from a background loop
+        # beside an app's grpc.aio loop: see fastproxy.node.watch_stream)
+        self._stream = ThreadedWatchStream if threaded else AioWatchStream
         self.reconnects = 0
         self.connected = asyncio.Event()
         # why the Center refused this node's credential ("" while it does not): hosts that
@@ -186,7 +190,7 @@ class CenterWatcher(Generic[T]):
         for listener in self._refusal_listeners:
             listener(refusal)
 
-    def _failed(self, target: CenterTarget, exc: grpc.aio.AioRpcError) -> None:
+    def _failed(self, target: CenterTarget, exc: grpc.RpcError) -> None:
         """Says why a stream failed: a refused credential once, as an error (and to the
         hosts waiting for a first policy); a TLS setting that cannot work, once, as a
         warning; anything else at info level (the Center restarting, a replica going)."""
@@ -257,7 +261,7 @@ class CenterWatcher(Generic[T]):
                 try:
                     await self._stream_once(target)
                     backoff = self.initial_backoff_s
-                except grpc.aio.AioRpcError as exc:
+                except grpc.RpcError as exc:
                     self._failed(target, exc)
                 if self.connected.is_set():
                     # The stream was up: this is a new outage, so back off from the start
@@ -279,49 +283,36 @@ class CenterWatcher(Generic[T]):
         if target.server_name and credentials.uses_tls and not credentials.tls_server_name:
             # dialled by address: the certificate still names the Center's DNS name
             credentials = dataclasses.replace(credentials, tls_server_name=target.server_name)
-        async with credentials.aio_channel(target.address) as channel:
-            stub = center_pb2_grpc.CenterStub(channel)
-            outbox: asyncio.Queue[center_pb2.WatchRequest | None] = asyncio.Queue()
-            outbox.put_nowait(center_pb2.WatchRequest(hello=center_pb2.NodeHello(
-                node_id=self.node.node_id, role=self.node.role, service=self.node.service,
-                known_revision=self.holder.revision, known_hash=self.holder.content_hash)))
-            call = stub.WatchPolicy(self._requests(outbox), metadata=credentials.metadata)
-            renew = None
-            try:
-                # Up once the Center took the hello: it sends its headers then (a replica may
-                # have nothing new to send a node that holds the latest revision). A refusal
-                # ends the call with no headers of its own: not up, so the backoff goes on
-                # growing, and nothing more is written to a call the Center ended (a write
-                # racing its end turns its status into INTERNAL "Internal error from Core",
-                # grpc/grpc#36066).
-                await call.initial_metadata()
-                if not call.done():
-                    self.connected.set()
-                    if self.node.advertise and self.node.role == pb.ROLE_IN:
-                        renew = asyncio.create_task(self._renew_lease(outbox))
-                async for response in call:
-                    self.connected.set()
-                    self.refusal = ""
-                    outbox.put_nowait(self._receive(response.snapshot))
-            finally:
-                if renew is not None:
-                    renew.cancel()
-                call.cancel()
-                # ends the request iterator, else grpc.aio's task that consumes it is left
-                # pending ("Task was destroyed but it is pending!")
-                outbox.put_nowait(None)
+        hello = center_pb2.WatchRequest(hello=center_pb2.NodeHello(
+            node_id=self.node.node_id, role=self.node.role, service=self.node.service,
+            known_revision=self.holder.revision, known_hash=self.holder.content_hash))
+        stream: WatchStream = self._stream(credentials, target.address, hello)
+        renew = None
+        try:
+            # Up once the Center took the hello: it sends its headers then (a replica may
+            # have nothing new to send a node that holds the latest revision). A refusal
+            # ends the call with no headers of its own: not up, so the backoff goes on
+            # growing, and nothing more is written to a call the Center ended (a write
+            # racing its end turns its status into INTERNAL "Internal error from Core",
+            # grpc/grpc#36066).
+            if await stream.taken():
+                self.connected.set()
+                if self.node.advertise and self.node.role == pb.ROLE_IN:
+                    renew = asyncio.create_task(self._renew_lease(stream))
+            async for response in stream:
+                self.connected.set()
+                self.refusal = ""
+                stream.send(self._receive(response.snapshot))
+        finally:
+            if renew is not None:
+                renew.cancel()
+            await stream.close()
 
-    async def _requests(self, outbox: asyncio.Queue[center_pb2.WatchRequest | None]
-                        ) -> AsyncIterator[center_pb2.WatchRequest]:
-        while (request := await outbox.get()) is not None:
-            yield request
-
-    async def _renew_lease(self, outbox: asyncio.Queue[center_pb2.WatchRequest | None]
-                           ) -> None:
+    async def _renew_lease(self, stream: WatchStream) -> None:
         register = center_pb2.WatchRequest(register=center_pb2.Register(
             address=self.node.advertise, lease_seconds=self.lease_seconds))
         while True:
-            outbox.put_nowait(register)
+            stream.send(register)
             await asyncio.sleep(max(self.lease_seconds / 3, 0.2))
 
     def _receive(self, signed: pb.SignedSnapshot) -> center_pb2.WatchRequest:

@@ -12,7 +12,6 @@ import logging
 from collections.abc import Callable
 from typing import Generic, TypeVar
 
-from fastproxy.hosting.grpc_aio import quiet_spurious_poller_wakeups
 from fastproxy.node.holder import PolicyHolder
 from fastproxy.node.source import PolicyThread, open_policy_source
 from fastproxy.node.watch import NodeIdentity
@@ -41,11 +40,9 @@ class BackgroundPolicy(Generic[T]):
                                     policy_file=None if config.center else config.policy_file,
                                     credentials=config.credentials,
                                     pinned_key=config.center_public_key,
-                                    cache_dir=config.cache_dir)
+                                    cache_dir=config.cache_dir, threaded=True)
         self.where = (f"center {config.center}" if config.center
                       else f"policy file {config.policy_file}")
-        if config.center:  # grpc.aio on the background loop beside the app's
-            quiet_spurious_poller_wakeups()
         self._thread = PolicyThread(source, name=f"fastproxy-sdk-{config.service}").start()
 
     @property

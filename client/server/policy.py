@@ -8,7 +8,6 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 
-from fastproxy.hosting.grpc_aio import quiet_spurious_poller_wakeups
 from fastproxy.hosting.refusal import HostRole, Refusal, refuse
 from fastproxy.node.credentials import CenterCredentials
 from fastproxy.node.holder import PolicyHolder
@@ -65,17 +64,15 @@ class EmbeddedPolicy:
 
         source = open_policy_source(self.node, compile_snapshot, self.holder, center=center,
                                     policy_file=policy_file, credentials=credentials,
-                                    pinned_key=pinned_key, cache_dir=cache_dir)
+                                    pinned_key=pinned_key, cache_dir=cache_dir,
+                                    threaded=True)
         self._thread = PolicyThread(source, name=f"fastproxy-policy-{service}")
-        self._watches_center = bool(center)
         self._started = False
 
     def start(self) -> EmbeddedPolicy:
         """Starts watching (and registering); idempotent."""
         if not self._started:
             self._started = True
-            if self._watches_center:  # grpc.aio on the background loop beside the app's
-                quiet_spurious_poller_wakeups()
             self._thread.start()
         return self
 

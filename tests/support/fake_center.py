@@ -43,6 +43,10 @@ class FakeStream:
     def push(self, signed: pb.SignedSnapshot) -> None:
         self.outbox.put(center_pb2.WatchResponse(snapshot=signed))
 
+    def end(self) -> None:
+        """Ends the stream with OK (as a Center that stops or sheds the node does)."""
+        self.outbox.put(_END)
+
     def next_reply(self, timeout: float = 10.0) -> center_pb2.WatchRequest:
         """The node's next ACK or NACK (lease renewals skipped)."""
         while True:
