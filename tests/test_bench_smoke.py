@@ -8,7 +8,8 @@ its h2load check refuses a run whose replies are not all echoes (h2load counts a
 error inside HTTP 200 as a success). A partial run merged into an earlier JSON file replaces
 only its own setups. The report pairs sealed with sealed-no-tunnel and observed-sampled with
 sealed within each run.
-`bench/watch_fanout.py --replicas` runs Center replicas on an etcd it starts."""
+`bench/watch_fanout.py --replicas` runs Center replicas on an etcd it starts;
+`bench/handshake_latency.py` times a handshake's first calls."""
 
 from __future__ import annotations
 
@@ -220,3 +221,15 @@ def test_watch_fanout_measures_replicas_sharing_an_etcd(tmp_path: Path) -> None:
     assert result["replicas"] == 2 and result["watchers"] == 40
     assert len(result["center_rss_peak_mib"]) == 2
     assert result["apply_to_all_median_s"] < 10
+
+
+def test_handshake_latency_times_each_kind_of_first_call(tmp_path: Path) -> None:
+    """`bench/handshake_latency.py` (issue 12's handshake target) still runs end to end."""
+    done = subprocess.run([sys.executable, str(ROOT / "bench" / "handshake_latency.py"),
+                           "--sessions", "6", "--calls", "3"],
+                          check=True, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    lines = done.stdout.splitlines()
+    for start in ("later calls in a session:", "a new session's call, warm SDK:",
+                  "a new SDK instance's first call:", "the same, handed an open session:",
+                  "handshake alone:"):
+        assert any(line.startswith(start) and " ms" in line for line in lines), done.stdout
