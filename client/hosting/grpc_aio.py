@@ -46,7 +46,8 @@ def is_spurious_poller_report(error: BaseException | None, message: str) -> bool
 class _SpuriousPollerWakeups(logging.Filter):
     """Drops asyncio's error record of grpc.aio's `PollerCompletionQueue._handle_events`
     failing to read its wake-up byte: with grpc.aio used from two event loops of one process
-    (the app's, and the background loop of a policy watch), both loops watch grpc's
+    (an app's own two, say; our policy watch no longer runs grpc.aio beside the app's loop:
+    fastproxy.node.watch_stream), both loops watch grpc's
     notification socket, one reads the byte and runs every event (other loops' are handed
     to them), the other finds nothing to read and raises `BlockingIOError`, which asyncio logs
     with a traceback (grpc/grpc#25364, grpc/grpc#42357; grpcio 1.78: about one record per 100
@@ -62,9 +63,8 @@ _POLLER_FILTER = _SpuriousPollerWakeups()
 
 
 def quiet_spurious_poller_wakeups() -> None:
-    """Installs the filter on the `asyncio` logger (once per process): called by the hosts
-    that run grpc.aio on a background loop beside the app's (the SDK's and the embedded
-    server's policy watch), and by every service (`stop_on_signals`)."""
+    """Installs the filter on the `asyncio` logger (once per process): called by every
+    service (`stop_on_signals`), for the reports at exit."""
     logger = logging.getLogger("asyncio")
     if _POLLER_FILTER not in logger.filters:
         logger.addFilter(_POLLER_FILTER)
