@@ -53,21 +53,19 @@ def test_the_answer_and_the_keys_are_the_same_with_the_agreement_left_for_later(
     handshake = caller.caller.handshake(caller.route(METHOD), T0)
     policy = hello_policy(setup)
     answers, sessions = [], []
-    later = Later()
-    for defer in (None, later):
+    for agree_later in (False, True, True):
         seed = bytes(range(32))
         answer, session = accept_hello(handshake.request, policy, T0,
                                        ephemeral=Ephemeral.from_bytes(seed),
-                                       random=lambda n: bytes(n), defer=defer)
+                                       random=lambda n: bytes(n), agree_later=agree_later)
         answers.append(answer)
         sessions.append(session)
-    assert answers[0] == answers[1]
-    assert len(later.pending) == 1  # the agreement, waiting for the host
-    now, deferred = sessions
-    assert sealed(now.request) == sealed(deferred.request)  # made on first use
-    assert sealed(now.response) == sealed(deferred.response)
-    later.run()  # and nothing changes when the host gets to it
-    assert sealed(now.request) == sealed(deferred.request)
+    assert answers[0] == answers[1] == answers[2]
+    now, on_first_use, completed = sessions
+    completed.complete()  # as the host does once the answer is sent
+    assert sealed(now.request) == sealed(on_first_use.request) == sealed(completed.request)
+    assert sealed(now.response) == sealed(on_first_use.response) \
+        == sealed(completed.response)
 
 
 def test_a_call_arriving_before_the_deferred_agreement_opens_and_is_answered() -> None:
@@ -107,7 +105,7 @@ def test_a_deferred_agreement_is_made_once_whichever_thread_needs_it_first() -> 
     setup = Setup()
     caller = setup.caller_policy()
     handshake = caller.caller.handshake(caller.route(METHOD), T0)
-    _, session = accept_hello(handshake.request, hello_policy(setup), T0, defer=Later())
+    _, session = accept_hello(handshake.request, hello_policy(setup), T0, agree_later=True)
     start = threading.Barrier(8)
     seen: list[Aead] = []
 

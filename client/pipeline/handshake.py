@@ -87,9 +87,13 @@ def _signed(data: bytes, what: str) -> spb.SignedHello:
         raise _refused(f"{what} cannot be parsed") from None
     if not signed.hello or not signed.signature:
         raise _refused(f"{what} is incomplete")
-    if signed.SerializeToString() != data:
-        # Anything beside the hello and its signature would change the transcript, hence
-        # the keys, without failing here: refused here instead.
+    if spb.SignedHello(hello=signed.hello, signature=signed.signature
+                       ).SerializeToString() != data:
+        # Anything beside the hello and its signature (a field protobuf does not know
+        # included: it would keep it and write it back) would change the bytes without
+        # changing what is signed: a captured hello made new for the replay check, an
+        # answer whose transcript the callee never saw. Refused here: the only encoding
+        # taken is the one the signer wrote.
         raise _refused(f"{what} carries more than a hello and its signature")
     return signed
 
@@ -100,7 +104,7 @@ def _signed(data: bytes, what: str) -> spb.SignedHello:
 class CallerSession:
     """A session as the caller holds it: its keys, and the next call number."""
 
-    __slots__ = ("callee", "callee_key", "clear", "max_calls", "next_call", "opened_at",
+    __slots__ = ("callee", "callee_key", "clear", "max_calls", "next_call", "opened_at", "pid",
                  "psk_id", "rekey_after", "request", "response", "session_id", "signer_id",
                  "suite", "use_until")
 
@@ -121,13 +125,16 @@ class CallerSession:
         self.rekey_after = opened_at + lifetime_s * REKEY_AT
         self.use_until = opened_at + lifetime_s * USE_UNTIL
         self.next_call = 1
+        self.pid = os.getpid()  # a forked process opens sessions of its own
 
     def serves(self, now: float, signer_id: str, psk_id: str, suite: int) -> bool:
-        """Whether a new call may use this session: young enough, calls left, and made with
-        the keys the policy names now (a rotation opens a new session)."""
+        """Whether a new call may use this session: young enough, calls left, made with
+        the keys the policy names now (a rotation opens a new session), and opened by this
+        process (a fork would count the same call numbers: the same nonces, under the same
+        keys, as its parent)."""
         return (now < self.use_until and self.next_call < self.max_calls
                 and signer_id == self.signer_id and psk_id == self.psk_id
-                and suite == self.suite)
+                and suite == self.suite and self.pid == os.getpid())
 
     def due(self, now: float) -> bool:
         """Whether the next session should be opened now: past `REKEY_AT` of the lifetime or
@@ -252,7 +259,7 @@ class CalleeSession:
                  secrets: SessionSecrets | None = None, agreement: KeyAgreement | None = None,
                  hello_digest: bytes = b"") -> None:
         self.session_id = session_id
-        self.hello_digest = hello_digest  # of the signed client hello that opened it
+        self.hello_digest = hello_digest  # of the client hello (signed part) that opened it
         self.caller = caller
         self.identity_key = identity_key
         self.psk_id = psk_id
@@ -324,15 +331,15 @@ Defer = Callable[[Callable[[], None]], object]  # runs a callable later, e.g. lo
 
 def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
                  ephemeral: Ephemeral | None = None, random: Random = os.urandom,
-                 defer: Defer | None = None,
-                 spare: SpareEphemeral | None = None) -> tuple[bytes, CalleeSession]:
+                 agree_later: bool = False, spare: SpareEphemeral | None = None,
+                 sessions: CalleeSessions | None = None) -> tuple[bytes, CalleeSession]:
     """The answer to a caller's hello and the session it opens; UNAUTHENTICATED when the
-    hello is not from a caller this service knows, fresh, and made for it. With `defer`,
-    the key agreement is left for after the answer is sent (`defer(session.complete)`; a
-    call arriving before it makes the keys itself), and an ephemeral key giving no shared
-    secret is refused at the session's first call rather than here. The answer's X25519 key
-    is `ephemeral`, else taken from `spare` (only once the hello passed every check), else
-    made here."""
+    hello is not from a caller this service knows, fresh, and made for it, or (`sessions`)
+    opened a session held there already. With `agree_later`, the key agreement is left for
+    the host to run once the answer is sent (`session.complete`; a call arriving before
+    makes the keys itself), and an ephemeral key giving no shared secret is refused at the
+    session's calls rather than here. The answer's X25519 key is `ephemeral`, else taken
+    from `spare` (only once the hello passed every check), else made here."""
     signed = _signed(request, "the hello")
     try:
         hello = spb.ClientHello.FromString(signed.hello)
@@ -357,14 +364,17 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
         raise _refused("the hello names an encryption key this service does not accept")
     if len(hello.ephemeral) != KEY_BYTES:
         raise _refused("the hello's ephemeral key is not 32 bytes")
+    # A replay is known by the signed hello itself, which nothing on the way can change.
+    hello_digest = hashlib.sha256(signed.hello).digest()
+    if sessions is not None and sessions.answered(hello_digest):
+        raise _refused("the hello was answered before (replayed)")
     if ephemeral is None:
         ephemeral = spare.take() if spare is not None else Ephemeral()
     session_id = random(SESSION_ID_BYTES)
-    hello_digest = hashlib.sha256(request).digest()
     answer_hello = spb.ServerHello(
         version=PROTOCOL_VERSION, session_id=session_id, ephemeral=ephemeral.public,
         identity_key=policy.signer.key_id, lifetime_s=policy.lifetime_s,
-        max_calls=policy.max_calls, client_hello_digest=hello_digest,
+        max_calls=policy.max_calls, client_hello_digest=hashlib.sha256(request).digest(),
     ).SerializeToString()
     answer = spb.SignedHello(
         hello=answer_hello,
@@ -372,17 +382,15 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
     ).SerializeToString()
     agreement = KeyAgreement(ephemeral, hello.ephemeral, request, answer,
                              policy.psks.get(hello.psk))
-    if defer is None:  # keys now, and a failed agreement refuses the hello itself
-        secrets: SessionSecrets | None = agreement.secrets()
-        agreement_left: KeyAgreement | None = None
-    else:
-        secrets, agreement_left = None, agreement
+    if agree_later:
+        secrets: SessionSecrets | None = None
+        agreement_left: KeyAgreement | None = agreement
+    else:  # keys now, and a failed agreement refuses the hello itself
+        secrets, agreement_left = agreement.secrets(), None
     session = CalleeSession(session_id=session_id, caller=hello.caller,
                             identity_key=hello.identity_key, psk_id=hello.psk, suite=policy.suite,
                             expires_at=now + policy.lifetime_s, max_calls=policy.max_calls,
                             secrets=secrets, agreement=agreement_left, hello_digest=hello_digest)
-    if defer is not None:
-        defer(session.complete)
     return answer, session
 
 
@@ -408,6 +416,24 @@ class CalleeSessions:
         self._hellos: dict[bytes, bytes] = {}  # hello digest -> the session it opened
         self._max = max_sessions
         self._lock = threading.Lock()
+        self._pid = os.getpid()
+
+    def _forked(self) -> None:
+        """In a process forked from the one that opened them, the sessions are forgotten
+        (call with the lock held): the parent and the child would each accept the same call
+        numbers, so a call replayed to the other would be taken, and its answer sealed
+        under a (key, nonce) pair already used."""
+        if os.getpid() != self._pid:
+            self._pid = os.getpid()
+            self._sessions.clear()
+            self._by_caller.clear()
+            self._hellos.clear()
+
+    def answered(self, hello_digest: bytes) -> bool:
+        """Whether a session this process holds was opened by that hello."""
+        with self._lock:
+            self._forked()
+            return hello_digest in self._hellos
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -419,6 +445,7 @@ class CalleeSessions:
         """Keeps `session`; UNAUTHENTICATED when its hello already opened a session held
         here (a replay: the caller made a new hello for each handshake)."""
         with self._lock:
+            self._forked()
             if session.hello_digest and session.hello_digest in self._hellos:
                 raise _refused("the hello was answered before (replayed)")
             self._sessions[session.session_id] = session
@@ -450,6 +477,7 @@ class CalleeSessions:
     def find(self, session_id: bytes, now: float) -> CalleeSession | None:
         """The live session of that id (an expired one is forgotten here)."""
         with self._lock:
+            self._forked()
             session = self._sessions.get(session_id)
             if session is None:
                 return None

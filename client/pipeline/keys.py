@@ -8,6 +8,7 @@ never per call or message.
 from __future__ import annotations
 
 import hmac
+import os
 import struct
 from collections import deque
 
@@ -195,20 +196,23 @@ class SpareEphemeral:
     is not on that handshake's path: made when the policy is compiled, and again after each
     use by a host that can do so off the call path (`refill`, e.g. with `loop.call_soon`).
     Each key is still used once and erased at once. Safe from several threads: a key is
-    taken by one handshake only."""
+    taken by one handshake only; and across a fork: a key made before it is used by
+    neither process (both would hold it)."""
 
     __slots__ = ("_held",)
 
     def __init__(self) -> None:
-        self._held: deque[Ephemeral] = deque((Ephemeral(),), maxlen=1)
+        self._held: deque[tuple[int, Ephemeral]] = deque(maxlen=1)
+        self.refill()
 
     def take(self) -> Ephemeral:
-        """The key made ahead, or a new one when there is none (taken already)."""
+        """The key made ahead in this process, or a new one when there is none."""
         try:
-            return self._held.pop()
+            pid, ephemeral = self._held.pop()
         except IndexError:
             return Ephemeral()
+        return ephemeral if pid == os.getpid() else Ephemeral()
 
     def refill(self) -> None:
         if not self._held:
-            self._held.append(Ephemeral())
+            self._held.append((os.getpid(), Ephemeral()))

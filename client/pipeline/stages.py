@@ -340,9 +340,11 @@ class CalleeSide:
                                  "handshake refused: the hello is not signed by a caller "
                                  "this service knows")
         answer, session = accept_hello(request, self.hello, now, ephemeral=ephemeral,
-                                       random=random, defer=defer, spare=self.spare)
+                                       random=random, agree_later=defer is not None,
+                                       spare=self.spare, sessions=state.sessions)
         state.sessions.add(session)
-        if defer is not None:
+        if defer is not None:  # once the answer is on its way
+            defer(session.complete)
             defer(self.spare.refill)
         return answer
 
