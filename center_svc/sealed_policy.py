@@ -38,11 +38,13 @@ class SealedSecretError(KekError):
 
 def seal_secrets(text: str, ring: KekRing, previous_sealed: str | None = None) -> str:
     """`text` with every inline secret value sealed; a value equal to the one the same field
-    holds in `previous_sealed` reuses that sealed form."""
+    holds in `previous_sealed` reuses that sealed form if the first KEK made it (so that
+    after `--kek NEW --kek OLD` a new revision holds nothing that needs OLD)."""
     reuse: dict[str, tuple[str, str]] = {}  # path -> (plain value, its sealed form)
     if previous_sealed is not None:
         for field in secret_fields(previous_sealed):
-            if is_sealed_text(field.value):
+            if (is_sealed_text(field.value)
+                    and sealed_text_key_id(field.value) == ring.primary.key_id):
                 try:
                     plain = ring.open_text(field.value, field.path.encode())
                 except KekError:
@@ -120,7 +122,9 @@ class SealedStore:
         return self._opened(self.inner.get(revision))
 
     def history(self, limit: int | None = None) -> list[Revision]:
-        return [r for r in map(self._opened, self.inner.history(limit)) if r is not None]
+        """For listing: the revisions as stored, secrets sealed (a revision sealed with a KEK
+        no longer given still lists; `get` names the KEK it needs)."""
+        return self.inner.history(limit)
 
     def append(self, yaml: str, author: str, comment: str, rolled_back_from: int = 0,
                *, peer: str = "") -> AppendResult:

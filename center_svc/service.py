@@ -16,6 +16,7 @@ from center_svc.auth import Authenticator, Principal, Refused
 from center_svc.control import ApplyOutcome, PolicyControl
 from center_svc.nodes import NodeSession
 from center_svc.rotation import RotationError
+from center_svc.sealed_policy import SealedSecretError
 from center_svc.store import AuditAction, AuditEvent, Revision, StoreUnavailableError
 from fastproxy.policy import PolicyError
 from fastproxy.policy.explain import Explanation
@@ -87,6 +88,9 @@ async def _or_unavailable(context: grpc.aio.ServicerContext, work: Awaitable[T])
     except StoreUnavailableError as exc:
         await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         raise  # not reached: abort raises
+    except SealedSecretError as exc:  # a revision sealed with a KEK this Center was not given
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+        raise
 
 
 class CenterServicer(center_pb2_grpc.CenterServicer):
@@ -281,6 +285,11 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         if hello.role not in ROLES:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 "role must be in, out, client or app")
+        if not (_plain(hello.node_id) and _plain(hello.service)):
+            # they go into log lines and the node list: no line of a caller's own making
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"node_id and service must be printable text of at most "
+                                f"{MAX_NAME_CHARS} characters")
         refusal = principal.watch_refusal(hello.service, hello.role)
         if refusal is not None:
             log.warning("watch refused from %s (node %s): %s", peer, hello.node_id, refusal)
@@ -295,6 +304,17 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         # headers now: the node knows its hello was taken even if it holds the latest
         # revision already and no snapshot follows
         await context.send_initial_metadata(())
+        # The credential again, as the token files stand now: one removed while the Center
+        # waited for the hello must not be sent a snapshot (no await from here until the
+        # stream is registered for `recheck_credentials`).
+        principal = self.auth.identify(context)
+        refusal = (principal.reason if isinstance(principal, Refused)
+                   else principal.watch_refusal(hello.service, hello.role))
+        if refusal is not None:
+            log.warning("watch refused from %s (node %s): %s", peer, hello.node_id, refusal)
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED
+                                if isinstance(principal, Refused)
+                                else grpc.StatusCode.PERMISSION_DENIED, refusal)
         session = NodeSession(hello.node_id, hello.role, hello.service, self.auth.peer(context),
                               time.time(), sent_revision=hello.known_revision,
                               sent_hash=hello.known_hash,
@@ -375,7 +395,8 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
                 self.control.refresh(session)
             elif kind == "nack":
                 session.nacked_revision = request.nack.revision
-                session.nack_error = request.nack.error[:1000]
+                error = request.nack.error[:1000]
+                session.nack_error = error if error.isprintable() else repr(error)
                 log.warning("node %s NACKed revision %d: %s", session.node_id,
                             request.nack.revision, session.nack_error)
                 metrics.node_nacked(session)
@@ -400,6 +421,14 @@ class CenterServicer(center_pb2_grpc.CenterServicer):
         """Ends every Watch stream with UNAVAILABLE so nodes reconnect (to us or a peer)."""
         self.stopping = True
         self.control.close_streams("center shutting down; reconnect")
+
+
+MAX_NAME_CHARS = 128
+
+
+def _plain(text: str) -> bool:
+    """A node's name or service as it may appear in a log line: printable, not too long."""
+    return 0 < len(text) <= MAX_NAME_CHARS and text.isprintable()
 
 
 async def _hello_node_id(requests: AsyncIterator[center_pb2.WatchRequest]) -> str:

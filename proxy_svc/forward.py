@@ -565,9 +565,12 @@ class ForwardingHandler(grpc.GenericRpcHandler):
                   trailers: Metadata, *, fast: bool) -> Metadata:
         """The trailers our client receives for a call that ended with `code`: the kind
         exchange done, the end sealed (in-proxy) or checked (out-proxy)."""
-        settled = self._exchange.settle(method, trailers, fast=fast, asked=call.asked)
-        return call.plan.end(code.value[0], details, settled) + self._exchange.told(
-            method, call.asked)
+        # The in-proxy tells an out-proxy that asked whether the method is unary inside the
+        # sealed STATUS record; the out-proxy learns it only from there, once it opened.
+        ended = call.plan.end(code.value[0], details, self._exchange.strip(trailers),
+                              self._exchange.told(method, call.asked))
+        self._exchange.settle(method, call.plan.told_unary(), fast=fast)
+        return ended
 
     # --- how a call that did not end OK ends ----------------------------------------------
 

@@ -15,11 +15,12 @@ silently drop its extra messages, so a kind comes only from a source that knows 
   once per gRPC service, in the background, after a call to that service was admitted (so an
   unauthenticated client cannot make it ask about anything). Until the answer is in, and for
   an upstream without reflection, calls take the stream path.
-- the in-proxy tells the out-proxy in a response trailer of ours (`KIND_KEY`), only on calls
-  that asked (the out-proxy sends `KIND_KEY: ASK_KIND`; a direct caller such as the embedded
-  SDK never sees the trailer); the out-proxy learns a method from it and forgets it when a
-  fast-path answer comes back without it. The out-proxy strips the entry, so the app never
-  sees it.
+- the in-proxy tells the out-proxy inside the call's sealed end (the STATUS record's
+  `unary`), only on calls that asked (the out-proxy sends `KIND_KEY: ASK_KIND`); the
+  out-proxy learns a method from it once the end opened, and forgets it when a fast-path
+  answer comes back without it. (It was a response trailer of ours until a review showed a
+  relay could add it to a streaming method's answer: the out-proxy then served that method
+  as unary, and gRPC's unary handler drops every request after the first.)
 - a fast-path call that fails in a way that can mean the kind was wrong (DEADLINE_EXCEEDED,
   INTERNAL, UNIMPLEMENTED) drops the method; later calls take the stream path, and the
   in-proxy asks its upstream again after `ASK_AGAIN_AFTER_S`. Except a deadline in the
@@ -43,7 +44,6 @@ from proxy_svc.upstream import StatusLog
 
 _log = logging.getLogger("fastproxy.proxy")
 
-UNARY_KIND = "unary"
 ASK_KIND = "?"  # request entry of the out-proxy: tell me this method's kind
 # The reflection services, newest-but-rare last: grpcio-reflection serves v1alpha.
 REFLECTION_METHODS = (
@@ -248,16 +248,16 @@ class KindExchange:
     def consider(self, method: str) -> None:
         """An admitted call of `method`: learn its kind if that is how this side learns."""
 
-    def settle(self, method: str, trailers: Metadata, *, fast: bool, asked: bool) -> Metadata:
-        """The upstream's trailers of a call that ended OK, our kind entry handled."""
-        return _without_kind(trailers)
+    def settle(self, method: str, unary: bool, *, fast: bool) -> None:
+        """A call that ended OK, whose sealed end said whether the method is `unary`."""
 
-    def told(self, method: str, asked: bool) -> Metadata:
-        """Entries this side adds to the trailers of an OK call, after they were sealed."""
-        return ()
+    def told(self, method: str, asked: bool) -> bool:
+        """Whether this side seals "unary" into the end of an OK call of `method`."""
+        return False
 
     def strip(self, trailers: Metadata) -> Metadata:
-        """The trailers of a failed call: our kind entry never passes."""
+        """The upstream's trailers: a kind entry (ours is only ever a request entry) never
+        passes."""
         return _without_kind(trailers)
 
     def failed(self, method: str, code: grpc.StatusCode) -> None:
@@ -293,10 +293,8 @@ class KindTeller(KindExchange):
         if self._learner is not None and method not in self.kinds.unary:
             self._learner.consider(method)
 
-    def told(self, method: str, asked: bool) -> Metadata:
-        if asked and method in self.kinds.unary:
-            return ((KIND_KEY, UNARY_KIND),)
-        return ()
+    def told(self, method: str, asked: bool) -> bool:
+        return asked and method in self.kinds.unary
 
     def streams(self, method: str, why: str) -> None:
         # Its kinds come from reflection only: what callers send proves nothing here (an
@@ -323,10 +321,8 @@ class KindListener(KindExchange):
 
     request_entries: Metadata = ((KIND_KEY, ASK_KIND),)
 
-    def settle(self, method: str, trailers: Metadata, *, fast: bool, asked: bool) -> Metadata:
-        told = (KIND_KEY, UNARY_KIND) in trailers if trailers else False
-        if told:
-            self.kinds.learn(method, True, "the in-proxy's trailer")
+    def settle(self, method: str, unary: bool, *, fast: bool) -> None:
+        if unary:
+            self.kinds.learn(method, True, "the in-proxy's sealed end")
         elif fast:
             self.kinds.forget(method, "the in-proxy no longer says it is unary")
-        return _without_kind(trailers)

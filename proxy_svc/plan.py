@@ -32,7 +32,12 @@ from proxy_svc.tunnel import TunnelLink, Tunnels
 from proxy_svc.upstream import UpstreamPool
 
 Transform = Callable[[bytes], bytes | None]
-EndTransform = Callable[[int, str, Metadata], Metadata]
+class EndTransform(Protocol):
+    """Seals (in-proxy) or opens and checks (out-proxy) a call's end; `unary`: the in-proxy
+    tells the out-proxy that asked, inside the sealed end, that the method is unary."""
+
+    def __call__(self, code: int, details: str, trailers: Metadata,
+                 unary: bool = False) -> Metadata: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +65,8 @@ class CallPlan:
     channel: grpc.aio.Channel | None = None  # else the channel of a call of its own
     outbound: OutboundCall | None = None  # the out-proxy's call, for session bookkeeping
     would_deny: str = ""  # in-proxy: passed only in audit mode (the service or rule in it)
+    # out-proxy: whether the end `end` opened said the method is unary (read after `end`)
+    told_unary: Callable[[], bool] = lambda: False
 
 
 class Role(Protocol):
@@ -108,12 +115,13 @@ class OutboundRole:
         def request(message: bytes) -> bytes:
             return call.seal_request(message, single)
 
-        def end(code: int, details: str, trailers: Metadata) -> Metadata:
+        def end(code: int, details: str, trailers: Metadata, unary: bool = False) -> Metadata:
             return call.open_end(code, details, forwarded_response_metadata(trailers))
 
         return CallPlan(self._service, call.destination, endpoint, call.timeout_ms,
                         call.metadata, request, call.end_requests, call.open_head,
-                        call.open_response, end, None, link, channel, call)
+                        call.open_response, end, None, link, channel, call,
+                        told_unary=lambda: call.told_unary)
 
 
 class InboundRole:

@@ -83,7 +83,7 @@ def test_unary_methods_take_the_fast_path_without_reflection(
     with channel(address) as ch:
         def told() -> bool:
             assert ch.unary_unary(UNARY)(b"kind?", timeout=10) == b"kind?"
-            return f"method {UNARY} is unary (from the in-proxy's trailer)" in out.log()
+            return f"method {UNARY} is unary (from the in-proxy's sealed end)" in out.log()
 
         poll(told, 15, "the out-proxy learning the unary method from the in-proxy",
              interval=0.1)

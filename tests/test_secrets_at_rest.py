@@ -313,7 +313,11 @@ def test_the_sealed_store_works_over_any_backend_and_hides_secrets_from_it() -> 
     latest = store.latest()
     assert latest is not None and load_policy(latest.yaml).keys["song-enc"].secret \
         == keys.song_enc
-    assert [r.yaml for r in store.history()] == [text]
+    # the history lists revisions as stored (sealed: listing needs no KEK); `get` opens one
+    assert [r.revision for r in store.history()] == [1]
+    assert store.history()[0].yaml == stored.yaml
+    opened_first = store.get(1)
+    assert opened_first is not None and opened_first.yaml == text
     store.close()
 
 

@@ -1,5 +1,5 @@
 """The unary fast path: a method known to be unary is served with a unary handler and a
-`unary_unary` upstream call; a kind is learned (upstream reflection, the in-proxy's trailer),
+`unary_unary` upstream call; a kind is learned (upstream reflection, the in-proxy's sealed end),
 never guessed; streaming methods never take the fast path.
 
 1. Every forwarding contract test of `test_transport_contract.py` runs again here with `Unary` known
@@ -27,6 +27,7 @@ from grpc_reflection.v1alpha import reflection
 from support.dataplane import Proxies, call_kind, poll, start_file_stack
 from support.transport import (
     KINDS,
+    TOLD_UNARY,
     PassThroughRole,
     ProxyThread,
     channel,
@@ -181,7 +182,7 @@ def test_proxies_learn_a_unary_method_and_never_a_streaming_one(
             stack = start_file_stack(proxies, front.address, tmp_path)
             out = stack.outproxies["chat_service"]
             _calls_of_every_kind(out.address, 1)
-            poll(lambda: "is unary (from the in-proxy's trailer)" in out.log(), 10,
+            poll(lambda: "is unary (from the in-proxy's sealed end)" in out.log(), 10,
                  "the out-proxy learning Unary")
             _calls_of_every_kind(out.address, 3)
             # The app's view of a fast-path call: the same as on the stream path.
@@ -197,7 +198,7 @@ def test_proxies_learn_a_unary_method_and_never_a_streaming_one(
             for method in (CLIENT_STREAM, SERVER_STREAM, BIDI):
                 assert f"method {method} is unary" not in log
         assert f"method {UNARY} is unary (from upstream reflection)" in in_log
-        assert f"method {UNARY} is unary (from the in-proxy's trailer)" in out_log
+        assert f"method {UNARY} is unary (from the in-proxy's sealed end)" in out_log
     finally:
         proxies.stop_all()
 
@@ -285,12 +286,15 @@ def test_the_in_proxy_tells_the_kind_only_to_a_caller_that_asks(
         upstream: UpstreamProcess, start_proxy: Any) -> None:
     inproxy: ProxyThread = start_proxy(PassThroughRole("in", [upstream.address]))
     unary = channel(inproxy.address).unary_unary(UNARY)
-    # A direct caller (the embedded SDK, say) sees only the app's trailers.
+    # A direct caller (the embedded SDK, say) is told nothing.
     _, call = unary.with_call(b"direct", timeout=10)
-    assert KIND_KEY not in dict(call.trailing_metadata() or ())
-    # An out-proxy asks, and is told.
+    trailers = dict(call.trailing_metadata() or ())
+    assert KIND_KEY not in trailers and TOLD_UNARY not in trailers
+    # An out-proxy asks, and is told in the call's end (sealed by the protocol: on this
+    # transport without it, the stand-in entry), never by a trailer of its own.
     _, call = unary.with_call(b"asked", metadata=((KIND_KEY, ASK_KIND),), timeout=10)
-    assert dict(call.trailing_metadata() or ())[KIND_KEY] == "unary"
+    trailers = dict(call.trailing_metadata() or ())
+    assert trailers[TOLD_UNARY] == "1" and KIND_KEY not in trailers
 
 
 def test_a_forgotten_service_is_asked_again_only_after_a_pause(

@@ -624,7 +624,7 @@ def test_tunnel_off_on_either_side_sends_calls_one_stream_each(
             for _ in range(20):
                 assert method(b"x", timeout=10) == b"x"
                 time.sleep(0.05)
-        assert "is unary (from the in-proxy's trailer)" in out.log()
+        assert "is unary (from the in-proxy's sealed end)" in out.log()
         assert "tunnel to" not in out.log().replace("offers no tunnel", "")
         assert sum(call.method == UNARY for call in relay.calls) == 20
         if side == "in":

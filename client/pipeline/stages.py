@@ -213,7 +213,7 @@ class OutboundCall:
 
     __slots__ = ("_compressor", "_head_seen", "_requests", "_responses", "_secret_keys",
                  "call_number", "destination", "endpoints", "metadata", "method", "retry",
-                 "session", "timeout_ms")
+                 "session", "timeout_ms", "told_unary")
 
     def __init__(self, side: CallerSide, destination: Destination, session: CallerSession,
                  method: str, metadata: Metadata, now: float) -> None:
@@ -241,6 +241,8 @@ class OutboundCall:
         self._responses = Direction(session.response, number, clear=session.clear,
                                     max_bytes=limit)
         self._head_seen = False
+        # the callee's node said, in the sealed STATUS record, that the method is unary
+        self.told_unary = False
 
     # requests
 
@@ -304,6 +306,7 @@ class OutboundCall:
                                  f"the response was cut short or padded ({messages} messages "
                                  f"arrived, {end.messages} were sent)")
         _check_digest(app, self._secret_keys, end.trailers_digest, "trailers")
+        self.told_unary = end.unary
         return (*app, *_entries(end.secret))
 
 
@@ -538,13 +541,16 @@ class InboundCall:
     def seal_response(self, message: bytes) -> bytes:
         return self._responses.seal_message(message, self._compressor)
 
-    def seal_end(self, code: int, details: str, trailers: Metadata) -> Metadata:
-        """The trailers as they travel, with the STATUS record of `code` and `details`."""
+    def seal_end(self, code: int, details: str, trailers: Metadata,
+                 unary: bool = False) -> Metadata:
+        """The trailers as they travel, with the STATUS record of `code` and `details`
+        (`unary`: the in-proxy tells the out-proxy that asked that the method is unary)."""
         trailers = _without(trailers, PROTOCOL_KEYS)
         clear, secret = split_secrets(trailers, self.secret_keys)
         end = spb.ResponseEnd(code=code, details_digest=_details_digest(details),
                               trailers_digest=metadata_digest(clear, self.secret_keys),
-                              messages=self._responses.position - 1, head=self._head_sent)
+                              messages=self._responses.position - 1, head=self._head_sent,
+                              unary=unary)
         if secret:
             end.secret.extend(_pairs(secret))
         return (*clear, (END_KEY, self._responses.seal(STATUS, end.SerializeToString())))

@@ -131,7 +131,18 @@ def _join(path: str, name: str) -> str:
 
 class _StrictLoader(yaml.SafeLoader):
     """A safe loader that refuses a key written twice in one mapping (YAML would silently
-    keep the last one, e.g. drop a whole service)."""
+    keep the last one, e.g. drop a whole service), and anchors and aliases: the Center
+    rewrites secret values (sealed at rest, `<redacted>` on screen), and a value shared
+    through an alias would not survive that (the stored or shown document would name an
+    anchor it no longer has)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not supported in a "
+                "policy: write each value out", event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()

@@ -46,13 +46,23 @@ def _same_metadata(metadata: Metadata) -> Metadata:
     return metadata
 
 
-def _same_trailers(code: int, details: str, trailers: Metadata) -> Metadata:
-    return trailers
+# Stands in for the sealed end's `unary` (the protocol's STATUS record) on this transport
+# without the protocol: the "in" side adds it, the "out" side takes it off and is told.
+TOLD_UNARY = "x-test-told-unary"
 
 
 def pass_through_plan(endpoint: str, timeout_ms: int | None, metadata: Metadata) -> CallPlan:
+    told = [False]
+
+    def end(code: int, details: str, trailers: Metadata, unary: bool = False) -> Metadata:
+        if unary:
+            return (*trailers, (TOLD_UNARY, "1"))
+        told[0] = any(key == TOLD_UNARY for key, _ in trailers)
+        return tuple(entry for entry in trailers if entry[0] != TOLD_UNARY)
+
     return CallPlan("", "", endpoint, timeout_ms, forwarded_request_metadata(metadata),
-                    _unchanged, _no_last_message, _same_metadata, _unchanged, _same_trailers)
+                    _unchanged, _no_last_message, _same_metadata, _unchanged, end,
+                    told_unary=lambda: told[0])
 
 
 class PassThroughRole:

@@ -102,17 +102,19 @@ class ResponseHead(_message.Message):
     def __init__(self, metadata_digest: _Optional[bytes] = ..., secret: _Optional[_Iterable[_Union[MetadataPair, _Mapping]]] = ...) -> None: ...
 
 class ResponseEnd(_message.Message):
-    __slots__ = ("code", "details_digest", "trailers_digest", "secret", "messages", "head")
+    __slots__ = ("code", "details_digest", "trailers_digest", "secret", "messages", "head", "unary")
     CODE_FIELD_NUMBER: _ClassVar[int]
     DETAILS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     TRAILERS_DIGEST_FIELD_NUMBER: _ClassVar[int]
     SECRET_FIELD_NUMBER: _ClassVar[int]
     MESSAGES_FIELD_NUMBER: _ClassVar[int]
     HEAD_FIELD_NUMBER: _ClassVar[int]
+    UNARY_FIELD_NUMBER: _ClassVar[int]
     code: int
     details_digest: bytes
     trailers_digest: bytes
     secret: _containers.RepeatedCompositeFieldContainer[MetadataPair]
     messages: int
     head: bool
-    def __init__(self, code: _Optional[int] = ..., details_digest: _Optional[bytes] = ..., trailers_digest: _Optional[bytes] = ..., secret: _Optional[_Iterable[_Union[MetadataPair, _Mapping]]] = ..., messages: _Optional[int] = ..., head: bool = ...) -> None: ...
+    unary: bool
+    def __init__(self, code: _Optional[int] = ..., details_digest: _Optional[bytes] = ..., trailers_digest: _Optional[bytes] = ..., secret: _Optional[_Iterable[_Union[MetadataPair, _Mapping]]] = ..., messages: _Optional[int] = ..., head: bool = ..., unary: bool = ...) -> None: ...
