@@ -319,7 +319,8 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             trailers = forwarded_response_metadata(await call.trailing_metadata())
         except grpc.aio.AioRpcError as failed:
             if retry and self._forget_lost_session(admitted.plan, failed):
-                return _RETRY
+                resend = await self._resend_lost(method, admitted, context, record)
+                return _RETRY if resend else None
             self._exchange.failed(method, failed.code())
             await self._pass_failure(context, method, admitted, failed, record)
             return None
@@ -513,7 +514,7 @@ class ForwardingHandler(grpc.GenericRpcHandler):
             if statuses is not None:
                 failed = await statuses.settled(failed)
             if retry and not admitted.head_done and self._forget_lost_session(plan, failed):
-                return True
+                return await self._resend_lost(method, admitted, context, record)
             await self._pass_failure(context, method, admitted, failed, record)
             return False
         except FastProxyError as err:
@@ -573,6 +574,37 @@ class ForwardingHandler(grpc.GenericRpcHandler):
         return ended
 
     # --- how a call that did not end OK ends ----------------------------------------------
+
+    async def _resend_lost(self, method: str, admitted: _Admitted, context: Any,
+                           record: CallRecord | None) -> bool:
+        """True when a call whose session the callee lost may be sent again; else the call
+        was refused here."""
+        refusal = await self._lost_unconfirmed(method, admitted.plan, context)
+        if refusal is None:
+            return True
+        await self._refuse(context, method, refusal, record, admitted)
+        return False
+
+    async def _lost_unconfirmed(self, method: str, plan: CallPlan,
+                                context: Any) -> FastProxyError | None:
+        """None when the callee confirms, in the signed answer to the next handshake, that
+        it would refuse a call in the lost session (the call was not forwarded: it may be
+        sent again); else why the call ends here. The "unknown session" answer itself is
+        not sealed: a relay could forge it after the upstream acted on the call."""
+        confirm = getattr(self._side, "confirm_lost", None)
+        if confirm is None or plan.outbound is None or plan.channel is None:
+            return FastProxyError(Reason.UNAVAILABLE, "the in-proxy no longer knows this "
+                                                      "call's session: try again")
+        try:
+            if await confirm(method, plan.channel, plan.outbound.session,
+                             context.time_remaining()):
+                return None
+        except FastProxyError as err:
+            return err
+        return FastProxyError(Reason.UNAUTHENTICATED,
+                              "an answer that the in-proxy lost this call's session was not "
+                              "the in-proxy's (its signed answer says it holds the session): "
+                              "changed on the way")
 
     def _forget_lost_session(self, plan: CallPlan, failed: grpc.aio.AioRpcError) -> bool:
         """True when the callee lost the call's session (which is then forgotten)."""

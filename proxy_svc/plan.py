@@ -20,6 +20,7 @@ import grpc
 
 from fastproxy.hosting.refusal import HostRole
 from fastproxy.node.holder import PolicyHolder
+from fastproxy.pipeline.handshake import CallerSession
 from fastproxy.pipeline.metadata import (
     Metadata,
     forwarded_request_metadata,
@@ -122,6 +123,14 @@ class OutboundRole:
                         call.metadata, request, call.end_requests, call.open_head,
                         call.open_response, end, None, link, channel, call,
                         told_unary=lambda: call.told_unary)
+
+
+    async def confirm_lost(self, method: str, channel: grpc.aio.Channel,
+                           lost: CallerSession, remaining_s: float | None) -> bool:
+        """See `SessionBook.confirm_lost`."""
+        policy = self._holder.require()
+        return await self.sessions.confirm_lost(policy, policy.route(method), channel, lost,
+                                                remaining_s)
 
 
 class InboundRole:

@@ -19,7 +19,7 @@ import grpc
 
 from fastproxy.hosting.refusal import HostRole, handshake_failure, refuse
 from fastproxy.node.holder import PolicyHolder
-from fastproxy.pipeline.handshake import OPEN_METHOD, CallerSession
+from fastproxy.pipeline.handshake import OPEN_METHOD, CallerHandshake, CallerSession
 from fastproxy.pipeline.metadata import HELLO_KEY, hello_of
 from fastproxy.pipeline.node_policy import NodePolicy, NodeState
 from fastproxy.pipeline.reasons import FastProxyError
@@ -89,9 +89,28 @@ class SessionBook:
             opening.add_done_callback(done)
         return opening
 
+    async def confirm_lost(self, policy: NodePolicy, destination: Destination,
+                           channel: grpc.aio.Channel, lost: CallerSession,
+                           timeout: float | None) -> bool:
+        """After the callee answered "unknown session" for a call in `lost` (an answer it
+        cannot seal, so a relay could forge it after the call was forwarded): opens the next
+        session with a hello naming `lost`; True when the callee's signed answer says it
+        would refuse a call in `lost`, so the call was not forwarded and may be sent again
+        (in the new session, which the book keeps either way)."""
+        handshake = policy.caller.handshake(destination, self._clock(),
+                                            lost_session=lost.session_id)
+        self._sessions[(id(channel), destination.name)] = await self._exchange(
+            policy, handshake, destination, channel, timeout)
+        return handshake.lost_refused
+
     async def _open(self, policy: NodePolicy, destination: Destination,
                     channel: grpc.aio.Channel, timeout: float | None) -> CallerSession:
-        handshake = policy.caller.handshake(destination, self._clock())
+        return await self._exchange(policy, policy.caller.handshake(destination, self._clock()),
+                                    destination, channel, timeout)
+
+    async def _exchange(self, policy: NodePolicy, handshake: CallerHandshake,
+                        destination: Destination, channel: grpc.aio.Channel,
+                        timeout: float | None) -> CallerSession:
         limit = HANDSHAKE_TIMEOUT_S if timeout is None else min(timeout, HANDSHAKE_TIMEOUT_S)
         call = channel.unary_unary(OPEN_METHOD, None, None)(
             b"", metadata=((HELLO_KEY, handshake.request),), timeout=limit)

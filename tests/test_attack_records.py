@@ -13,6 +13,7 @@ A test that fails here shows a violation of the claim its docstring names.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
-from support.core_policies import Setup, connect, refused
+from support.core_policies import METHOD, T0, Setup, connect, open_session, refused
 from support.dataplane import CALLER, Proxies, channel, free_address, start_file_stack
 from support.upstream_app import BIDI, CLIENT_STREAM, CONTROL_ID, UNARY, UpstreamProcess
 
@@ -213,9 +214,29 @@ def test_a_forged_kind_trailer_cannot_make_the_out_proxy_cut_a_request_stream_sh
 # --- 2. "unknown session" is not sealed -------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="known violation, open (docs/security.md, Data-plane "
-                   "review): the unknown-session answer is not sealed and the out-proxy "
-                   "resends the call")
+def test_the_callee_confirms_a_lost_session_only_when_it_would_refuse_its_calls() -> None:
+    """The fix of test 2, at the pipeline: after an "unknown session" answer (which cannot be
+    sealed), the caller's next hello names the lost session, and the callee's signed answer
+    says whether it would refuse a call in it; the caller resends only on a yes."""
+    setup = Setup()
+    caller, callee = setup.pair()
+    state = NodeState()
+    destination = caller.route(METHOD)
+    held = open_session(caller, callee, state)
+
+    def confirmed(lost: bytes) -> bool:
+        handshake = caller.caller.handshake(destination, T0, lost_session=lost)
+        handshake.finish(callee.accept(handshake.request, T0, state), destination.verifiers,
+                         T0)
+        return handshake.lost_refused
+
+    assert confirmed(held.session_id) is False  # held: a forged "unknown", no resend
+    assert confirmed(os.urandom(16)) is True  # never held (a restart, another worker)
+    state.sessions.forget(held.session_id)
+    assert confirmed(held.session_id) is True  # forgotten (evicted, expired)
+    assert confirmed(b"") is False  # a hello naming none confirms nothing
+
+
 def test_a_forged_unknown_session_answer_does_not_make_the_upstream_act_twice(
         relayed: tuple[HookRelay, str], upstream: UpstreamProcess) -> None:
     """P4: "A captured call is refused by every instance of the callee"; protocol.md 3: on

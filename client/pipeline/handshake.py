@@ -151,19 +151,24 @@ class CallerSession:
 class CallerHandshake:
     """The caller's half of one handshake: `request` to send, then `finish(answer)`."""
 
-    __slots__ = ("_ephemeral", "_psk", "_psk_id", "_signer_id", "_suite", "callee", "request")
+    __slots__ = ("_ephemeral", "_psk", "_psk_id", "_signer_id", "_suite", "callee",
+                 "lost_refused", "request")
 
     def __init__(self, *, caller: str, callee: str, signer: Signer, suite: int, psk_id: str,
                  psk: bytes | None, now: float, ephemeral: Ephemeral | None = None,
-                 random: Random = os.urandom) -> None:
+                 random: Random = os.urandom, lost_session: bytes = b"") -> None:
         self._ephemeral = ephemeral or Ephemeral()
         self._psk, self._psk_id, self._suite = psk, psk_id, suite
         self._signer_id = signer.key_id
         self.callee = callee
+        # set by `finish`: the callee, in its signed answer, says it would refuse a call in
+        # `lost_session` (which it answered "unknown"): that call was not forwarded
+        self.lost_refused = False
         hello = spb.ClientHello(
             version=PROTOCOL_VERSION, caller=caller, callee=callee, identity_key=signer.key_id,
             ephemeral=self._ephemeral.public, random=random(RANDOM_BYTES),
-            timestamp_ms=int(now * 1000), suite=suite, psk=psk_id).SerializeToString()
+            timestamp_ms=int(now * 1000), suite=suite, psk=psk_id,
+            lost_session=lost_session).SerializeToString()
         self.request: bytes = spb.SignedHello(
             hello=hello, signature=signer.sign(CLIENT_CONTEXT + hello, callee),
         ).SerializeToString()
@@ -190,6 +195,7 @@ class CallerHandshake:
             raise _refused("the answer names no usable session")
         shared = self._ephemeral.exchange(hello.ephemeral)
         secrets = key_schedule(self.request, answer, shared, self._psk)
+        self.lost_refused = hello.lost_session_refused
         return CallerSession(session_id=hello.session_id, callee=self.callee, secrets=secrets,
                              suite=self._suite, psk_id=self._psk_id, signer_id=self._signer_id,
                              lifetime_s=hello.lifetime_s, max_calls=hello.max_calls,
@@ -375,6 +381,9 @@ def accept_hello(request: bytes, policy: HelloPolicy, now: float, *,
         version=PROTOCOL_VERSION, session_id=session_id, ephemeral=ephemeral.public,
         identity_key=policy.signer.key_id, lifetime_s=policy.lifetime_s,
         max_calls=policy.max_calls, client_hello_digest=hashlib.sha256(request).digest(),
+        lost_session_refused=bool(hello.lost_session) and (
+            sessions is None or sessions.refuses(hello.lost_session, hello.caller, policy,
+                                                 now)),
     ).SerializeToString()
     answer = spb.SignedHello(
         hello=answer_hello,
@@ -428,6 +437,17 @@ class CalleeSessions:
             self._sessions.clear()
             self._by_caller.clear()
             self._hellos.clear()
+
+    def refuses(self, session_id: bytes, caller: str, policy: HelloPolicy, now: float) -> bool:
+        """Whether a call of `caller` in `session_id` would be refused by this process now:
+        no such session of that caller, expired, or its keys no longer accepted."""
+        with self._lock:
+            self._forked()
+            session = self._sessions.get(session_id)
+        if session is None or session.caller != caller or now >= session.expires_at:
+            return True
+        return (session.identity_key not in policy.callers.get(caller, {})
+                or (bool(session.psk_id) and session.psk_id not in policy.psks))
 
     def answered(self, hello_digest: bytes) -> bool:
         """Whether a session this process holds was opened by that hello."""

@@ -192,13 +192,15 @@ class CallerSide:
 
     def handshake(self, destination: Destination, now: float, *,
                   ephemeral: Ephemeral | None = None,
-                  random: Callable[[int], bytes] = os.urandom) -> CallerHandshake:
+                  random: Callable[[int], bytes] = os.urandom,
+                  lost_session: bytes = b"") -> CallerHandshake:
         if self.signer is None:  # from_snapshot refuses this whenever a route exists
             raise FastProxyError(Reason.UNAVAILABLE, "this node has no identity key")
         return CallerHandshake(caller=self.service, callee=destination.name, signer=self.signer,
                                suite=destination.suite, psk_id=destination.psk_id,
                                psk=destination.psk, now=now,
-                               ephemeral=ephemeral or self.spare.take(), random=random)
+                               ephemeral=ephemeral or self.spare.take(), random=random,
+                               lost_session=lost_session)
 
     def serves(self, session: CallerSession, destination: Destination, now: float) -> bool:
         """Whether a new call to `destination` may use `session`."""

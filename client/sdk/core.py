@@ -68,8 +68,8 @@ class Attempt:
 class CallPlan:
     """One call as the app made it, across its attempts."""
 
-    __slots__ = ("attempts_made", "deadline", "destination", "metadata", "method", "policy",
-                 "retry", "session", "session_retried")
+    __slots__ = ("attempts_made", "deadline", "destination", "lost_session", "metadata",
+                 "method", "policy", "retry", "session", "session_retried")
 
     def __init__(self, method: str, timeout: float | None, metadata: Metadata) -> None:
         self.method = method
@@ -79,6 +79,9 @@ class CallPlan:
         self.attempts_made = 0
         self.session: CallerSession | None = None  # the current attempt's (embedded mode)
         self.session_retried = False
+        # the session the callee answered "unknown" for: the next handshake names it, and the
+        # call is sent again only if the callee's signed answer confirms it refuses it
+        self.lost_session = b""
         # the policy and destination `handshake_needed` found (embedded mode), reused by the
         # attempt that follows while that policy is in force
         self.policy: NodePolicy | None = None
@@ -156,10 +159,10 @@ class SdkCore:
         # No aside here (a handshake rides the app's channel, in a call): a session that is
         # due is renewed before the next call.
         if session is not None and policy.caller.serves(session, destination, now) \
-                and not session.due(now):
+                and not session.due(now) and not plan.lost_session:
             plan.session = session
             return None
-        return policy.caller.handshake(destination, now)
+        return policy.caller.handshake(destination, now, lost_session=plan.lost_session)
 
     def make_spare_key(self, plan: CallPlan) -> None:
         """Makes the next handshake's X25519 key ahead (the aio SDK, while a handshake
@@ -180,6 +183,14 @@ class SdkCore:
         destination = self._policy().route(plan.method)
         session = handshake.finish(hello_of(trailers), destination.verifiers, time.time())
         self._sessions[destination.name] = plan.session = session
+        if plan.lost_session:
+            plan.lost_session = b""
+            if not handshake.lost_refused:
+                raise FastProxyError(
+                    Reason.UNAUTHENTICATED,
+                    f"an answer that {destination.name!r} lost this call's session was not "
+                    f"its own (its signed answer says it holds the session): changed on the "
+                    f"way")
 
     def handshake_failed(self, plan: CallPlan, code: grpc.StatusCode | None,
                          details: str | None) -> FastProxyError:
@@ -239,7 +250,9 @@ class SdkCore:
         if no_retry or (requests is not None and not requests.replayable):
             return None
         if self._lost_session(plan, code, trailers, responded):
-            return Retry(0.0)  # in a new session: the callee forwarded nothing
+            # in a new session, whose handshake asks the callee to confirm it refuses the
+            # lost one (the "unknown session" answer is not sealed: a relay could forge it)
+            return Retry(0.0)
         delay = retry_delay(plan.retry, attempts_made=plan.attempts_made, code=code,
                             trailers=trailers, responded=responded,
                             remaining_s=plan.remaining(), rng=self.rng)
@@ -256,6 +269,7 @@ class SdkCore:
             return False
         if self._sessions.get(plan.session.callee) is plan.session:
             del self._sessions[plan.session.callee]
+        plan.lost_session = plan.session.session_id
         plan.session, plan.session_retried = None, True
         return True
 

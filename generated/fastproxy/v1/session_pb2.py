@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61stproxy/v1/session.proto\x12\x0c\x66\x61stproxy.v1\"\xc2\x01\n\x0b\x43lientHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x03 \x01(\t\x12\x14\n\x0cidentity_key\x18\x04 \x01(\t\x12\x11\n\tephemeral\x18\x05 \x01(\x0c\x12\x0e\n\x06random\x18\x06 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12&\n\x05suite\x18\x08 \x01(\x0e\x32\x17.fastproxy.v1.AeadSuite\x12\x0b\n\x03psk\x18\t \x01(\t\"\x9f\x01\n\x0bServerHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\x11\n\tephemeral\x18\x03 \x01(\x0c\x12\x14\n\x0cidentity_key\x18\x04 \x01(\t\x12\x12\n\nlifetime_s\x18\x05 \x01(\r\x12\x11\n\tmax_calls\x18\x06 \x01(\x04\x12\x1b\n\x13\x63lient_hello_digest\x18\x07 \x01(\x0c\"/\n\x0bSignedHello\x12\r\n\x05hello\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"*\n\x0cMetadataPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"u\n\x08\x43\x61llHead\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\x17\n\x0fmetadata_digest\x18\x03 \x01(\x0c\x12*\n\x06secret\x18\x04 \x03(\x0b\x32\x1a.fastproxy.v1.MetadataPair\"S\n\x0cResponseHead\x12\x17\n\x0fmetadata_digest\x18\x01 \x01(\x0c\x12*\n\x06secret\x18\x02 \x03(\x0b\x32\x1a.fastproxy.v1.MetadataPair\"\xa7\x01\n\x0bResponseEnd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x16\n\x0e\x64\x65tails_digest\x18\x02 \x01(\x0c\x12\x17\n\x0ftrailers_digest\x18\x03 \x01(\x0c\x12*\n\x06secret\x18\x04 \x03(\x0b\x32\x1a.fastproxy.v1.MetadataPair\x12\x10\n\x08messages\x18\x05 \x01(\x04\x12\x0c\n\x04head\x18\x06 \x01(\x08\x12\r\n\x05unary\x18\x07 \x01(\x08*e\n\tAeadSuite\x12\x1a\n\x16\x41\x45\x41\x44_SUITE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41\x45\x41\x44_SUITE_AES_256_GCM\x10\x01\x12 \n\x1c\x41\x45\x41\x44_SUITE_CHACHA20_POLY1305\x10\x02*7\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_GZIP\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x32G\n\x07Session\x12<\n\x04Open\x12\x19.fastproxy.v1.SignedHello\x1a\x19.fastproxy.v1.SignedHellob\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1a\x66\x61stproxy/v1/session.proto\x12\x0c\x66\x61stproxy.v1\"\xd8\x01\n\x0b\x43lientHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x0e\n\x06\x63\x61ller\x18\x02 \x01(\t\x12\x0e\n\x06\x63\x61llee\x18\x03 \x01(\t\x12\x14\n\x0cidentity_key\x18\x04 \x01(\t\x12\x11\n\tephemeral\x18\x05 \x01(\x0c\x12\x0e\n\x06random\x18\x06 \x01(\x0c\x12\x14\n\x0ctimestamp_ms\x18\x07 \x01(\x03\x12&\n\x05suite\x18\x08 \x01(\x0e\x32\x17.fastproxy.v1.AeadSuite\x12\x0b\n\x03psk\x18\t \x01(\t\x12\x14\n\x0clost_session\x18\n \x01(\x0c\"\xbd\x01\n\x0bServerHello\x12\x0f\n\x07version\x18\x01 \x01(\r\x12\x12\n\nsession_id\x18\x02 \x01(\x0c\x12\x11\n\tephemeral\x18\x03 \x01(\x0c\x12\x14\n\x0cidentity_key\x18\x04 \x01(\t\x12\x12\n\nlifetime_s\x18\x05 \x01(\r\x12\x11\n\tmax_calls\x18\x06 \x01(\x04\x12\x1b\n\x13\x63lient_hello_digest\x18\x07 \x01(\x0c\x12\x1c\n\x14lost_session_refused\x18\x08 \x01(\x08\"/\n\x0bSignedHello\x12\r\n\x05hello\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"*\n\x0cMetadataPair\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x0c\"u\n\x08\x43\x61llHead\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0ctimestamp_ms\x18\x02 \x01(\x03\x12\x17\n\x0fmetadata_digest\x18\x03 \x01(\x0c\x12*\n\x06secret\x18\x04 \x03(\x0b\x32\x1a.fastproxy.v1.MetadataPair\"S\n\x0cResponseHead\x12\x17\n\x0fmetadata_digest\x18\x01 \x01(\x0c\x12*\n\x06secret\x18\x02 \x03(\x0b\x32\x1a.fastproxy.v1.MetadataPair\"\xa7\x01\n\x0bResponseEnd\x12\x0c\n\x04\x63ode\x18\x01 \x01(\r\x12\x16\n\x0e\x64\x65tails_digest\x18\x02 \x01(\x0c\x12\x17\n\x0ftrailers_digest\x18\x03 \x01(\x0c\x12*\n\x06secret\x18\x04 \x03(\x0b\x32\x1a.fastproxy.v1.MetadataPair\x12\x10\n\x08messages\x18\x05 \x01(\x04\x12\x0c\n\x04head\x18\x06 \x01(\x08\x12\r\n\x05unary\x18\x07 \x01(\x08*e\n\tAeadSuite\x12\x1a\n\x16\x41\x45\x41\x44_SUITE_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41\x45\x41\x44_SUITE_AES_256_GCM\x10\x01\x12 \n\x1c\x41\x45\x41\x44_SUITE_CHACHA20_POLY1305\x10\x02*7\n\x05\x43odec\x12\x0e\n\nCODEC_NONE\x10\x00\x12\x0e\n\nCODEC_GZIP\x10\x01\x12\x0e\n\nCODEC_ZSTD\x10\x02\x32G\n\x07Session\x12<\n\x04Open\x12\x19.fastproxy.v1.SignedHello\x1a\x19.fastproxy.v1.SignedHellob\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fastproxy.v1.session_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_AEADSUITE']._serialized_start=870
-  _globals['_AEADSUITE']._serialized_end=971
-  _globals['_CODEC']._serialized_start=973
-  _globals['_CODEC']._serialized_end=1028
+  _globals['_AEADSUITE']._serialized_start=922
+  _globals['_AEADSUITE']._serialized_end=1023
+  _globals['_CODEC']._serialized_start=1025
+  _globals['_CODEC']._serialized_end=1080
   _globals['_CLIENTHELLO']._serialized_start=45
-  _globals['_CLIENTHELLO']._serialized_end=239
-  _globals['_SERVERHELLO']._serialized_start=242
-  _globals['_SERVERHELLO']._serialized_end=401
-  _globals['_SIGNEDHELLO']._serialized_start=403
-  _globals['_SIGNEDHELLO']._serialized_end=450
-  _globals['_METADATAPAIR']._serialized_start=452
-  _globals['_METADATAPAIR']._serialized_end=494
-  _globals['_CALLHEAD']._serialized_start=496
-  _globals['_CALLHEAD']._serialized_end=613
-  _globals['_RESPONSEHEAD']._serialized_start=615
-  _globals['_RESPONSEHEAD']._serialized_end=698
-  _globals['_RESPONSEEND']._serialized_start=701
-  _globals['_RESPONSEEND']._serialized_end=868
-  _globals['_SESSION']._serialized_start=1030
-  _globals['_SESSION']._serialized_end=1101
+  _globals['_CLIENTHELLO']._serialized_end=261
+  _globals['_SERVERHELLO']._serialized_start=264
+  _globals['_SERVERHELLO']._serialized_end=453
+  _globals['_SIGNEDHELLO']._serialized_start=455
+  _globals['_SIGNEDHELLO']._serialized_end=502
+  _globals['_METADATAPAIR']._serialized_start=504
+  _globals['_METADATAPAIR']._serialized_end=546
+  _globals['_CALLHEAD']._serialized_start=548
+  _globals['_CALLHEAD']._serialized_end=665
+  _globals['_RESPONSEHEAD']._serialized_start=667
+  _globals['_RESPONSEHEAD']._serialized_end=750
+  _globals['_RESPONSEEND']._serialized_start=753
+  _globals['_RESPONSEEND']._serialized_end=920
+  _globals['_SESSION']._serialized_start=1082
+  _globals['_SESSION']._serialized_end=1153
 # @@protoc_insertion_point(module_scope)

@@ -26,7 +26,7 @@ CODEC_GZIP: Codec
 CODEC_ZSTD: Codec
 
 class ClientHello(_message.Message):
-    __slots__ = ("version", "caller", "callee", "identity_key", "ephemeral", "random", "timestamp_ms", "suite", "psk")
+    __slots__ = ("version", "caller", "callee", "identity_key", "ephemeral", "random", "timestamp_ms", "suite", "psk", "lost_session")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CALLER_FIELD_NUMBER: _ClassVar[int]
     CALLEE_FIELD_NUMBER: _ClassVar[int]
@@ -36,6 +36,7 @@ class ClientHello(_message.Message):
     TIMESTAMP_MS_FIELD_NUMBER: _ClassVar[int]
     SUITE_FIELD_NUMBER: _ClassVar[int]
     PSK_FIELD_NUMBER: _ClassVar[int]
+    LOST_SESSION_FIELD_NUMBER: _ClassVar[int]
     version: int
     caller: str
     callee: str
@@ -45,10 +46,11 @@ class ClientHello(_message.Message):
     timestamp_ms: int
     suite: AeadSuite
     psk: str
-    def __init__(self, version: _Optional[int] = ..., caller: _Optional[str] = ..., callee: _Optional[str] = ..., identity_key: _Optional[str] = ..., ephemeral: _Optional[bytes] = ..., random: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., suite: _Optional[_Union[AeadSuite, str]] = ..., psk: _Optional[str] = ...) -> None: ...
+    lost_session: bytes
+    def __init__(self, version: _Optional[int] = ..., caller: _Optional[str] = ..., callee: _Optional[str] = ..., identity_key: _Optional[str] = ..., ephemeral: _Optional[bytes] = ..., random: _Optional[bytes] = ..., timestamp_ms: _Optional[int] = ..., suite: _Optional[_Union[AeadSuite, str]] = ..., psk: _Optional[str] = ..., lost_session: _Optional[bytes] = ...) -> None: ...
 
 class ServerHello(_message.Message):
-    __slots__ = ("version", "session_id", "ephemeral", "identity_key", "lifetime_s", "max_calls", "client_hello_digest")
+    __slots__ = ("version", "session_id", "ephemeral", "identity_key", "lifetime_s", "max_calls", "client_hello_digest", "lost_session_refused")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     EPHEMERAL_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +58,7 @@ class ServerHello(_message.Message):
     LIFETIME_S_FIELD_NUMBER: _ClassVar[int]
     MAX_CALLS_FIELD_NUMBER: _ClassVar[int]
     CLIENT_HELLO_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    LOST_SESSION_REFUSED_FIELD_NUMBER: _ClassVar[int]
     version: int
     session_id: bytes
     ephemeral: bytes
@@ -63,7 +66,8 @@ class ServerHello(_message.Message):
     lifetime_s: int
     max_calls: int
     client_hello_digest: bytes
-    def __init__(self, version: _Optional[int] = ..., session_id: _Optional[bytes] = ..., ephemeral: _Optional[bytes] = ..., identity_key: _Optional[str] = ..., lifetime_s: _Optional[int] = ..., max_calls: _Optional[int] = ..., client_hello_digest: _Optional[bytes] = ...) -> None: ...
+    lost_session_refused: bool
+    def __init__(self, version: _Optional[int] = ..., session_id: _Optional[bytes] = ..., ephemeral: _Optional[bytes] = ..., identity_key: _Optional[str] = ..., lifetime_s: _Optional[int] = ..., max_calls: _Optional[int] = ..., client_hello_digest: _Optional[bytes] = ..., lost_session_refused: bool = ...) -> None: ...
 
 class SignedHello(_message.Message):
     __slots__ = ("hello", "signature")
