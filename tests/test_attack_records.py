@@ -12,34 +12,24 @@ A test that fails here shows a violation of the claim its docstring names.
 
 from __future__ import annotations
 
-import asyncio
 import os
-import threading
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import grpc
 import pytest
 from support.core_policies import METHOD, T0, Setup, connect, open_session, refused
 from support.dataplane import CALLER, Proxies, channel, free_address, start_file_stack
+from support.relay import LoopbackRelay, relayable
 from support.upstream_app import BIDI, CLIENT_STREAM, CONTROL_ID, UNARY, UpstreamProcess
 
-from fastproxy.pipeline.metadata import KIND_KEY, SESSION_KEY, Metadata
+from fastproxy.pipeline.metadata import KIND_KEY, SESSION_KEY
 from fastproxy.pipeline.node_policy import NodeState
 from fastproxy.pipeline.reasons import Reason
 from proxy_svc.upstream import StatusLog
 
 NOT_FOUND = 5
 CALL_TIMEOUT_S = 10.0
-_TRANSPORT = ("user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-encoding")
-RELAY_OPTIONS = (("grpc.max_receive_message_length", 64 << 20),
-                 ("grpc.max_send_message_length", 64 << 20))
-
-
-def _relayable(metadata: Any) -> Metadata:
-    return tuple((m[0], m[1]) for m in metadata or () if not m[0].startswith(":")
-                 and m[0] not in _TRANSPORT)
 
 
 async def _passed(requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
@@ -47,7 +37,7 @@ async def _passed(requests: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
         yield message
 
 
-class HookRelay:
+class HookRelay(LoopbackRelay):
     """An intermediary between the proxies: forwards every call unchanged, except calls of
     `test.v1.Echo` while `mode` is set:
     - `kind_unary`: adds the in-proxy's kind trailer `fastproxy-kind: unary` to an OK answer
@@ -57,44 +47,9 @@ class HookRelay:
       answers (`UNAUTHENTICATED`, `fastproxy-session: unknown`). One call only."""
 
     def __init__(self, target: str) -> None:
-        self.target = target
+        super().__init__(target)
         self.mode: str | None = None
         self.forged = 0
-        self.address = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> HookRelay:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=RELAY_OPTIONS)
-        self._server = grpc.aio.server(options=RELAY_OPTIONS)
-        relay = self
-
-        class Handler(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-                async def handle(requests: AsyncIterator[bytes],
-                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-                    async for reply in relay._relay(details.method, requests, context):
-                        yield reply
-                return grpc.stream_stream_rpc_method_handler(handle)
-
-        self._server.add_generic_rpc_handlers((Handler(),))
-        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
-        await self._server.start()
-
-    async def _stop(self) -> None:
-        await self._server.stop(0)
-        await self._channel.close()
 
     async def _relay(self, method: str, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -102,21 +57,21 @@ class HookRelay:
         if mode == "forge_unknown_session":
             self.mode = None  # this call only: its retry passes unchanged
         call = self._channel.stream_stream(method)(
-            _passed(requests), metadata=_relayable(context.invocation_metadata()),
+            _passed(requests), metadata=relayable(context.invocation_metadata()),
             timeout=context.time_remaining())
         statuses = StatusLog(call)
         responses: list[bytes] = []
         try:
-            initial = _relayable(await call.initial_metadata())
+            initial = relayable(await call.initial_metadata())
             async for message in call:
                 responses.append(message)
-            trailers = _relayable(await call.trailing_metadata())
+            trailers = relayable(await call.trailing_metadata())
             code, details = grpc.StatusCode.OK, ""
         except grpc.aio.AioRpcError as failed:
             err = await statuses.settled(failed)
             code, details = err.code(), err.details() or ""
-            initial = _relayable(err.initial_metadata())
-            trailers = _relayable(err.trailing_metadata())
+            initial = relayable(err.initial_metadata())
+            trailers = relayable(err.trailing_metadata())
         if mode == "forge_unknown_session":
             self.forged += 1
             await context.abort(grpc.StatusCode.UNAUTHENTICATED,

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from support.core_policies import CALLEE, METHOD, T0, Setup, connect, open_session, refused
+from support.core_policies import CALLEE, METHOD, T0, Later, Setup, connect, open_session, refused
 from support.dataplane import (
     FileStack,
     Proxies,
@@ -48,21 +48,6 @@ LOW_ORDER_POINT = bytes.fromhex(
     "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
 # The order of the Ed25519 base point: S and S + L verify alike where S < L is not checked.
 ED25519_L = 2**252 + 27742317777372353535851937790883648493
-
-
-class Later:
-    """A `defer` that keeps what it is given until `run` (a host loop's `call_soon`)."""
-
-    def __init__(self) -> None:
-        self.pending: list[Callable[[], None]] = []
-
-    def __call__(self, work: Callable[[], None]) -> None:
-        self.pending.append(work)
-
-    def run(self) -> None:
-        pending, self.pending = self.pending, []
-        for work in pending:
-            work()
 
 
 def padded(signed_hello: bytes, tag: int = 0) -> bytes:

@@ -5,10 +5,9 @@ its answer is sent, giving the same session; and none of it spent on a refused h
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
 
 import pytest
-from support.core_policies import CALLEE, METHOD, T0, Setup, connect, refused
+from support.core_policies import CALLEE, METHOD, T0, Later, Setup, connect, refused
 
 from fastproxy.pipeline import keys
 from fastproxy.pipeline.handshake import HelloPolicy, accept_hello
@@ -20,21 +19,6 @@ from fastproxy.v1 import session_pb2 as spb
 # A point of order 8 on Curve25519: any exchange with it gives no shared secret.
 LOW_ORDER_POINT = bytes.fromhex(
     "e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
-
-
-class Later:
-    """A `defer` that keeps what it is given until `run`."""
-
-    def __init__(self) -> None:
-        self.pending: list[Callable[[], None]] = []
-
-    def __call__(self, work: Callable[[], None]) -> None:
-        self.pending.append(work)
-
-    def run(self) -> None:
-        pending, self.pending = self.pending, []
-        for work in pending:
-            work()
 
 
 def hello_policy(setup: Setup) -> HelloPolicy:

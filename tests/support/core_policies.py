@@ -146,3 +146,18 @@ def refused(reason: Reason, action: Callable[[], object]) -> FastProxyError:
         action()
     assert caught.value.reason is reason, caught.value
     return caught.value
+
+
+class Later:
+    """A `defer` (a host loop's `call_soon`) that keeps what it is given until `run`."""
+
+    def __init__(self) -> None:
+        self.pending: list[Callable[[], None]] = []
+
+    def __call__(self, work: Callable[[], None]) -> None:
+        self.pending.append(work)
+
+    def run(self) -> None:
+        pending, self.pending = self.pending, []
+        for work in pending:
+            work()

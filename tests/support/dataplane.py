@@ -19,7 +19,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import contextlib
 import os
@@ -27,7 +26,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -51,6 +49,7 @@ from fastproxy.v1 import center_pb2, center_pb2_grpc, tunnel_pb2
 from fastproxy.v1 import policy_pb2 as pb
 from proxy_svc.tunnel import CARRY_METHOD
 from proxy_svc.upstream import StatusLog
+from support.relay import LoopbackRelay
 from support.server_helpers import health_status
 from support.upstream_app import BIDI, CLIENT_STREAM, SERVER_STREAM, UNARY
 
@@ -494,43 +493,17 @@ def _relayable(metadata: Any) -> tuple[tuple[str, str | bytes], ...]:
                                                             "grpc-message"))
 
 
-class RecordingRelay:
+class RecordingRelay(LoopbackRelay):
     """A grpc.aio server on its own loop in a thread: records every call's raw messages and
     metadata, and relays it to `target` (the real in-proxy), initial metadata and trailers
     included."""
 
     def __init__(self, target: str) -> None:
-        self.target = target
+        super().__init__(target)
         self.calls: list[RelayedCall] = []
-        self.address = ""
         # a man in the middle: flip the last byte of every request / response message
         self.flip_requests = False
         self.flip_responses = False
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self, port: int = 0) -> RecordingRelay:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(port), self._loop).result(10)
-        return self
-
-    async def _start(self, port: int) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=CLIENT_OPTIONS)
-        self._server = grpc.aio.server(options=CLIENT_OPTIONS)
-        relay = self
-
-        class Handler(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-                async def handle(requests: AsyncIterator[bytes],
-                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-                    async for reply in relay._relay(details.method, requests, context):
-                        yield reply
-                return grpc.stream_stream_rpc_method_handler(handle)
-
-        self._server.add_generic_rpc_handlers((Handler(),))
-        bound = self._server.add_insecure_port(f"127.0.0.1:{port}")
-        await self._server.start()
-        self.address = f"127.0.0.1:{bound}"
 
     async def _relay(self, method: str, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
@@ -585,15 +558,6 @@ class RecordingRelay:
                                       for entry in frame.call.metadata
                                       if not entry.key.endswith("-bin")})
         return found
-
-    def stop(self) -> None:
-        async def stop() -> None:
-            await self._server.stop(0)
-            await self._channel.close()
-        asyncio.run_coroutine_threadsafe(stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
 
 
 # --- the Center's admin side ----------------------------------------------------------

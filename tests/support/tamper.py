@@ -14,8 +14,6 @@ Every call is also recorded (metadata, raw messages), so that it can be replayed
 
 from __future__ import annotations
 
-import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -24,10 +22,8 @@ from typing import Any
 import grpc
 
 from proxy_svc.upstream import StatusLog
+from support.relay import RELAY_OPTIONS, LoopbackRelay, relayable
 
-CLIENT_OPTIONS = (("grpc.max_receive_message_length", 64 << 20),
-                  ("grpc.max_send_message_length", 64 << 20))
-_TRANSPORT = ("user-agent", "content-type", "te", "grpc-accept-encoding", "grpc-encoding")
 REQUEST_ATTACKS = ("drop_last_request", "duplicate_request", "swap_requests",
                    "rewrite_header", "add_header")
 ANSWER_ATTACKS = ("drop_last_response", "drop_all_responses", "strip_end", "rewrite_status",
@@ -55,51 +51,11 @@ def _changed(metadata: Metadata, key: str) -> Metadata:
                  for k, v in metadata)
 
 
-def _relayable(metadata: Any) -> Metadata:
-    return tuple((m[0], m[1]) for m in metadata or () if not m[0].startswith(":")
-                 and m[0] not in _TRANSPORT)
-
-
-class TamperRelay:
+class TamperRelay(LoopbackRelay):
     def __init__(self, target: str) -> None:
-        self.target = target
+        super().__init__(target)
         self.attack: str | None = None
         self.calls: list[Captured] = []
-        self.address = ""
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
-
-    def start(self) -> TamperRelay:
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
-        return self
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self._stop(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-
-    async def _start(self) -> None:
-        self._channel = grpc.aio.insecure_channel(self.target, options=CLIENT_OPTIONS)
-        self._server = grpc.aio.server(options=CLIENT_OPTIONS)
-        relay = self
-
-        class Handler(grpc.GenericRpcHandler):
-            def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler:
-                async def handle(requests: AsyncIterator[bytes],
-                                 context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
-                    async for reply in relay._relay(details.method, requests, context):
-                        yield reply
-                return grpc.stream_stream_rpc_method_handler(handle)
-
-        self._server.add_generic_rpc_handlers((Handler(),))
-        self.address = f"127.0.0.1:{self._server.add_insecure_port('127.0.0.1:0')}"
-        await self._server.start()
-
-    async def _stop(self) -> None:
-        await self._server.stop(0)
-        await self._channel.close()
 
     # --- one call --------------------------------------------------------------------------
 
@@ -128,7 +84,7 @@ class TamperRelay:
     async def _relay(self, method: str, requests: AsyncIterator[bytes],
                      context: grpc.aio.ServicerContext) -> AsyncIterator[bytes]:
         attack = self.attack
-        metadata = _relayable(context.invocation_metadata())
+        metadata = relayable(context.invocation_metadata())
         captured = Captured(method, metadata)
         self.calls.append(captured)
         if attack == "rewrite_header":
@@ -141,7 +97,7 @@ class TamperRelay:
         statuses = StatusLog(call)
         code, details = grpc.StatusCode.OK, ""
         try:
-            captured.initial = _relayable(await call.initial_metadata())
+            captured.initial = relayable(await call.initial_metadata())
             initial = captured.initial
             if attack == "rewrite_response_header":
                 initial = _changed(initial, "x-echo-a")
@@ -149,11 +105,11 @@ class TamperRelay:
                 await context.send_initial_metadata(initial)
             async for message in call:  # kept as they come: an error may follow
                 captured.responses.append(message)
-            captured.trailers = _relayable(await call.trailing_metadata())
+            captured.trailers = relayable(await call.trailing_metadata())
         except grpc.aio.AioRpcError as failed:
             err = await statuses.settled(failed)
             code, details = err.code(), err.details() or ""
-            captured.trailers = _relayable(err.trailing_metadata())
+            captured.trailers = relayable(err.trailing_metadata())
         responses = list(captured.responses)
         if attack == "drop_last_response":
             responses = responses[:-1]
@@ -189,7 +145,7 @@ class TamperRelay:
                requests: Sequence[bytes] | None = None) -> grpc.RpcError | list[bytes]:
         """Sends a recorded call again (its metadata and raw messages) to `target` (default:
         this relay's); the error it ends with, or its responses."""
-        with grpc.insecure_channel(target or self.target, options=CLIENT_OPTIONS) as ch:
+        with grpc.insecure_channel(target or self.target, options=RELAY_OPTIONS) as ch:
             try:
                 return list(ch.stream_stream(captured.method)(
                     iter(captured.requests if requests is None else requests),
@@ -210,7 +166,7 @@ class SyncUpstream:
 
         self.ends: dict[str, str] = {}
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=8),
-                                  options=CLIENT_OPTIONS)
+                                  options=RELAY_OPTIONS)
         handlers = {
             "Unary": grpc.unary_unary_rpc_method_handler(self._unary),
             "ClientStream": grpc.stream_unary_rpc_method_handler(self._client_stream),
