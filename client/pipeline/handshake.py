@@ -302,6 +302,14 @@ class CalleeSession:
                 raise self._refusal
             return self._keys
 
+    def keys_retired(self, callers: Mapping[str, Mapping[str, Verifier]],
+                     psks: Mapping[str, bytes]) -> bool:
+        """Whether the caller's identity key or the encryption key this session was opened
+        with is no longer accepted (a caller no rule names any more is denied, not this)."""
+        keys = callers.get(self.caller)
+        return keys is not None and (self.identity_key not in keys
+                                     or (bool(self.psk_id) and self.psk_id not in psks))
+
     def complete(self) -> None:
         """Makes the keys now (for a host to call once the answer is sent); a hello whose
         ephemeral key gives no shared secret is refused at the session's first call."""
@@ -446,8 +454,9 @@ class CalleeSessions:
             session = self._sessions.get(session_id)
         if session is None or session.caller != caller or now >= session.expires_at:
             return True
-        return (session.identity_key not in policy.callers.get(caller, {})
-                or (bool(session.psk_id) and session.psk_id not in policy.psks))
+        # retired keys: refused as unknown; a caller no rule names: denied before forwarding
+        return (session.keys_retired(policy.callers, policy.psks)
+                or caller not in policy.callers)
 
     def answered(self, hello_digest: bytes) -> bool:
         """Whether a session this process holds was opened by that hello."""

@@ -400,9 +400,7 @@ class OpenCall:
         session = sessions.find(session_id, call.now)
         if session is None:
             raise _unknown_session("unknown or expired session: open a new one")
-        keys = side.callers.get(session.caller)
-        if keys is not None and (session.identity_key not in keys or _psk_retired(side,
-                                                                                 session)):
+        if session.keys_retired(side.callers, side.hello.psks if side.hello else {}):
             sessions.forget(session_id)
             raise _unknown_session("the session's keys were retired: open a new one")
         prefix = record[:CALL_PREFIX_BYTES]
@@ -412,7 +410,7 @@ class OpenCall:
             raise FastProxyError(Reason.UNAUTHENTICATED, "call replayed (its number was seen)")
         # From here on, a refusal is sealed: this call number is spent.
         call.call = inbound = InboundCall(side, session, number, call.method, call.metadata)
-        if keys is None:
+        if session.caller not in side.callers:
             raise FastProxyError(Reason.DENIED,
                                  f"{side.allow.denial(session.caller, call.method)} (policy "
                                  f"revision {side.revision}, rule {NO_RULE})", rule=NO_RULE)
@@ -426,10 +424,6 @@ class OpenCall:
         _check_digest(inbound.wire_metadata, side.secret_keys, head.metadata_digest,
                       "request metadata")
         inbound.restored = _entries(head.secret)
-
-
-def _psk_retired(side: CalleeSide, session: CalleeSession) -> bool:
-    return bool(session.psk_id) and (side.hello is None or session.psk_id not in side.hello.psks)
 
 
 class Authorize:
